@@ -1,0 +1,266 @@
+//! Reference semantics of the ops that move or combine data without heavy arithmetic.
+//!
+//! Constant folding evaluates nodes through [`eval`], and the CPU backend uses it for every op
+//! it has no faster kernel for, so an op means one thing everywhere. Convolution, batch
+//! normalisation and max pooling have no reference here: [`eval`] returns `Ok(None)` and only
+//! backends compute them.
+
+use crate::error::{invalid, Result};
+use crate::infer::{infer_types, slice_range};
+use crate::op::Op;
+use crate::tensor::{Tensor, TensorData};
+
+/// Row-major strides of `shape`.
+pub fn strides_of(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Copies elements of `src` read at `offset + Σ idx[i]·strides[i]` for every index of `out_shape`.
+pub fn strided_copy<T: Copy>(src: &[T], offset: isize, out_shape: &[usize], strides: &[isize]) -> Vec<T> {
+    let n: usize = out_shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    if n == 0 {
+        return out;
+    }
+    let r = out_shape.len();
+    let mut idx = vec![0usize; r];
+    let mut pos = offset;
+    for _ in 0..n {
+        out.push(src[pos as usize]);
+        for d in (0..r).rev() {
+            idx[d] += 1;
+            pos += strides[d];
+            if idx[d] < out_shape[d] {
+                break;
+            }
+            pos -= strides[d] * out_shape[d] as isize;
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
+/// Strides that read a tensor of `shape` broadcast to `out` (0 on broadcast axes).
+pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<isize> {
+    let st = strides_of(shape);
+    let lead = out.len() - shape.len();
+    (0..out.len())
+        .map(|i| if i < lead || shape[i - lead] == 1 { 0 } else { st[i - lead] as isize })
+        .collect()
+}
+
+fn map_data(t: &Tensor, f32f: impl Fn(&[f32]) -> Vec<f32>, i64f: impl Fn(&[i64]) -> Vec<i64>) -> TensorData {
+    match &t.data {
+        TensorData::F32(v) => TensorData::F32(f32f(v)),
+        TensorData::I64(v) => TensorData::I64(i64f(v)),
+    }
+}
+
+fn binary<T: Copy>(a: &[T], sa: &[usize], b: &[T], sb: &[usize], out: &[usize], f: impl Fn(T, T) -> T) -> Vec<T> {
+    if sa == sb {
+        return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+    }
+    let xa = strided_copy(a, 0, out, &broadcast_strides(sa, out));
+    let xb = strided_copy(b, 0, out, &broadcast_strides(sb, out));
+    xa.into_iter().zip(xb).map(|(x, y)| f(x, y)).collect()
+}
+
+/// The logistic function.
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Evaluates `op` on concrete `inputs`. Returns `Ok(None)` for ops without a reference
+/// implementation here (convolution, batch norm, max pooling).
+pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+    let types: Vec<_> = inputs.iter().map(|t| t.ty()).collect();
+    let tref: Vec<_> = types.iter().collect();
+    let out_types = infer_types(op, &tref)?;
+    let shape = |k: usize| out_types[k].fixed_shape().expect("concrete inputs give concrete outputs");
+    let x = inputs[0];
+    let one = |data: TensorData| Ok(Some(vec![Tensor { shape: shape(0), data }]));
+    match op {
+        Op::Conv2d(_) | Op::BatchNorm { .. } | Op::MaxPool2d { .. } => Ok(None),
+        Op::Silu => one(TensorData::F32(x.f32s()?.iter().map(|&v| v * sigmoid(v)).collect())),
+        Op::Sigmoid => one(TensorData::F32(x.f32s()?.iter().map(|&v| sigmoid(v)).collect())),
+        Op::Add | Op::Sub | Op::Mul | Op::Div => {
+            let y = inputs[1];
+            let out = shape(0);
+            let data = match (&x.data, &y.data) {
+                (TensorData::F32(a), TensorData::F32(b)) => TensorData::F32(match op {
+                    Op::Add => binary(a, &x.shape, b, &y.shape, &out, |p, q| p + q),
+                    Op::Sub => binary(a, &x.shape, b, &y.shape, &out, |p, q| p - q),
+                    Op::Mul => binary(a, &x.shape, b, &y.shape, &out, |p, q| p * q),
+                    _ => binary(a, &x.shape, b, &y.shape, &out, |p, q| p / q),
+                }),
+                (TensorData::I64(a), TensorData::I64(b)) => {
+                    if matches!(op, Op::Div) && b.contains(&0) {
+                        return invalid("integer division by zero");
+                    }
+                    TensorData::I64(match op {
+                        Op::Add => binary(a, &x.shape, b, &y.shape, &out, |p, q| p + q),
+                        Op::Sub => binary(a, &x.shape, b, &y.shape, &out, |p, q| p - q),
+                        Op::Mul => binary(a, &x.shape, b, &y.shape, &out, |p, q| p * q),
+                        _ => binary(a, &x.shape, b, &y.shape, &out, |p, q| p / q),
+                    })
+                }
+                _ => return invalid("operands differ in element type"),
+            };
+            one(data)
+        }
+        Op::Concat { axis } => {
+            let out = shape(0);
+            let outer: usize = out[..*axis].iter().product();
+            let inner: usize = out[*axis + 1..].iter().product();
+            macro_rules! cat {
+                ($get:ident, $variant:ident) => {{
+                    let parts: Vec<&[_]> = inputs.iter().map(|t| t.$get()).collect::<Result<_>>()?;
+                    let mut v = Vec::with_capacity(out.iter().product());
+                    for o in 0..outer {
+                        for (t, p) in inputs.iter().zip(&parts) {
+                            let chunk = t.shape[*axis] * inner;
+                            v.extend_from_slice(&p[o * chunk..(o + 1) * chunk]);
+                        }
+                    }
+                    TensorData::$variant(v)
+                }};
+            }
+            let data = match x.data {
+                TensorData::F32(_) => cat!(f32s, F32),
+                TensorData::I64(_) => cat!(i64s, I64),
+            };
+            one(data)
+        }
+        Op::Split { axis, sizes } => {
+            let st = strides_of(&x.shape);
+            let strides: Vec<isize> = st.iter().map(|&s| s as isize).collect();
+            let mut outs = vec![];
+            let mut start = 0;
+            for (k, &sz) in sizes.iter().enumerate() {
+                let off = (start * st[*axis]) as isize;
+                let data = map_data(
+                    x,
+                    |v| strided_copy(v, off, &shape(k), &strides),
+                    |v| strided_copy(v, off, &shape(k), &strides),
+                );
+                outs.push(Tensor { shape: shape(k), data });
+                start += sz;
+            }
+            Ok(Some(outs))
+        }
+        Op::Slice { axes, starts, ends, steps } => {
+            let st = strides_of(&x.shape);
+            let mut strides: Vec<isize> = st.iter().map(|&s| s as isize).collect();
+            let mut off = 0isize;
+            for i in 0..axes.len() {
+                let (s, step, _) = slice_range(x.shape[axes[i]], starts[i], ends[i], steps[i])?;
+                off += s as isize * st[axes[i]] as isize;
+                strides[axes[i]] *= step as isize;
+            }
+            let out = shape(0);
+            one(map_data(x, |v| strided_copy(v, off, &out, &strides), |v| strided_copy(v, off, &out, &strides)))
+        }
+        Op::Reshape { .. } => one(x.data.clone()),
+        Op::Transpose { perm } => {
+            let st = strides_of(&x.shape);
+            let strides: Vec<isize> = perm.iter().map(|&p| st[p] as isize).collect();
+            let out = shape(0);
+            one(map_data(x, |v| strided_copy(v, 0, &out, &strides), |v| strided_copy(v, 0, &out, &strides)))
+        }
+        Op::UpsampleNearest { scale } => {
+            let out = shape(0);
+            let (h, w) = (x.shape[2], x.shape[3]);
+            let src = x.f32s()?;
+            let mut v = Vec::with_capacity(out.iter().product());
+            for plane in 0..out[0] * out[1] {
+                let p = &src[plane * h * w..(plane + 1) * h * w];
+                for oy in 0..out[2] {
+                    let row = &p[(oy / scale[0]) * w..(oy / scale[0] + 1) * w];
+                    v.extend((0..out[3]).map(|ox| row[ox / scale[1]]));
+                }
+            }
+            one(TensorData::F32(v))
+        }
+        Op::Softmax { axis } => {
+            let src = x.f32s()?;
+            let n = x.shape[*axis];
+            let inner: usize = x.shape[*axis + 1..].iter().product();
+            let outer: usize = x.shape[..*axis].iter().product();
+            let mut v = src.to_vec();
+            for o in 0..outer {
+                for i in 0..inner {
+                    let at = |k: usize| o * n * inner + k * inner + i;
+                    let m = (0..n).map(|k| src[at(k)]).fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for k in 0..n {
+                        let e = (src[at(k)] - m).exp();
+                        v[at(k)] = e;
+                        sum += e;
+                    }
+                    for k in 0..n {
+                        v[at(k)] /= sum;
+                    }
+                }
+            }
+            one(TensorData::F32(v))
+        }
+        Op::MatMul => {
+            let y = inputs[1];
+            let out = shape(0);
+            let r = out.len();
+            let (m, k, n) = (out[r - 2], x.shape[x.shape.len() - 1], out[r - 1]);
+            let batch: Vec<usize> = out[..r - 2].to_vec();
+            let bx = batch_offsets(&x.shape, &batch, m * k);
+            let by = batch_offsets(&y.shape, &batch, k * n);
+            let (a, b) = (x.f32s()?, y.f32s()?);
+            let mut v = vec![0.0f32; out.iter().product()];
+            for (bi, (ox, oy)) in bx.iter().zip(&by).enumerate() {
+                for i in 0..m {
+                    for p in 0..k {
+                        let av = a[ox + i * k + p];
+                        let row = &b[oy + p * n..oy + (p + 1) * n];
+                        let dst = &mut v[bi * m * n + i * n..bi * m * n + (i + 1) * n];
+                        for j in 0..n {
+                            dst[j] += av * row[j];
+                        }
+                    }
+                }
+            }
+            one(TensorData::F32(v))
+        }
+        Op::Anchors { strides, offset } => {
+            let a = shape(0)[1];
+            let mut pts = vec![0.0f32; 2 * a];
+            let mut st = vec![0.0f32; a];
+            let mut i = 0;
+            for (t, &s) in inputs.iter().zip(strides) {
+                let (h, w) = (t.shape[2], t.shape[3]);
+                for y in 0..h {
+                    for xx in 0..w {
+                        pts[i] = xx as f32 + offset;
+                        pts[a + i] = y as f32 + offset;
+                        st[i] = s;
+                        i += 1;
+                    }
+                }
+            }
+            Ok(Some(vec![Tensor { shape: vec![2, a], data: TensorData::F32(pts) }, Tensor {
+                shape: vec![1, a],
+                data: TensorData::F32(st),
+            }]))
+        }
+    }
+}
+
+/// Element offsets of each matrix of a batched operand of `shape` broadcast over `batch` axes.
+pub fn batch_offsets(shape: &[usize], batch: &[usize], mat: usize) -> Vec<usize> {
+    let lead = &shape[..shape.len() - 2];
+    let count: usize = batch.iter().product();
+    let idx: Vec<usize> = (0..lead.iter().product::<usize>().max(1)).map(|i| i * mat).collect();
+    let strides = broadcast_strides(lead, batch);
+    strided_copy(&idx, 0, batch, &strides).into_iter().take(count).collect::<Vec<_>>()
+}

@@ -1,0 +1,339 @@
+//! Shape inference: the output types of every op from its input types.
+//!
+//! The same rules serve the static types printed in the IR (with a symbolic batch) and the
+//! concrete shapes the interpreters meet at run time (all dimensions fixed).
+
+use crate::error::{invalid, Result};
+use crate::graph::{Graph, ValueId};
+use crate::op::{Op, ReshapeDim};
+use crate::tensor::{DType, Dim, TensorType};
+
+/// Output types of `op` applied to `inputs` of `g`, after checking the number of inputs.
+pub fn infer_node_types(g: &Graph, op: &Op, inputs: &[ValueId]) -> Result<Vec<TensorType>> {
+    let types: Vec<&TensorType> = inputs.iter().map(|&v| g.ty(v)).collect();
+    infer_types(op, &types)
+}
+
+fn fixed(d: &Dim, what: &str) -> Result<usize> {
+    d.fixed().ok_or_else(|| crate::IrError::Invalid(format!("{what} must have a known size, found `{d}`")))
+}
+
+fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>> {
+    let r = a.len().max(b.len());
+    let mut out = Vec::with_capacity(r);
+    for i in 0..r {
+        let da = if i + a.len() >= r { a[i + a.len() - r].clone() } else { Dim::Fixed(1) };
+        let db = if i + b.len() >= r { b[i + b.len() - r].clone() } else { Dim::Fixed(1) };
+        out.push(match (&da, &db) {
+            (x, y) if x == y => x.clone(),
+            (Dim::Fixed(1), y) => y.clone(),
+            (x, Dim::Fixed(1)) => x.clone(),
+            _ => return invalid(format!("cannot broadcast {} with {}", fmt_dims(a), fmt_dims(b))),
+        });
+    }
+    Ok(out)
+}
+
+fn fmt_dims(d: &[Dim]) -> String {
+    format!("[{}]", d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+}
+
+fn check_rank(t: &TensorType, r: usize, what: &str) -> Result<()> {
+    if t.rank() != r {
+        return invalid(format!("{what} must have rank {r}, found {t}"));
+    }
+    Ok(())
+}
+
+fn window_out(input: usize, k: usize, stride: usize, dil: usize, pad: usize) -> Result<usize> {
+    let span = dil * (k - 1) + 1;
+    if stride == 0 || input + pad < span {
+        return invalid(format!("window {k} (dilation {dil}) does not fit input {input} with padding {pad}"));
+    }
+    Ok((input + pad - span) / stride + 1)
+}
+
+/// A product of dimensions: a known factor times symbols.
+#[derive(Default)]
+struct SymProduct {
+    fixed: usize,
+    syms: Vec<String>,
+}
+
+impl SymProduct {
+    fn of(dims: &[Dim]) -> SymProduct {
+        let mut p = SymProduct { fixed: 1, syms: vec![] };
+        for d in dims {
+            match d {
+                Dim::Fixed(n) => p.fixed *= n,
+                Dim::Sym(s) => p.syms.push(s.clone()),
+            }
+        }
+        p
+    }
+}
+
+/// Output types of `op` for input types `inputs`.
+pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
+    let (lo, hi) = op.arity();
+    if inputs.len() < lo || inputs.len() > hi {
+        return invalid(format!("takes {lo}..={hi} inputs, given {}", inputs.len()));
+    }
+    let x = inputs[0];
+    let f32t = |shape: Vec<Dim>| TensorType { dtype: DType::F32, shape };
+    let same_dtype = || -> Result<()> {
+        if inputs.iter().any(|t| t.dtype != x.dtype) {
+            return invalid("inputs differ in element type");
+        }
+        Ok(())
+    };
+    Ok(match op {
+        Op::Conv2d(c) => {
+            let w = inputs[1];
+            check_rank(x, 4, "conv2d input")?;
+            check_rank(w, 4, "conv2d weight")?;
+            let cin = fixed(&x.shape[1], "conv2d input channels")?;
+            let wd = w.fixed_shape().ok_or_else(|| crate::IrError::Invalid("conv2d weight shape unknown".into()))?;
+            if c.groups == 0 || cin % c.groups != 0 || wd[0] % c.groups != 0 || wd[1] * c.groups != cin {
+                return invalid(format!(
+                    "conv2d weight {w} does not fit {cin} input channels with groups={}",
+                    c.groups
+                ));
+            }
+            if let Some(b) = inputs.get(2) {
+                if b.shape != [Dim::Fixed(wd[0])] {
+                    return invalid(format!("conv2d bias {b} does not match {} output channels", wd[0]));
+                }
+            }
+            let h = fixed(&x.shape[2], "conv2d input height")?;
+            let wi = fixed(&x.shape[3], "conv2d input width")?;
+            let oh = window_out(h, wd[2], c.stride[0], c.dilation[0], c.pad[0] + c.pad[2])?;
+            let ow = window_out(wi, wd[3], c.stride[1], c.dilation[1], c.pad[1] + c.pad[3])?;
+            vec![f32t(vec![x.shape[0].clone(), Dim::Fixed(wd[0]), Dim::Fixed(oh), Dim::Fixed(ow)])]
+        }
+        Op::BatchNorm { .. } => {
+            if x.rank() < 2 {
+                return invalid(format!("batch_norm input must have rank >= 2, found {x}"));
+            }
+            for (i, p) in inputs[1..].iter().enumerate() {
+                if p.shape != [x.shape[1].clone()] {
+                    return invalid(format!("batch_norm parameter {} is {p}, expected [{}]", i + 1, x.shape[1]));
+                }
+            }
+            vec![x.clone()]
+        }
+        Op::Silu | Op::Sigmoid => vec![x.clone()],
+        Op::Add | Op::Sub | Op::Mul | Op::Div => {
+            same_dtype()?;
+            vec![TensorType { dtype: x.dtype, shape: broadcast(&x.shape, &inputs[1].shape)? }]
+        }
+        Op::Concat { axis } => {
+            same_dtype()?;
+            let a = *axis;
+            if a >= x.rank() {
+                return invalid(format!("concat axis {a} out of range for {x}"));
+            }
+            let mut total = 0;
+            for t in inputs {
+                if t.rank() != x.rank() || (0..x.rank()).any(|i| i != a && t.shape[i] != x.shape[i]) {
+                    return invalid(format!("concat inputs {x} and {t} differ off axis {a}"));
+                }
+                total += fixed(&t.shape[a], "concat axis")?;
+            }
+            let mut s = x.shape.clone();
+            s[a] = Dim::Fixed(total);
+            vec![TensorType { dtype: x.dtype, shape: s }]
+        }
+        Op::Split { axis, sizes } => {
+            let a = *axis;
+            if a >= x.rank() {
+                return invalid(format!("split axis {a} out of range for {x}"));
+            }
+            let n = fixed(&x.shape[a], "split axis")?;
+            if sizes.iter().sum::<usize>() != n || sizes.is_empty() {
+                return invalid(format!("split sizes {sizes:?} do not add up to {n}"));
+            }
+            sizes
+                .iter()
+                .map(|&k| {
+                    let mut s = x.shape.clone();
+                    s[a] = Dim::Fixed(k);
+                    TensorType { dtype: x.dtype, shape: s }
+                })
+                .collect()
+        }
+        Op::Slice { axes, starts, ends, steps } => {
+            if axes.len() != starts.len() || axes.len() != ends.len() || axes.len() != steps.len() {
+                return invalid("slice axes, starts, ends and steps differ in length");
+            }
+            let mut s = x.shape.clone();
+            for i in 0..axes.len() {
+                let a = axes[i];
+                if a >= x.rank() {
+                    return invalid(format!("slice axis {a} out of range for {x}"));
+                }
+                let n = fixed(&x.shape[a], "sliced axis")?;
+                let (_, _, len) = slice_range(n, starts[i], ends[i], steps[i])?;
+                s[a] = Dim::Fixed(len);
+            }
+            vec![TensorType { dtype: x.dtype, shape: s }]
+        }
+        Op::MaxPool2d { kernel, stride, pad } => {
+            check_rank(x, 4, "max_pool2d input")?;
+            let h = fixed(&x.shape[2], "max_pool2d input height")?;
+            let w = fixed(&x.shape[3], "max_pool2d input width")?;
+            let oh = window_out(h, kernel[0], stride[0], 1, pad[0] + pad[2])?;
+            let ow = window_out(w, kernel[1], stride[1], 1, pad[1] + pad[3])?;
+            vec![f32t(vec![x.shape[0].clone(), x.shape[1].clone(), Dim::Fixed(oh), Dim::Fixed(ow)])]
+        }
+        Op::UpsampleNearest { scale } => {
+            check_rank(x, 4, "upsample_nearest input")?;
+            let h = fixed(&x.shape[2], "upsample input height")?;
+            let w = fixed(&x.shape[3], "upsample input width")?;
+            vec![f32t(vec![
+                x.shape[0].clone(),
+                x.shape[1].clone(),
+                Dim::Fixed(h * scale[0]),
+                Dim::Fixed(w * scale[1]),
+            ])]
+        }
+        Op::Reshape { shape } => {
+            let mut out = Vec::with_capacity(shape.len());
+            let mut infer_at = None;
+            for d in shape {
+                out.push(match d {
+                    ReshapeDim::Fixed(n) => Dim::Fixed(*n),
+                    ReshapeDim::Of { input, axis } => {
+                        let t = inputs
+                            .get(*input)
+                            .ok_or_else(|| crate::IrError::Invalid(format!("reshape refers to missing input {input}")))?;
+                        t.shape
+                            .get(*axis)
+                            .cloned()
+                            .ok_or_else(|| crate::IrError::Invalid(format!("reshape refers to axis {axis} of {t}")))?
+                    }
+                    ReshapeDim::Infer => {
+                        if infer_at.is_some() {
+                            return invalid("reshape has more than one inferred dimension");
+                        }
+                        infer_at = Some(out.len());
+                        Dim::Fixed(0)
+                    }
+                });
+            }
+            let total = SymProduct::of(&x.shape);
+            match infer_at {
+                Some(i) => {
+                    let mut rest: Vec<Dim> = out.clone();
+                    rest.remove(i);
+                    let known = SymProduct::of(&rest);
+                    let mut syms = total.syms.clone();
+                    for s in &known.syms {
+                        match syms.iter().position(|t| t == s) {
+                            Some(p) => {
+                                syms.remove(p);
+                            }
+                            None => return invalid(format!("reshape of {x} to {} is ambiguous", fmt_dims(&out))),
+                        }
+                    }
+                    if known.fixed == 0 || total.fixed % known.fixed != 0 || syms.len() > 1 {
+                        return invalid(format!("cannot reshape {x} to {}", fmt_dims(&out)));
+                    }
+                    let n = total.fixed / known.fixed;
+                    out[i] = match syms.pop() {
+                        Some(s) if n == 1 => Dim::Sym(s),
+                        Some(_) => return invalid(format!("reshape of {x} to {} is ambiguous", fmt_dims(&out))),
+                        None => Dim::Fixed(n),
+                    };
+                }
+                None => {
+                    let p = SymProduct::of(&out);
+                    let (mut a, mut b) = (total.syms.clone(), p.syms.clone());
+                    a.sort();
+                    b.sort();
+                    if p.fixed != total.fixed || a != b {
+                        return invalid(format!("cannot reshape {x} to {}", fmt_dims(&out)));
+                    }
+                }
+            }
+            vec![TensorType { dtype: x.dtype, shape: out }]
+        }
+        Op::Transpose { perm } => {
+            let mut seen = vec![false; x.rank()];
+            if perm.len() != x.rank() || perm.iter().any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true)) {
+                return invalid(format!("transpose perm {perm:?} is not a permutation of the axes of {x}"));
+            }
+            vec![TensorType { dtype: x.dtype, shape: perm.iter().map(|&p| x.shape[p].clone()).collect() }]
+        }
+        Op::MatMul => {
+            let y = inputs[1];
+            if x.rank() < 2 || y.rank() < 2 {
+                return invalid(format!("matmul needs rank >= 2, found {x} and {y}"));
+            }
+            let (xr, yr) = (x.rank(), y.rank());
+            if x.shape[xr - 1] != y.shape[yr - 2] {
+                return invalid(format!("matmul inner dimensions differ: {x} @ {y}"));
+            }
+            let mut s = broadcast(&x.shape[..xr - 2], &y.shape[..yr - 2])?;
+            s.push(x.shape[xr - 2].clone());
+            s.push(y.shape[yr - 1].clone());
+            vec![f32t(s)]
+        }
+        Op::Softmax { axis } => {
+            if *axis >= x.rank() {
+                return invalid(format!("softmax axis {axis} out of range for {x}"));
+            }
+            vec![x.clone()]
+        }
+        Op::Anchors { strides, .. } => {
+            if strides.len() != inputs.len() {
+                return invalid(format!("anchors has {} strides for {} levels", strides.len(), inputs.len()));
+            }
+            let mut a = 0;
+            for t in inputs {
+                check_rank(t, 4, "anchors level")?;
+                a += fixed(&t.shape[2], "level height")? * fixed(&t.shape[3], "level width")?;
+            }
+            vec![TensorType::f32(&[2, a]), TensorType::f32(&[1, a])]
+        }
+    })
+}
+
+/// Resolves an ONNX-style slice on an axis of length `n`: returns (start, step, count).
+pub(crate) fn slice_range(n: usize, start: i64, end: i64, step: i64) -> Result<(i64, i64, usize)> {
+    if step == 0 {
+        return invalid("slice step is 0");
+    }
+    let n = n as i64;
+    let norm = |v: i64| if v < 0 { v + n } else { v };
+    let (s, e) = (norm(start), norm(end));
+    let len = if step > 0 {
+        let (s, e) = (s.clamp(0, n), e.clamp(0, n));
+        if e > s { (e - s + step - 1) / step } else { 0 }
+    } else {
+        let (s, e) = (s.clamp(-1, n - 1), e.clamp(-1, n - 1));
+        if s > e { (s - e + (-step) - 1) / (-step) } else { 0 }
+    };
+    let s = if step > 0 { s.clamp(0, n) } else { s.clamp(-1, n - 1) };
+    Ok((s, step, len as usize))
+}
+
+/// Types of every value of `g` when its inputs have `input_types` (e.g. another image size):
+/// parameters keep their declared types, node results are inferred in order.
+pub fn infer_all(g: &Graph, input_types: &[TensorType]) -> Result<Vec<TensorType>> {
+    if input_types.len() != g.inputs.len() {
+        return invalid(format!("the graph has {} inputs, {} types given", g.inputs.len(), input_types.len()));
+    }
+    let mut types: Vec<TensorType> = g.values.iter().map(|v| v.ty.clone()).collect();
+    for (&v, t) in g.inputs.iter().zip(input_types) {
+        types[v.0] = t.clone();
+    }
+    for (i, n) in g.nodes.iter().enumerate() {
+        let ins: Vec<&TensorType> = n.inputs.iter().map(|v| &types[v.0]).collect();
+        let outs = infer_types(&n.op, &ins).or_else(|e| invalid(format!("node {i} ({} @{}): {e}", n.op.name(), n.scope)))?;
+        for (&o, t) in n.outputs.iter().zip(outs) {
+            types[o.0] = t;
+        }
+    }
+    Ok(types)
+}

@@ -1,0 +1,27 @@
+//! slimc's dataflow IR.
+//!
+//! A [`Graph`] is a list of [`Node`]s in topological order over SSA values. Every value has a
+//! static [`TensorType`] (a symbolic batch dimension is allowed), ops form the closed [`Op`] enum
+//! with typed attributes, and parameters are named tensors held beside the graph in a [`Model`].
+//! The text form ([`print_graph`] / [`parse_graph`]) is stable and round-trips.
+//!
+//! This crate knows nothing of GPUs, of other file formats or of training.
+
+mod error;
+pub mod eval;
+mod graph;
+mod infer;
+pub mod model;
+mod op;
+mod tensor;
+mod text;
+mod verify;
+
+pub use error::{IrError, Result};
+pub use graph::{Graph, Node, NodeId, ParamKind, Value, ValueDef, ValueId};
+pub use infer::{infer_all, infer_node_types, infer_types};
+pub use model::{write_atomic, Metadata, Model};
+pub use op::{Conv2d, Op, OpKind, ReshapeDim, ALL_OP_KINDS};
+pub use tensor::{DType, Dim, Tensor, TensorData, TensorType};
+pub use text::{parse_graph, print_graph};
+pub use verify::verify;

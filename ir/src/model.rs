@@ -1,0 +1,224 @@
+//! A model: graph + named tensors + metadata, and slimc's model file (`.slim`).
+//!
+//! The file is the 8-byte magic `SLIMC\0v1` followed by one protobuf message. The graph is
+//! stored in its text form (stable, versioned with the file), tensors as little-endian bytes.
+//! Protobuf lets later versions add fields (training state, pruning history) that older
+//! readers skip. Files are written atomically: a temporary file in the same folder, synced,
+//! then renamed over the target.
+
+use crate::error::{IrError, Result};
+use crate::graph::{Graph, ValueDef};
+use crate::tensor::{Tensor, TensorData};
+use crate::text::{parse_graph, print_graph};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+const MAGIC: &[u8; 8] = b"SLIMC\0v1";
+
+/// Facts about a model that travel with it (and into exported ONNX metadata).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Metadata {
+    /// Class names, index = class id.
+    pub names: Vec<String>,
+    /// Detect-head strides per level (e.g. 8, 16, 32).
+    pub strides: Vec<f32>,
+    /// Image size (h, w) the model was imported or trained at.
+    pub imgsz: [usize; 2],
+    /// Where the model came from (a YAML name, an ONNX file).
+    pub source: String,
+    /// The Ultralytics scale letter, when known.
+    pub scale: String,
+}
+
+/// A graph with its tensors and metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    /// The dataflow graph.
+    pub graph: Graph,
+    /// Every parameter tensor, by name.
+    pub tensors: BTreeMap<String, Tensor>,
+    /// Metadata.
+    pub meta: Metadata,
+    /// Opaque training state (optimizer, EMA, epoch), kept across stages; empty when none.
+    pub training_state: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ModelFileMsg {
+    #[prost(string, tag = "1")]
+    graph_text: String,
+    #[prost(message, repeated, tag = "2")]
+    tensors: Vec<TensorMsg>,
+    #[prost(message, optional, tag = "3")]
+    meta: Option<MetaMsg>,
+    #[prost(bytes = "vec", tag = "4")]
+    training_state: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct TensorMsg {
+    #[prost(string, tag = "1")]
+    name: String,
+    /// 1 = f32, 2 = i64.
+    #[prost(uint32, tag = "2")]
+    dtype: u32,
+    #[prost(uint64, repeated, tag = "3")]
+    dims: Vec<u64>,
+    #[prost(bytes = "vec", tag = "4")]
+    data: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct MetaMsg {
+    #[prost(string, repeated, tag = "1")]
+    names: Vec<String>,
+    #[prost(float, repeated, tag = "2")]
+    strides: Vec<f32>,
+    #[prost(uint64, repeated, tag = "3")]
+    imgsz: Vec<u64>,
+    #[prost(string, tag = "4")]
+    source: String,
+    #[prost(string, tag = "5")]
+    scale: String,
+}
+
+impl Model {
+    /// Checks that the graph verifies and that every parameter has a tensor of its declared type.
+    pub fn check(&self) -> Result<()> {
+        crate::verify(&self.graph)?;
+        for &p in &self.graph.params {
+            let v = self.graph.value(p);
+            let t = self
+                .tensors
+                .get(&v.name)
+                .ok_or_else(|| IrError::Invalid(format!("parameter %{} has no tensor", v.name)))?;
+            if t.ty() != v.ty {
+                return Err(IrError::Invalid(format!("tensor {} is {}, the graph declares {}", v.name, t.ty(), v.ty)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops tensors no parameter refers to (after passes removed their users).
+    pub fn prune_tensors(&mut self) {
+        self.graph.compact();
+        let keep: std::collections::HashSet<&str> = self
+            .graph
+            .values
+            .iter()
+            .filter(|v| matches!(v.def, ValueDef::Param(_)))
+            .map(|v| v.name.as_str())
+            .collect();
+        self.tensors.retain(|k, _| keep.contains(k.as_str()));
+    }
+
+    /// Serialises the model to bytes (magic + protobuf).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let (dtype, data) = match &t.data {
+                    TensorData::F32(v) => (1, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                    TensorData::I64(v) => (2, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                };
+                TensorMsg { name: name.clone(), dtype, dims: t.shape.iter().map(|&d| d as u64).collect(), data }
+            })
+            .collect();
+        let m = &self.meta;
+        let msg = ModelFileMsg {
+            graph_text: print_graph(&self.graph),
+            tensors,
+            meta: Some(MetaMsg {
+                names: m.names.clone(),
+                strides: m.strides.clone(),
+                imgsz: m.imgsz.iter().map(|&d| d as u64).collect(),
+                source: m.source.clone(),
+                scale: m.scale.clone(),
+            }),
+            training_state: self.training_state.clone(),
+        };
+        let mut out = MAGIC.to_vec();
+        out.extend(prost::Message::encode_to_vec(&msg));
+        out
+    }
+
+    /// Reads a model from bytes; `what` names the source in errors.
+    pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Model> {
+        let ferr = |m: String| IrError::File(format!("{what}: {m}"));
+        if bytes.len() < 8 || &bytes[..8] != MAGIC {
+            return Err(ferr("not a slimc model file (bad magic)".into()));
+        }
+        let msg: ModelFileMsg = prost::Message::decode(&bytes[8..]).map_err(|e| ferr(format!("corrupt model file: {e}")))?;
+        let graph = parse_graph(&msg.graph_text).map_err(|e| ferr(format!("graph: {e}")))?;
+        let mut tensors = BTreeMap::new();
+        for t in msg.tensors {
+            let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+            let n: usize = shape.iter().product();
+            let tensor = match t.dtype {
+                1 if t.data.len() == 4 * n => Tensor {
+                    shape,
+                    data: TensorData::F32(t.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+                },
+                2 if t.data.len() == 8 * n => Tensor {
+                    shape,
+                    data: TensorData::I64(t.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
+                },
+                _ => return Err(ferr(format!("tensor {} has a bad type or size", t.name))),
+            };
+            tensors.insert(t.name, tensor);
+        }
+        let m = msg.meta.unwrap_or_default();
+        let imgsz = match m.imgsz.as_slice() {
+            [h, w] => [*h as usize, *w as usize],
+            _ => [0, 0],
+        };
+        let model = Model {
+            graph,
+            tensors,
+            meta: Metadata { names: m.names, strides: m.strides, imgsz, source: m.source, scale: m.scale },
+            training_state: msg.training_state,
+        };
+        model.check().map_err(|e| ferr(e.to_string()))?;
+        Ok(model)
+    }
+
+    /// Writes the model file atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.to_bytes())
+    }
+
+    /// Reads a model file.
+    pub fn load(path: &Path) -> Result<Model> {
+        let bytes = std::fs::read(path).map_err(|e| IrError::File(format!("{}: {e}", path.display())))?;
+        Model::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// The f32 data of a named tensor.
+    pub fn f32s(&self, name: &str) -> Result<&[f32]> {
+        self.tensors.get(name).ok_or_else(|| IrError::Invalid(format!("no tensor named {name}")))?.f32s()
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a synced temporary file in the same folder renamed over it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let ferr = |e: std::io::Error| IrError::File(format!("{}: {e}", path.display()));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let fname = path.file_name().ok_or_else(|| IrError::File(format!("{}: not a file path", path.display())))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", fname.to_string_lossy(), std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map_err(ferr)
+}

@@ -1,0 +1,394 @@
+//! The closed set of IR operations and their typed attributes.
+//!
+//! Every op converts to and from a list of named attributes ([`Attr`]) so that the text
+//! printer and parser are generic over ops and cannot drift from the enum.
+
+use crate::error::{invalid, Result};
+use std::fmt;
+
+/// Attributes of a 2-D convolution. Inputs: `x [N,Cin,H,W]`, `w [Cout,Cin/groups,kh,kw]`, optional `b [Cout]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv2d {
+    /// Stride (h, w).
+    pub stride: [usize; 2],
+    /// Zero padding (top, left, bottom, right), ONNX order.
+    pub pad: [usize; 4],
+    /// Dilation (h, w).
+    pub dilation: [usize; 2],
+    /// Channel groups; `groups == Cin == Cout` is depthwise.
+    pub groups: usize,
+}
+
+/// One target dimension of a [`Op::Reshape`]: sizes may come from the inputs so the op works at
+/// any image size.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReshapeDim {
+    /// A fixed size.
+    Fixed(usize),
+    /// The size of axis `axis` of input `input` (0 is the data, 1 an optional shape reference).
+    Of { input: usize, axis: usize },
+    /// Whatever keeps the element count (at most one per reshape).
+    Infer,
+}
+
+/// An IR operation. Inputs and outputs are listed on each variant.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Convolution; see [`Conv2d`].
+    Conv2d(Conv2d),
+    /// Batch normalisation over axis 1. Inputs: x, gamma, beta, running_mean, running_var.
+    /// Inference uses the running statistics; training (later) uses batch statistics and `momentum`.
+    BatchNorm { eps: f32, momentum: f32 },
+    /// `x * sigmoid(x)`.
+    Silu,
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// Elementwise sum with NumPy broadcasting.
+    Add,
+    /// Elementwise difference with NumPy broadcasting.
+    Sub,
+    /// Elementwise product with NumPy broadcasting.
+    Mul,
+    /// Elementwise quotient with NumPy broadcasting (integer division truncates).
+    Div,
+    /// Concatenation of all inputs along `axis`.
+    Concat { axis: usize },
+    /// Split along `axis` into pieces of `sizes`; one output per piece.
+    Split { axis: usize, sizes: Vec<usize> },
+    /// Strided slice; `starts`/`ends` follow ONNX (negative counts from the end, clamped).
+    Slice { axes: Vec<usize>, starts: Vec<i64>, ends: Vec<i64>, steps: Vec<i64> },
+    /// 2-D max pooling with -inf padding (top, left, bottom, right).
+    MaxPool2d { kernel: [usize; 2], stride: [usize; 2], pad: [usize; 4] },
+    /// Nearest-neighbour upsampling by integer factors (h, w): `out[y,x] = in[y/s, x/s]`.
+    UpsampleNearest { scale: [usize; 2] },
+    /// Reshape to `shape`; inputs: data and optionally a tensor whose dims `shape` refers to.
+    Reshape { shape: Vec<ReshapeDim> },
+    /// Axis permutation.
+    Transpose { perm: Vec<usize> },
+    /// Batched matrix product over the last two axes, batch axes broadcast.
+    MatMul,
+    /// Softmax along `axis`.
+    Softmax { axis: usize },
+    /// Detect-head anchors. Inputs: one feature map per level `[N,C,h,w]`. Outputs: anchor points
+    /// `[2,A]` (x then y, in grid units, `+offset`) and per-anchor strides `[1,A]`; levels in
+    /// order, row-major within a level.
+    Anchors { strides: Vec<f32>, offset: f32 },
+}
+
+/// The kind of an op, without attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    Conv2d,
+    BatchNorm,
+    Silu,
+    Sigmoid,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Concat,
+    Split,
+    Slice,
+    MaxPool2d,
+    UpsampleNearest,
+    Reshape,
+    Transpose,
+    MatMul,
+    Softmax,
+    Anchors,
+}
+
+/// Every op kind, in the order the text form documents them.
+pub const ALL_OP_KINDS: [OpKind; 18] = [
+    OpKind::Conv2d,
+    OpKind::BatchNorm,
+    OpKind::Silu,
+    OpKind::Sigmoid,
+    OpKind::Add,
+    OpKind::Sub,
+    OpKind::Mul,
+    OpKind::Div,
+    OpKind::Concat,
+    OpKind::Split,
+    OpKind::Slice,
+    OpKind::MaxPool2d,
+    OpKind::UpsampleNearest,
+    OpKind::Reshape,
+    OpKind::Transpose,
+    OpKind::MatMul,
+    OpKind::Softmax,
+    OpKind::Anchors,
+];
+
+impl OpKind {
+    /// The op's name in the text form.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Conv2d => "conv2d",
+            OpKind::BatchNorm => "batch_norm",
+            OpKind::Silu => "silu",
+            OpKind::Sigmoid => "sigmoid",
+            OpKind::Add => "add",
+            OpKind::Sub => "sub",
+            OpKind::Mul => "mul",
+            OpKind::Div => "div",
+            OpKind::Concat => "concat",
+            OpKind::Split => "split",
+            OpKind::Slice => "slice",
+            OpKind::MaxPool2d => "max_pool2d",
+            OpKind::UpsampleNearest => "upsample_nearest",
+            OpKind::Reshape => "reshape",
+            OpKind::Transpose => "transpose",
+            OpKind::MatMul => "matmul",
+            OpKind::Softmax => "softmax",
+            OpKind::Anchors => "anchors",
+        }
+    }
+    /// Looks a kind up by its text name.
+    pub fn from_name(s: &str) -> Option<OpKind> {
+        ALL_OP_KINDS.iter().copied().find(|k| k.name() == s)
+    }
+}
+
+/// An attribute value in the generic (text) form.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attr {
+    /// A signed integer.
+    Int(i64),
+    /// A float, printed so that it parses back bit-exact.
+    Float(f32),
+    /// A list of integers.
+    Ints(Vec<i64>),
+    /// A list of floats.
+    Floats(Vec<f32>),
+    /// Reshape dimensions.
+    Dims(Vec<ReshapeDim>),
+}
+
+impl fmt::Display for Attr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attr::Int(v) => write!(f, "{v}"),
+            Attr::Float(v) => write!(f, "{v:?}"),
+            Attr::Ints(v) => write!(f, "[{}]", join(v.iter().map(|x| x.to_string()))),
+            Attr::Floats(v) => write!(f, "[{}]", join(v.iter().map(|x| format!("{x:?}")))),
+            Attr::Dims(v) => write!(
+                f,
+                "[{}]",
+                join(v.iter().map(|d| match d {
+                    ReshapeDim::Fixed(n) => n.to_string(),
+                    ReshapeDim::Of { input, axis } => format!("${input}.{axis}"),
+                    ReshapeDim::Infer => "?".to_string(),
+                }))
+            ),
+        }
+    }
+}
+
+fn join(it: impl Iterator<Item = String>) -> String {
+    it.collect::<Vec<_>>().join(",")
+}
+
+fn usizes(v: &[usize]) -> Attr {
+    Attr::Ints(v.iter().map(|&x| x as i64).collect())
+}
+
+/// Reads named attributes, each exactly once.
+struct AttrReader<'a> {
+    op: &'a str,
+    attrs: &'a [(String, Attr)],
+    used: Vec<bool>,
+}
+
+impl<'a> AttrReader<'a> {
+    fn get(&mut self, key: &str) -> Result<&'a Attr> {
+        for (i, (k, v)) in self.attrs.iter().enumerate() {
+            if k == key {
+                self.used[i] = true;
+                return Ok(v);
+            }
+        }
+        invalid(format!("{}: missing attribute `{key}`", self.op))
+    }
+    fn int(&mut self, key: &str) -> Result<i64> {
+        match self.get(key)? {
+            Attr::Int(v) => Ok(*v),
+            a => invalid(format!("{}: attribute `{key}` must be an integer, found {a}", self.op)),
+        }
+    }
+    fn usize(&mut self, key: &str) -> Result<usize> {
+        let v = self.int(key)?;
+        usize::try_from(v).or_else(|_| invalid(format!("{}: attribute `{key}` must be >= 0, found {v}", self.op)))
+    }
+    fn float(&mut self, key: &str) -> Result<f32> {
+        match self.get(key)? {
+            Attr::Float(v) => Ok(*v),
+            Attr::Int(v) => Ok(*v as f32),
+            a => invalid(format!("{}: attribute `{key}` must be a float, found {a}", self.op)),
+        }
+    }
+    fn ints(&mut self, key: &str) -> Result<Vec<i64>> {
+        match self.get(key)? {
+            Attr::Ints(v) => Ok(v.clone()),
+            a => invalid(format!("{}: attribute `{key}` must be a list of integers, found {a}", self.op)),
+        }
+    }
+    fn usizes(&mut self, key: &str) -> Result<Vec<usize>> {
+        self.ints(key)?
+            .into_iter()
+            .map(|v| usize::try_from(v).or_else(|_| invalid(format!("{}: `{key}` must be >= 0", self.op))))
+            .collect()
+    }
+    fn array<const K: usize>(&mut self, key: &str) -> Result<[usize; K]> {
+        let v = self.usizes(key)?;
+        v.as_slice()
+            .try_into()
+            .or_else(|_| invalid(format!("{}: attribute `{key}` needs {K} values, found {}", self.op, v.len())))
+    }
+    fn floats(&mut self, key: &str) -> Result<Vec<f32>> {
+        match self.get(key)? {
+            Attr::Floats(v) => Ok(v.clone()),
+            Attr::Ints(v) => Ok(v.iter().map(|&x| x as f32).collect()),
+            a => invalid(format!("{}: attribute `{key}` must be a list of floats, found {a}", self.op)),
+        }
+    }
+    fn dims(&mut self, key: &str) -> Result<Vec<ReshapeDim>> {
+        match self.get(key)? {
+            Attr::Dims(v) => Ok(v.clone()),
+            Attr::Ints(v) => Ok(v.iter().map(|&x| ReshapeDim::Fixed(x.max(0) as usize)).collect()),
+            a => invalid(format!("{}: attribute `{key}` must be a list of dims, found {a}", self.op)),
+        }
+    }
+    fn finish(self) -> Result<()> {
+        for (i, (k, _)) in self.attrs.iter().enumerate() {
+            if !self.used[i] {
+                return invalid(format!("{}: unknown attribute `{k}`", self.op));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Op {
+    /// The op's kind.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Conv2d(_) => OpKind::Conv2d,
+            Op::BatchNorm { .. } => OpKind::BatchNorm,
+            Op::Silu => OpKind::Silu,
+            Op::Sigmoid => OpKind::Sigmoid,
+            Op::Add => OpKind::Add,
+            Op::Sub => OpKind::Sub,
+            Op::Mul => OpKind::Mul,
+            Op::Div => OpKind::Div,
+            Op::Concat { .. } => OpKind::Concat,
+            Op::Split { .. } => OpKind::Split,
+            Op::Slice { .. } => OpKind::Slice,
+            Op::MaxPool2d { .. } => OpKind::MaxPool2d,
+            Op::UpsampleNearest { .. } => OpKind::UpsampleNearest,
+            Op::Reshape { .. } => OpKind::Reshape,
+            Op::Transpose { .. } => OpKind::Transpose,
+            Op::MatMul => OpKind::MatMul,
+            Op::Softmax { .. } => OpKind::Softmax,
+            Op::Anchors { .. } => OpKind::Anchors,
+        }
+    }
+
+    /// The op's name in the text form.
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// The number of outputs the op produces.
+    pub fn num_outputs(&self) -> usize {
+        match self {
+            Op::Split { sizes, .. } => sizes.len(),
+            Op::Anchors { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    /// The accepted number of inputs, as an inclusive range.
+    pub fn arity(&self) -> (usize, usize) {
+        match self {
+            Op::Conv2d(_) => (2, 3),
+            Op::BatchNorm { .. } => (5, 5),
+            Op::Silu | Op::Sigmoid | Op::Split { .. } | Op::Slice { .. } | Op::MaxPool2d { .. } => (1, 1),
+            Op::UpsampleNearest { .. } | Op::Transpose { .. } | Op::Softmax { .. } => (1, 1),
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::MatMul => (2, 2),
+            Op::Concat { .. } | Op::Anchors { .. } => (1, usize::MAX),
+            Op::Reshape { .. } => (1, 2),
+        }
+    }
+
+    /// The attributes in their generic form, in a fixed order.
+    pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        match self {
+            Op::Conv2d(c) => vec![
+                ("stride", usizes(&c.stride)),
+                ("pad", usizes(&c.pad)),
+                ("dilation", usizes(&c.dilation)),
+                ("groups", Attr::Int(c.groups as i64)),
+            ],
+            Op::BatchNorm { eps, momentum } => vec![("eps", Attr::Float(*eps)), ("momentum", Attr::Float(*momentum))],
+            Op::Silu | Op::Sigmoid | Op::Add | Op::Sub | Op::Mul | Op::Div | Op::MatMul => vec![],
+            Op::Concat { axis } => vec![("axis", Attr::Int(*axis as i64))],
+            Op::Split { axis, sizes } => vec![("axis", Attr::Int(*axis as i64)), ("sizes", usizes(sizes))],
+            Op::Slice { axes, starts, ends, steps } => vec![
+                ("axes", usizes(axes)),
+                ("starts", Attr::Ints(starts.clone())),
+                ("ends", Attr::Ints(ends.clone())),
+                ("steps", Attr::Ints(steps.clone())),
+            ],
+            Op::MaxPool2d { kernel, stride, pad } => {
+                vec![("kernel", usizes(kernel)), ("stride", usizes(stride)), ("pad", usizes(pad))]
+            }
+            Op::UpsampleNearest { scale } => vec![("scale", usizes(scale))],
+            Op::Reshape { shape } => vec![("shape", Attr::Dims(shape.clone()))],
+            Op::Transpose { perm } => vec![("perm", usizes(perm))],
+            Op::Softmax { axis } => vec![("axis", Attr::Int(*axis as i64))],
+            Op::Anchors { strides, offset } => {
+                vec![("strides", Attr::Floats(strides.clone())), ("offset", Attr::Float(*offset))]
+            }
+        }
+    }
+
+    /// Builds an op from its kind and generic attributes; every attribute must be known and present.
+    pub fn from_attrs(kind: OpKind, attrs: &[(String, Attr)]) -> Result<Op> {
+        let mut r = AttrReader { op: kind.name(), attrs, used: vec![false; attrs.len()] };
+        let op = match kind {
+            OpKind::Conv2d => Op::Conv2d(Conv2d {
+                stride: r.array("stride")?,
+                pad: r.array("pad")?,
+                dilation: r.array("dilation")?,
+                groups: r.usize("groups")?,
+            }),
+            OpKind::BatchNorm => Op::BatchNorm { eps: r.float("eps")?, momentum: r.float("momentum")? },
+            OpKind::Silu => Op::Silu,
+            OpKind::Sigmoid => Op::Sigmoid,
+            OpKind::Add => Op::Add,
+            OpKind::Sub => Op::Sub,
+            OpKind::Mul => Op::Mul,
+            OpKind::Div => Op::Div,
+            OpKind::MatMul => Op::MatMul,
+            OpKind::Concat => Op::Concat { axis: r.usize("axis")? },
+            OpKind::Split => Op::Split { axis: r.usize("axis")?, sizes: r.usizes("sizes")? },
+            OpKind::Slice => Op::Slice {
+                axes: r.usizes("axes")?,
+                starts: r.ints("starts")?,
+                ends: r.ints("ends")?,
+                steps: r.ints("steps")?,
+            },
+            OpKind::MaxPool2d => {
+                Op::MaxPool2d { kernel: r.array("kernel")?, stride: r.array("stride")?, pad: r.array("pad")? }
+            }
+            OpKind::UpsampleNearest => Op::UpsampleNearest { scale: r.array("scale")? },
+            OpKind::Reshape => Op::Reshape { shape: r.dims("shape")? },
+            OpKind::Transpose => Op::Transpose { perm: r.usizes("perm")? },
+            OpKind::Softmax => Op::Softmax { axis: r.usize("axis")? },
+            OpKind::Anchors => Op::Anchors { strides: r.floats("strides")?, offset: r.float("offset")? },
+        };
+        r.finish()?;
+        Ok(op)
+    }
+}

@@ -1,0 +1,193 @@
+//! Element types, dimensions, tensor types and dense tensors.
+
+use crate::error::{invalid, Result};
+use std::fmt;
+
+/// Element type of a value or tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit float: every activation and weight.
+    F32,
+    /// 64-bit integer: shape arithmetic met while importing ONNX, folded away before use.
+    I64,
+}
+
+impl DType {
+    /// The short name used in the text form (`f32`, `i64`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::I64 => "i64",
+        }
+    }
+    /// Parses a short name.
+    pub fn from_name(s: &str) -> Option<DType> {
+        match s {
+            "f32" => Some(DType::F32),
+            "i64" => Some(DType::I64),
+            _ => None,
+        }
+    }
+}
+
+/// One dimension of a static shape: a known size or a named symbol (the batch, `N`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Dim {
+    /// A known size.
+    Fixed(usize),
+    /// A symbolic size, known only at run time.
+    Sym(String),
+}
+
+impl Dim {
+    /// The size if it is known.
+    pub fn fixed(&self) -> Option<usize> {
+        match self {
+            Dim::Fixed(n) => Some(*n),
+            Dim::Sym(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Sym(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// The static type of a value: element type and shape.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TensorType {
+    /// Element type.
+    pub dtype: DType,
+    /// Shape, outermost first (NCHW for images).
+    pub shape: Vec<Dim>,
+}
+
+impl TensorType {
+    /// An f32 type of fully known shape.
+    pub fn f32(shape: &[usize]) -> TensorType {
+        TensorType { dtype: DType::F32, shape: shape.iter().map(|&d| Dim::Fixed(d)).collect() }
+    }
+    /// The rank.
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    /// The shape as sizes, if every dimension is known.
+    pub fn fixed_shape(&self) -> Option<Vec<usize>> {
+        self.shape.iter().map(Dim::fixed).collect()
+    }
+    /// The number of elements, if known.
+    pub fn numel(&self) -> Option<usize> {
+        self.fixed_shape().map(|s| s.iter().product())
+    }
+    /// Replaces every symbolic dimension by `n`.
+    pub fn with_symbols(&self, n: usize) -> TensorType {
+        TensorType {
+            dtype: self.dtype,
+            shape: self.shape.iter().map(|d| Dim::Fixed(d.fixed().unwrap_or(n))).collect(),
+        }
+    }
+}
+
+impl fmt::Display for TensorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[", self.dtype.name())?;
+        for (i, d) in self.shape.iter().enumerate() {
+            if i > 0 {
+                write!(f, ",")?;
+            }
+            write!(f, "{d}")?;
+        }
+        write!(f, "]")
+    }
+}
+
+/// The elements of a dense tensor, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    /// f32 elements.
+    F32(Vec<f32>),
+    /// i64 elements.
+    I64(Vec<i64>),
+}
+
+/// A dense, row-major tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+    /// Elements; their count is the product of `shape`.
+    pub data: TensorData,
+}
+
+impl Tensor {
+    /// An f32 tensor; errors if the element count does not match the shape.
+    pub fn from_f32(shape: Vec<usize>, data: Vec<f32>) -> Result<Tensor> {
+        if shape.iter().product::<usize>() != data.len() {
+            return invalid(format!("tensor of shape {shape:?} given {} elements", data.len()));
+        }
+        Ok(Tensor { shape, data: TensorData::F32(data) })
+    }
+    /// An i64 tensor; errors if the element count does not match the shape.
+    pub fn from_i64(shape: Vec<usize>, data: Vec<i64>) -> Result<Tensor> {
+        if shape.iter().product::<usize>() != data.len() {
+            return invalid(format!("tensor of shape {shape:?} given {} elements", data.len()));
+        }
+        Ok(Tensor { shape, data: TensorData::I64(data) })
+    }
+    /// An f32 tensor filled with `v`.
+    pub fn full(shape: &[usize], v: f32) -> Tensor {
+        Tensor { shape: shape.to_vec(), data: TensorData::F32(vec![v; shape.iter().product()]) }
+    }
+    /// A 0-d f32 tensor.
+    pub fn scalar(v: f32) -> Tensor {
+        Tensor { shape: vec![], data: TensorData::F32(vec![v]) }
+    }
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            TensorData::F32(_) => DType::F32,
+            TensorData::I64(_) => DType::I64,
+        }
+    }
+    /// The static type of this tensor.
+    pub fn ty(&self) -> TensorType {
+        TensorType { dtype: self.dtype(), shape: self.shape.iter().map(|&d| Dim::Fixed(d)).collect() }
+    }
+    /// The number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// The f32 elements, or an error for other element types.
+    pub fn f32s(&self) -> Result<&[f32]> {
+        match &self.data {
+            TensorData::F32(v) => Ok(v),
+            TensorData::I64(_) => invalid("expected an f32 tensor, found i64"),
+        }
+    }
+    /// The f32 elements, mutable.
+    pub fn f32s_mut(&mut self) -> Result<&mut Vec<f32>> {
+        match &mut self.data {
+            TensorData::F32(v) => Ok(v),
+            TensorData::I64(_) => invalid("expected an f32 tensor, found i64"),
+        }
+    }
+    /// The i64 elements, or an error for other element types.
+    pub fn i64s(&self) -> Result<&[i64]> {
+        match &self.data {
+            TensorData::I64(v) => Ok(v),
+            TensorData::F32(_) => invalid("expected an i64 tensor, found f32"),
+        }
+    }
+    /// Takes the f32 elements out.
+    pub fn into_f32s(self) -> Result<Vec<f32>> {
+        match self.data {
+            TensorData::F32(v) => Ok(v),
+            TensorData::I64(_) => invalid("expected an f32 tensor, found i64"),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The verifier: the structural invariants every pass must keep.
+
+use crate::error::{invalid, Result};
+use crate::graph::{Graph, NodeId, ValueDef};
+use crate::infer::infer_node_types;
+use std::collections::HashSet;
+
+/// Checks that `g` is well formed: unique names, every value defined once and before use
+/// (topological order), definitions consistent with the input/parameter lists, and every
+/// node's recorded output types equal to what shape inference gives.
+pub fn verify(g: &Graph) -> Result<()> {
+    let n = g.values.len();
+    let mut names = HashSet::new();
+    for v in &g.values {
+        if !names.insert(v.name.as_str()) {
+            return invalid(format!("value name %{} is defined twice", v.name));
+        }
+    }
+    let mut defined = vec![false; n];
+    for &i in &g.inputs {
+        if i.0 >= n || g.values[i.0].def != ValueDef::Input {
+            return invalid(format!("graph input #{} is not an input value", i.0));
+        }
+        defined[i.0] = true;
+    }
+    for &p in &g.params {
+        if p.0 >= n || !matches!(g.values[p.0].def, ValueDef::Param(_)) {
+            return invalid(format!("parameter #{} is not a parameter value", p.0));
+        }
+        defined[p.0] = true;
+    }
+    for (i, node) in g.nodes.iter().enumerate() {
+        let where_ = || format!("node {i} ({}{})", node.op.name(), if node.scope.is_empty() { String::new() } else { format!(" @{}", node.scope) });
+        for &v in &node.inputs {
+            if v.0 >= n || !defined[v.0] {
+                return invalid(format!("{}: operand #{} is used before it is defined", where_(), v.0));
+            }
+        }
+        if node.outputs.len() != node.op.num_outputs() {
+            return invalid(format!("{}: has {} results, the op makes {}", where_(), node.outputs.len(), node.op.num_outputs()));
+        }
+        let types = infer_node_types(g, &node.op, &node.inputs).or_else(|e| invalid(format!("{}: {e}", where_())))?;
+        for (k, &o) in node.outputs.iter().enumerate() {
+            if o.0 >= n || defined[o.0] {
+                return invalid(format!("{}: result #{} is defined twice", where_(), o.0));
+            }
+            if g.values[o.0].def != ValueDef::Node(NodeId(i), k) {
+                return invalid(format!("{}: result %{} does not point back to it", where_(), g.values[o.0].name));
+            }
+            if g.values[o.0].ty != types[k] {
+                return invalid(format!(
+                    "{}: result %{} is declared {} but infers to {}",
+                    where_(),
+                    g.values[o.0].name,
+                    g.values[o.0].ty,
+                    types[k]
+                ));
+            }
+            defined[o.0] = true;
+        }
+    }
+    if g.outputs.is_empty() {
+        return invalid("graph has no outputs");
+    }
+    for &o in &g.outputs {
+        if o.0 >= n || !defined[o.0] {
+            return invalid(format!("graph output #{} is not defined", o.0));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! CPU kernels for the heavy ops: convolution (im2col + GEMM), batch norm, max pooling,
+//! batched matmul and the hot elementwise ops. Parallel with rayon; GEMM from the `gemm` crate.
+
+use rayon::prelude::*;
+use slimc_ir::Conv2d;
+
+/// `c[m×n] = a[m×k] · b[k×n]`, row-major, overwriting `c`.
+pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm operand sizes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c[..m * n].fill(0.0);
+        return;
+    }
+    let par = if m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: the sizes are checked above; row-major strides describe the slices exactly.
+    unsafe {
+        gemm::gemm(
+            m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), 1, n as isize,
+            0.0, 1.0, false, false, false, par,
+        );
+    }
+}
+
+/// Output spatial size of a conv or pool window.
+fn out_size(i: usize, k: usize, s: usize, d: usize, p0: usize, p1: usize) -> usize {
+    (i + p0 + p1 - d * (k - 1) - 1) / s + 1
+}
+
+/// 2-D convolution. `x` is `[n, cin, h, w]`, `w` is `[cout, cin/groups, kh, kw]`; returns
+/// `[n, cout, oh, ow]` and the output shape.
+pub fn conv2d(x: &[f32], xs: &[usize], w: &[f32], ws: &[usize], bias: Option<&[f32]>, c: &Conv2d) -> (Vec<f32>, Vec<usize>) {
+    let (n, cin, h, wi) = (xs[0], xs[1], xs[2], xs[3]);
+    let (cout, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+    let g = c.groups;
+    let oh = out_size(h, kh, c.stride[0], c.dilation[0], c.pad[0], c.pad[2]);
+    let ow = out_size(wi, kw, c.stride[1], c.dilation[1], c.pad[1], c.pad[3]);
+    let (hw, ohw) = (h * wi, oh * ow);
+    let og = cout / g;
+    let mut out = vec![0.0f32; n * cout * ohw];
+    if g == cin && cg == 1 && og == 1 {
+        depthwise(x, w, c, [n, cin, h, wi], [kh, kw], [oh, ow], &mut out);
+    } else {
+        let kdim = cg * kh * kw;
+        let pointwise = kh == 1 && kw == 1 && c.stride == [1, 1] && c.pad == [0; 4];
+        let mut col = if pointwise { vec![] } else { vec![0.0f32; kdim * ohw] };
+        for b in 0..n {
+            for gi in 0..g {
+                let xg = &x[(b * cin + gi * cg) * hw..(b * cin + (gi + 1) * cg) * hw];
+                let rhs: &[f32] = if pointwise {
+                    xg
+                } else {
+                    im2col(xg, c, [h, wi], [kh, kw], [oh, ow], &mut col);
+                    &col
+                };
+                let dst = &mut out[(b * cout + gi * og) * ohw..(b * cout + (gi + 1) * og) * ohw];
+                sgemm(og, ohw, kdim, &w[gi * og * kdim..(gi + 1) * og * kdim], rhs, dst);
+            }
+        }
+    }
+    if let Some(bias) = bias {
+        out.par_chunks_mut(ohw).enumerate().for_each(|(i, p)| {
+            let v = bias[i % cout];
+            p.iter_mut().for_each(|o| *o += v);
+        });
+    }
+    (out, vec![n, cout, oh, ow])
+}
+
+fn im2col(x: &[f32], c: &Conv2d, [h, w]: [usize; 2], [kh, kw]: [usize; 2], [oh, ow]: [usize; 2], col: &mut [f32]) {
+    col.par_chunks_mut(oh * ow).enumerate().for_each(|(row, dst)| {
+        let (ci, r) = (row / (kh * kw), row % (kh * kw));
+        let (ky, kx) = (r / kw, r % kw);
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        for oy in 0..oh {
+            let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.pad[0] as isize;
+            let d = &mut dst[oy * ow..(oy + 1) * ow];
+            if iy < 0 || iy >= h as isize {
+                d.fill(0.0);
+                continue;
+            }
+            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+            for (ox, o) in d.iter_mut().enumerate() {
+                let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize - c.pad[1] as isize;
+                *o = if ix < 0 || ix >= w as isize { 0.0 } else { src[ix as usize] };
+            }
+        }
+    });
+}
+
+fn depthwise(x: &[f32], w: &[f32], c: &Conv2d, [_, ch, h, wi]: [usize; 4], [kh, kw]: [usize; 2], [oh, ow]: [usize; 2], out: &mut [f32]) {
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
+        let ci = plane % ch;
+        let src = &x[plane * h * wi..(plane + 1) * h * wi];
+        let k = &w[ci * kh * kw..(ci + 1) * kh * kw];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = 0.0f32;
+                for ky in 0..kh {
+                    let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.pad[0] as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..kw {
+                        let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize - c.pad[1] as isize;
+                        if ix >= 0 && ix < wi as isize {
+                            acc += src[iy as usize * wi + ix as usize] * k[ky * kw + kx];
+                        }
+                    }
+                }
+                dst[oy * ow + ox] = acc;
+            }
+        }
+    });
+}
+
+/// Inference batch norm over axis 1 with running statistics.
+pub fn batch_norm(x: &[f32], shape: &[usize], gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f32) -> Vec<f32> {
+    let c = shape[1];
+    let inner: usize = shape[2..].iter().product();
+    let mut out = x.to_vec();
+    out.par_chunks_mut(inner.max(1)).enumerate().for_each(|(i, p)| {
+        let ch = i % c;
+        let s = gamma[ch] / (var[ch] + eps).sqrt();
+        let b = beta[ch] - mean[ch] * s;
+        p.iter_mut().for_each(|v| *v = *v * s + b);
+    });
+    out
+}
+
+/// 2-D max pooling with -inf padding.
+pub fn max_pool2d(x: &[f32], xs: &[usize], k: [usize; 2], s: [usize; 2], p: [usize; 4]) -> (Vec<f32>, Vec<usize>) {
+    let (n, c, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+    let oh = out_size(h, k[0], s[0], 1, p[0], p[2]);
+    let ow = out_size(w, k[1], s[1], 1, p[1], p[3]);
+    let mut out = vec![0.0f32; n * c * oh * ow];
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
+        let src = &x[plane * h * w..(plane + 1) * h * w];
+        for oy in 0..oh {
+            let y0 = (oy * s[0]) as isize - p[0] as isize;
+            for ox in 0..ow {
+                let x0 = (ox * s[1]) as isize - p[1] as isize;
+                let mut m = f32::NEG_INFINITY;
+                for iy in y0.max(0)..(y0 + k[0] as isize).min(h as isize) {
+                    for ix in x0.max(0)..(x0 + k[1] as isize).min(w as isize) {
+                        m = m.max(src[iy as usize * w + ix as usize]);
+                    }
+                }
+                dst[oy * ow + ox] = m;
+            }
+        }
+    });
+    (out, vec![n, c, oh, ow])
+}
+
+/// `x * sigmoid(x)`, in parallel.
+pub fn silu(x: &[f32]) -> Vec<f32> {
+    x.par_iter().map(|&v| v / (1.0 + (-v).exp())).collect()
+}
+
+/// Elementwise sum of same-shaped operands, in parallel.
+pub fn add_same(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.par_iter().zip(b.par_iter()).map(|(x, y)| x + y).collect()
+}
+
+/// Batched matrix product over the last two axes with broadcast batch axes.
+pub fn matmul(a: &[f32], sa: &[usize], b: &[f32], sb: &[usize], out_shape: &[usize]) -> Vec<f32> {
+    let r = out_shape.len();
+    let (m, n, k) = (out_shape[r - 2], out_shape[r - 1], sa[sa.len() - 1]);
+    let batch = &out_shape[..r - 2];
+    let oa = slimc_ir::eval::batch_offsets(sa, batch, m * k);
+    let ob = slimc_ir::eval::batch_offsets(sb, batch, k * n);
+    let mut out = vec![0.0f32; out_shape.iter().product()];
+    for (i, dst) in out.chunks_mut(m * n).enumerate() {
+        sgemm(m, n, k, &a[oa[i]..oa[i] + m * k], &b[ob[i]..ob[i] + k * n], dst);
+    }
+    out
+}

@@ -1,0 +1,4 @@
+//! Backends that run IR graphs. `cpu` is the reference every other backend is tested against.
+
+pub mod cpu;
+pub mod kernels;

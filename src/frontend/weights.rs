@@ -1,0 +1,62 @@
+//! Loading named weights (safetensors) into a model built from a YAML.
+
+use anyhow::{anyhow, bail, Context, Result};
+use safetensors::{Dtype, SafeTensors};
+use slimc_ir::{Model, ParamKind, Tensor, ValueDef};
+use std::path::Path;
+
+/// Reads every tensor of a safetensors file as f32 (f64 is narrowed).
+pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+    let mut out = vec![];
+    for (name, view) in st.tensors() {
+        let shape = view.shape().to_vec();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            Dtype::F64 => view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            Dtype::I64 if name.ends_with("num_batches_tracked") => continue,
+            d => bail!("{}: tensor {name} has element type {d:?}; slimc reads F32 and F64", path.display()),
+        };
+        let t = Tensor::from_f32(shape, data).map_err(|e| anyhow!("{}: tensor {name}: {e}", path.display()))?;
+        out.push((name, t));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Replaces the model's weights, frozen parameters and buffers by the tensors of a safetensors
+/// file. Every parameter must be present with its shape and every tensor in the file must be
+/// used (`num_batches_tracked` aside); otherwise the error lists each missing, extra and
+/// mis-shaped name.
+pub fn load_weights(model: &mut Model, path: &Path) -> Result<()> {
+    let file = read_safetensors(path)?;
+    let g = &model.graph;
+    let wanted: Vec<(String, Vec<usize>)> = g
+        .params
+        .iter()
+        .map(|&p| g.value(p))
+        .filter(|v| matches!(v.def, ValueDef::Param(ParamKind::Weight | ParamKind::Frozen | ParamKind::Buffer)))
+        .map(|v| (v.name.clone(), v.ty.fixed_shape().unwrap_or_default()))
+        .collect();
+    let mut problems = vec![];
+    for (name, shape) in &wanted {
+        match file.iter().find(|(n, _)| n == name) {
+            None => problems.push(format!("missing {name} {shape:?}")),
+            Some((_, t)) if &t.shape != shape => problems.push(format!("{name} has shape {:?}, the model needs {shape:?}", t.shape)),
+            Some(_) => {}
+        }
+    }
+    for (name, t) in &file {
+        if !wanted.iter().any(|(n, _)| n == name) {
+            problems.push(format!("unexpected {name} {:?}", t.shape));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}: {} weight mismatch(es): {}", path.display(), problems.len(), problems.join("; "));
+    }
+    for (name, t) in file {
+        model.tensors.insert(name, t);
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Ultralytics model YAMLs: parsing and `parse_model`'s rules (scales, repeats, widths).
+//!
+//! The resolved layer list is lowered to IR by [`super::yolo`]. Names and rules follow
+//! Ultralytics 8.3.253 (`nn/tasks.py`): scale letter from the file name, `make_divisible`
+//! with ceil, Python's round-half-even for repeats, the c3k rule for scales m/l/x.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::Path;
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// The YOLO11 YAML shipped inside the binary.
+pub const YOLO11_YAML: &str = include_str!("../../models/yolo11.yaml");
+
+/// A module argument as written in the YAML.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arg {
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// `None` (or YAML null).
+    None,
+    /// Any other string (e.g. `"nearest"`).
+    Str(String),
+}
+
+/// One `[from, repeats, module, args]` row, after `nc` substitution.
+#[derive(Clone, Debug)]
+pub struct LayerSpec {
+    /// Absolute indices of the input layers (`-1` resolved); `None` is the image.
+    pub from: Vec<Option<usize>>,
+    /// Repeats after depth scaling.
+    pub repeats: usize,
+    /// Module name (`Conv`, `C3k2`, `nn.Upsample`...).
+    pub module: String,
+    /// Raw arguments.
+    pub args: Vec<Arg>,
+}
+
+/// A parsed model YAML with its scale resolved.
+#[derive(Clone, Debug)]
+pub struct ModelSpec {
+    /// Display name of the source (file name).
+    pub source: String,
+    /// Number of classes.
+    pub nc: usize,
+    /// Scale letter used ("" if the YAML has no scales).
+    pub scale: String,
+    /// Depth multiple.
+    pub depth: f64,
+    /// Width multiple.
+    pub width: f64,
+    /// Channel cap before width scaling.
+    pub max_channels: usize,
+    /// Layers: backbone then head.
+    pub layers: Vec<LayerSpec>,
+}
+
+/// Python's `round` (half to even) on non-negative values.
+pub fn round_half_even(x: f64) -> i64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 && (r as i64) % 2 != 0 {
+        (r - x.signum()) as i64
+    } else {
+        r as i64
+    }
+}
+
+/// Ultralytics' `make_divisible(x, 8)`: the next multiple of 8 at or above `x`.
+pub fn make_divisible(x: f64, d: usize) -> usize {
+    ((x / d as f64).ceil() as usize) * d
+}
+
+/// The scale letter Ultralytics guesses from a file name (`yolo11s.yaml` → `s`), as its regex
+/// `yolo(e-)?[v]?\d+([nslmx])` does.
+pub fn guess_scale(path: &str) -> Option<char> {
+    let stem = Path::new(path).file_stem()?.to_string_lossy().to_lowercase();
+    let b = stem.as_bytes();
+    let mut start = 0;
+    while let Some(p) = stem[start..].find("yolo") {
+        let mut i = start + p + 4;
+        if stem[i..].starts_with("e-") {
+            i += 2;
+        }
+        if i < b.len() && b[i] == b'v' {
+            i += 1;
+        }
+        let d0 = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i > d0 && i < b.len() && b"nslmx".contains(&b[i]) {
+            return Some(b[i] as char);
+        }
+        start = start + p + 1;
+    }
+    None
+}
+
+/// Reads a model YAML given by name or path: a file on disk wins; otherwise `yolo11.yaml` and
+/// `yolo11{n,s,m,l,x}.yaml` come from the copy inside the binary.
+pub fn load_spec(path: &str, nc: Option<usize>) -> Result<ModelSpec> {
+    let name = Path::new(path).file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let text = if Path::new(path).exists() {
+        std::fs::read_to_string(path).with_context(|| format!("{path}: cannot read"))?
+    } else if is_builtin(&name) && !path.contains('/') {
+        YOLO11_YAML.to_string()
+    } else {
+        bail!("{path}: no such file (built-in models: yolo11.yaml, yolo11n/s/m/l/x.yaml)");
+    };
+    parse_spec(&text, &name, guess_scale(&name), nc)
+}
+
+fn is_builtin(name: &str) -> bool {
+    matches!(name, "yolo11.yaml" | "yolo11n.yaml" | "yolo11s.yaml" | "yolo11m.yaml" | "yolo11l.yaml" | "yolo11x.yaml")
+}
+
+fn num(y: &Yaml) -> Option<f64> {
+    match y {
+        Yaml::Integer(i) => Some(*i as f64),
+        Yaml::Real(_) => y.as_f64(),
+        _ => None,
+    }
+}
+
+/// Parses YAML text; `source` names it in errors.
+pub fn parse_spec(text: &str, source: &str, scale: Option<char>, nc_override: Option<usize>) -> Result<ModelSpec> {
+    let docs = YamlLoader::load_from_str(text).map_err(|e| anyhow!("{source}: invalid YAML: {e}"))?;
+    let doc = docs.first().ok_or_else(|| anyhow!("{source}: empty YAML"))?;
+    let yaml_nc = match &doc["nc"] {
+        Yaml::Integer(n) if *n > 0 => Some(*n as usize),
+        Yaml::BadValue => None,
+        other => bail!("{source}: `nc` must be a positive integer, found {other:?}"),
+    };
+    let nc = nc_override.or(yaml_nc).ok_or_else(|| anyhow!("{source}: no `nc` given (set it in the YAML or pass --nc)"))?;
+    if nc == 0 {
+        bail!("{source}: nc must be at least 1");
+    }
+    let (scale_name, depth, width, max_channels) = match &doc["scales"] {
+        Yaml::Hash(h) => {
+            let keys: Vec<String> = h.keys().filter_map(|k| k.as_str().map(String::from)).collect();
+            let key = match scale {
+                Some(c) => {
+                    let k = c.to_string();
+                    if !keys.contains(&k) {
+                        bail!("{source}: scale `{k}` is not among the YAML's scales {keys:?}");
+                    }
+                    k
+                }
+                None => keys.first().cloned().ok_or_else(|| anyhow!("{source}: `scales` is empty"))?,
+            };
+            let row = &doc["scales"][key.as_str()];
+            let vals: Vec<f64> = row.as_vec().map(|v| v.iter().filter_map(num).collect()).unwrap_or_default();
+            if vals.len() != 3 {
+                bail!("{source}: scale `{key}` must be [depth, width, max_channels], found {row:?}");
+            }
+            (key, vals[0], vals[1], vals[2] as usize)
+        }
+        Yaml::BadValue => {
+            let d = num(&doc["depth_multiple"]).unwrap_or(1.0);
+            let w = num(&doc["width_multiple"]).unwrap_or(1.0);
+            (String::new(), d, w, num(&doc["max_channels"]).map(|m| m as usize).unwrap_or(usize::MAX))
+        }
+        other => bail!("{source}: `scales` must be a mapping, found {other:?}"),
+    };
+    let mut layers = vec![];
+    for section in ["backbone", "head"] {
+        let rows = doc[section].as_vec().ok_or_else(|| anyhow!("{source}: missing `{section}` list"))?;
+        for (j, row) in rows.iter().enumerate() {
+            let i = layers.len();
+            let at = format!("{source}: layer {i} ({section}[{j}])");
+            layers.push(parse_row(row, i, nc, depth, &at)?);
+        }
+    }
+    if layers.is_empty() {
+        bail!("{source}: the model has no layers");
+    }
+    Ok(ModelSpec { source: source.to_string(), nc, scale: scale_name, depth, width, max_channels, layers })
+}
+
+fn parse_row(row: &Yaml, i: usize, nc: usize, depth: f64, at: &str) -> Result<LayerSpec> {
+    let cells = row.as_vec().filter(|c| c.len() == 4).ok_or_else(|| anyhow!("{at}: expected [from, repeats, module, args]"))?;
+    let resolve = |f: i64| -> Result<Option<usize>> {
+        let abs = if f < 0 { i as i64 + f } else { f };
+        if abs == -1 && i == 0 {
+            return Ok(None);
+        }
+        if abs < 0 || abs >= i as i64 {
+            bail!("{at}: `from` index {f} does not name an earlier layer");
+        }
+        Ok(Some(abs as usize))
+    };
+    let from = match &cells[0] {
+        Yaml::Integer(f) => vec![resolve(*f)?],
+        Yaml::Array(v) => v
+            .iter()
+            .map(|f| f.as_i64().ok_or_else(|| anyhow!("{at}: `from` entries must be integers")).and_then(resolve))
+            .collect::<Result<_>>()?,
+        other => bail!("{at}: `from` must be an integer or a list, found {other:?}"),
+    };
+    let n = cells[1].as_i64().filter(|n| *n >= 1).ok_or_else(|| anyhow!("{at}: repeats must be a positive integer"))?;
+    let repeats = if n > 1 { round_half_even(n as f64 * depth).max(1) as usize } else { n as usize };
+    let module = cells[2].as_str().ok_or_else(|| anyhow!("{at}: module must be a name"))?.to_string();
+    let args = cells[3]
+        .as_vec()
+        .ok_or_else(|| anyhow!("{at}: args must be a list"))?
+        .iter()
+        .map(|a| {
+            Ok(match a {
+                Yaml::Integer(v) => Arg::Int(*v),
+                Yaml::Real(_) => Arg::Float(a.as_f64().unwrap_or(0.0)),
+                Yaml::Boolean(b) => Arg::Bool(*b),
+                Yaml::Null => Arg::None,
+                Yaml::String(s) if s == "nc" => Arg::Int(nc as i64),
+                Yaml::String(s) if s == "None" => Arg::None,
+                Yaml::String(s) if s == "True" => Arg::Bool(true),
+                Yaml::String(s) if s == "False" => Arg::Bool(false),
+                Yaml::String(s) => Arg::Str(s.clone()),
+                other => bail!("{at}: unsupported argument {other:?}"),
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(LayerSpec { from, repeats, module, args })
+}

@@ -1,0 +1,95 @@
+//! Model statistics as Ultralytics' `model.info()` reports them: layers, parameters,
+//! gradients and GFLOPs.
+
+use anyhow::{anyhow, Result};
+use serde::Serialize;
+use slimc_ir::{infer_all, Dim, Model, Op, ParamKind, TensorType, ValueDef};
+
+/// Summary numbers of a model.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelInfo {
+    /// Graph name.
+    pub name: String,
+    /// Leaf modules as Ultralytics counts them (convs, BNs, identities, the shared SiLU, pools,
+    /// upsamples and Concat layers).
+    pub layers: usize,
+    /// Parameters (trainable and frozen), BN running statistics excluded.
+    pub parameters: usize,
+    /// Trainable parameters.
+    pub gradients: usize,
+    /// GFLOPs at `imgsz` for batch 1, counted like thop (conv MACs plus BN, times two).
+    pub gflops: f64,
+    /// Image size (h, w) used for GFLOPs.
+    pub imgsz: [usize; 2],
+    /// Number of classes.
+    pub nc: usize,
+    /// IR nodes.
+    pub nodes: usize,
+    /// Count of nodes by op.
+    pub ops: Vec<(String, usize)>,
+}
+
+/// Computes [`ModelInfo`] at image size `imgsz` (default: the model's own).
+pub fn model_info(model: &Model, imgsz: Option<[usize; 2]>) -> Result<ModelInfo> {
+    let g = &model.graph;
+    let count = |kinds: &[ParamKind]| -> usize {
+        g.params.iter().map(|&p| g.value(p)).filter(|v| matches!(v.def, ValueDef::Param(k) if kinds.contains(&k))).map(|v| v.ty.numel().unwrap_or(0)).sum()
+    };
+    let imgsz = imgsz.unwrap_or(model.meta.imgsz);
+    let input_types: Vec<TensorType> = g
+        .inputs
+        .iter()
+        .map(|&v| {
+            let mut t = g.ty(v).with_symbols(1);
+            if t.rank() == 4 && imgsz != [0, 0] {
+                t.shape[2] = Dim::Fixed(imgsz[0]);
+                t.shape[3] = Dim::Fixed(imgsz[1]);
+            }
+            t
+        })
+        .collect();
+    let types = infer_all(g, &input_types).map_err(|e| anyhow!("cannot size the model at {}x{}: {e}", imgsz[0], imgsz[1]))?;
+    let numel = |v: slimc_ir::ValueId| types[v.0].numel().unwrap_or(0) as f64;
+    let mut macs = 0.0;
+    let mut layers = 0;
+    let mut pool_scopes = std::collections::HashSet::new();
+    let users = g.users();
+    let mut ops: std::collections::BTreeMap<String, usize> = Default::default();
+    for n in &g.nodes {
+        *ops.entry(n.op.name().to_string()).or_default() += 1;
+        match &n.op {
+            Op::Conv2d(_) => {
+                let w = types[n.inputs[1].0].fixed_shape().unwrap_or_default();
+                macs += numel(n.outputs[0]) * (w[1] * w[2] * w[3]) as f64;
+                layers += 1;
+            }
+            Op::BatchNorm { .. } => {
+                macs += 4.0 * numel(n.outputs[0]);
+                let activated = users[n.outputs[0].0].iter().any(|u| matches!(g.nodes[u.0].op, Op::Silu));
+                layers += if activated { 1 } else { 2 };
+            }
+            Op::MaxPool2d { .. } => {
+                if pool_scopes.insert(n.scope.clone()) {
+                    layers += 1;
+                }
+            }
+            Op::UpsampleNearest { .. } => layers += 1,
+            Op::Concat { .. } if g.value(n.outputs[0]).name == n.scope => layers += 1,
+            _ => {}
+        }
+    }
+    if ops.contains_key("silu") {
+        layers += 1;
+    }
+    Ok(ModelInfo {
+        name: g.name.clone(),
+        layers,
+        parameters: count(&[ParamKind::Weight, ParamKind::Frozen]),
+        gradients: count(&[ParamKind::Weight]),
+        gflops: 2.0 * macs / 1e9,
+        imgsz,
+        nc: model.meta.names.len(),
+        nodes: g.nodes.len(),
+        ops: ops.into_iter().collect(),
+    })
+}

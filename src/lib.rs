@@ -1,0 +1,13 @@
+//! slimc: network slimming of YOLO11 detectors as a compiler.
+//!
+//! Models (Ultralytics YAML or ONNX) are lowered to slimc's IR ([`slimc_ir`]), transformed by
+//! passes ([`slimc_passes`]), run by backends ([`backend`]), and emitted as ONNX ([`export`])
+//! that is checked against the IR with tract and onnxruntime ([`verify`]).
+
+pub mod backend;
+pub mod frontend;
+pub mod info;
+pub mod io;
+pub mod load;
+pub mod export;
+pub mod verify;

@@ -1,0 +1,65 @@
+//! Turning any model argument (`.slim`, Ultralytics `.yaml`, `.onnx`) into a [`Model`].
+
+use crate::frontend::{onnx::import_onnx, weights::load_weights, yaml, yolo};
+use anyhow::{bail, Result};
+use slimc_ir::Model;
+use std::path::Path;
+
+/// Options that apply when a model is built rather than read from a `.slim` file.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Number of classes (YAML only; overrides the YAML's `nc`).
+    pub nc: Option<usize>,
+    /// Safetensors weights to load into a YAML-built model.
+    pub weights: Option<std::path::PathBuf>,
+    /// Image size (h, w): the reference size of a YAML model, or the size that fixes an ONNX
+    /// file's symbolic input.
+    pub imgsz: Option<[usize; 2]>,
+    /// Seed of the weight initialisation.
+    pub seed: u64,
+}
+
+/// The kinds of model argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// slimc's own model file.
+    Slim,
+    /// An Ultralytics model YAML.
+    Yaml,
+    /// An ONNX file.
+    Onnx,
+}
+
+/// The format a model argument names, from its extension.
+pub fn format_of(path: &str) -> Result<ModelFormat> {
+    let ext = Path::new(path).extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    Ok(match ext.as_str() {
+        "slim" => ModelFormat::Slim,
+        "yaml" | "yml" => ModelFormat::Yaml,
+        "onnx" => ModelFormat::Onnx,
+        _ => bail!("{path}: unknown model format (expected .slim, .yaml or .onnx)"),
+    })
+}
+
+/// Loads or builds a model from a `.slim`, `.yaml` or `.onnx` argument.
+pub fn load_model(path: &str, opts: &LoadOptions) -> Result<Model> {
+    let format = format_of(path)?;
+    if opts.weights.is_some() && format != ModelFormat::Yaml {
+        bail!("{path}: --weights applies to YAML models only");
+    }
+    if opts.nc.is_some() && format != ModelFormat::Yaml {
+        bail!("{path}: --nc applies to YAML models only");
+    }
+    match format {
+        ModelFormat::Slim => Ok(Model::load(Path::new(path))?),
+        ModelFormat::Onnx => import_onnx(Path::new(path), opts.imgsz),
+        ModelFormat::Yaml => {
+            let spec = yaml::load_spec(path, opts.nc)?;
+            let mut model = yolo::lower(&spec, opts.imgsz.unwrap_or([640, 640]), opts.seed)?;
+            if let Some(w) = &opts.weights {
+                load_weights(&mut model, w)?;
+            }
+            Ok(model)
+        }
+    }
+}
