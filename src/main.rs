@@ -1,1 +1,285 @@
-fn main(){}
+//! The `slimc` command line: a compiler driver for network slimming of YOLO11.
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, Parser, Subcommand};
+use slimc::load::{format_of, load_model, LoadOptions, ModelFormat};
+use slimc::{backend::cpu, export, info, io, verify};
+use slimc_ir::{print_graph, Model, Tensor};
+use slimc_passes::{all_passes, PassManager};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "slimc", version, about = "Network slimming of YOLO11 detectors, as a compiler", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// How a model argument is read or built.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Model: a .slim file, an Ultralytics YAML (yolo11n.yaml ships inside slimc) or an .onnx file.
+    model: String,
+    /// Number of classes (YAML models).
+    #[arg(long)]
+    nc: Option<usize>,
+    /// Safetensors state dict to load into a YAML model (Ultralytics names, e.g. model.0.conv.weight).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Image size, `S` or `H,W`: a YAML model's reference size, or what fixes an ONNX file's symbolic input.
+    #[arg(long, value_parser = parse_imgsz)]
+    imgsz: Option<[usize; 2]>,
+    /// Seed of the weight initialisation (YAML models).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Model> {
+        load_model(&self.model, &LoadOptions { nc: self.nc, weights: self.weights.clone(), imgsz: self.imgsz, seed: self.seed })
+    }
+}
+
+fn parse_imgsz(s: &str) -> std::result::Result<[usize; 2], String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let nums: Vec<usize> = parts.iter().map(|p| p.parse::<usize>().map_err(|_| format!("`{s}` is not S or H,W"))).collect::<std::result::Result<_, _>>()?;
+    match nums.as_slice() {
+        [s] if *s > 0 => Ok([*s, *s]),
+        [h, w] if *h > 0 && *w > 0 => Ok([*h, *w]),
+        _ => Err(format!("`{s}` is not S or H,W")),
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Lower a YAML or ONNX model to a .slim model file.
+    ///
+    /// Example: slimc import yolo11n.yaml --nc 1 --weights best.safetensors -o model.slim
+    Import {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Output .slim file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Print layers, parameters, gradients and GFLOPs as Ultralytics' model.info() does.
+    ///
+    /// Example: slimc info yolo11s.yaml --json
+    Info {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the model's IR in its text form.
+    ///
+    /// Example: slimc dump yolo11n.yaml > yolo11n.slimir
+    Dump {
+        #[command(flatten)]
+        m: ModelArgs,
+    },
+    /// Run the model on the CPU interpreter: .npy in, .npy out.
+    ///
+    /// Example: slimc run model.slim --input x.npy -o y.npy
+    Run {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Input array (float32, NCHW).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output array (the first graph output).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Run IR passes and write the result.
+    ///
+    /// Example: slimc opt yolo11n.yaml --passes fold-bn,dce --print-ir-after-all -o fused.slim
+    Opt {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Comma-separated pass names (see --list-passes).
+        #[arg(long, default_value = "")]
+        passes: String,
+        /// Print the IR after every pass (to stderr).
+        #[arg(long)]
+        print_ir_after_all: bool,
+        /// List the available passes and exit.
+        #[arg(long)]
+        list_passes: bool,
+        /// Output .slim file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Export to ONNX laid out as Ultralytics' export (images -> output0).
+    ///
+    /// Example: slimc export model.slim --imgsz 640 -o model.onnx
+    Export {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Output .onnx file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// ONNX opset (13-22).
+        #[arg(long, default_value_t = 17)]
+        opset: i64,
+        /// Symbolic batch, height and width.
+        #[arg(long)]
+        dynamic: bool,
+        /// Keep BatchNormalization nodes (by default they are folded into the convs).
+        #[arg(long)]
+        keep_bn: bool,
+    },
+    /// Check an ONNX file with tract and onnxruntime against slimc's interpreter.
+    ///
+    /// Example: slimc verify model.onnx --against model.slim --input x.npy
+    Verify {
+        /// The ONNX file to check.
+        onnx: PathBuf,
+        /// Reference model run by the interpreter (default: the ONNX file itself, imported).
+        #[arg(long)]
+        against: Option<String>,
+        /// Input array; default: a seeded uniform [0, 1) image at the model's size.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Input size for the default input, `S` or `H,W`.
+        #[arg(long, value_parser = parse_imgsz)]
+        imgsz: Option<[usize; 2]>,
+        /// Largest accepted error relative to max |reference|.
+        #[arg(long, default_value_t = 1e-4)]
+        tol: f32,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    std::panic::set_hook(Box::new(|p| {
+        eprintln!("slimc: internal error: {p} (please report this with the command you ran)");
+    }));
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        std::process::exit(1);
+    }
+}
+
+fn save(model: &Model, path: &Path) -> Result<()> {
+    if format_of(&path.display().to_string())? != ModelFormat::Slim {
+        bail!("{}: the output must be a .slim file", path.display());
+    }
+    model.save(path)?;
+    Ok(())
+}
+
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A seeded uniform [0, 1) image tensor.
+fn random_input(shape: &[usize], seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    Tensor::from_f32(shape.to_vec(), (0..n).map(|_| rng.random::<f32>()).collect()).expect("sized")
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Import { m, output } => {
+            let model = m.load()?;
+            save(&model, &output)?;
+            println!("wrote {} ({} nodes, {} tensors)", output.display(), model.graph.nodes.len(), model.tensors.len());
+        }
+        Cmd::Info { m, json } => {
+            let model = m.load()?;
+            let i = info::model_info(&model, m.imgsz)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                println!(
+                    "{} summary: {} layers, {} parameters, {} gradients, {:.1} GFLOPs (imgsz {}x{}, nc {}, {} IR nodes)",
+                    i.name,
+                    i.layers,
+                    thousands(i.parameters),
+                    thousands(i.gradients),
+                    i.gflops,
+                    i.imgsz[0],
+                    i.imgsz[1],
+                    i.nc,
+                    i.nodes
+                );
+            }
+        }
+        Cmd::Dump { m } => print!("{}", print_graph(&m.load()?.graph)),
+        Cmd::Run { m, input, output } => {
+            let model = m.load()?;
+            let x = io::read_npy(&input)?;
+            let t = std::time::Instant::now();
+            let y = cpu::run(&model, &[x]).map_err(|e| anyhow!("{}: {e:#}", m.model))?;
+            io::write_npy(&output, &y[0])?;
+            println!("wrote {} {:?} in {:.1} ms", output.display(), y[0].shape, t.elapsed().as_secs_f64() * 1e3);
+        }
+        Cmd::Opt { m, passes, print_ir_after_all, list_passes, output } => {
+            if list_passes {
+                for p in all_passes() {
+                    println!("{:16} {}", p.name(), p.summary());
+                }
+                return Ok(());
+            }
+            let pm = PassManager::parse(&passes)?.print_ir_after_all(print_ir_after_all);
+            let mut model = m.load()?;
+            for r in pm.run(&mut model)? {
+                eprintln!("{:16} {:>5} -> {:<5} nodes  {:8.2} ms{}", r.name, r.nodes.0, r.nodes.1, r.time.as_secs_f64() * 1e3, if r.changed { "" } else { "  (no change)" });
+            }
+            match output {
+                Some(o) => save(&model, &o)?,
+                None if !print_ir_after_all => print!("{}", print_graph(&model.graph)),
+                None => {}
+            }
+        }
+        Cmd::Export { m, output, opset, dynamic, keep_bn } => {
+            let model = m.load()?;
+            let opts = export::ExportOptions { opset, imgsz: m.imgsz, dynamic, keep_bn };
+            let bytes = export::export_onnx(&model, &opts)?;
+            slimc_ir::write_atomic(&output, &bytes)?;
+            println!("wrote {} ({:.1} MB, opset {opset}{})", output.display(), bytes.len() as f64 / 1e6, if dynamic { ", dynamic" } else { "" });
+        }
+        Cmd::Verify { onnx, against, input, imgsz, tol, json } => {
+            let reference = match &against {
+                Some(a) => load_model(a, &LoadOptions { imgsz, ..Default::default() })?,
+                None => load_model(&onnx.display().to_string(), &LoadOptions { imgsz, ..Default::default() })?,
+            };
+            let x = match &input {
+                Some(p) => io::read_npy(p)?,
+                None => {
+                    let size = imgsz.unwrap_or(reference.meta.imgsz);
+                    random_input(&[1, 3, size[0], size[1]], 0)
+                }
+            };
+            let want = cpu::run(&reference, std::slice::from_ref(&x))?;
+            let rows = verify::verify_onnx(&onnx, &x, &want, tol)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<12} {:>6} {:>12} {:>12}  {}", "engine", "output", "max abs", "max rel", "status");
+                for r in &rows {
+                    println!("{:<12} {:>6} {:>12.3e} {:>12.3e}  {}", r.engine, r.output, r.max_abs, r.max_rel, if r.ok { "ok" } else { "FAIL" });
+                }
+            }
+            if rows.iter().any(|r| !r.ok) {
+                bail!("{}: outputs differ from the interpreter beyond --tol {tol:e}", onnx.display());
+            }
+        }
+    }
+    Ok(())
+}

@@ -250,3 +250,16 @@ impl Graph {
         self.params.iter().copied().filter(move |p| self.values[p.0].def == ValueDef::Param(kind))
     }
 }
+
+impl Graph {
+    /// Re-specialises the graph to new input types (another batch or image size): every node
+    /// result's type is inferred again. Fails, leaving the graph unchanged, if an op cannot
+    /// take the new shapes.
+    pub fn set_input_types(&mut self, types: &[TensorType]) -> Result<()> {
+        let all = crate::infer::infer_all(self, types)?;
+        for (v, t) in self.values.iter_mut().zip(all) {
+            v.ty = t;
+        }
+        Ok(())
+    }
+}

@@ -49,7 +49,7 @@ pub fn print_graph(g: &Graph) -> String {
 }
 
 fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-')
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-')
 }
 
 /// A cursor over one line.

@@ -37,7 +37,7 @@ struct Importer {
 }
 
 fn sanitize(name: &str) -> String {
-    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || "_.:/-".contains(c) { c } else { '_' }).collect();
+    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || "_./-".contains(c) { c } else { '_' }).collect();
     if s.is_empty() { "v".to_string() } else { s }
 }
 
