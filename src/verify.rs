@@ -59,27 +59,45 @@ fn ort_env() -> Result<&'static ort::environment::Environment> {
     .map_err(|e| anyhow!("{e}"))
 }
 
-/// Runs an ONNX file with onnxruntime (graph optimisations off, so the arithmetic is the
-/// file's own) on one f32 input.
-pub fn run_ort(path: &Path, input: &Tensor) -> Result<Vec<Tensor>> {
-    use ort::session::{builder::GraphOptimizationLevel, Session};
-    let env = ort_env()?;
-    let err = |e: ort::Error| anyhow!("onnxruntime on {}: {e}", path.display());
-    let mut b = Session::builder(env)
-        .map_err(err)?
-        .with_optimization_level(GraphOptimizationLevel::Disable)
-        .map_err(|e| anyhow!("onnxruntime: {e}"))?
-        .with_intra_threads(2)
-        .map_err(|e| anyhow!("onnxruntime: {e}"))?;
-    let mut s = b.commit_from_file(path).map_err(err)?;
-    let x = ort::value::Tensor::from_array((input.shape.clone(), input.f32s()?.to_vec())).map_err(err)?;
-    let outs = s.run(ort::inputs![x]).map_err(err)?;
-    let mut res = vec![];
-    for (_, v) in outs.iter() {
-        let (shape, data) = v.try_extract_tensor::<f32>().map_err(err)?;
-        res.push(Tensor::from_f32(shape.iter().map(|&d| d as usize).collect(), data.to_vec())?);
+/// An onnxruntime session on one ONNX file, graph optimisations off (so the arithmetic is
+/// the file's own), two intra-op threads.
+pub struct OrtSession {
+    session: ort::session::Session,
+    path: PathBuf,
+}
+
+impl OrtSession {
+    /// Loads `path` into onnxruntime.
+    pub fn new(path: &Path) -> Result<OrtSession> {
+        use ort::session::{builder::GraphOptimizationLevel, Session};
+        let env = ort_env()?;
+        let mut b = Session::builder(env)
+            .map_err(|e| anyhow!("onnxruntime: {e}"))?
+            .with_optimization_level(GraphOptimizationLevel::Disable)
+            .map_err(|e| anyhow!("onnxruntime: {e}"))?
+            .with_intra_threads(2)
+            .map_err(|e| anyhow!("onnxruntime: {e}"))?;
+        let session = b.commit_from_file(path).map_err(|e| anyhow!("onnxruntime cannot load {}: {e}", path.display()))?;
+        Ok(OrtSession { session, path: path.to_path_buf() })
     }
-    Ok(res)
+
+    /// Runs the session on one f32 input.
+    pub fn run(&mut self, input: &Tensor) -> Result<Vec<Tensor>> {
+        let err = |e: ort::Error| anyhow!("onnxruntime on {}: {e}", self.path.display());
+        let x = ort::value::Tensor::from_array((input.shape.clone(), input.f32s()?.to_vec())).map_err(err)?;
+        let outs = self.session.run(ort::inputs![x]).map_err(|e| anyhow!("onnxruntime on {}: {e}", self.path.display()))?;
+        let mut res = vec![];
+        for (_, v) in outs.iter() {
+            let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| anyhow!("onnxruntime output: {e}"))?;
+            res.push(Tensor::from_f32(shape.iter().map(|&d| d as usize).collect(), data.to_vec())?);
+        }
+        Ok(res)
+    }
+}
+
+/// Runs an ONNX file once with onnxruntime on one f32 input.
+pub fn run_ort(path: &Path, input: &Tensor) -> Result<Vec<Tensor>> {
+    OrtSession::new(path)?.run(input)
 }
 
 /// One engine's agreement with the reference on one output.

@@ -3,8 +3,8 @@
 use crate::Pass;
 use slimc_ir::{eval::eval, IrError, Model, Op, ParamKind, Tensor, ValueDef};
 
-/// Replaces every node whose operands are all constants (or, for `anchors`, whose operand
-/// shapes are fully known) by constant parameters holding its results, computed by the IR's
+/// Replaces every node whose operands are all constants (or, for `anchors`, whose operands'
+/// spatial sizes are known; the batch does not matter) by constant parameters holding its results, computed by the IR's
 /// reference semantics ([`slimc_ir::eval`]). Weights and buffers are never folded, so training
 /// still sees them. Invariant: every graph output is computed exactly as before.
 pub struct FoldConstants;
@@ -25,7 +25,11 @@ impl Pass for FoldConstants {
             let inputs: Option<Vec<Tensor>> = if let Op::Anchors { .. } = node.op {
                 node.inputs
                     .iter()
-                    .map(|&v| g.ty(v).fixed_shape().map(|s| Tensor::full(&s, 0.0)))
+                    .map(|&v| {
+                        let t = g.ty(v);
+                        let spatial_known = t.shape.iter().skip(1).all(|d| d.fixed().is_some());
+                        spatial_known.then(|| Tensor::full(&t.with_symbols(1).fixed_shape().unwrap_or_default(), 0.0))
+                    })
                     .collect()
             } else {
                 node.inputs

@@ -1,0 +1,62 @@
+//! Export then verify: the ONNX file run by tract and by onnxruntime agrees with the IR
+//! interpreter, for yolo11n and yolo11s at nc 80 and nc 1 with non-trivial BN statistics,
+//! static and dynamic, BN folded and kept. These tests need onnxruntime (scripts/setup.sh
+//! installs it) and never skip.
+
+mod common;
+use slimc::backend::cpu;
+use slimc::export::{export_onnx, ExportOptions};
+use slimc::verify::verify_onnx;
+
+const TOL: f32 = 1e-4;
+
+fn export_and_verify(name: &str, nc: usize, imgsz: usize, opts: ExportOptions, check_size: [usize; 2]) {
+    let mut m = common::yaml_model(name, Some(nc), imgsz);
+    common::randomize_bn(&mut m, 7);
+    let path = common::scratch("export").join(format!("{name}-{nc}-{}-{}.onnx", opts.dynamic, opts.keep_bn));
+    std::fs::write(&path, export_onnx(&m, &opts).unwrap()).unwrap();
+    let x = common::image(1, check_size[0], check_size[1], 3);
+    let want = cpu::run(&m, std::slice::from_ref(&x)).unwrap();
+    let rows = verify_onnx(&path, &x, &want, TOL).unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        assert!(r.ok, "{name} nc {nc}: {} differs by {:e} (rel {:e})", r.engine, r.max_abs, r.max_rel);
+    }
+}
+
+#[test]
+fn yolo11n_nc80_static_folded() {
+    export_and_verify("yolo11n.yaml", 80, 320, ExportOptions::default(), [320, 320]);
+}
+
+#[test]
+fn yolo11n_nc1_static_keep_bn_opset21() {
+    export_and_verify("yolo11n.yaml", 1, 256, ExportOptions { opset: 21, keep_bn: true, ..Default::default() }, [256, 256]);
+}
+
+#[test]
+fn yolo11s_nc80_static() {
+    export_and_verify("yolo11s.yaml", 80, 256, ExportOptions { opset: 19, ..Default::default() }, [256, 256]);
+}
+
+#[test]
+fn yolo11s_nc1_dynamic_at_another_size() {
+    export_and_verify("yolo11s.yaml", 1, 320, ExportOptions { dynamic: true, ..Default::default() }, [192, 256]);
+}
+
+#[test]
+fn export_layout_matches_ultralytics() {
+    let m = common::yaml_model("yolo11n.yaml", Some(1), 320);
+    let bytes = export_onnx(&m, &ExportOptions::default()).unwrap();
+    let p = common::scratch("layout").join("n.onnx");
+    std::fs::write(&p, &bytes).unwrap();
+    // Re-import our own export: input images [1,3,320,320], output0 [1,5,2100].
+    let back = slimc::load::load_model(p.to_str().unwrap(), &Default::default()).unwrap();
+    let g = &back.graph;
+    assert_eq!(g.value(g.inputs[0]).name, "images");
+    assert_eq!(g.ty(g.inputs[0]).fixed_shape(), Some(vec![1, 3, 320, 320]));
+    assert_eq!(g.value(g.outputs[0]).name, "output0");
+    assert_eq!(g.ty(g.outputs[0]).fixed_shape(), Some(vec![1, 5, 2100]));
+    assert_eq!(back.meta.names, vec!["class0".to_string()]);
+    assert!(g.nodes.iter().all(|n| n.op.name() != "batch_norm"), "BN is folded by default");
+}
