@@ -14,9 +14,12 @@ fn forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("yolo11n-forward");
     group.sample_size(10).measurement_time(Duration::from_secs(8));
     for size in [320usize, 640] {
-        let model = load_model("yolo11n.yaml", &LoadOptions { imgsz: Some([size, size]), ..Default::default() }).unwrap();
+        let model =
+            load_model("yolo11n.yaml", &LoadOptions { imgsz: Some([size, size]), ..Default::default() }).unwrap();
         let x = Tensor::full(&[1, 3, size, size], 0.5);
-        group.bench_function(format!("slimc-cpu/{size}"), |b| b.iter(|| cpu::run(&model, std::slice::from_ref(&x)).unwrap()));
+        group.bench_function(format!("slimc-cpu/{size}"), |b| {
+            b.iter(|| cpu::run(&model, std::slice::from_ref(&x)).unwrap())
+        });
         let path = std::env::temp_dir().join(format!("slimc-bench-yolo11n-{size}.onnx"));
         std::fs::write(&path, export_onnx(&model, &ExportOptions::default()).unwrap()).unwrap();
         match slimc::verify::OrtSession::new(&path) {

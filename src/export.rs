@@ -6,7 +6,10 @@
 //! `dynamic` they are rebuilt from the feature-map shapes inside the ONNX graph.
 
 use anyhow::{anyhow, bail, Result};
-use onnx_protobuf::{attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto};
+use onnx_protobuf::{
+    attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, Message, ModelProto,
+    NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
 use slimc_ir::{DType, Dim, Model, Op, ReshapeDim, Tensor, TensorData, TensorType, ValueId};
 use slimc_passes::{FoldBn, FoldConstants, Pass};
 use std::collections::HashMap;
@@ -50,7 +53,12 @@ fn attr_f(name: &str, v: f32) -> AttributeProto {
     AttributeProto { name: name.into(), type_: AttributeType::FLOAT.into(), f: v, ..Default::default() }
 }
 fn attr_s(name: &str, v: &str) -> AttributeProto {
-    AttributeProto { name: name.into(), type_: AttributeType::STRING.into(), s: v.as_bytes().to_vec(), ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        type_: AttributeType::STRING.into(),
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
 }
 fn us(v: &[usize]) -> Vec<i64> {
     v.iter().map(|&x| x as i64).collect()
@@ -83,8 +91,16 @@ fn value_info(name: &str, ty: &TensorType, dims: &[Option<&str>]) -> ValueInfoPr
         DType::F32 => 1,
         DType::I64 => 7,
     };
-    let tt = type_proto::Tensor { elem_type, shape: Some(TensorShapeProto { dim, ..Default::default() }).into(), ..Default::default() };
-    ValueInfoProto { name: name.into(), type_: Some(TypeProto { value: Some(type_proto::Value::TensorType(tt)), ..Default::default() }).into(), ..Default::default() }
+    let tt = type_proto::Tensor {
+        elem_type,
+        shape: Some(TensorShapeProto { dim, ..Default::default() }).into(),
+        ..Default::default()
+    };
+    ValueInfoProto {
+        name: name.into(),
+        type_: Some(TypeProto { value: Some(type_proto::Value::TensorType(tt)), ..Default::default() }).into(),
+        ..Default::default()
+    }
 }
 
 /// Builds ONNX nodes and initializers.
@@ -163,7 +179,13 @@ impl Emitter<'_> {
                 self.node("Conv", &ins, &outs, attrs, &base);
             }
             Op::BatchNorm { eps, momentum } => {
-                self.node("BatchNormalization", &ins, &outs, vec![attr_f("epsilon", *eps), attr_f("momentum", 1.0 - momentum)], &base);
+                self.node(
+                    "BatchNormalization",
+                    &ins,
+                    &outs,
+                    vec![attr_f("epsilon", *eps), attr_f("momentum", 1.0 - momentum)],
+                    &base,
+                );
             }
             Op::Silu => {
                 let s = self.node1("Sigmoid", &ins, vec![], &base);
@@ -181,16 +203,39 @@ impl Emitter<'_> {
                 self.node("Split", &[ins[0].clone(), s], &outs, vec![attr_i("axis", *axis as i64)], &base);
             }
             Op::Slice { axes, starts, ends, steps } => {
-                let a = [self.const_i64(starts, &base), self.const_i64(ends, &base), self.const_i64(&us(axes), &base), self.const_i64(steps, &base)];
-                self.node("Slice", &[ins[0].clone(), a[0].clone(), a[1].clone(), a[2].clone(), a[3].clone()], &outs, vec![], &base);
+                let a = [
+                    self.const_i64(starts, &base),
+                    self.const_i64(ends, &base),
+                    self.const_i64(&us(axes), &base),
+                    self.const_i64(steps, &base),
+                ];
+                self.node(
+                    "Slice",
+                    &[ins[0].clone(), a[0].clone(), a[1].clone(), a[2].clone(), a[3].clone()],
+                    &outs,
+                    vec![],
+                    &base,
+                );
             }
             Op::MaxPool2d { kernel, stride, pad } => {
-                let attrs = vec![attr_is("kernel_shape", &us(kernel)), attr_is("strides", &us(stride)), attr_is("pads", &us(pad)), attr_i("ceil_mode", 0)];
+                let attrs = vec![
+                    attr_is("kernel_shape", &us(kernel)),
+                    attr_is("strides", &us(stride)),
+                    attr_is("pads", &us(pad)),
+                    attr_i("ceil_mode", 0),
+                ];
                 self.node("MaxPool", &ins, &outs, attrs, &base);
             }
             Op::UpsampleNearest { scale } => {
-                let s = self.const_t(Tensor::from_f32(vec![4], vec![1.0, 1.0, scale[0] as f32, scale[1] as f32])?, &format!("{base}_scales"));
-                let attrs = vec![attr_s("mode", "nearest"), attr_s("coordinate_transformation_mode", "asymmetric"), attr_s("nearest_mode", "floor")];
+                let s = self.const_t(
+                    Tensor::from_f32(vec![4], vec![1.0, 1.0, scale[0] as f32, scale[1] as f32])?,
+                    &format!("{base}_scales"),
+                );
+                let attrs = vec![
+                    attr_s("mode", "nearest"),
+                    attr_s("coordinate_transformation_mode", "asymmetric"),
+                    attr_s("nearest_mode", "floor"),
+                ];
                 self.node("Resize", &[ins[0].clone(), String::new(), s], &outs, attrs, &base);
             }
             Op::Reshape { shape } => {
@@ -201,7 +246,10 @@ impl Emitter<'_> {
                         .map(|d| match d {
                             ReshapeDim::Fixed(k) => Ok(*k as i64),
                             ReshapeDim::Infer => Ok(-1),
-                            ReshapeDim::Of { input, axis } => g.ty(n.inputs[*input]).shape[*axis].fixed().map(|k| k as i64).ok_or_else(|| anyhow!("symbolic reshape dimension in a static export")),
+                            ReshapeDim::Of { input, axis } => g.ty(n.inputs[*input]).shape[*axis]
+                                .fixed()
+                                .map(|k| k as i64)
+                                .ok_or_else(|| anyhow!("symbolic reshape dimension in a static export")),
                         })
                         .collect::<Result<_>>()?;
                     self.const_i64(&dims, &format!("{base}_shape"))
@@ -220,13 +268,22 @@ impl Emitter<'_> {
             }
             Op::Transpose { perm } => self.node("Transpose", &ins, &outs, vec![attr_is("perm", &us(perm))], &base),
             Op::Softmax { axis } => self.node("Softmax", &ins, &outs, vec![attr_i("axis", *axis as i64)], &base),
-            Op::Anchors { strides, offset } => self.emit_anchors(n.inputs.clone(), strides.clone(), *offset, &outs, &base)?,
+            Op::Anchors { strides, offset } => {
+                self.emit_anchors(n.inputs.clone(), strides.clone(), *offset, &outs, &base)?
+            }
         }
         Ok(())
     }
 
     /// Anchor points and strides rebuilt from the level shapes (dynamic export).
-    fn emit_anchors(&mut self, levels: Vec<ValueId>, strides: Vec<f32>, offset: f32, outs: &[String], base: &str) -> Result<()> {
+    fn emit_anchors(
+        &mut self,
+        levels: Vec<ValueId>,
+        strides: Vec<f32>,
+        offset: f32,
+        outs: &[String],
+        base: &str,
+    ) -> Result<()> {
         let (mut pts, mut sts) = (vec![], vec![]);
         let zero = self.const_t(Tensor::from_i64(vec![], vec![0])?, base);
         let one = self.const_t(Tensor::from_i64(vec![], vec![1])?, base);
@@ -275,14 +332,19 @@ pub fn prepare(model: &Model, opts: &ExportOptions) -> Result<Model> {
     }
     let mut m = model.clone();
     let imgsz = opts.imgsz.unwrap_or(m.meta.imgsz);
-    let types: Vec<TensorType> = m.graph.inputs.iter().map(|&v| {
-        let mut t = m.graph.ty(v).with_symbols(1);
-        if t.rank() == 4 {
-            t.shape[2] = Dim::Fixed(imgsz[0]);
-            t.shape[3] = Dim::Fixed(imgsz[1]);
-        }
-        t
-    }).collect();
+    let types: Vec<TensorType> = m
+        .graph
+        .inputs
+        .iter()
+        .map(|&v| {
+            let mut t = m.graph.ty(v).with_symbols(1);
+            if t.rank() == 4 {
+                t.shape[2] = Dim::Fixed(imgsz[0]);
+                t.shape[3] = Dim::Fixed(imgsz[1]);
+            }
+            t
+        })
+        .collect();
     m.graph.set_input_types(&types).map_err(|e| anyhow!("cannot export at {}x{}: {e}", imgsz[0], imgsz[1]))?;
     m.meta.imgsz = imgsz;
     if !opts.keep_bn {
@@ -313,13 +375,29 @@ pub fn export_onnx(model: &Model, opts: &ExportOptions) -> Result<Vec<u8>> {
     for i in 0..g.nodes.len() {
         e.emit(i)?;
     }
-    let dyn_in: Vec<Option<&str>> = if opts.dynamic { vec![Some("batch"), None, Some("height"), Some("width")] } else { vec![] };
+    let dyn_in: Vec<Option<&str>> =
+        if opts.dynamic { vec![Some("batch"), None, Some("height"), Some("width")] } else { vec![] };
     let dyn_out: Vec<Option<&str>> = if opts.dynamic { vec![Some("batch"), None, Some("anchors")] } else { vec![] };
     let input = value_info("images", g.ty(g.inputs[0]), &dyn_in);
-    let outputs = g.outputs.iter().enumerate().map(|(k, &o)| value_info(&e.name(o), g.ty(o), if k == 0 { &dyn_out } else { &[] })).collect();
-    let graph = GraphProto { name: g.name.clone(), node: e.nodes, initializer: e.inits, input: vec![input], output: outputs, ..Default::default() };
+    let outputs = g
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(k, &o)| value_info(&e.name(o), g.ty(o), if k == 0 { &dyn_out } else { &[] }))
+        .collect();
+    let graph = GraphProto {
+        name: g.name.clone(),
+        node: e.nodes,
+        initializer: e.inits,
+        input: vec![input],
+        output: outputs,
+        ..Default::default()
+    };
     let meta = &m.meta;
-    let names_str = format!("{{{}}}", meta.names.iter().enumerate().map(|(i, n)| format!("{i}: '{n}'")).collect::<Vec<_>>().join(", "));
+    let names_str = format!(
+        "{{{}}}",
+        meta.names.iter().enumerate().map(|(i, n)| format!("{i}: '{n}'")).collect::<Vec<_>>().join(", ")
+    );
     let stride = meta.strides.iter().fold(32.0f32, |a, &b| a.max(b)) as i64;
     let props = [
         ("description", format!("slimc export of {}", g.name)),
@@ -338,7 +416,10 @@ pub fn export_onnx(model: &Model, opts: &ExportOptions) -> Result<Vec<u8>> {
         producer_name: "slimc".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(graph).into(),
-        metadata_props: props.into_iter().map(|(k, v)| StringStringEntryProto { key: k.into(), value: v, ..Default::default() }).collect(),
+        metadata_props: props
+            .into_iter()
+            .map(|(k, v)| StringStringEntryProto { key: k.into(), value: v, ..Default::default() })
+            .collect(),
         ..Default::default()
     };
     Ok(proto.write_to_bytes()?)

@@ -33,7 +33,12 @@ pub struct ModelInfo {
 pub fn model_info(model: &Model, imgsz: Option<[usize; 2]>) -> Result<ModelInfo> {
     let g = &model.graph;
     let count = |kinds: &[ParamKind]| -> usize {
-        g.params.iter().map(|&p| g.value(p)).filter(|v| matches!(v.def, ValueDef::Param(k) if kinds.contains(&k))).map(|v| v.ty.numel().unwrap_or(0)).sum()
+        g.params
+            .iter()
+            .map(|&p| g.value(p))
+            .filter(|v| matches!(v.def, ValueDef::Param(k) if kinds.contains(&k)))
+            .map(|v| v.ty.numel().unwrap_or(0))
+            .sum()
     };
     let imgsz = imgsz.unwrap_or(model.meta.imgsz);
     let input_types: Vec<TensorType> = g
@@ -48,7 +53,8 @@ pub fn model_info(model: &Model, imgsz: Option<[usize; 2]>) -> Result<ModelInfo>
             t
         })
         .collect();
-    let types = infer_all(g, &input_types).map_err(|e| anyhow!("cannot size the model at {}x{}: {e}", imgsz[0], imgsz[1]))?;
+    let types =
+        infer_all(g, &input_types).map_err(|e| anyhow!("cannot size the model at {}x{}: {e}", imgsz[0], imgsz[1]))?;
     let numel = |v: slimc_ir::ValueId| types[v.0].numel().unwrap_or(0) as f64;
     let mut macs = 0.0;
     let mut layers = 0;

@@ -20,7 +20,12 @@ pub fn read_npy(path: &Path) -> Result<Tensor> {
     };
     let data: Vec<f32> = match descr.as_str() {
         "<f4" => npy.into_vec::<f32>().map_err(|e| anyhow!("{what}: truncated data: {e}"))?,
-        "<f8" => npy.into_vec::<f64>().map_err(|e| anyhow!("{what}: truncated data: {e}"))?.into_iter().map(|v| v as f32).collect(),
+        "<f8" => npy
+            .into_vec::<f64>()
+            .map_err(|e| anyhow!("{what}: truncated data: {e}"))?
+            .into_iter()
+            .map(|v| v as f32)
+            .collect(),
         d => bail!("{what}: dtype {d} is not supported (use float32)"),
     };
     Tensor::from_f32(shape, data).map_err(|e| anyhow!("{what}: {e}"))

@@ -5,9 +5,10 @@
 //! that is checked against the IR with tract and onnxruntime ([`verify`]).
 
 pub mod backend;
+pub mod export;
 pub mod frontend;
 pub mod info;
 pub mod io;
 pub mod load;
-pub mod export;
+pub mod val;
 pub mod verify;

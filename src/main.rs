@@ -36,13 +36,19 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> Result<Model> {
-        load_model(&self.model, &LoadOptions { nc: self.nc, weights: self.weights.clone(), imgsz: self.imgsz, seed: self.seed })
+        load_model(
+            &self.model,
+            &LoadOptions { nc: self.nc, weights: self.weights.clone(), imgsz: self.imgsz, seed: self.seed },
+        )
     }
 }
 
 fn parse_imgsz(s: &str) -> std::result::Result<[usize; 2], String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-    let nums: Vec<usize> = parts.iter().map(|p| p.parse::<usize>().map_err(|_| format!("`{s}` is not S or H,W"))).collect::<std::result::Result<_, _>>()?;
+    let nums: Vec<usize> = parts
+        .iter()
+        .map(|p| p.parse::<usize>().map_err(|_| format!("`{s}` is not S or H,W")))
+        .collect::<std::result::Result<_, _>>()?;
     match nums.as_slice() {
         [s] if *s > 0 => Ok([*s, *s]),
         [h, w] if *h > 0 && *w > 0 => Ok([*h, *w]),
@@ -239,7 +245,14 @@ fn run(cli: Cli) -> Result<()> {
             let pm = PassManager::parse(&passes)?.print_ir_after_all(print_ir_after_all);
             let mut model = m.load()?;
             for r in pm.run(&mut model)? {
-                eprintln!("{:16} {:>5} -> {:<5} nodes  {:8.2} ms{}", r.name, r.nodes.0, r.nodes.1, r.time.as_secs_f64() * 1e3, if r.changed { "" } else { "  (no change)" });
+                eprintln!(
+                    "{:16} {:>5} -> {:<5} nodes  {:8.2} ms{}",
+                    r.name,
+                    r.nodes.0,
+                    r.nodes.1,
+                    r.time.as_secs_f64() * 1e3,
+                    if r.changed { "" } else { "  (no change)" }
+                );
             }
             match output {
                 Some(o) => save(&model, &o)?,
@@ -252,7 +265,12 @@ fn run(cli: Cli) -> Result<()> {
             let opts = export::ExportOptions { opset, imgsz: m.imgsz, dynamic, keep_bn };
             let bytes = export::export_onnx(&model, &opts)?;
             slimc_ir::write_atomic(&output, &bytes)?;
-            println!("wrote {} ({:.1} MB, opset {opset}{})", output.display(), bytes.len() as f64 / 1e6, if dynamic { ", dynamic" } else { "" });
+            println!(
+                "wrote {} ({:.1} MB, opset {opset}{})",
+                output.display(),
+                bytes.len() as f64 / 1e6,
+                if dynamic { ", dynamic" } else { "" }
+            );
         }
         Cmd::Verify { onnx, against, input, imgsz, tol, json } => {
             let reference = match &against {
@@ -273,7 +291,14 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 println!("{:<12} {:>6} {:>12} {:>12}  {}", "engine", "output", "max abs", "max rel", "status");
                 for r in &rows {
-                    println!("{:<12} {:>6} {:>12.3e} {:>12.3e}  {}", r.engine, r.output, r.max_abs, r.max_rel, if r.ok { "ok" } else { "FAIL" });
+                    println!(
+                        "{:<12} {:>6} {:>12.3e} {:>12.3e}  {}",
+                        r.engine,
+                        r.output,
+                        r.max_abs,
+                        r.max_rel,
+                        if r.ok { "ok" } else { "FAIL" }
+                    );
                 }
             }
             if rows.iter().any(|r| !r.ok) {

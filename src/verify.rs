@@ -17,7 +17,8 @@ pub fn run_tract(path: &Path, input: &Tensor) -> Result<Vec<Tensor>> {
         .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())
         .map_err(|e| anyhow!("tract cannot load {}: {e}", path.display()))?;
-    let x = tract_onnx::prelude::Tensor::from_shape(&input.shape, input.f32s()?).map_err(|e| anyhow!("tract input: {e}"))?;
+    let x = tract_onnx::prelude::Tensor::from_shape(&input.shape, input.f32s()?)
+        .map_err(|e| anyhow!("tract input: {e}"))?;
     let outs = plan.run(tvec!(x.into())).map_err(|e| anyhow!("tract failed on {}: {e}", path.display()))?;
     outs.iter()
         .map(|o| {
@@ -77,7 +78,8 @@ impl OrtSession {
             .map_err(|e| anyhow!("onnxruntime: {e}"))?
             .with_intra_threads(2)
             .map_err(|e| anyhow!("onnxruntime: {e}"))?;
-        let session = b.commit_from_file(path).map_err(|e| anyhow!("onnxruntime cannot load {}: {e}", path.display()))?;
+        let session =
+            b.commit_from_file(path).map_err(|e| anyhow!("onnxruntime cannot load {}: {e}", path.display()))?;
         Ok(OrtSession { session, path: path.to_path_buf() })
     }
 
@@ -85,7 +87,8 @@ impl OrtSession {
     pub fn run(&mut self, input: &Tensor) -> Result<Vec<Tensor>> {
         let err = |e: ort::Error| anyhow!("onnxruntime on {}: {e}", self.path.display());
         let x = ort::value::Tensor::from_array((input.shape.clone(), input.f32s()?.to_vec())).map_err(err)?;
-        let outs = self.session.run(ort::inputs![x]).map_err(|e| anyhow!("onnxruntime on {}: {e}", self.path.display()))?;
+        let outs =
+            self.session.run(ort::inputs![x]).map_err(|e| anyhow!("onnxruntime on {}: {e}", self.path.display()))?;
         let mut res = vec![];
         for (_, v) in outs.iter() {
             let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| anyhow!("onnxruntime output: {e}"))?;
@@ -121,7 +124,8 @@ pub fn compare(got: &Tensor, want: &Tensor) -> Result<(f32, f32)> {
         bail!("output shape {:?} differs from the reference {:?}", got.shape, want.shape);
     }
     let (a, b) = (got.f32s()?, want.f32s()?);
-    let max_abs = a.iter().zip(b).fold(0.0f32, |m, (x, y)| if (x - y).is_nan() { f32::INFINITY } else { m.max((x - y).abs()) });
+    let max_abs =
+        a.iter().zip(b).fold(0.0f32, |m, (x, y)| if (x - y).is_nan() { f32::INFINITY } else { m.max((x - y).abs()) });
     let scale = b.iter().fold(0.0f32, |m, y| m.max(y.abs()));
     Ok((max_abs, if scale > 0.0 { max_abs / scale } else { max_abs }))
 }

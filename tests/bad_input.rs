@@ -35,14 +35,27 @@ fn truncated_onnx() {
 #[test]
 fn onnx_with_unknown_op() {
     let dir = common::scratch("bad-op");
-    let mut m = ModelProto::parse_from_bytes(&std::fs::read(common::fixture("yolo11p-nc2/model-bn.onnx")).unwrap()).unwrap();
+    let mut m =
+        ModelProto::parse_from_bytes(&std::fs::read(common::fixture("yolo11p-nc2/model-bn.onnx")).unwrap()).unwrap();
     let g: &mut GraphProto = m.graph.as_mut().unwrap();
     let first = g.node[0].clone();
-    g.node.insert(0, NodeProto { op_type: "FrobnicateV2".into(), name: "weird_node".into(), input: first.input.clone(), output: vec!["w_out".into()], ..Default::default() });
+    g.node.insert(
+        0,
+        NodeProto {
+            op_type: "FrobnicateV2".into(),
+            name: "weird_node".into(),
+            input: first.input.clone(),
+            output: vec!["w_out".into()],
+            ..Default::default()
+        },
+    );
     m.opset_import = vec![OperatorSetIdProto { version: 17, ..Default::default() }];
     let p = write(&dir, "unknown.onnx", &m.write_to_bytes().unwrap());
     let e = fails(&["info", &p]);
-    assert!(e.contains("unknown.onnx") && e.contains("FrobnicateV2") && e.contains("weird_node") && e.contains("opset 17"), "{e}");
+    assert!(
+        e.contains("unknown.onnx") && e.contains("FrobnicateV2") && e.contains("weird_node") && e.contains("opset 17"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -57,10 +70,14 @@ fn yaml_with_unknown_module() {
 #[test]
 fn yaml_with_wrong_argument_count() {
     let dir = common::scratch("bad-args");
-    let text = slimc::frontend::yaml::YOLO11_YAML.replace("[-1, 1, Conv, [128, 3, 2]]", "[-1, 1, Conv, [128, 3, 2, 1, 1, 1, True, 9]]");
+    let text = slimc::frontend::yaml::YOLO11_YAML
+        .replace("[-1, 1, Conv, [128, 3, 2]]", "[-1, 1, Conv, [128, 3, 2, 1, 1, 1, True, 9]]");
     let p = write(&dir, "yolo11s.yaml", text.as_bytes());
     let e = fails(&["info", &p]);
-    assert!(e.contains("yolo11s.yaml") && e.contains("layer 1") && e.contains("Conv takes 1 to 7 arguments, found 8"), "{e}");
+    assert!(
+        e.contains("yolo11s.yaml") && e.contains("layer 1") && e.contains("Conv takes 1 to 7 arguments, found 8"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -68,16 +85,25 @@ fn weights_with_a_wrong_shape() {
     let dir = common::scratch("bad-weights");
     let src = std::fs::read(common::fixture("yolo11p-nc2/model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&src).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec())).collect();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec())).collect();
     let t = tensors.iter_mut().find(|t| t.0 == "model.2.cv1.bn.weight").unwrap();
     t.1 = vec![t.1[0] / 2];
     t.2.truncate(t.2.len() / 2);
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+        })
+        .collect();
     let bytes = safetensors::serialize(views, None).unwrap();
     let w = write(&dir, "bad.safetensors", &bytes);
     let yaml = common::fixture("yolo11p-nc2/yolo11p.yaml");
     let e = fails(&["info", yaml.to_str().unwrap(), "--weights", &w]);
-    assert!(e.contains("bad.safetensors") && e.contains("model.2.cv1.bn.weight has shape [8], the model needs [16]"), "{e}");
+    assert!(
+        e.contains("bad.safetensors") && e.contains("model.2.cv1.bn.weight has shape [8], the model needs [16]"),
+        "{e}"
+    );
 }
 
 #[test]

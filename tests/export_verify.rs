@@ -31,7 +31,13 @@ fn yolo11n_nc80_static_folded() {
 
 #[test]
 fn yolo11n_nc1_static_keep_bn_opset21() {
-    export_and_verify("yolo11n.yaml", 1, 256, ExportOptions { opset: 21, keep_bn: true, ..Default::default() }, [256, 256]);
+    export_and_verify(
+        "yolo11n.yaml",
+        1,
+        256,
+        ExportOptions { opset: 21, keep_bn: true, ..Default::default() },
+        [256, 256],
+    );
 }
 
 #[test]
@@ -59,4 +65,20 @@ fn export_layout_matches_ultralytics() {
     assert_eq!(g.ty(g.outputs[0]).fixed_shape(), Some(vec![1, 5, 2100]));
     assert_eq!(back.meta.names, vec!["class0".to_string()]);
     assert!(g.nodes.iter().all(|n| n.op.name() != "batch_norm"), "BN is folded by default");
+}
+
+#[test]
+fn exports_at_opsets_13_to_22_import_back_and_compute_the_same() {
+    let mut m = common::yaml_model("yolo11n.yaml", Some(2), 128);
+    common::randomize_bn(&mut m, 11);
+    let x = common::image(1, 128, 128, 4);
+    let want = cpu::run(&m, std::slice::from_ref(&x)).unwrap();
+    for (opset, keep_bn) in [(13, true), (18, false), (22, true)] {
+        let p = common::scratch("opsets").join(format!("o{opset}.onnx"));
+        std::fs::write(&p, export_onnx(&m, &ExportOptions { opset, keep_bn, ..Default::default() }).unwrap()).unwrap();
+        let back = slimc::load::load_model(p.to_str().unwrap(), &Default::default()).unwrap();
+        let got = cpu::run(&back, std::slice::from_ref(&x)).unwrap();
+        let e = common::rel_err(&got[0], &want[0]);
+        assert!(e < 1e-5, "opset {opset}: re-imported export differs by {e:e}");
+    }
 }

@@ -19,7 +19,11 @@ fn check(model: &slimc_ir::Model, what: &str) {
 
 #[test]
 fn yaml_with_safetensors_matches_ultralytics() {
-    let opts = LoadOptions { weights: Some(fixture("yolo11p-nc2/model.safetensors")), imgsz: Some([128, 128]), ..Default::default() };
+    let opts = LoadOptions {
+        weights: Some(fixture("yolo11p-nc2/model.safetensors")),
+        imgsz: Some([128, 128]),
+        ..Default::default()
+    };
     let model = load_model(fixture("yolo11p-nc2/yolo11p.yaml").to_str().unwrap(), &opts).unwrap();
     check(&model, "yaml");
 }
@@ -28,7 +32,10 @@ fn yaml_with_safetensors_matches_ultralytics() {
 fn imported_bn_onnx_matches_ultralytics() {
     let model = load_model(fixture("yolo11p-nc2/model-bn.onnx").to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert_eq!(model.graph.nodes.iter().filter(|n| n.op.name() == "batch_norm").count(), 81);
-    assert!(model.graph.nodes.iter().all(|n| n.op.name() != "sigmoid" || n.scope.starts_with("model.23")), "SiLU patterns are recognised");
+    assert!(
+        model.graph.nodes.iter().all(|n| n.op.name() != "sigmoid" || n.scope.starts_with("model.23")),
+        "SiLU patterns are recognised"
+    );
     check(&model, "model-bn.onnx");
 }
 
@@ -41,7 +48,11 @@ fn imported_fused_onnx_matches_ultralytics() {
 #[test]
 fn yaml_graph_runs_at_other_sizes_and_batches() {
     // The YAML graph is size-agnostic: a 2-image batch at 96x128 equals the images run alone.
-    let opts = LoadOptions { weights: Some(fixture("yolo11p-nc2/model.safetensors")), imgsz: Some([128, 128]), ..Default::default() };
+    let opts = LoadOptions {
+        weights: Some(fixture("yolo11p-nc2/model.safetensors")),
+        imgsz: Some([128, 128]),
+        ..Default::default()
+    };
     let model = load_model(fixture("yolo11p-nc2/yolo11p.yaml").to_str().unwrap(), &opts).unwrap();
     let x = common::image(2, 96, 128, 5);
     let both = cpu::run(&model, &[x.clone()]).unwrap().remove(0);
@@ -49,6 +60,7 @@ fn yaml_graph_runs_at_other_sizes_and_batches() {
     let half = x.numel() / 2;
     let one = slimc_ir::Tensor::from_f32(vec![1, 3, 96, 128], x.f32s().unwrap()[half..].to_vec()).unwrap();
     let second = cpu::run(&model, &[one]).unwrap().remove(0);
-    let part = slimc_ir::Tensor::from_f32(second.shape.clone(), both.f32s().unwrap()[both.numel() / 2..].to_vec()).unwrap();
+    let part =
+        slimc_ir::Tensor::from_f32(second.shape.clone(), both.f32s().unwrap()[both.numel() / 2..].to_vec()).unwrap();
     assert!(rel_err(&part, &second) < 1e-6);
 }

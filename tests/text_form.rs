@@ -26,14 +26,23 @@ fn golden_yolo11n_dump() {
     }
     let golden = std::fs::read_to_string(&path).expect("golden file (run with SLIMC_BLESS=1 to create it)");
     if golden != text {
-        let line = golden.lines().zip(text.lines()).position(|(a, b)| a != b).unwrap_or(golden.lines().count().min(text.lines().count()));
-        panic!("yolo11n IR differs from tests/golden/yolo11n.slimir at line {}; review and re-bless with SLIMC_BLESS=1", line + 1);
+        let line = golden
+            .lines()
+            .zip(text.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(golden.lines().count().min(text.lines().count()));
+        panic!(
+            "yolo11n IR differs from tests/golden/yolo11n.slimir at line {}; review and re-bless with SLIMC_BLESS=1",
+            line + 1
+        );
     }
 }
 
 #[test]
 fn imported_onnx_graph_round_trips() {
-    let m = slimc::load::load_model(common::fixture("yolo11p-nc2/model-bn.onnx").to_str().unwrap(), &Default::default()).unwrap();
+    let m =
+        slimc::load::load_model(common::fixture("yolo11p-nc2/model-bn.onnx").to_str().unwrap(), &Default::default())
+            .unwrap();
     let parsed = parse_graph(&print_graph(&m.graph)).unwrap();
     assert_eq!(parsed, m.graph);
 }

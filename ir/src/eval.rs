@@ -48,9 +48,7 @@ pub fn strided_copy<T: Copy>(src: &[T], offset: isize, out_shape: &[usize], stri
 pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<isize> {
     let st = strides_of(shape);
     let lead = out.len() - shape.len();
-    (0..out.len())
-        .map(|i| if i < lead || shape[i - lead] == 1 { 0 } else { st[i - lead] as isize })
-        .collect()
+    (0..out.len()).map(|i| if i < lead || shape[i - lead] == 1 { 0 } else { st[i - lead] as isize }).collect()
 }
 
 fn map_data(t: &Tensor, f32f: impl Fn(&[f32]) -> Vec<f32>, i64f: impl Fn(&[i64]) -> Vec<i64>) -> TensorData {
@@ -248,10 +246,10 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
                     }
                 }
             }
-            Ok(Some(vec![Tensor { shape: vec![2, a], data: TensorData::F32(pts) }, Tensor {
-                shape: vec![1, a],
-                data: TensorData::F32(st),
-            }]))
+            Ok(Some(vec![
+                Tensor { shape: vec![2, a], data: TensorData::F32(pts) },
+                Tensor { shape: vec![1, a], data: TensorData::F32(st) },
+            ]))
         }
     }
 }
@@ -263,4 +261,49 @@ pub fn batch_offsets(shape: &[usize], batch: &[usize], mat: usize) -> Vec<usize>
     let idx: Vec<usize> = (0..lead.iter().product::<usize>().max(1)).map(|i| i * mat).collect();
     let strides = broadcast_strides(lead, batch);
     strided_copy(&idx, 0, batch, &strides).into_iter().take(count).collect::<Vec<_>>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(shape: &[usize], v: &[f32]) -> Tensor {
+        Tensor::from_f32(shape.to_vec(), v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn data_movement_matches_hand_computed_results() {
+        let x = t(&[2, 3], &[0., 1., 2., 3., 4., 5.]);
+        let tr = eval(&Op::Transpose { perm: vec![1, 0] }, &[&x]).unwrap().unwrap();
+        assert_eq!(tr[0], t(&[3, 2], &[0., 3., 1., 4., 2., 5.]));
+        let sp = eval(&Op::Split { axis: 1, sizes: vec![1, 2] }, &[&x]).unwrap().unwrap();
+        assert_eq!(sp, vec![t(&[2, 1], &[0., 3.]), t(&[2, 2], &[1., 2., 4., 5.])]);
+        let cat = eval(&Op::Concat { axis: 1 }, &[&sp[1], &sp[0]]).unwrap().unwrap();
+        assert_eq!(cat[0], t(&[2, 3], &[1., 2., 0., 4., 5., 3.]));
+        let sl = eval(&Op::Slice { axes: vec![1], starts: vec![-1], ends: vec![-4], steps: vec![-2] }, &[&x])
+            .unwrap()
+            .unwrap();
+        assert_eq!(sl[0], t(&[2, 2], &[2., 0., 5., 3.]));
+    }
+
+    #[test]
+    fn arithmetic_broadcasts_and_softmax_normalises() {
+        let x = t(&[2, 2], &[1., 2., 3., 4.]);
+        let y = eval(&Op::Sub, &[&x, &t(&[2, 1], &[1., 10.])]).unwrap().unwrap();
+        assert_eq!(y[0], t(&[2, 2], &[0., 1., -7., -6.]));
+        let s = eval(&Op::Softmax { axis: 0 }, &[&x]).unwrap().unwrap();
+        let e = 1.0 / (1.0 + 2f32.exp());
+        assert!((s[0].f32s().unwrap()[0] - e).abs() < 1e-7);
+        let m = eval(&Op::MatMul, &[&x, &x]).unwrap().unwrap();
+        assert_eq!(m[0], t(&[2, 2], &[7., 10., 15., 22.]));
+    }
+
+    #[test]
+    fn anchors_are_cell_centres_level_by_level() {
+        let f0 = Tensor::full(&[1, 1, 2, 3], 0.0);
+        let f1 = Tensor::full(&[1, 1, 1, 1], 0.0);
+        let out = eval(&Op::Anchors { strides: vec![8.0, 16.0], offset: 0.5 }, &[&f0, &f1]).unwrap().unwrap();
+        assert_eq!(out[0], t(&[2, 7], &[0.5, 1.5, 2.5, 0.5, 1.5, 2.5, 0.5, 0.5, 0.5, 0.5, 1.5, 1.5, 1.5, 0.5]));
+        assert_eq!(out[1], t(&[1, 7], &[8., 8., 8., 8., 8., 8., 16.]));
+    }
 }

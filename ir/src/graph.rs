@@ -152,8 +152,9 @@ impl Graph {
 
     /// Appends a node, inferring its output types; output names are made unique from `names`.
     pub fn add_node(&mut self, op: Op, inputs: &[ValueId], names: &[&str], scope: &str) -> Result<Vec<ValueId>> {
-        let types = infer_node_types(self, &op, inputs)
-            .or_else(|e| invalid(format!("{} in {}: {e}", op.name(), if scope.is_empty() { "graph" } else { scope })))?;
+        let types = infer_node_types(self, &op, inputs).or_else(|e| {
+            invalid(format!("{} in {}: {e}", op.name(), if scope.is_empty() { "graph" } else { scope }))
+        })?;
         if names.len() != types.len() {
             return invalid(format!("{}: {} output names for {} outputs", op.name(), names.len(), types.len()));
         }

@@ -190,12 +190,7 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             check_rank(x, 4, "upsample_nearest input")?;
             let h = fixed(&x.shape[2], "upsample input height")?;
             let w = fixed(&x.shape[3], "upsample input width")?;
-            vec![f32t(vec![
-                x.shape[0].clone(),
-                x.shape[1].clone(),
-                Dim::Fixed(h * scale[0]),
-                Dim::Fixed(w * scale[1]),
-            ])]
+            vec![f32t(vec![x.shape[0].clone(), x.shape[1].clone(), Dim::Fixed(h * scale[0]), Dim::Fixed(w * scale[1])])]
         }
         Op::Reshape { shape } => {
             let mut out = Vec::with_capacity(shape.len());
@@ -204,9 +199,9 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
                 out.push(match d {
                     ReshapeDim::Fixed(n) => Dim::Fixed(*n),
                     ReshapeDim::Of { input, axis } => {
-                        let t = inputs
-                            .get(*input)
-                            .ok_or_else(|| crate::IrError::Invalid(format!("reshape refers to missing input {input}")))?;
+                        let t = inputs.get(*input).ok_or_else(|| {
+                            crate::IrError::Invalid(format!("reshape refers to missing input {input}"))
+                        })?;
                         t.shape
                             .get(*axis)
                             .cloned()
@@ -309,10 +304,18 @@ pub(crate) fn slice_range(n: usize, start: i64, end: i64, step: i64) -> Result<(
     let (s, e) = (norm(start), norm(end));
     let len = if step > 0 {
         let (s, e) = (s.clamp(0, n), e.clamp(0, n));
-        if e > s { (e - s + step - 1) / step } else { 0 }
+        if e > s {
+            (e - s + step - 1) / step
+        } else {
+            0
+        }
     } else {
         let (s, e) = (s.clamp(-1, n - 1), e.clamp(-1, n - 1));
-        if s > e { (s - e + (-step) - 1) / (-step) } else { 0 }
+        if s > e {
+            (s - e + (-step) - 1) / (-step)
+        } else {
+            0
+        }
     };
     let s = if step > 0 { s.clamp(0, n) } else { s.clamp(-1, n - 1) };
     Ok((s, step, len as usize))
@@ -330,10 +333,69 @@ pub fn infer_all(g: &Graph, input_types: &[TensorType]) -> Result<Vec<TensorType
     }
     for (i, n) in g.nodes.iter().enumerate() {
         let ins: Vec<&TensorType> = n.inputs.iter().map(|v| &types[v.0]).collect();
-        let outs = infer_types(&n.op, &ins).or_else(|e| invalid(format!("node {i} ({} @{}): {e}", n.op.name(), n.scope)))?;
+        let outs =
+            infer_types(&n.op, &ins).or_else(|e| invalid(format!("node {i} ({} @{}): {e}", n.op.name(), n.scope)))?;
         for (&o, t) in n.outputs.iter().zip(outs) {
             types[o.0] = t;
         }
     }
     Ok(types)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::ReshapeDim::{Infer, Of};
+
+    fn sym(dims: &[&str]) -> TensorType {
+        TensorType {
+            dtype: DType::F32,
+            shape: dims.iter().map(|d| d.parse().map(Dim::Fixed).unwrap_or(Dim::Sym(d.to_string()))).collect(),
+        }
+    }
+
+    #[test]
+    fn slices_follow_python_semantics() {
+        // Expected values are Python's: len(list(range(10))[start:end:step]) and its first item.
+        let cases = [
+            (2, 8, 1, 2, 6),
+            (-3, 100, 1, 7, 3),
+            (8, 2, -2, 8, 3),
+            (0, -1, 1, 0, 9),
+            (5, 5, 1, 5, 0),
+            (-1, -11, -1, 9, 10),
+        ];
+        for (s, e, st, first, len) in cases {
+            let (b, _, n) = slice_range(10, s, e, st).unwrap();
+            assert_eq!((n, if n > 0 { b } else { first }), (len, first), "[{s}:{e}:{st}]");
+        }
+        assert!(slice_range(10, 0, 5, 0).is_err());
+    }
+
+    #[test]
+    fn broadcasting_keeps_the_symbolic_batch() {
+        let out = infer_types(&Op::Add, &[&sym(&["N", "1", "4"]), &sym(&["3", "1"])]).unwrap();
+        assert_eq!(out[0], sym(&["N", "3", "4"]));
+        assert!(infer_types(&Op::Add, &[&sym(&["2", "3"]), &sym(&["4", "3"])]).is_err());
+    }
+
+    #[test]
+    fn reshape_infers_through_the_batch_symbol() {
+        let op =
+            Op::Reshape { shape: vec![Of { input: 0, axis: 0 }, ReshapeDim::Fixed(4), ReshapeDim::Fixed(16), Infer] };
+        let out = infer_types(&op, &[&sym(&["N", "64", "8400"])]).unwrap();
+        assert_eq!(out[0], sym(&["N", "4", "16", "8400"]));
+        let bad = Op::Reshape { shape: vec![ReshapeDim::Fixed(5), Infer] };
+        assert!(infer_types(&bad, &[&sym(&["2", "8"])]).is_err());
+    }
+
+    #[test]
+    fn conv_output_size_is_floor_of_the_window_count() {
+        // PyTorch: (H + 2p - d(k-1) - 1) / s + 1 = (65 + 2 - 2 - 1) / 2 + 1 = 33.
+        let c = Op::Conv2d(crate::Conv2d { stride: [2, 2], pad: [1; 4], dilation: [1, 1], groups: 1 });
+        let out = infer_types(&c, &[&sym(&["N", "3", "65", "64"]), &sym(&["8", "3", "3", "3"])]).unwrap();
+        assert_eq!(out[0], sym(&["N", "8", "33", "32"]));
+        let grouped = Op::Conv2d(crate::Conv2d { stride: [1, 1], pad: [0; 4], dilation: [1, 1], groups: 2 });
+        assert!(infer_types(&grouped, &[&sym(&["1", "3", "4", "4"]), &sym(&["4", "1", "1", "1"])]).is_err());
+    }
 }

@@ -103,13 +103,8 @@ impl Model {
     /// Drops tensors no parameter refers to (after passes removed their users).
     pub fn prune_tensors(&mut self) {
         self.graph.compact();
-        let keep: std::collections::HashSet<&str> = self
-            .graph
-            .values
-            .iter()
-            .filter(|v| matches!(v.def, ValueDef::Param(_)))
-            .map(|v| v.name.as_str())
-            .collect();
+        let keep: std::collections::HashSet<&str> =
+            self.graph.values.iter().filter(|v| matches!(v.def, ValueDef::Param(_))).map(|v| v.name.as_str()).collect();
         self.tensors.retain(|k, _| keep.contains(k.as_str()));
     }
 
@@ -150,7 +145,8 @@ impl Model {
         if bytes.len() < 8 || &bytes[..8] != MAGIC {
             return Err(ferr("not a slimc model file (bad magic)".into()));
         }
-        let msg: ModelFileMsg = prost::Message::decode(&bytes[8..]).map_err(|e| ferr(format!("corrupt model file: {e}")))?;
+        let msg: ModelFileMsg =
+            prost::Message::decode(&bytes[8..]).map_err(|e| ferr(format!("corrupt model file: {e}")))?;
         let graph = parse_graph(&msg.graph_text).map_err(|e| ferr(format!("graph: {e}")))?;
         let mut tensors = BTreeMap::new();
         for t in msg.tensors {
@@ -159,11 +155,15 @@ impl Model {
             let tensor = match t.dtype {
                 1 if t.data.len() == 4 * n => Tensor {
                     shape,
-                    data: TensorData::F32(t.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+                    data: TensorData::F32(
+                        t.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                    ),
                 },
                 2 if t.data.len() == 8 * n => Tensor {
                     shape,
-                    data: TensorData::I64(t.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
+                    data: TensorData::I64(
+                        t.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+                    ),
                 },
                 _ => return Err(ferr(format!("tensor {} has a bad type or size", t.name))),
             };

@@ -86,10 +86,7 @@ impl TensorType {
     }
     /// Replaces every symbolic dimension by `n`.
     pub fn with_symbols(&self, n: usize) -> TensorType {
-        TensorType {
-            dtype: self.dtype,
-            shape: self.shape.iter().map(|d| Dim::Fixed(d.fixed().unwrap_or(n))).collect(),
-        }
+        TensorType { dtype: self.dtype, shape: self.shape.iter().map(|d| Dim::Fixed(d.fixed().unwrap_or(n))).collect() }
     }
 }
 

@@ -30,14 +30,25 @@ pub fn verify(g: &Graph) -> Result<()> {
         defined[p.0] = true;
     }
     for (i, node) in g.nodes.iter().enumerate() {
-        let where_ = || format!("node {i} ({}{})", node.op.name(), if node.scope.is_empty() { String::new() } else { format!(" @{}", node.scope) });
+        let where_ = || {
+            format!(
+                "node {i} ({}{})",
+                node.op.name(),
+                if node.scope.is_empty() { String::new() } else { format!(" @{}", node.scope) }
+            )
+        };
         for &v in &node.inputs {
             if v.0 >= n || !defined[v.0] {
                 return invalid(format!("{}: operand #{} is used before it is defined", where_(), v.0));
             }
         }
         if node.outputs.len() != node.op.num_outputs() {
-            return invalid(format!("{}: has {} results, the op makes {}", where_(), node.outputs.len(), node.op.num_outputs()));
+            return invalid(format!(
+                "{}: has {} results, the op makes {}",
+                where_(),
+                node.outputs.len(),
+                node.op.num_outputs()
+            ));
         }
         let types = infer_node_types(g, &node.op, &node.inputs).or_else(|e| invalid(format!("{}: {e}", where_())))?;
         for (k, &o) in node.outputs.iter().enumerate() {

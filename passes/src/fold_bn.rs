@@ -48,7 +48,8 @@ impl Pass for FoldBn {
             let name = |v: slimc_ir::ValueId| g.value(v).name.clone();
             let wname = name(conv.inputs[1]);
             let get = |v| model.tensors[&name(v)].f32s().map(|s| s.to_vec());
-            let (gamma, beta, mean, var) = (get(bn.inputs[1])?, get(bn.inputs[2])?, get(bn.inputs[3])?, get(bn.inputs[4])?);
+            let (gamma, beta, mean, var) =
+                (get(bn.inputs[1])?, get(bn.inputs[2])?, get(bn.inputs[3])?, get(bn.inputs[4])?);
             let bias = match conv.inputs.get(2) {
                 Some(&b) => get(b)?,
                 None => vec![0.0; gamma.len()],

@@ -56,9 +56,10 @@ impl PassManager {
             let t = Instant::now();
             let changed = pass.run(model).map_err(|e| PassError::Failed { pass: pass.name(), msg: e.to_string() })?;
             let time = t.elapsed();
-            model
-                .check()
-                .map_err(|e| PassError::Failed { pass: pass.name(), msg: format!("the model no longer verifies: {e}") })?;
+            model.check().map_err(|e| PassError::Failed {
+                pass: pass.name(),
+                msg: format!("the model no longer verifies: {e}"),
+            })?;
             if self.print_after_all {
                 eprintln!("// ----- IR after {} -----\n{}", pass.name(), print_graph(&model.graph));
             }

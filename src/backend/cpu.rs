@@ -16,7 +16,13 @@ pub fn run(model: &Model, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
     let mut env: Vec<Option<Cow<Tensor>>> = vec![None; g.values.len()];
     for (&v, t) in g.inputs.iter().zip(inputs) {
         let ty = g.ty(v);
-        let ok = ty.rank() == t.shape.len() && ty.shape.iter().zip(&t.shape).enumerate().all(|(i, (d, &n))| d.fixed().is_none_or(|f| f == n || (i >= 2 && ty.rank() == 4)));
+        let ok = ty.rank() == t.shape.len()
+            && ty
+                .shape
+                .iter()
+                .zip(&t.shape)
+                .enumerate()
+                .all(|(i, (d, &n))| d.fixed().is_none_or(|f| f == n || (i >= 2 && ty.rank() == 4)));
         if !ok || t.dtype() != ty.dtype {
             bail!("input %{} is {}, the model takes {}", g.value(v).name, t.ty(), ty);
         }
@@ -30,7 +36,8 @@ pub fn run(model: &Model, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
     let last_use = last_uses(g);
     for (i, node) in g.nodes.iter().enumerate() {
         let args: Vec<&Tensor> = node.inputs.iter().map(|v| env[v.0].as_deref().expect("topological order")).collect();
-        let outs = run_node(&node.op, &args).map_err(|e| anyhow!("node {i} ({} @{}): {e}", node.op.name(), node.scope))?;
+        let outs =
+            run_node(&node.op, &args).map_err(|e| anyhow!("node {i} ({} @{}): {e}", node.op.name(), node.scope))?;
         for (&o, t) in node.outputs.iter().zip(outs) {
             env[o.0] = Some(Cow::Owned(t));
         }

@@ -18,8 +18,25 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) 
     // SAFETY: the sizes are checked above; row-major strides describe the slices exactly.
     unsafe {
         gemm::gemm(
-            m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), 1, n as isize,
-            0.0, 1.0, false, false, false, par,
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
         );
     }
 }
@@ -31,7 +48,14 @@ fn out_size(i: usize, k: usize, s: usize, d: usize, p0: usize, p1: usize) -> usi
 
 /// 2-D convolution. `x` is `[n, cin, h, w]`, `w` is `[cout, cin/groups, kh, kw]`; returns
 /// `[n, cout, oh, ow]` and the output shape.
-pub fn conv2d(x: &[f32], xs: &[usize], w: &[f32], ws: &[usize], bias: Option<&[f32]>, c: &Conv2d) -> (Vec<f32>, Vec<usize>) {
+pub fn conv2d(
+    x: &[f32],
+    xs: &[usize],
+    w: &[f32],
+    ws: &[usize],
+    bias: Option<&[f32]>,
+    c: &Conv2d,
+) -> (Vec<f32>, Vec<usize>) {
     let (n, cin, h, wi) = (xs[0], xs[1], xs[2], xs[3]);
     let (cout, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
     let g = c.groups;
@@ -90,7 +114,15 @@ fn im2col(x: &[f32], c: &Conv2d, [h, w]: [usize; 2], [kh, kw]: [usize; 2], [oh, 
     });
 }
 
-fn depthwise(x: &[f32], w: &[f32], c: &Conv2d, [_, ch, h, wi]: [usize; 4], [kh, kw]: [usize; 2], [oh, ow]: [usize; 2], out: &mut [f32]) {
+fn depthwise(
+    x: &[f32],
+    w: &[f32],
+    c: &Conv2d,
+    [_, ch, h, wi]: [usize; 4],
+    [kh, kw]: [usize; 2],
+    [oh, ow]: [usize; 2],
+    out: &mut [f32],
+) {
     out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
         let ci = plane % ch;
         let src = &x[plane * h * wi..(plane + 1) * h * wi];
@@ -117,7 +149,15 @@ fn depthwise(x: &[f32], w: &[f32], c: &Conv2d, [_, ch, h, wi]: [usize; 4], [kh, 
 }
 
 /// Inference batch norm over axis 1 with running statistics.
-pub fn batch_norm(x: &[f32], shape: &[usize], gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f32) -> Vec<f32> {
+pub fn batch_norm(
+    x: &[f32],
+    shape: &[usize],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f32,
+) -> Vec<f32> {
     let c = shape[1];
     let inner: usize = shape[2..].iter().product();
     let mut out = x.to_vec();

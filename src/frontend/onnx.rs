@@ -7,9 +7,14 @@
 //! constant parameters. `mul(x, sigmoid(x))` is recognised as `silu`.
 
 use anyhow::{anyhow, bail, Context, Result};
-use onnx_protobuf::{attribute_proto::AttributeType, tensor_shape_proto::dimension, type_proto, Message, ModelProto, NodeProto, TensorProto};
+use onnx_protobuf::{
+    attribute_proto::AttributeType, tensor_shape_proto::dimension, type_proto, Message, ModelProto, NodeProto,
+    TensorProto,
+};
 use slimc_ir::eval::{eval, strided_copy};
-use slimc_ir::{Conv2d, DType, Dim, Graph, Metadata, Model, Op, ParamKind, ReshapeDim, Tensor, TensorData, TensorType, ValueId};
+use slimc_ir::{
+    Conv2d, DType, Dim, Graph, Metadata, Model, Op, ParamKind, ReshapeDim, Tensor, TensorData, TensorType, ValueId,
+};
 use slimc_passes::{Dce, Pass};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -37,8 +42,13 @@ struct Importer {
 }
 
 fn sanitize(name: &str) -> String {
-    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || "_./-".contains(c) { c } else { '_' }).collect();
-    if s.is_empty() { "v".to_string() } else { s }
+    let s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "_./-".contains(c) { c } else { '_' }).collect();
+    if s.is_empty() {
+        "v".to_string()
+    } else {
+        s
+    }
 }
 
 /// The module path of an ONNX node name such as `/model.2/cv1/conv/Conv` (`model.2.cv1.conv`).
@@ -55,15 +65,39 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
     if !t.external_data.is_empty() {
         bail!("tensor {} stores its data in an external file, which slimc does not read", t.name);
     }
-    let shape: Vec<usize> = t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| anyhow!("tensor {} has a negative dimension", t.name))).collect::<Result<_>>()?;
+    let shape: Vec<usize> = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| anyhow!("tensor {} has a negative dimension", t.name)))
+        .collect::<Result<_>>()?;
     let n: usize = shape.iter().product();
     let raw = &t.raw_data;
     let data = match t.data_type {
-        1 => TensorData::F32(if raw.is_empty() { t.float_data.clone() } else { raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() }),
-        11 => TensorData::F32(if raw.is_empty() { t.double_data.iter().map(|&v| v as f32).collect() } else { raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect() }),
-        7 => TensorData::I64(if raw.is_empty() { t.int64_data.clone() } else { raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect() }),
-        6 => TensorData::I64(if raw.is_empty() { t.int32_data.iter().map(|&v| v as i64).collect() } else { raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect() }),
-        9 => TensorData::I64(if raw.is_empty() { t.int32_data.iter().map(|&v| v as i64).collect() } else { raw.iter().map(|&b| b as i64).collect() }),
+        1 => TensorData::F32(if raw.is_empty() {
+            t.float_data.clone()
+        } else {
+            raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        }),
+        11 => TensorData::F32(if raw.is_empty() {
+            t.double_data.iter().map(|&v| v as f32).collect()
+        } else {
+            raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+        }),
+        7 => TensorData::I64(if raw.is_empty() {
+            t.int64_data.clone()
+        } else {
+            raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+        }),
+        6 => TensorData::I64(if raw.is_empty() {
+            t.int32_data.iter().map(|&v| v as i64).collect()
+        } else {
+            raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect()
+        }),
+        9 => TensorData::I64(if raw.is_empty() {
+            t.int32_data.iter().map(|&v| v as i64).collect()
+        } else {
+            raw.iter().map(|&b| b as i64).collect()
+        }),
         d => bail!("tensor {} has ONNX element type {d}; slimc reads float, double, int32, int64 and bool", t.name),
     };
     let len = match &data {
@@ -116,11 +150,19 @@ fn pair(v: &[i64], what: &str) -> Result<[usize; 2]> {
 
 impl Importer {
     fn new(name: &str) -> Importer {
-        Importer { g: Graph::new(name), tensors: BTreeMap::new(), slots: HashMap::new(), params: HashMap::new(), sigmoid_of: HashMap::new() }
+        Importer {
+            g: Graph::new(name),
+            tensors: BTreeMap::new(),
+            slots: HashMap::new(),
+            params: HashMap::new(),
+            sigmoid_of: HashMap::new(),
+        }
     }
 
     fn slot(&self, name: &str, node: &NodeProto) -> Result<Slot> {
-        self.slots.get(name).cloned().ok_or_else(|| anyhow!("node {} ({}) reads `{name}`, which nothing defines before it", node.name, node.op_type))
+        self.slots.get(name).cloned().ok_or_else(|| {
+            anyhow!("node {} ({}) reads `{name}`, which nothing defines before it", node.name, node.op_type)
+        })
     }
 
     fn known(&self, node: &NodeProto, i: usize) -> Result<Option<Tensor>> {
@@ -135,7 +177,11 @@ impl Importer {
 
     /// The IR value for input `i`, turning a known tensor into a parameter of `kind`.
     fn value(&mut self, node: &NodeProto, i: usize, kind: ParamKind) -> Result<ValueId> {
-        let name = node.input.get(i).filter(|s| !s.is_empty()).ok_or_else(|| anyhow!("node {} ({}) lacks input {i}", node.name, node.op_type))?;
+        let name = node
+            .input
+            .get(i)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| anyhow!("node {} ({}) lacks input {i}", node.name, node.op_type))?;
         match self.slot(name, node)? {
             Slot::Value(v) => Ok(v),
             Slot::Known(t) => {
@@ -204,7 +250,10 @@ impl Importer {
                 let b = self.value(node, 2, ParamKind::Weight)?;
                 let m = self.value(node, 3, ParamKind::Buffer)?;
                 let v = self.value(node, 4, ParamKind::Buffer)?;
-                let op = Op::BatchNorm { eps: attr_float(node, "epsilon", 1e-5), momentum: 1.0 - attr_float(node, "momentum", 0.9) };
+                let op = Op::BatchNorm {
+                    eps: attr_float(node, "epsilon", 1e-5),
+                    momentum: 1.0 - attr_float(node, "momentum", 0.9),
+                };
                 (op, vec![x, g, b, m, v])
             }
             "Sigmoid" => (Op::Sigmoid, vec![self.value(node, 0, ParamKind::Const)?]),
@@ -229,7 +278,8 @@ impl Importer {
             "Concat" => {
                 let rank = self.rank_of(node, 0)?;
                 let axis = norm_axis(attr_int(node, "axis", 0), rank)?;
-                let ins = (0..node.input.len()).map(|i| self.value(node, i, ParamKind::Const)).collect::<Result<_>>()?;
+                let ins =
+                    (0..node.input.len()).map(|i| self.value(node, i, ParamKind::Const)).collect::<Result<_>>()?;
                 (Op::Concat { axis }, ins)
             }
             "Split" => {
@@ -266,7 +316,10 @@ impl Importer {
                 (Op::Slice { axes, starts, ends, steps }, vec![x])
             }
             "MaxPool" => {
-                if attr_int(node, "ceil_mode", 0) != 0 || attr_str(node, "auto_pad", "NOTSET") != "NOTSET" || node.output.len() > 1 {
+                if attr_int(node, "ceil_mode", 0) != 0
+                    || attr_str(node, "auto_pad", "NOTSET") != "NOTSET"
+                    || node.output.len() > 1
+                {
                     bail!("MaxPool with ceil_mode, auto_pad or indices is not supported");
                 }
                 if attr_ints(node, "dilations").is_some_and(|d| d.iter().any(|&x| x != 1)) {
@@ -279,7 +332,10 @@ impl Importer {
                 }
                 let k = pair(&attr_ints(node, "kernel_shape").unwrap_or_default(), "kernel_shape")?;
                 let s = pair(&attr_ints(node, "strides").unwrap_or(vec![1, 1]), "strides")?;
-                (Op::MaxPool2d { kernel: k, stride: s, pad: [p[0], p[1], p[2], p[3]] }, vec![self.value(node, 0, ParamKind::Const)?])
+                (
+                    Op::MaxPool2d { kernel: k, stride: s, pad: [p[0], p[1], p[2], p[3]] },
+                    vec![self.value(node, 0, ParamKind::Const)?],
+                )
             }
             "Resize" => {
                 if attr_str(node, "mode", "nearest") != "nearest" {
@@ -292,7 +348,13 @@ impl Importer {
                     (_, Some(sz)) => i64s(&sz)?.iter().zip(&shape).map(|(&o, &i)| o as f32 / i as f32).collect(),
                     _ => bail!("Resize needs constant scales or sizes"),
                 };
-                if scales.len() != 4 || scales[0] != 1.0 || scales[1] != 1.0 || scales[2].fract() != 0.0 || scales[3].fract() != 0.0 || scales[2] < 1.0 {
+                if scales.len() != 4
+                    || scales[0] != 1.0
+                    || scales[1] != 1.0
+                    || scales[2].fract() != 0.0
+                    || scales[3].fract() != 0.0
+                    || scales[2] < 1.0
+                {
                     bail!("Resize is supported as integer nearest upsampling of H and W, found scales {scales:?}");
                 }
                 (Op::UpsampleNearest { scale: [scales[2] as usize, scales[3] as usize] }, vec![x])
@@ -317,10 +379,14 @@ impl Importer {
             "Transpose" => {
                 let x = self.value(node, 0, ParamKind::Const)?;
                 let r = self.g.ty(x).rank();
-                let perm = attr_ints(node, "perm").map(|p| p.iter().map(|&a| a as usize).collect()).unwrap_or_else(|| (0..r).rev().collect());
+                let perm = attr_ints(node, "perm")
+                    .map(|p| p.iter().map(|&a| a as usize).collect())
+                    .unwrap_or_else(|| (0..r).rev().collect());
                 (Op::Transpose { perm }, vec![x])
             }
-            "MatMul" => (Op::MatMul, vec![self.value(node, 0, ParamKind::Const)?, self.value(node, 1, ParamKind::Const)?]),
+            "MatMul" => {
+                (Op::MatMul, vec![self.value(node, 0, ParamKind::Const)?, self.value(node, 1, ParamKind::Const)?])
+            }
             "Softmax" => {
                 let x = self.value(node, 0, ParamKind::Const)?;
                 let axis = norm_axis(attr_int(node, "axis", -1), self.g.ty(x).rank())?;
@@ -379,14 +445,20 @@ impl Importer {
                 let (data, idx) = (get(0)?, get(1)?);
                 let axis = norm_axis(attr_int(node, "axis", 0), data.shape.len())?;
                 let n = data.shape[axis] as i64;
-                let ix: Vec<usize> = i64s(&idx)?.iter().map(|&i| if i < 0 { i + n } else { i }).map(|i| if i < 0 || i >= n { Err(anyhow!("Gather index out of range")) } else { Ok(i as usize) }).collect::<Result<_>>()?;
+                let ix: Vec<usize> = i64s(&idx)?
+                    .iter()
+                    .map(|&i| if i < 0 { i + n } else { i })
+                    .map(|i| if i < 0 || i >= n { Err(anyhow!("Gather index out of range")) } else { Ok(i as usize) })
+                    .collect::<Result<_>>()?;
                 let outer: usize = data.shape[..axis].iter().product();
                 let inner: usize = data.shape[axis + 1..].iter().product();
                 let mut shape = data.shape[..axis].to_vec();
                 shape.extend(&idx.shape);
                 shape.extend(&data.shape[axis + 1..]);
                 let pick = |o: usize, i: usize, k: usize| (o * data.shape[axis] + i) * inner + k;
-                let order: Vec<usize> = (0..outer).flat_map(|o| ix.iter().flat_map(move |&i| (0..inner).map(move |k| pick(o, i, k)))).collect();
+                let order: Vec<usize> = (0..outer)
+                    .flat_map(|o| ix.iter().flat_map(move |&i| (0..inner).map(move |k| pick(o, i, k))))
+                    .collect();
                 let data = match &data.data {
                     TensorData::F32(v) => TensorData::F32(order.iter().map(|&p| v[p]).collect()),
                     TensorData::I64(v) => TensorData::I64(order.iter().map(|&p| v[p]).collect()),
@@ -469,7 +541,9 @@ impl Importer {
                 Slot::Value(v) => self.g.ty(v).clone(),
                 Slot::Known(t) => t.ty(),
             };
-            let dims = ty.fixed_shape().ok_or_else(|| anyhow!("Shape of a value with a symbolic dimension cannot be folded; fix the input size with --imgsz"))?;
+            let dims = ty.fixed_shape().ok_or_else(|| {
+                anyhow!("Shape of a value with a symbolic dimension cannot be folded; fix the input size with --imgsz")
+            })?;
             let r = dims.len() as i64;
             let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
             let (s, e) = (clampi(attr_int(node, "start", 0)), clampi(attr_int(node, "end", r)));
@@ -480,7 +554,13 @@ impl Importer {
         let ins: Vec<Option<Tensor>> = node
             .input
             .iter()
-            .map(|n| if n.is_empty() { Ok(None) } else { self.slot(n, node).map(|s| if let Slot::Known(t) = s { Some(t) } else { None }) })
+            .map(|n| {
+                if n.is_empty() {
+                    Ok(None)
+                } else {
+                    self.slot(n, node).map(|s| if let Slot::Known(t) = s { Some(t) } else { None })
+                }
+            })
             .collect::<Result<_>>()?;
         let all_known = node.input.iter().zip(&ins).all(|(n, t)| n.is_empty() || t.is_some());
         if all_known && !node.input.is_empty() {
@@ -566,10 +646,16 @@ pub fn import_proto(proto: &ModelProto, file: &str, imgsz: Option<[usize; 2]>) -
         im.slots.insert(input.name.clone(), Slot::Value(v));
     }
     for (i, node) in graph.node.iter().enumerate() {
-        im.import_node(node).map_err(|e| anyhow!("{file}: node {i} `{}` ({}, opset {opset}): {e}", node.name, node.op_type))?;
+        im.import_node(node)
+            .map_err(|e| anyhow!("{file}: node {i} `{}` ({}, opset {opset}): {e}", node.name, node.op_type))?;
     }
     for out in &graph.output {
-        let v = im.value(&NodeProto { name: "output".into(), input: vec![out.name.clone()], ..Default::default() }, 0, ParamKind::Const)
+        let v = im
+            .value(
+                &NodeProto { name: "output".into(), input: vec![out.name.clone()], ..Default::default() },
+                0,
+                ParamKind::Const,
+            )
             .map_err(|e| anyhow!("{file}: output {}: {e}", out.name))?;
         im.g.outputs.push(v);
     }
@@ -584,8 +670,16 @@ pub fn import_proto(proto: &ModelProto, file: &str, imgsz: Option<[usize; 2]>) -
 /// Ultralytics' metadata (names, stride, imgsz) when present; otherwise what the graph implies.
 fn metadata(proto: &ModelProto, g: &Graph, input_shape: &[usize]) -> Metadata {
     let prop = |k: &str| proto.metadata_props.iter().find(|p| p.key == k).map(|p| p.value.clone());
-    let nc = g.outputs.first().and_then(|&o| g.ty(o).shape.get(1).and_then(|d| d.fixed())).map(|c| c.saturating_sub(4)).unwrap_or(0);
-    let names = prop("names").map(|s| parse_names(&s)).filter(|n| !n.is_empty()).unwrap_or_else(|| (0..nc).map(|i| format!("class{i}")).collect());
+    let nc = g
+        .outputs
+        .first()
+        .and_then(|&o| g.ty(o).shape.get(1).and_then(|d| d.fixed()))
+        .map(|c| c.saturating_sub(4))
+        .unwrap_or(0);
+    let names = prop("names")
+        .map(|s| parse_names(&s))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| (0..nc).map(|i| format!("class{i}")).collect());
     let imgsz = match input_shape {
         [_, _, h, w] => [*h, *w],
         _ => [0, 0],

@@ -8,13 +8,16 @@ use std::path::Path;
 /// Reads every tensor of a safetensors file as f32 (f64 is narrowed).
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
     let mut out = vec![];
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-            Dtype::F64 => view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            Dtype::F64 => {
+                view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+            }
             Dtype::I64 if name.ends_with("num_batches_tracked") => continue,
             d => bail!("{}: tensor {name} has element type {d:?}; slimc reads F32 and F64", path.display()),
         };
@@ -43,7 +46,9 @@ pub fn load_weights(model: &mut Model, path: &Path) -> Result<()> {
     for (name, shape) in &wanted {
         match file.iter().find(|(n, _)| n == name) {
             None => problems.push(format!("missing {name} {shape:?}")),
-            Some((_, t)) if &t.shape != shape => problems.push(format!("{name} has shape {:?}, the model needs {shape:?}", t.shape)),
+            Some((_, t)) if &t.shape != shape => {
+                problems.push(format!("{name} has shape {:?}, the model needs {shape:?}", t.shape))
+            }
             Some(_) => {}
         }
     }

@@ -134,7 +134,8 @@ pub fn parse_spec(text: &str, source: &str, scale: Option<char>, nc_override: Op
         Yaml::BadValue => None,
         other => bail!("{source}: `nc` must be a positive integer, found {other:?}"),
     };
-    let nc = nc_override.or(yaml_nc).ok_or_else(|| anyhow!("{source}: no `nc` given (set it in the YAML or pass --nc)"))?;
+    let nc =
+        nc_override.or(yaml_nc).ok_or_else(|| anyhow!("{source}: no `nc` given (set it in the YAML or pass --nc)"))?;
     if nc == 0 {
         bail!("{source}: nc must be at least 1");
     }
@@ -181,7 +182,8 @@ pub fn parse_spec(text: &str, source: &str, scale: Option<char>, nc_override: Op
 }
 
 fn parse_row(row: &Yaml, i: usize, nc: usize, depth: f64, at: &str) -> Result<LayerSpec> {
-    let cells = row.as_vec().filter(|c| c.len() == 4).ok_or_else(|| anyhow!("{at}: expected [from, repeats, module, args]"))?;
+    let cells =
+        row.as_vec().filter(|c| c.len() == 4).ok_or_else(|| anyhow!("{at}: expected [from, repeats, module, args]"))?;
     let resolve = |f: i64| -> Result<Option<usize>> {
         let abs = if f < 0 { i as i64 + f } else { f };
         if abs == -1 && i == 0 {

@@ -55,7 +55,17 @@ impl Lowering {
 
     /// `nn.Conv2d(c1, c2, k, s, k//2, groups=g)` with PyTorch's default weight init; `bias`
     /// gives the bias values when the conv has one. Returns the conv result.
-    fn conv2d(&mut self, x: ValueId, c2: usize, k: usize, s: usize, p: usize, g: usize, bias: Option<Vec<f32>>, scope: &str) -> Result<ValueId> {
+    fn conv2d(
+        &mut self,
+        x: ValueId,
+        c2: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+        g: usize,
+        bias: Option<Vec<f32>>,
+        scope: &str,
+    ) -> Result<ValueId> {
         let c1 = self.channels(x);
         if g == 0 || c1 % g != 0 || c2 % g != 0 {
             bail!("{scope}: {c1} -> {c2} channels cannot use {g} groups");
@@ -72,7 +82,17 @@ impl Lowering {
     }
 
     /// Ultralytics `Conv`: conv (no bias) → BatchNorm → SiLU (or identity when `act` is false).
-    pub fn conv(&mut self, x: ValueId, c2: usize, k: usize, s: usize, p: Option<usize>, g: usize, act: bool, scope: &str) -> Result<ValueId> {
+    pub fn conv(
+        &mut self,
+        x: ValueId,
+        c2: usize,
+        k: usize,
+        s: usize,
+        p: Option<usize>,
+        g: usize,
+        act: bool,
+        scope: &str,
+    ) -> Result<ValueId> {
         let y = self.conv2d(x, c2, k, s, p.unwrap_or(k / 2), g, None, &format!("{scope}.conv"))?;
         let bn = format!("{scope}.bn");
         let ps = [
@@ -99,7 +119,15 @@ impl Lowering {
     }
 
     /// Ultralytics `Bottleneck(c1, c2, shortcut, k=(k, k), e)`.
-    pub fn bottleneck(&mut self, x: ValueId, c2: usize, shortcut: bool, k: usize, e: f64, scope: &str) -> Result<ValueId> {
+    pub fn bottleneck(
+        &mut self,
+        x: ValueId,
+        c2: usize,
+        shortcut: bool,
+        k: usize,
+        e: f64,
+        scope: &str,
+    ) -> Result<ValueId> {
         let c1 = self.channels(x);
         let c_ = (c2 as f64 * e) as usize;
         let y = self.conv(x, c_, k, 1, None, 1, true, &format!("{scope}.cv1"))?;
@@ -112,7 +140,16 @@ impl Lowering {
     }
 
     /// Ultralytics `C3k(c1, c2, n, shortcut, e=0.5, k=3)`.
-    pub fn c3k(&mut self, x: ValueId, c2: usize, n: usize, shortcut: bool, e: f64, k: usize, scope: &str) -> Result<ValueId> {
+    pub fn c3k(
+        &mut self,
+        x: ValueId,
+        c2: usize,
+        n: usize,
+        shortcut: bool,
+        e: f64,
+        k: usize,
+        scope: &str,
+    ) -> Result<ValueId> {
         let c_ = (c2 as f64 * e) as usize;
         let mut a = self.conv(x, c_, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
         let b = self.conv(x, c_, 1, 1, None, 1, true, &format!("{scope}.cv2"))?;
@@ -124,7 +161,16 @@ impl Lowering {
     }
 
     /// Ultralytics `C3k2(c1, c2, n, c3k, e, shortcut=True)` in its C2f form.
-    pub fn c3k2(&mut self, x: ValueId, c2: usize, n: usize, c3k: bool, e: f64, shortcut: bool, scope: &str) -> Result<ValueId> {
+    pub fn c3k2(
+        &mut self,
+        x: ValueId,
+        c2: usize,
+        n: usize,
+        c3k: bool,
+        e: f64,
+        shortcut: bool,
+        scope: &str,
+    ) -> Result<ValueId> {
         let c = (c2 as f64 * e) as usize;
         let y = self.conv(x, 2 * c, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
         let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
@@ -133,7 +179,11 @@ impl Lowering {
         for i in 0..n {
             let last = *ys.last().expect("two parts");
             let m = format!("{scope}.m.{i}");
-            ys.push(if c3k { self.c3k(last, c, 2, shortcut, 0.5, 3, &m)? } else { self.bottleneck(last, c, shortcut, 3, 0.5, &m)? });
+            ys.push(if c3k {
+                self.c3k(last, c, 2, shortcut, 0.5, 3, &m)?
+            } else {
+                self.bottleneck(last, c, shortcut, 3, 0.5, &m)?
+            });
         }
         let cat = self.concat(&ys, &format!("{scope}.cat"), scope)?;
         self.conv(cat, c2, 1, 1, None, 1, true, &format!("{scope}.cv2"))
@@ -160,11 +210,21 @@ impl Lowering {
         let key_dim = head_dim / 2;
         let qkv = self.conv(x, dim + 2 * key_dim * heads, 1, 1, None, 1, false, &format!("{scope}.qkv"))?;
         let view = Op::Reshape {
-            shape: vec![ReshapeDim::Of { input: 0, axis: 0 }, ReshapeDim::Fixed(heads), ReshapeDim::Fixed(2 * key_dim + head_dim), ReshapeDim::Infer],
+            shape: vec![
+                ReshapeDim::Of { input: 0, axis: 0 },
+                ReshapeDim::Fixed(heads),
+                ReshapeDim::Fixed(2 * key_dim + head_dim),
+                ReshapeDim::Infer,
+            ],
         };
         let qkv = self.g.add1(view, &[qkv], &format!("{scope}.view"), scope)?;
         let names = [format!("{scope}.q"), format!("{scope}.k"), format!("{scope}.v")];
-        let qkv = self.g.add_node(Op::Split { axis: 2, sizes: vec![key_dim, key_dim, head_dim] }, &[qkv], &[&names[0], &names[1], &names[2]], scope)?;
+        let qkv = self.g.add_node(
+            Op::Split { axis: 2, sizes: vec![key_dim, key_dim, head_dim] },
+            &[qkv],
+            &[&names[0], &names[1], &names[2]],
+            scope,
+        )?;
         let (q, k, v) = (qkv[0], qkv[1], qkv[2]);
         let t = Op::Transpose { perm: vec![0, 1, 3, 2] };
         let qt = self.g.add1(t.clone(), &[q], &format!("{scope}.qT"), scope)?;
@@ -238,28 +298,57 @@ impl Lowering {
             let cls_bias = (5.0 / nc as f64 / (640.0 / strides[i] as f64).powi(2)).ln() as f32;
             let cls = self.conv2d(y, nc, 1, 1, 0, 1, Some(vec![cls_bias; nc]), &format!("{c}.2"))?;
             let feat = self.concat(&[box_, cls], &format!("{scope}.feat.{i}"), scope)?;
-            let view = Op::Reshape { shape: vec![ReshapeDim::Of { input: 0, axis: 0 }, ReshapeDim::Fixed(no), ReshapeDim::Infer] };
+            let view = Op::Reshape {
+                shape: vec![ReshapeDim::Of { input: 0, axis: 0 }, ReshapeDim::Fixed(no), ReshapeDim::Infer],
+            };
             flat.push((feat, self.g.add1(view, &[feat], &format!("{scope}.flat.{i}"), scope)?));
         }
         let feats: Vec<ValueId> = flat.iter().map(|f| f.0).collect();
         let all: Vec<ValueId> = flat.iter().map(|f| f.1).collect();
         let x = self.g.add1(Op::Concat { axis: 2 }, &all, &format!("{scope}.cat"), scope)?;
-        let parts = self.g.add_node(Op::Split { axis: 1, sizes: vec![4 * REG_MAX, nc] }, &[x], &[&format!("{scope}.box"), &format!("{scope}.cls")], scope)?;
+        let parts = self.g.add_node(
+            Op::Split { axis: 1, sizes: vec![4 * REG_MAX, nc] },
+            &[x],
+            &[&format!("{scope}.box"), &format!("{scope}.cls")],
+            scope,
+        )?;
         // DFL: softmax over the 16 bins of each side, expectation by a fixed 1x1 conv.
         let dfl = format!("{scope}.dfl");
         let b0 = ReshapeDim::Of { input: 0, axis: 0 };
-        let v = self.g.add1(Op::Reshape { shape: vec![b0.clone(), ReshapeDim::Fixed(4), ReshapeDim::Fixed(REG_MAX), ReshapeDim::Infer] }, &[parts[0]], &format!("{dfl}.view"), &dfl)?;
+        let v = self.g.add1(
+            Op::Reshape {
+                shape: vec![b0.clone(), ReshapeDim::Fixed(4), ReshapeDim::Fixed(REG_MAX), ReshapeDim::Infer],
+            },
+            &[parts[0]],
+            &format!("{dfl}.view"),
+            &dfl,
+        )?;
         let v = self.g.add1(Op::Transpose { perm: vec![0, 2, 1, 3] }, &[v], &format!("{dfl}.transpose"), &dfl)?;
         let v = self.g.add1(Op::Softmax { axis: 1 }, &[v], &format!("{dfl}.softmax"), &dfl)?;
-        let w = self.param(&format!("{dfl}.conv.weight"), &[1, REG_MAX, 1, 1], ParamKind::Frozen, (0..REG_MAX).map(|i| i as f32).collect());
+        let w = self.param(
+            &format!("{dfl}.conv.weight"),
+            &[1, REG_MAX, 1, 1],
+            ParamKind::Frozen,
+            (0..REG_MAX).map(|i| i as f32).collect(),
+        );
         let op = Op::Conv2d(Conv2d { stride: [1, 1], pad: [0; 4], dilation: [1, 1], groups: 1 });
         let v = self.g.add1(op, &[v, w], &format!("{dfl}.conv"), &format!("{dfl}.conv"))?;
-        let dist = self.g.add1(Op::Reshape { shape: vec![b0, ReshapeDim::Fixed(4), ReshapeDim::Infer] }, &[v], &format!("{dfl}.dist"), &dfl)?;
+        let dist = self.g.add1(
+            Op::Reshape { shape: vec![b0, ReshapeDim::Fixed(4), ReshapeDim::Infer] },
+            &[v],
+            &format!("{dfl}.dist"),
+            &dfl,
+        )?;
         // dist2bbox (xywh) times stride.
         let slice = |s: i64, e: i64| Op::Slice { axes: vec![1], starts: vec![s], ends: vec![e], steps: vec![1] };
         let lt = self.g.add1(slice(0, 2), &[dist], &format!("{scope}.lt"), scope)?;
         let rb = self.g.add1(slice(2, 4), &[dist], &format!("{scope}.rb"), scope)?;
-        let anc = self.g.add_node(Op::Anchors { strides: strides.to_vec(), offset: 0.5 }, &feats, &[&format!("{scope}.anchors"), &format!("{scope}.strides")], scope)?;
+        let anc = self.g.add_node(
+            Op::Anchors { strides: strides.to_vec(), offset: 0.5 },
+            &feats,
+            &[&format!("{scope}.anchors"), &format!("{scope}.strides")],
+            scope,
+        )?;
         let x1y1 = self.g.add1(Op::Sub, &[anc[0], lt], &format!("{scope}.x1y1"), scope)?;
         let x2y2 = self.g.add1(Op::Add, &[anc[0], rb], &format!("{scope}.x2y2"), scope)?;
         let sum = self.g.add1(Op::Add, &[x1y1, x2y2], &format!("{scope}.sum"), scope)?;
@@ -309,9 +398,19 @@ fn arg_count(args: &[Arg], lo: usize, hi: usize, module: &str, at: &str) -> Resu
 /// `imgsz` (h, w; the graph itself works at any multiple of the largest stride).
 pub fn lower(spec: &ModelSpec, imgsz: [usize; 2], seed: u64) -> Result<Model> {
     let name = spec.source.trim_end_matches(".yaml").to_string();
-    let graph_name = if spec.scale.is_empty() || name.ends_with(&spec.scale) { name.clone() } else { format!("{name}{}", spec.scale) };
+    let graph_name = if spec.scale.is_empty() || name.ends_with(&spec.scale) {
+        name.clone()
+    } else {
+        format!("{name}{}", spec.scale)
+    };
     let mut l = Lowering::new(&graph_name, seed);
-    let images = l.g.add_input("images", TensorType { dtype: slimc_ir::DType::F32, shape: vec![Dim::Sym("N".into()), Dim::Fixed(3), Dim::Fixed(imgsz[0]), Dim::Fixed(imgsz[1])] });
+    let images = l.g.add_input(
+        "images",
+        TensorType {
+            dtype: slimc_ir::DType::F32,
+            shape: vec![Dim::Sym("N".into()), Dim::Fixed(3), Dim::Fixed(imgsz[0]), Dim::Fixed(imgsz[1])],
+        },
+    );
     let scale_c2 = |c2: i64| -> usize {
         let c2 = c2 as usize;
         if c2 != spec.nc {
@@ -408,7 +507,9 @@ pub fn lower(spec: &ModelSpec, imgsz: [usize; 2], seed: u64) -> Result<Model> {
                 simple_repeat("Upsample")?;
                 arg_count(a, 2, 3, "nn.Upsample", &at)?;
                 let s = int_arg(a, 1, None, &at)? as usize;
-                if !matches!(a.get(2), None | Some(Arg::Str(_))) || matches!(a.get(2), Some(Arg::Str(m)) if m != "nearest") {
+                if !matches!(a.get(2), None | Some(Arg::Str(_)))
+                    || matches!(a.get(2), Some(Arg::Str(m)) if m != "nearest")
+                {
                     bail!("{at}: only nearest upsampling is supported");
                 }
                 l.g.add1(Op::UpsampleNearest { scale: [s, s] }, &[x], &scope, &scope)?
@@ -434,12 +535,16 @@ pub fn lower(spec: &ModelSpec, imgsz: [usize; 2], seed: u64) -> Result<Model> {
                 output = Some(out);
                 out
             }
-            other => bail!("{at}: unknown module `{other}` (supported: Conv, C3k2, C3k, SPPF, C2PSA, nn.Upsample, Concat, Detect)"),
+            other => bail!(
+                "{at}: unknown module `{other}` (supported: Conv, C3k2, C3k, SPPF, C2PSA, nn.Upsample, Concat, Detect)"
+            ),
         };
         outs.push(y);
     }
     let out = output.ok_or_else(|| anyhow!("{}: the model has no Detect layer", spec.source))?;
     l.g.outputs.push(out);
+    // Canonical value order (inputs, parameters, results), as the text form parses back.
+    l.g.compact();
     let names = (0..spec.nc).map(|i| format!("class{i}")).collect();
     let model = Model {
         graph: l.g,

@@ -1,0 +1,5 @@
+//! Validation as Ultralytics 8.3.253 computes it: NMS, matching of detections to labels, and
+//! AP / P / R / mAP.
+
+pub mod metrics;
+pub mod nms;
