@@ -245,11 +245,6 @@ impl Graph {
         self.values = values;
         map
     }
-
-    /// Parameter values of the given kind.
-    pub fn params_of(&self, kind: ParamKind) -> impl Iterator<Item = ValueId> + '_ {
-        self.params.iter().copied().filter(move |p| self.values[p.0].def == ValueDef::Param(kind))
-    }
 }
 
 impl Graph {

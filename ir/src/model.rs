@@ -194,11 +194,6 @@ impl Model {
         let bytes = std::fs::read(path).map_err(|e| IrError::File(format!("{}: {e}", path.display())))?;
         Model::from_bytes(&bytes, &path.display().to_string())
     }
-
-    /// The f32 data of a named tensor.
-    pub fn f32s(&self, name: &str) -> Result<&[f32]> {
-        self.tensors.get(name).ok_or_else(|| IrError::Invalid(format!("no tensor named {name}")))?.f32s()
-    }
 }
 
 /// Writes `bytes` to `path` atomically: a synced temporary file in the same folder renamed over it.

@@ -180,11 +180,4 @@ impl Tensor {
             TensorData::F32(_) => invalid("expected an i64 tensor, found f32"),
         }
     }
-    /// Takes the f32 elements out.
-    pub fn into_f32s(self) -> Result<Vec<f32>> {
-        match self.data {
-            TensorData::F32(v) => Ok(v),
-            TensorData::I64(_) => invalid("expected an f32 tensor, found i64"),
-        }
-    }
 }

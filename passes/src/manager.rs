@@ -43,11 +43,6 @@ impl PassManager {
         self
     }
 
-    /// The pass names, in order.
-    pub fn names(&self) -> Vec<&'static str> {
-        self.passes.iter().map(|p| p.name()).collect()
-    }
-
     /// Runs every pass in order, verifying the model after each one.
     pub fn run(&self, model: &mut Model) -> Result<Vec<PassReport>> {
         let mut reports = vec![];
