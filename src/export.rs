@@ -332,19 +332,7 @@ pub fn prepare(model: &Model, opts: &ExportOptions) -> Result<Model> {
     }
     let mut m = model.clone();
     let imgsz = opts.imgsz.unwrap_or(m.meta.imgsz);
-    let types: Vec<TensorType> = m
-        .graph
-        .inputs
-        .iter()
-        .map(|&v| {
-            let mut t = m.graph.ty(v).with_symbols(1);
-            if t.rank() == 4 {
-                t.shape[2] = Dim::Fixed(imgsz[0]);
-                t.shape[3] = Dim::Fixed(imgsz[1]);
-            }
-            t
-        })
-        .collect();
+    let types = m.graph.image_input_types(1, imgsz);
     m.graph.set_input_types(&types).map_err(|e| anyhow!("cannot export at {}x{}: {e}", imgsz[0], imgsz[1]))?;
     m.meta.imgsz = imgsz;
     if !opts.keep_bn {

@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, Result};
 use serde::Serialize;
-use slimc_ir::{infer_all, Dim, Model, Op, ParamKind, TensorType, ValueDef};
+use slimc_ir::{infer_all, Model, Op, ParamKind, ValueDef};
 
 /// Summary numbers of a model.
 #[derive(Clone, Debug, Serialize)]
@@ -41,18 +41,7 @@ pub fn model_info(model: &Model, imgsz: Option<[usize; 2]>) -> Result<ModelInfo>
             .sum()
     };
     let imgsz = imgsz.unwrap_or(model.meta.imgsz);
-    let input_types: Vec<TensorType> = g
-        .inputs
-        .iter()
-        .map(|&v| {
-            let mut t = g.ty(v).with_symbols(1);
-            if t.rank() == 4 && imgsz != [0, 0] {
-                t.shape[2] = Dim::Fixed(imgsz[0]);
-                t.shape[3] = Dim::Fixed(imgsz[1]);
-            }
-            t
-        })
-        .collect();
+    let input_types = g.image_input_types(1, imgsz);
     let types =
         infer_all(g, &input_types).map_err(|e| anyhow!("cannot size the model at {}x{}: {e}", imgsz[0], imgsz[1]))?;
     let numel = |v: slimc_ir::ValueId| types[v.0].numel().unwrap_or(0) as f64;

@@ -17,14 +17,19 @@ fn check(model: &slimc_ir::Model, what: &str) {
     assert!(e < TOL, "{what}: relative error {e:e} exceeds {TOL:e}");
 }
 
-#[test]
-fn yaml_with_safetensors_matches_ultralytics() {
+/// yolo11p.yaml built with the fixture's state dict.
+fn yaml_with_fixture_weights() -> slimc_ir::Model {
     let opts = LoadOptions {
         weights: Some(fixture("yolo11p-nc2/model.safetensors")),
         imgsz: Some([128, 128]),
         ..Default::default()
     };
-    let model = load_model(fixture("yolo11p-nc2/yolo11p.yaml").to_str().unwrap(), &opts).unwrap();
+    load_model(fixture("yolo11p-nc2/yolo11p.yaml").to_str().unwrap(), &opts).unwrap()
+}
+
+#[test]
+fn yaml_with_safetensors_matches_ultralytics() {
+    let model = yaml_with_fixture_weights();
     check(&model, "yaml");
 }
 
@@ -48,12 +53,7 @@ fn imported_fused_onnx_matches_ultralytics() {
 #[test]
 fn yaml_graph_runs_at_other_sizes_and_batches() {
     // The YAML graph is size-agnostic: a 2-image batch at 96x128 equals the images run alone.
-    let opts = LoadOptions {
-        weights: Some(fixture("yolo11p-nc2/model.safetensors")),
-        imgsz: Some([128, 128]),
-        ..Default::default()
-    };
-    let model = load_model(fixture("yolo11p-nc2/yolo11p.yaml").to_str().unwrap(), &opts).unwrap();
+    let model = yaml_with_fixture_weights();
     let x = common::image(2, 96, 128, 5);
     let both = cpu::run(&model, &[x.clone()]).unwrap().remove(0);
     assert_eq!(both.shape, vec![2, 6, 12 * 16 + 6 * 8 + 3 * 4]);

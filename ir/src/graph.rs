@@ -248,6 +248,22 @@ impl Graph {
 }
 
 impl Graph {
+    /// The input types for one image batch of `n` at size `hw` (h, w): symbolic dimensions
+    /// become `n`, and the spatial dimensions of rank-4 (NCHW) inputs become `hw`.
+    pub fn image_input_types(&self, n: usize, hw: [usize; 2]) -> Vec<TensorType> {
+        self.inputs
+            .iter()
+            .map(|&v| {
+                let mut t = self.ty(v).with_symbols(n);
+                if t.rank() == 4 {
+                    t.shape[2] = crate::tensor::Dim::Fixed(hw[0]);
+                    t.shape[3] = crate::tensor::Dim::Fixed(hw[1]);
+                }
+                t
+            })
+            .collect()
+    }
+
     /// Re-specialises the graph to new input types (another batch or image size): every node
     /// result's type is inferred again. Fails, leaving the graph unchanged, if an op cannot
     /// take the new shapes.
