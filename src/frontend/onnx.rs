@@ -70,44 +70,30 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| anyhow!("tensor {} has a negative dimension", t.name)))
         .collect::<Result<_>>()?;
-    let n: usize = shape.iter().product();
     let raw = &t.raw_data;
-    let data = match t.data_type {
-        1 => TensorData::F32(if raw.is_empty() {
-            t.float_data.clone()
-        } else {
-            raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-        }),
-        11 => TensorData::F32(if raw.is_empty() {
-            t.double_data.iter().map(|&v| v as f32).collect()
-        } else {
-            raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
-        }),
-        7 => TensorData::I64(if raw.is_empty() {
-            t.int64_data.clone()
-        } else {
-            raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
-        }),
-        6 => TensorData::I64(if raw.is_empty() {
-            t.int32_data.iter().map(|&v| v as i64).collect()
-        } else {
-            raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect()
-        }),
-        9 => TensorData::I64(if raw.is_empty() {
-            t.int32_data.iter().map(|&v| v as i64).collect()
-        } else {
-            raw.iter().map(|&b| b as i64).collect()
-        }),
+    let tensor = match t.data_type {
+        1 => Tensor::from_f32(shape, decode(raw, &t.float_data, |b| f32::from_le_bytes(b), |&v| v)),
+        11 => Tensor::from_f32(shape, decode(raw, &t.double_data, |b| f64::from_le_bytes(b) as f32, |&v| v as f32)),
+        7 => Tensor::from_i64(shape, decode(raw, &t.int64_data, |b| i64::from_le_bytes(b), |&v| v)),
+        6 => Tensor::from_i64(shape, decode(raw, &t.int32_data, |b| i32::from_le_bytes(b) as i64, |&v| v as i64)),
+        9 => Tensor::from_i64(shape, decode(raw, &t.int32_data, |b: [u8; 1]| b[0] as i64, |&v| v as i64)),
         d => bail!("tensor {} has ONNX element type {d}; slimc reads float, double, int32, int64 and bool", t.name),
     };
-    let len = match &data {
-        TensorData::F32(v) => v.len(),
-        TensorData::I64(v) => v.len(),
-    };
-    if len != n {
-        bail!("tensor {} has {len} elements for shape {shape:?} (truncated file?)", t.name);
+    tensor.map_err(|e| anyhow!("tensor {}: {e} (truncated file?)", t.name))
+}
+
+/// An ONNX tensor's elements: little-endian `raw_data` when present, else the typed field.
+fn decode<const W: usize, T, U>(
+    raw: &[u8],
+    typed: &[T],
+    from_le: impl Fn([u8; W]) -> U,
+    widen: impl Fn(&T) -> U,
+) -> Vec<U> {
+    if raw.is_empty() {
+        typed.iter().map(widen).collect()
+    } else {
+        raw.chunks_exact(W).map(|c| from_le(c.try_into().expect("chunks of W bytes"))).collect()
     }
-    Ok(Tensor { shape, data })
 }
 
 fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n onnx_protobuf::AttributeProto> {
