@@ -271,6 +271,7 @@ impl Emitter<'_> {
             Op::Anchors { strides, offset } => {
                 self.emit_anchors(n.inputs.clone(), strides.clone(), *offset, &outs, &base)?
             }
+            op => bail!("{} @{} belongs to a training program and has no ONNX form", op.name(), n.scope),
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! slimc: network slimming of YOLO11 detectors as a compiler.
 //!
 //! Models (Ultralytics YAML or ONNX) are lowered to slimc's IR ([`slimc_ir`]), transformed by
-//! passes ([`slimc_passes`]), run by backends ([`backend`]), and emitted as ONNX ([`export`])
+//! passes ([`slimc_passes`]), run by backends ([`backend`]), trained ([`train`]), and emitted as ONNX ([`export`])
 //! that is checked against the IR with tract and onnxruntime ([`verify`]).
 
 pub mod backend;
@@ -10,5 +10,6 @@ pub mod frontend;
 pub mod info;
 pub mod io;
 pub mod load;
+pub mod train;
 pub mod val;
 pub mod verify;

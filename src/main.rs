@@ -2,7 +2,9 @@
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Parser, Subcommand};
+use slimc::frontend::weights::write_safetensors;
 use slimc::load::{format_of, load_model, LoadOptions, ModelFormat};
+use slimc::train::step;
 use slimc::{backend::cpu, export, info, io, verify};
 use slimc_ir::{print_graph, Model, Tensor};
 use slimc_passes::{all_passes, PassManager};
@@ -135,6 +137,32 @@ enum Cmd {
         /// Keep BatchNormalization nodes (by default they are folded into the convs).
         #[arg(long)]
         keep_bn: bool,
+    },
+    /// One training step (forward and backward, BN in training mode) on given tensors: prints
+    /// the loss components, the debugging view of the training numerics.
+    ///
+    /// Example: slimc step yolo11n.yaml --nc 1 --weights w.safetensors --images x.npy --targets t.json --dump-grads g.safetensors
+    Step {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Image batch (float32 NCHW, RGB in [0, 1]).
+        #[arg(long)]
+        images: PathBuf,
+        /// Targets JSON: batch_idx, cls and bboxes (normalised cx, cy, w, h) lists.
+        #[arg(long)]
+        targets: PathBuf,
+        /// Network slimming's L1 rate: adds sr·sign(gamma) to every BN gamma's gradient.
+        #[arg(long, default_value_t = 0.0)]
+        sr: f32,
+        /// Write every parameter gradient (Ultralytics names) to this safetensors file.
+        #[arg(long)]
+        dump_grads: Option<PathBuf>,
+        /// Write the BN running statistics after the step to this safetensors file.
+        #[arg(long)]
+        dump_bn: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Check an ONNX file with tract and onnxruntime against slimc's interpreter.
     ///
@@ -271,6 +299,55 @@ fn run(cli: Cli) -> Result<()> {
                 bytes.len() as f64 / 1e6,
                 if dynamic { ", dynamic" } else { "" }
             );
+        }
+        Cmd::Step { m, images, targets, sr, dump_grads, dump_bn, json } => {
+            let model = m.load()?;
+            let x = io::read_npy(&images)?;
+            let t = step::read_targets(&targets)?;
+            let start = std::time::Instant::now();
+            let program = step::Program::new(&model).map_err(|e| anyhow!("{}: {e:#}", m.model))?;
+            let mut r = program.step(&x, &t).map_err(|e| anyhow!("{}: {e:#}", m.model))?;
+            if sr != 0.0 {
+                program.add_sparsity(&mut r.grads, &program.gammas, sr)?;
+            }
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            if let Some(p) = &dump_grads {
+                write_safetensors(p, &r.grads)?;
+            }
+            if let Some(p) = &dump_bn {
+                write_safetensors(p, &r.running)?;
+            }
+            let gnorm = r
+                .grads
+                .values()
+                .flat_map(|g| g.f32s().unwrap_or(&[]).iter())
+                .map(|&v| (v as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            if json {
+                let j = serde_json::json!({
+                    "box_loss": r.items[0], "cls_loss": r.items[1], "dfl_loss": r.items[2],
+                    "loss_total": r.total, "grad_norm": gnorm, "parameters": r.grads.len(), "ms": ms,
+                });
+                println!("{}", serde_json::to_string_pretty(&j)?);
+            } else {
+                println!(
+                    "{:>10} {:>10} {:>10} {:>12} {:>12}",
+                    "box_loss", "cls_loss", "dfl_loss", "total", "grad norm"
+                );
+                println!(
+                    "{:>10.6} {:>10.6} {:>10.6} {:>12.6} {:>12.6}",
+                    r.items[0], r.items[1], r.items[2], r.total, gnorm
+                );
+                println!(
+                    "{} parameter gradients, batch {} at {}x{}, {:.0} ms",
+                    r.grads.len(),
+                    x.shape[0],
+                    x.shape[2],
+                    x.shape[3],
+                    ms
+                );
+            }
         }
         Cmd::Verify { onnx, against, input, imgsz, tol, json } => {
             let reference = match &against {

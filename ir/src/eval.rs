@@ -73,7 +73,8 @@ pub fn sigmoid(x: f32) -> f32 {
 }
 
 /// Evaluates `op` on concrete `inputs`. Returns `Ok(None)` for ops without a reference
-/// implementation here (convolution, batch norm, max pooling).
+/// implementation here (convolution, batch norm, max pooling, their gradients and the detection
+/// loss), which only backends compute.
 pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
     let types: Vec<_> = inputs.iter().map(|t| t.ty()).collect();
     let tref: Vec<_> = types.iter().collect();
@@ -83,6 +84,72 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
     let one = |data: TensorData| Ok(Some(vec![Tensor { shape: shape(0), data }]));
     match op {
         Op::Conv2d(_) | Op::BatchNorm { .. } | Op::MaxPool2d { .. } => Ok(None),
+        Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) | Op::BatchNormTrain { .. } | Op::BatchNormGrad => Ok(None),
+        Op::MaxPool2dGrad { .. } | Op::DetectLoss { .. } | Op::DetectLossGrad { .. } => Ok(None),
+        Op::SiluGrad => {
+            let g = inputs[1].f32s()?.iter().zip(x.f32s()?).map(|(&v, &dy)| {
+                let s = sigmoid(v);
+                dy * s * (1.0 + v * (1.0 - s))
+            });
+            one(TensorData::F32(g.collect()))
+        }
+        Op::SigmoidGrad => {
+            one(TensorData::F32(inputs[1].f32s()?.iter().zip(x.f32s()?).map(|(&y, &dy)| dy * y * (1.0 - y)).collect()))
+        }
+        Op::SoftmaxGrad { axis } => {
+            let (dy, y) = (x.f32s()?, inputs[1].f32s()?);
+            let n = x.shape[*axis];
+            let inner: usize = x.shape[*axis + 1..].iter().product();
+            let outer: usize = x.shape[..*axis].iter().product();
+            let mut v = vec![0.0f32; dy.len()];
+            for o in 0..outer {
+                for i in 0..inner {
+                    let at = |k: usize| o * n * inner + k * inner + i;
+                    let dot: f32 = (0..n).map(|k| dy[at(k)] * y[at(k)]).sum();
+                    for k in 0..n {
+                        v[at(k)] = y[at(k)] * (dy[at(k)] - dot);
+                    }
+                }
+            }
+            one(TensorData::F32(v))
+        }
+        Op::UpsampleNearestGrad { scale } => {
+            let out = shape(0);
+            let (h, w) = (x.shape[2], x.shape[3]);
+            let src = x.f32s()?;
+            let mut v = vec![0.0f32; out.iter().product()];
+            for (plane, dst) in v.chunks_mut(out[2] * out[3]).enumerate() {
+                let p = &src[plane * h * w..(plane + 1) * h * w];
+                for y in 0..h {
+                    for xx in 0..w {
+                        dst[(y / scale[0]) * out[3] + xx / scale[1]] += p[y * w + xx];
+                    }
+                }
+            }
+            one(TensorData::F32(v))
+        }
+        Op::SliceGrad { axes, starts, ends, steps } => {
+            let like = inputs[1];
+            let iota = Tensor { shape: like.shape.clone(), data: TensorData::I64((0..like.numel() as i64).collect()) };
+            let slice =
+                Op::Slice { axes: axes.clone(), starts: starts.clone(), ends: ends.clone(), steps: steps.clone() };
+            let at = eval(&slice, &[&iota])?.expect("slice has a reference")[0].i64s()?.to_vec();
+            let mut v = vec![0.0f32; like.numel()];
+            for (&i, &dy) in at.iter().zip(x.f32s()?) {
+                v[i as usize] += dy;
+            }
+            one(TensorData::F32(v))
+        }
+        Op::SumTo => {
+            let like = &inputs[1].shape;
+            let n: usize = like.iter().product();
+            let at = strided_copy(&(0..n).collect::<Vec<usize>>(), 0, &x.shape, &broadcast_strides(like, &x.shape));
+            let mut v = vec![0.0f32; n];
+            for (&i, &g) in at.iter().zip(x.f32s()?) {
+                v[i] += g;
+            }
+            one(TensorData::F32(v))
+        }
         Op::Silu => one(TensorData::F32(x.f32s()?.iter().map(|&v| v * sigmoid(v)).collect())),
         Op::Sigmoid => one(TensorData::F32(x.f32s()?.iter().map(|&v| sigmoid(v)).collect())),
         Op::Add | Op::Sub | Op::Mul | Op::Div => {

@@ -168,6 +168,25 @@ impl Graph {
         Ok(outs)
     }
 
+    /// Replaces the op of `node`, keeping its inputs and its existing results (whose types must
+    /// not change) and adding one new result per name in `extra` for the further outputs the
+    /// new op has. Returns all the node's results.
+    pub fn replace_op(&mut self, node: NodeId, op: Op, extra: &[&str]) -> Result<Vec<ValueId>> {
+        let n = &self.nodes[node.0];
+        let types = infer_node_types(self, &op, &n.inputs)?;
+        let old = n.outputs.len();
+        if types.len() != old + extra.len() || n.outputs.iter().zip(&types).any(|(&v, t)| self.ty(v) != t) {
+            return invalid(format!("{} cannot replace {} in {}", op.name(), n.op.name(), n.scope));
+        }
+        for (i, ty) in types.into_iter().enumerate().skip(old) {
+            let name = self.fresh_name(extra[i - old]);
+            let v = self.push_value(name, ty, ValueDef::Node(node, i));
+            self.nodes[node.0].outputs.push(v);
+        }
+        self.nodes[node.0].op = op;
+        Ok(self.nodes[node.0].outputs.clone())
+    }
+
     /// Appends a single-output node; see [`Graph::add_node`].
     pub fn add1(&mut self, op: Op, inputs: &[ValueId], name: &str, scope: &str) -> Result<ValueId> {
         Ok(self.add_node(op, inputs, &[name], scope)?[0])

@@ -291,7 +291,94 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             vec![TensorType::f32(&[2, a]), TensorType::f32(&[1, a])]
         }
+        Op::Conv2dGradInput(c) => {
+            let fwd = infer_types(&Op::Conv2d(c.clone()), &[inputs[2], inputs[1]])?;
+            same_shape(x, &fwd[0], "conv2d_grad_input dy")?;
+            vec![inputs[2].clone()]
+        }
+        Op::Conv2dGradWeight(c) => {
+            let fwd = infer_types(&Op::Conv2d(c.clone()), &[inputs[1], inputs[2]])?;
+            same_shape(x, &fwd[0], "conv2d_grad_weight dy")?;
+            vec![inputs[2].clone()]
+        }
+        Op::BatchNormTrain { .. } => {
+            let y = infer_types(&Op::BatchNorm { eps: 0.0, momentum: 0.0 }, inputs)?;
+            let c = inputs[1].clone();
+            vec![y[0].clone(), c.clone(), c.clone(), c.clone(), c]
+        }
+        Op::BatchNormGrad => {
+            same_shape(x, inputs[1], "batch_norm_grad dy")?;
+            for (i, p) in inputs[2..].iter().enumerate() {
+                if p.shape != [x.shape[1].clone()] {
+                    return invalid(format!("batch_norm_grad operand {} is {p}, expected [{}]", i + 2, x.shape[1]));
+                }
+            }
+            vec![x.clone(), inputs[2].clone(), inputs[2].clone()]
+        }
+        Op::SiluGrad | Op::SigmoidGrad => {
+            same_shape(x, inputs[1], "gradient")?;
+            vec![x.clone()]
+        }
+        Op::SoftmaxGrad { axis } => {
+            same_shape(x, inputs[1], "softmax_grad dy")?;
+            infer_types(&Op::Softmax { axis: *axis }, &inputs[1..])?
+        }
+        Op::MaxPool2dGrad { kernel, stride, pad } => {
+            let fwd = infer_types(&Op::MaxPool2d { kernel: *kernel, stride: *stride, pad: *pad }, &inputs[1..])?;
+            same_shape(x, &fwd[0], "max_pool2d_grad dy")?;
+            vec![inputs[1].clone()]
+        }
+        Op::UpsampleNearestGrad { scale } => {
+            check_rank(x, 4, "upsample_nearest_grad input")?;
+            let h = fixed(&x.shape[2], "upsample_nearest_grad height")?;
+            let w = fixed(&x.shape[3], "upsample_nearest_grad width")?;
+            if scale[0] == 0 || scale[1] == 0 || h % scale[0] != 0 || w % scale[1] != 0 {
+                return invalid(format!("upsample_nearest_grad: {x} is not a multiple of scale {scale:?}"));
+            }
+            vec![f32t(vec![x.shape[0].clone(), x.shape[1].clone(), Dim::Fixed(h / scale[0]), Dim::Fixed(w / scale[1])])]
+        }
+        Op::SliceGrad { axes, starts, ends, steps } => {
+            let op = Op::Slice { axes: axes.clone(), starts: starts.clone(), ends: ends.clone(), steps: steps.clone() };
+            let fwd = infer_types(&op, &inputs[1..])?;
+            same_shape(x, &fwd[0], "slice_grad dy")?;
+            vec![TensorType { dtype: x.dtype, shape: inputs[1].shape.clone() }]
+        }
+        Op::SumTo => {
+            let like = inputs[1];
+            if broadcast(&like.shape, &x.shape)? != x.shape {
+                return invalid(format!("sum_to: {like} does not broadcast to {x}"));
+            }
+            vec![TensorType { dtype: x.dtype, shape: like.shape.clone() }]
+        }
+        Op::DetectLoss { strides, reg_max, .. } | Op::DetectLossGrad { strides, reg_max, .. } => {
+            let levels = &inputs[..strides.len()];
+            for t in levels {
+                check_rank(t, 4, "detect_loss level")?;
+                if t.shape[0] != x.shape[0] || t.shape[1] != x.shape[1] {
+                    return invalid(format!("detect_loss levels {x} and {t} differ in batch or channels"));
+                }
+            }
+            if fixed(&x.shape[1], "detect_loss channels")? <= 4 * reg_max {
+                return invalid(format!("detect_loss level {x} has no class channels beyond 4x{reg_max}"));
+            }
+            let targets = inputs[strides.len()];
+            if targets.rank() != 2 || targets.shape[1] != Dim::Fixed(6) {
+                return invalid(format!("detect_loss targets must be [M,6], found {targets}"));
+            }
+            if matches!(op, Op::DetectLoss { .. }) {
+                vec![TensorType::f32(&[3]), TensorType::f32(&[])]
+            } else {
+                levels.iter().map(|t| (*t).clone()).collect()
+            }
+        }
     })
+}
+
+fn same_shape(a: &TensorType, b: &TensorType, what: &str) -> Result<()> {
+    if a.shape != b.shape {
+        return invalid(format!("{what} is {a}, expected {b}"));
+    }
+    Ok(())
 }
 
 /// Resolves an ONNX-style slice on an axis of length `n`: returns (start, step, count).

@@ -73,6 +73,45 @@ pub enum Op {
     /// `[2,A]` (x then y, in grid units, `+offset`) and per-anchor strides `[1,A]`; levels in
     /// order, row-major within a level.
     Anchors { strides: Vec<f32>, offset: f32 },
+    /// Gradient of [`Op::Conv2d`] with respect to its input. Inputs: `dy`, `w`, `x` (for its
+    /// shape). Output: `dx`.
+    Conv2dGradInput(Conv2d),
+    /// Gradient of [`Op::Conv2d`] with respect to its weight, summed over the batch. Inputs: `dy`,
+    /// `x`, `w` (for its shape). Output: `dw`.
+    Conv2dGradWeight(Conv2d),
+    /// Training-mode batch normalisation over axis 1: normalises with the batch mean and biased
+    /// variance. Inputs as [`Op::BatchNorm`]. Outputs: `y`, the batch mean `[C]`, `1/sqrt(var+eps)`
+    /// `[C]`, and the next running mean and running variance (`(1-momentum)·running +
+    /// momentum·batch`, the variance unbiased).
+    BatchNormTrain { eps: f32, momentum: f32 },
+    /// Gradient of [`Op::BatchNormTrain`]. Inputs: `dy`, `x`, `gamma`, batch mean, batch inverse
+    /// std. Outputs: `dx`, `dgamma`, `dbeta`.
+    BatchNormGrad,
+    /// Gradient of [`Op::Silu`]. Inputs: `dy`, `x`. Output: `dy·s·(1 + x·(1 − s))`, `s = sigmoid(x)`.
+    SiluGrad,
+    /// Gradient of [`Op::Sigmoid`]. Inputs: `dy`, `y` (the forward result). Output: `dy·y·(1 − y)`.
+    SigmoidGrad,
+    /// Gradient of [`Op::Softmax`]. Inputs: `dy`, `y` (the forward result). Output:
+    /// `y·(dy − Σ_axis dy·y)`.
+    SoftmaxGrad { axis: usize },
+    /// Gradient of [`Op::MaxPool2d`]: each output gradient goes to the first maximum of its
+    /// window. Inputs: `dy`, `x`. Output: `dx`.
+    MaxPool2dGrad { kernel: [usize; 2], stride: [usize; 2], pad: [usize; 4] },
+    /// Gradient of [`Op::UpsampleNearest`]: sums each `scale` block. Input: `dy`. Output: `dx`.
+    UpsampleNearestGrad { scale: [usize; 2] },
+    /// Gradient of [`Op::Slice`]: scatters `dy` into zeros shaped like `x`. Inputs: `dy`, `x`.
+    SliceGrad { axes: Vec<usize>, starts: Vec<i64>, ends: Vec<i64>, steps: Vec<i64> },
+    /// Sums `x` over the axes along which `like` was broadcast to `x`'s shape (the gradient of
+    /// broadcasting). Inputs: `x`, `like`. Output: shaped like `like`.
+    SumTo,
+    /// Ultralytics' `v8DetectionLoss` on the Detect head's raw level maps. Inputs: one map
+    /// `[N, 4·reg_max + nc, h, w]` per level, then `targets [M, 6]` (batch index, class, normalised
+    /// cx, cy, w, h). Outputs: the components `[3]` (box, cls, dfl, after their `gains`, divided by
+    /// the target-score sum) and the total (a scalar) = their sum times the batch size.
+    DetectLoss { strides: Vec<f32>, gains: Vec<f32>, reg_max: usize },
+    /// Gradient of [`Op::DetectLoss`]'s total with respect to every level map (seed 1). Inputs as
+    /// `detect_loss`; one output per level map.
+    DetectLossGrad { strides: Vec<f32>, gains: Vec<f32>, reg_max: usize },
 }
 
 /// The kind of an op, without attributes.
@@ -96,10 +135,23 @@ pub enum OpKind {
     MatMul,
     Softmax,
     Anchors,
+    Conv2dGradInput,
+    Conv2dGradWeight,
+    BatchNormTrain,
+    BatchNormGrad,
+    SiluGrad,
+    SigmoidGrad,
+    SoftmaxGrad,
+    MaxPool2dGrad,
+    UpsampleNearestGrad,
+    SliceGrad,
+    SumTo,
+    DetectLoss,
+    DetectLossGrad,
 }
 
 /// Every op kind, in the order the text form documents them.
-pub const ALL_OP_KINDS: [OpKind; 18] = [
+pub const ALL_OP_KINDS: [OpKind; 31] = [
     OpKind::Conv2d,
     OpKind::BatchNorm,
     OpKind::Silu,
@@ -118,6 +170,19 @@ pub const ALL_OP_KINDS: [OpKind; 18] = [
     OpKind::MatMul,
     OpKind::Softmax,
     OpKind::Anchors,
+    OpKind::Conv2dGradInput,
+    OpKind::Conv2dGradWeight,
+    OpKind::BatchNormTrain,
+    OpKind::BatchNormGrad,
+    OpKind::SiluGrad,
+    OpKind::SigmoidGrad,
+    OpKind::SoftmaxGrad,
+    OpKind::MaxPool2dGrad,
+    OpKind::UpsampleNearestGrad,
+    OpKind::SliceGrad,
+    OpKind::SumTo,
+    OpKind::DetectLoss,
+    OpKind::DetectLossGrad,
 ];
 
 impl OpKind {
@@ -142,6 +207,19 @@ impl OpKind {
             OpKind::MatMul => "matmul",
             OpKind::Softmax => "softmax",
             OpKind::Anchors => "anchors",
+            OpKind::Conv2dGradInput => "conv2d_grad_input",
+            OpKind::Conv2dGradWeight => "conv2d_grad_weight",
+            OpKind::BatchNormTrain => "batch_norm_train",
+            OpKind::BatchNormGrad => "batch_norm_grad",
+            OpKind::SiluGrad => "silu_grad",
+            OpKind::SigmoidGrad => "sigmoid_grad",
+            OpKind::SoftmaxGrad => "softmax_grad",
+            OpKind::MaxPool2dGrad => "max_pool2d_grad",
+            OpKind::UpsampleNearestGrad => "upsample_nearest_grad",
+            OpKind::SliceGrad => "slice_grad",
+            OpKind::SumTo => "sum_to",
+            OpKind::DetectLoss => "detect_loss",
+            OpKind::DetectLossGrad => "detect_loss_grad",
         }
     }
     /// Looks a kind up by its text name.
@@ -291,6 +369,19 @@ impl Op {
             Op::MatMul => OpKind::MatMul,
             Op::Softmax { .. } => OpKind::Softmax,
             Op::Anchors { .. } => OpKind::Anchors,
+            Op::Conv2dGradInput(_) => OpKind::Conv2dGradInput,
+            Op::Conv2dGradWeight(_) => OpKind::Conv2dGradWeight,
+            Op::BatchNormTrain { .. } => OpKind::BatchNormTrain,
+            Op::BatchNormGrad => OpKind::BatchNormGrad,
+            Op::SiluGrad => OpKind::SiluGrad,
+            Op::SigmoidGrad => OpKind::SigmoidGrad,
+            Op::SoftmaxGrad { .. } => OpKind::SoftmaxGrad,
+            Op::MaxPool2dGrad { .. } => OpKind::MaxPool2dGrad,
+            Op::UpsampleNearestGrad { .. } => OpKind::UpsampleNearestGrad,
+            Op::SliceGrad { .. } => OpKind::SliceGrad,
+            Op::SumTo => OpKind::SumTo,
+            Op::DetectLoss { .. } => OpKind::DetectLoss,
+            Op::DetectLossGrad { .. } => OpKind::DetectLossGrad,
         }
     }
 
@@ -303,7 +394,10 @@ impl Op {
     pub fn num_outputs(&self) -> usize {
         match self {
             Op::Split { sizes, .. } => sizes.len(),
-            Op::Anchors { .. } => 2,
+            Op::Anchors { .. } | Op::DetectLoss { .. } => 2,
+            Op::BatchNormTrain { .. } => 5,
+            Op::BatchNormGrad => 3,
+            Op::DetectLossGrad { strides, .. } => strides.len(),
             _ => 1,
         }
     }
@@ -318,52 +412,78 @@ impl Op {
             Op::Add | Op::Sub | Op::Mul | Op::Div | Op::MatMul => (2, 2),
             Op::Concat { .. } | Op::Anchors { .. } => (1, usize::MAX),
             Op::Reshape { .. } => (1, 2),
+            Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) => (3, 3),
+            Op::BatchNormTrain { .. } | Op::BatchNormGrad => (5, 5),
+            Op::SiluGrad | Op::SigmoidGrad | Op::SoftmaxGrad { .. } | Op::MaxPool2dGrad { .. } => (2, 2),
+            Op::SliceGrad { .. } | Op::SumTo => (2, 2),
+            Op::UpsampleNearestGrad { .. } => (1, 1),
+            Op::DetectLoss { strides, .. } | Op::DetectLossGrad { strides, .. } => {
+                (strides.len() + 1, strides.len() + 1)
+            }
         }
     }
 
     /// The attributes in their generic form, in a fixed order.
     pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
         match self {
-            Op::Conv2d(c) => vec![
+            Op::Conv2d(c) | Op::Conv2dGradInput(c) | Op::Conv2dGradWeight(c) => vec![
                 ("stride", usizes(&c.stride)),
                 ("pad", usizes(&c.pad)),
                 ("dilation", usizes(&c.dilation)),
                 ("groups", Attr::Int(c.groups as i64)),
             ],
-            Op::BatchNorm { eps, momentum } => vec![("eps", Attr::Float(*eps)), ("momentum", Attr::Float(*momentum))],
+            Op::BatchNorm { eps, momentum } | Op::BatchNormTrain { eps, momentum } => {
+                vec![("eps", Attr::Float(*eps)), ("momentum", Attr::Float(*momentum))]
+            }
             Op::Silu | Op::Sigmoid | Op::Add | Op::Sub | Op::Mul | Op::Div | Op::MatMul => vec![],
+            Op::BatchNormGrad | Op::SiluGrad | Op::SigmoidGrad | Op::SumTo => vec![],
             Op::Concat { axis } => vec![("axis", Attr::Int(*axis as i64))],
             Op::Split { axis, sizes } => vec![("axis", Attr::Int(*axis as i64)), ("sizes", usizes(sizes))],
-            Op::Slice { axes, starts, ends, steps } => vec![
+            Op::Slice { axes, starts, ends, steps } | Op::SliceGrad { axes, starts, ends, steps } => vec![
                 ("axes", usizes(axes)),
                 ("starts", Attr::Ints(starts.clone())),
                 ("ends", Attr::Ints(ends.clone())),
                 ("steps", Attr::Ints(steps.clone())),
             ],
-            Op::MaxPool2d { kernel, stride, pad } => {
+            Op::MaxPool2d { kernel, stride, pad } | Op::MaxPool2dGrad { kernel, stride, pad } => {
                 vec![("kernel", usizes(kernel)), ("stride", usizes(stride)), ("pad", usizes(pad))]
             }
-            Op::UpsampleNearest { scale } => vec![("scale", usizes(scale))],
+            Op::UpsampleNearest { scale } | Op::UpsampleNearestGrad { scale } => vec![("scale", usizes(scale))],
             Op::Reshape { shape } => vec![("shape", Attr::Dims(shape.clone()))],
             Op::Transpose { perm } => vec![("perm", usizes(perm))],
-            Op::Softmax { axis } => vec![("axis", Attr::Int(*axis as i64))],
+            Op::Softmax { axis } | Op::SoftmaxGrad { axis } => vec![("axis", Attr::Int(*axis as i64))],
             Op::Anchors { strides, offset } => {
                 vec![("strides", Attr::Floats(strides.clone())), ("offset", Attr::Float(*offset))]
             }
+            Op::DetectLoss { strides, gains, reg_max } | Op::DetectLossGrad { strides, gains, reg_max } => vec![
+                ("strides", Attr::Floats(strides.clone())),
+                ("gains", Attr::Floats(gains.clone())),
+                ("reg_max", Attr::Int(*reg_max as i64)),
+            ],
         }
     }
 
     /// Builds an op from its kind and generic attributes; every attribute must be known and present.
     pub fn from_attrs(kind: OpKind, attrs: &[(String, Attr)]) -> Result<Op> {
         let mut r = AttrReader { op: kind.name(), attrs, used: vec![false; attrs.len()] };
-        let op = match kind {
-            OpKind::Conv2d => Op::Conv2d(Conv2d {
+        let conv = |r: &mut AttrReader| -> Result<Conv2d> {
+            Ok(Conv2d {
                 stride: r.array("stride")?,
                 pad: r.array("pad")?,
                 dilation: r.array("dilation")?,
                 groups: r.usize("groups")?,
-            }),
+            })
+        };
+        let op = match kind {
+            OpKind::Conv2d => Op::Conv2d(conv(&mut r)?),
+            OpKind::Conv2dGradInput => Op::Conv2dGradInput(conv(&mut r)?),
+            OpKind::Conv2dGradWeight => Op::Conv2dGradWeight(conv(&mut r)?),
             OpKind::BatchNorm => Op::BatchNorm { eps: r.float("eps")?, momentum: r.float("momentum")? },
+            OpKind::BatchNormTrain => Op::BatchNormTrain { eps: r.float("eps")?, momentum: r.float("momentum")? },
+            OpKind::BatchNormGrad => Op::BatchNormGrad,
+            OpKind::SiluGrad => Op::SiluGrad,
+            OpKind::SigmoidGrad => Op::SigmoidGrad,
+            OpKind::SumTo => Op::SumTo,
             OpKind::Silu => Op::Silu,
             OpKind::Sigmoid => Op::Sigmoid,
             OpKind::Add => Op::Add,
@@ -379,10 +499,31 @@ impl Op {
                 ends: r.ints("ends")?,
                 steps: r.ints("steps")?,
             },
+            OpKind::SliceGrad => Op::SliceGrad {
+                axes: r.usizes("axes")?,
+                starts: r.ints("starts")?,
+                ends: r.ints("ends")?,
+                steps: r.ints("steps")?,
+            },
             OpKind::MaxPool2d => {
                 Op::MaxPool2d { kernel: r.array("kernel")?, stride: r.array("stride")?, pad: r.array("pad")? }
             }
+            OpKind::MaxPool2dGrad => {
+                Op::MaxPool2dGrad { kernel: r.array("kernel")?, stride: r.array("stride")?, pad: r.array("pad")? }
+            }
             OpKind::UpsampleNearest => Op::UpsampleNearest { scale: r.array("scale")? },
+            OpKind::UpsampleNearestGrad => Op::UpsampleNearestGrad { scale: r.array("scale")? },
+            OpKind::SoftmaxGrad => Op::SoftmaxGrad { axis: r.usize("axis")? },
+            OpKind::DetectLoss => Op::DetectLoss {
+                strides: r.floats("strides")?,
+                gains: r.floats("gains")?,
+                reg_max: r.usize("reg_max")?,
+            },
+            OpKind::DetectLossGrad => Op::DetectLossGrad {
+                strides: r.floats("strides")?,
+                gains: r.floats("gains")?,
+                reg_max: r.usize("reg_max")?,
+            },
             OpKind::Reshape => Op::Reshape { shape: r.dims("shape")? },
             OpKind::Transpose => Op::Transpose { perm: r.usizes("perm")? },
             OpKind::Softmax => Op::Softmax { axis: r.usize("axis")? },

@@ -4,11 +4,13 @@
 //! doc comment the invariant it keeps. The [`PassManager`] runs a list of passes by name,
 //! verifies the model after each one and can print the IR after each one.
 
+mod autodiff;
 mod dce;
 mod fold_bn;
 mod fold_constants;
 mod manager;
 
+pub use autodiff::{differentiate, grad_name, next_name, Autodiff, LOSS_GAINS, LOSS_ITEMS, LOSS_TOTAL, TARGETS};
 pub use dce::Dce;
 pub use fold_bn::FoldBn;
 pub use fold_constants::FoldConstants;
@@ -43,5 +45,5 @@ pub trait Pass {
 
 /// Every registered pass, in the order `--help` lists them.
 pub fn all_passes() -> Vec<Box<dyn Pass>> {
-    vec![Box::new(FoldConstants), Box::new(Dce), Box::new(FoldBn)]
+    vec![Box::new(FoldConstants), Box::new(Dce), Box::new(FoldBn), Box::new(Autodiff)]
 }

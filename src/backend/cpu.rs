@@ -1,7 +1,8 @@
 //! The CPU interpreter: runs any IR graph forward in f32, NCHW, at any batch size and at any
 //! image size the graph's ops allow. It is the reference the GPU kernels are tested against.
 
-use super::kernels;
+use super::{grad_kernels, kernels};
+use crate::train::loss::{self, LossSpec};
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::eval::eval;
 use slimc_ir::{Graph, Model, Op, Tensor, TensorData, ValueDef};
@@ -97,6 +98,50 @@ pub fn run_node(op: &Op, args: &[&Tensor]) -> Result<Vec<Tensor>> {
             let shape = out_types[0].fixed_shape().expect("concrete");
             let data = kernels::matmul(x.f32s()?, &x.shape, args[1].f32s()?, &args[1].shape, &shape);
             one(shape, data)
+        }
+        Op::Conv2dGradInput(c) => {
+            let (w, xs) = (args[1], &args[2].shape);
+            one(xs.clone(), grad_kernels::conv2d_grad_input(x.f32s()?, w.f32s()?, &w.shape, xs, c))
+        }
+        Op::Conv2dGradWeight(c) => {
+            let (xv, ws) = (args[1], &args[2].shape);
+            one(ws.clone(), grad_kernels::conv2d_grad_weight(x.f32s()?, xv.f32s()?, &xv.shape, ws, c))
+        }
+        Op::BatchNormTrain { eps, momentum } => {
+            let p = |i: usize| args[i].f32s();
+            let r = grad_kernels::batch_norm_train(x.f32s()?, &x.shape, p(1)?, p(2)?, p(3)?, p(4)?, *eps, *momentum);
+            let c = vec![x.shape[1]];
+            Ok(vec![
+                f32_tensor(x.shape.clone(), r.y),
+                f32_tensor(c.clone(), r.mean),
+                f32_tensor(c.clone(), r.invstd),
+                f32_tensor(c.clone(), r.running_mean),
+                f32_tensor(c, r.running_var),
+            ])
+        }
+        Op::BatchNormGrad => {
+            let p = |i: usize| args[i].f32s();
+            let xv = args[1];
+            let (dx, dg, db) = grad_kernels::batch_norm_grad(x.f32s()?, xv.f32s()?, &xv.shape, p(2)?, p(3)?, p(4)?);
+            let c = vec![xv.shape[1]];
+            Ok(vec![f32_tensor(xv.shape.clone(), dx), f32_tensor(c.clone(), dg), f32_tensor(c, db)])
+        }
+        Op::MaxPool2dGrad { kernel, stride, pad } => {
+            let xv = args[1];
+            one(
+                xv.shape.clone(),
+                grad_kernels::max_pool2d_grad(x.f32s()?, xv.f32s()?, &xv.shape, *kernel, *stride, *pad),
+            )
+        }
+        Op::SiluGrad => one(x.shape.clone(), grad_kernels::silu_grad(x.f32s()?, args[1].f32s()?)),
+        Op::DetectLoss { strides, gains, reg_max } => {
+            let spec = LossSpec { strides, gains, reg_max: *reg_max };
+            let (items, total) = loss::detect_loss(&args[..strides.len()], args[strides.len()], &spec)?;
+            Ok(vec![f32_tensor(vec![3], items.to_vec()), f32_tensor(vec![], vec![total])])
+        }
+        Op::DetectLossGrad { strides, gains, reg_max } => {
+            let spec = LossSpec { strides, gains, reg_max: *reg_max };
+            loss::detect_loss_grad(&args[..strides.len()], args[strides.len()], &spec)
         }
         _ => eval(op, args)?.ok_or_else(|| anyhow!("no CPU implementation of {}", op.name())),
     }

@@ -4,18 +4,45 @@
 use rayon::prelude::*;
 use slimc_ir::Conv2d;
 
-/// `c[m×n] = a[m×k] · b[k×n]`, row-major, overwriting `c`.
-pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm operand sizes");
+/// A matrix operand: data with a row stride and a column stride (a transpose swaps them).
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    /// The elements.
+    pub data: &'a [f32],
+    /// Distance between consecutive rows.
+    pub rs: usize,
+    /// Distance between consecutive columns.
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major matrix with `cols` columns.
+    pub fn rows(data: &'a [f32], cols: usize) -> Mat<'a> {
+        Mat { data, rs: cols, cs: 1 }
+    }
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub fn transposed(data: &'a [f32], cols: usize) -> Mat<'a> {
+        Mat { data, rs: 1, cs: cols }
+    }
+    fn fits(&self, r: usize, c: usize) -> bool {
+        r == 0 || c == 0 || (r - 1) * self.rs + (c - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `c[m×n] = a[m×k] · b[k×n]` (or `c += a·b` with `accumulate`); `c` is row-major.
+pub fn gemm_into(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
+    assert!(a.fits(m, k) && b.fits(k, n) && c.len() >= m * n, "gemm operand sizes");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        c[..m * n].fill(0.0);
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
         return;
     }
     let par = if m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-    // SAFETY: the sizes are checked above; row-major strides describe the slices exactly.
+    // SAFETY: `fits` and the length check above keep every strided access inside the slices.
     unsafe {
         gemm::gemm(
             m,
@@ -24,14 +51,14 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) 
             c.as_mut_ptr(),
             1,
             n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -41,8 +68,13 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) 
     }
 }
 
+/// `c[m×n] = a[m×k] · b[k×n]`, row-major, overwriting `c`.
+pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    gemm_into(m, n, k, Mat::rows(a, k), Mat::rows(b, n), c, false);
+}
+
 /// Output spatial size of a conv or pool window.
-fn out_size(i: usize, k: usize, s: usize, d: usize, p0: usize, p1: usize) -> usize {
+pub(crate) fn out_size(i: usize, k: usize, s: usize, d: usize, p0: usize, p1: usize) -> usize {
     (i + p0 + p1 - d * (k - 1) - 1) / s + 1
 }
 
@@ -93,7 +125,14 @@ pub fn conv2d(
     (out, vec![n, cout, oh, ow])
 }
 
-fn im2col(x: &[f32], c: &Conv2d, [h, w]: [usize; 2], [kh, kw]: [usize; 2], [oh, ow]: [usize; 2], col: &mut [f32]) {
+pub(crate) fn im2col(
+    x: &[f32],
+    c: &Conv2d,
+    [h, w]: [usize; 2],
+    [kh, kw]: [usize; 2],
+    [oh, ow]: [usize; 2],
+    col: &mut [f32],
+) {
     col.par_chunks_mut(oh * ow).enumerate().for_each(|(row, dst)| {
         let (ci, r) = (row / (kh * kw), row % (kh * kw));
         let (ky, kx) = (r / kw, r % kw);

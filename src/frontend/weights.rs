@@ -28,6 +28,21 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
+/// Writes f32 tensors as a safetensors file (atomically).
+pub fn write_safetensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>) -> Result<()> {
+    let mut views = vec![];
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, t)| Ok((n.clone(), t.shape.clone(), t.f32s()?.iter().flat_map(|v| v.to_le_bytes()).collect())))
+        .collect::<Result<_>>()?;
+    for (n, shape, data) in &bytes {
+        views.push((n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)?));
+    }
+    let out = safetensors::serialize(views, None)?;
+    slimc_ir::write_atomic(path, &out)?;
+    Ok(())
+}
+
 /// Replaces the model's weights, frozen parameters and buffers by the tensors of a safetensors
 /// file. Every parameter must be present with its shape and every tensor in the file must be
 /// used (`num_batches_tracked` aside); otherwise the error lists each missing, extra and

@@ -1,0 +1,419 @@
+//! `autodiff`: reverse-mode differentiation of a detector into its training program.
+
+use crate::Pass;
+use slimc_ir::{Dim, Graph, IrError, Model, Op, ParamKind, ReshapeDim, Tensor, TensorType, ValueDef, ValueId};
+use std::collections::HashMap;
+
+/// Name of the training program's targets input: `[M, 6]` rows of batch index, class and
+/// normalised cx, cy, w, h.
+pub const TARGETS: &str = "targets";
+/// Name of the loss components output `[3]` (box, cls, dfl after their gains).
+pub const LOSS_ITEMS: &str = "loss.items";
+/// Name of the scalar total loss output (the components' sum times the batch size).
+pub const LOSS_TOTAL: &str = "loss.total";
+/// Ultralytics' default loss gains (box, cls, dfl).
+pub const LOSS_GAINS: [f32; 3] = [7.5, 0.5, 1.5];
+
+/// The name of the output holding the gradient of trainable parameter `param`.
+pub fn grad_name(param: &str) -> String {
+    format!("{param}.grad")
+}
+
+/// The name of the output holding the next value of buffer `buffer` (a BN running statistic).
+pub fn next_name(buffer: &str) -> String {
+    format!("{buffer}.next")
+}
+
+/// Turns an inference graph into one training step's program. If the graph has no
+/// `detect_loss`, Ultralytics' detection loss is attached to the Detect head's level maps (the
+/// inputs of its `anchors` node) with a new `targets` input; every `batch_norm` becomes
+/// `batch_norm_train`; then the backward program is built with one vector-Jacobian rule per op,
+/// seeded by `detect_loss_grad`. The outputs become: the loss components, the total, the
+/// gradient of every trainable parameter (`<param>.grad`, in parameter order) and the next BN
+/// running statistics (`<buffer>.next`). Invariant: the loss equals the inference graph's
+/// detection loss with batch statistics, and each gradient output is the derivative of the
+/// total with respect to its parameter.
+pub struct Autodiff;
+
+impl Pass for Autodiff {
+    fn name(&self) -> &'static str {
+        "autodiff"
+    }
+    fn summary(&self) -> &'static str {
+        "attach the detection loss, switch BN to training mode and build the backward program"
+    }
+    fn run(&self, model: &mut Model) -> Result<bool, IrError> {
+        if model.graph.nodes.iter().any(|n| matches!(n.op, Op::BatchNormTrain { .. } | Op::DetectLossGrad { .. })) {
+            return Err(IrError::Invalid("the graph is already a training program".into()));
+        }
+        let loss = attach_detect_loss(&mut model.graph)?;
+        let running = train_mode_bn(&mut model.graph)?;
+        let g = &mut model.graph;
+        let node = g.nodes[loss.0].clone();
+        let Op::DetectLoss { strides, gains, reg_max } = node.op else { unreachable!("attach_detect_loss") };
+        let levels = &node.inputs[..strides.len()];
+        let names: Vec<String> = levels.iter().map(|&v| g.fresh_name(&grad_name(&g.value(v).name))).collect();
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let dlevels = g.add_node(Op::DetectLossGrad { strides, gains, reg_max }, &node.inputs, &refs, "loss")?;
+        let seeds: Vec<(ValueId, ValueId)> = levels.iter().copied().zip(dlevels).collect();
+        let wrt: Vec<ValueId> =
+            g.params.iter().copied().filter(|&p| g.value(p).def == ValueDef::Param(ParamKind::Weight)).collect();
+        let grads = differentiate(model, &seeds, &wrt)?;
+        let g = &mut model.graph;
+        let mut outputs = node.outputs.clone();
+        for (&p, d) in wrt.iter().zip(grads) {
+            let name = &g.value(p).name;
+            let d = d.ok_or_else(|| IrError::Invalid(format!("parameter %{name} does not reach the loss")))?;
+            let want = grad_name(name);
+            rename(g, d, &want);
+            outputs.push(d);
+        }
+        for (buffer, next) in running {
+            let want = next_name(&g.value(buffer).name);
+            rename(g, next, &want);
+            outputs.push(next);
+        }
+        g.outputs = outputs;
+        crate::Dce.run(model)?;
+        model.graph.compact();
+        Ok(true)
+    }
+}
+
+/// Gives value `v` the name `want`, moving a value that already holds it to a fresh name.
+fn rename(g: &mut Graph, v: ValueId, want: &str) {
+    if g.value(v).name == want {
+        return;
+    }
+    if let Some(other) = g.find(want) {
+        let fresh = g.fresh_name(&format!("{want}.0"));
+        g.values[other.0].name = fresh;
+    }
+    g.values[v.0].name = want.to_string();
+}
+
+/// Finds the graph's `detect_loss`, or attaches one to the Detect head's level maps; the graph
+/// outputs become the loss components and total. Returns the loss node.
+fn attach_detect_loss(g: &mut Graph) -> Result<slimc_ir::NodeId, IrError> {
+    if let Some(i) = g.nodes.iter().position(|n| matches!(n.op, Op::DetectLoss { .. })) {
+        g.outputs = g.nodes[i].outputs.clone();
+        return Ok(slimc_ir::NodeId(i));
+    }
+    let anchors = g.nodes.iter().find(|n| matches!(n.op, Op::Anchors { .. })).ok_or_else(|| {
+        IrError::Invalid(
+            "no Detect head found (no `anchors` node); training needs a model from a YAML or a .slim file, \
+             not an ONNX file whose anchors were folded to constants"
+                .into(),
+        )
+    })?;
+    let Op::Anchors { strides, .. } = &anchors.op else { unreachable!() };
+    let (strides, levels) = (strides.clone(), anchors.inputs.clone());
+    let ch = g.ty(levels[0]).shape[1].fixed().unwrap_or(0);
+    let reg_max = 16;
+    if ch <= 4 * reg_max {
+        return Err(IrError::Invalid(format!("Detect level maps have {ch} channels, fewer than 4x{reg_max} + nc")));
+    }
+    let targets = g.add_input(
+        TARGETS,
+        TensorType { dtype: slimc_ir::DType::F32, shape: vec![Dim::Sym("M".into()), Dim::Fixed(6)] },
+    );
+    let mut inputs = levels;
+    inputs.push(targets);
+    let op = Op::DetectLoss { strides, gains: LOSS_GAINS.to_vec(), reg_max };
+    let outs = g.add_node(op, &inputs, &[LOSS_ITEMS, LOSS_TOTAL], "loss")?;
+    g.outputs = outs;
+    Ok(slimc_ir::NodeId(g.nodes.len() - 1))
+}
+
+/// Rewrites every `batch_norm` as `batch_norm_train`; returns (running buffer, next value) pairs.
+fn train_mode_bn(g: &mut Graph) -> Result<Vec<(ValueId, ValueId)>, IrError> {
+    let mut running = vec![];
+    for i in 0..g.nodes.len() {
+        let Op::BatchNorm { eps, momentum } = g.nodes[i].op else { continue };
+        let y = g.value(g.nodes[i].outputs[0]).name.clone();
+        let names: Vec<String> =
+            ["mean", "invstd", "running_mean.next", "running_var.next"].iter().map(|s| format!("{y}.{s}")).collect();
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let outs = g.replace_op(slimc_ir::NodeId(i), Op::BatchNormTrain { eps, momentum }, &refs)?;
+        let (rm, rv) = (g.nodes[i].inputs[3], g.nodes[i].inputs[4]);
+        running.push((rm, outs[3]));
+        running.push((rv, outs[4]));
+    }
+    Ok(running)
+}
+
+/// Adds the backward program of `g` to `model`: for each (value, gradient) seed pair, the
+/// gradient of some scalar with respect to that value is given; returns the gradient of the same
+/// scalar with respect to each of `wrt` (None where it does not depend on it).
+pub fn differentiate(
+    model: &mut Model,
+    seeds: &[(ValueId, ValueId)],
+    wrt: &[ValueId],
+) -> Result<Vec<Option<ValueId>>, IrError> {
+    let mut ad = Builder { model, grads: HashMap::new(), minus_one: None };
+    let g = &ad.model.graph;
+    let mut needs = vec![false; g.values.len()];
+    for &w in wrt {
+        needs[w.0] = true;
+    }
+    let forward = g.nodes.len();
+    for n in &g.nodes {
+        if n.inputs.iter().any(|v| needs[v.0]) {
+            for &o in &n.outputs {
+                needs[o.0] = true;
+            }
+        }
+    }
+    for &(v, d) in seeds {
+        ad.accumulate(v, d)?;
+    }
+    for i in (0..forward).rev() {
+        let node = ad.model.graph.nodes[i].clone();
+        let dys: Vec<Option<ValueId>> = node.outputs.iter().map(|o| ad.grads.get(o).copied()).collect();
+        if dys.iter().all(|d| d.is_none()) || !node.inputs.iter().any(|v| needs[v.0]) {
+            continue;
+        }
+        let dxs = ad.vjp(&node, &dys, &needs)?;
+        for (&x, dx) in node.inputs.iter().zip(dxs) {
+            if let (true, Some(dx)) = (needs[x.0], dx) {
+                ad.accumulate(x, dx)?;
+            }
+        }
+    }
+    Ok(wrt.iter().map(|w| ad.grads.get(w).copied()).collect())
+}
+
+struct Builder<'a> {
+    model: &'a mut Model,
+    grads: HashMap<ValueId, ValueId>,
+    minus_one: Option<ValueId>,
+}
+
+impl Builder<'_> {
+    fn g(&mut self) -> &mut Graph {
+        &mut self.model.graph
+    }
+
+    /// Adds a one-result node named after the value whose gradient it contributes to.
+    fn node(&mut self, op: Op, inputs: &[ValueId], of: ValueId, scope: &str) -> Result<ValueId, IrError> {
+        let name = self.model.graph.fresh_name(&grad_name(&self.model.graph.value(of).name));
+        self.g().add1(op, inputs, &name, scope)
+    }
+
+    fn accumulate(&mut self, v: ValueId, d: ValueId) -> Result<(), IrError> {
+        let sum = match self.grads.get(&v) {
+            None => d,
+            Some(&prev) => {
+                let scope = self.scope_of(v);
+                self.node(Op::Add, &[prev, d], v, &scope)?
+            }
+        };
+        self.grads.insert(v, sum);
+        Ok(())
+    }
+
+    fn scope_of(&self, v: ValueId) -> String {
+        let g = &self.model.graph;
+        match g.value(v).def {
+            ValueDef::Node(n, _) => g.nodes[n.0].scope.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// `d` summed to the shape of `like` (identity when the shapes already agree).
+    fn sum_to(&mut self, d: ValueId, like: ValueId, scope: &str) -> Result<ValueId, IrError> {
+        if self.model.graph.ty(d) == self.model.graph.ty(like) {
+            return Ok(d);
+        }
+        self.node(Op::SumTo, &[d, like], like, scope)
+    }
+
+    fn negate(&mut self, d: ValueId, of: ValueId, scope: &str) -> Result<ValueId, IrError> {
+        let m = match self.minus_one {
+            Some(m) => m,
+            None => {
+                let name = self.g().fresh_name("autodiff.minus_one");
+                self.model.tensors.insert(name.clone(), Tensor::scalar(-1.0));
+                let m = self.g().add_param(&name, TensorType::f32(&[]), ParamKind::Const);
+                self.minus_one = Some(m);
+                m
+            }
+        };
+        self.node(Op::Mul, &[d, m], of, scope)
+    }
+
+    /// The vector-Jacobian product of one node: the gradient of each input given the gradients of
+    /// its outputs (None for outputs nothing differentiable reads).
+    fn vjp(
+        &mut self,
+        n: &slimc_ir::Node,
+        dys: &[Option<ValueId>],
+        needs: &[bool],
+    ) -> Result<Vec<Option<ValueId>>, IrError> {
+        let s = n.scope.as_str();
+        let x = n.inputs[0];
+        let dy = || dys[0].expect("single-result ops have their gradient");
+        let want = |i: usize| n.inputs.get(i).is_some_and(|v| needs[v.0]);
+        let mut out = vec![None; n.inputs.len()];
+        match &n.op {
+            Op::Conv2d(c) => {
+                let w = n.inputs[1];
+                if want(0) {
+                    out[0] = Some(self.node(Op::Conv2dGradInput(c.clone()), &[dy(), w, x], x, s)?);
+                }
+                if want(1) {
+                    out[1] = Some(self.node(Op::Conv2dGradWeight(c.clone()), &[dy(), x, w], w, s)?);
+                }
+                if want(2) {
+                    let b = n.inputs[2];
+                    let c = self.model.graph.ty(b).shape[0].clone();
+                    let cc = match c {
+                        Dim::Fixed(c) => c,
+                        Dim::Sym(_) => return Err(IrError::Invalid("conv2d bias with unknown size".into())),
+                    };
+                    let col = Op::Reshape { shape: vec![ReshapeDim::Fixed(cc), ReshapeDim::Fixed(1), ReshapeDim::Fixed(1)] };
+                    let bcol = self.node(col, &[b], b, s)?;
+                    let summed = self.node(Op::SumTo, &[dy(), bcol], b, s)?;
+                    out[2] = Some(self.node(Op::Reshape { shape: vec![ReshapeDim::Fixed(cc)] }, &[summed], b, s)?);
+                }
+            }
+            Op::BatchNormTrain { .. } => {
+                let (gamma, beta) = (n.inputs[1], n.inputs[2]);
+                let names: Vec<String> =
+                    [x, gamma, beta].iter().map(|&v| self.model.graph.fresh_name(&grad_name(&self.model.graph.value(v).name))).collect();
+                let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+                let r = self.g().add_node(Op::BatchNormGrad, &[dy(), x, gamma, n.outputs[1], n.outputs[2]], &refs, s)?;
+                out[0] = Some(r[0]);
+                out[1] = Some(r[1]);
+                out[2] = Some(r[2]);
+            }
+            Op::Silu => out[0] = Some(self.node(Op::SiluGrad, &[dy(), x], x, s)?),
+            Op::Sigmoid => out[0] = Some(self.node(Op::SigmoidGrad, &[dy(), n.outputs[0]], x, s)?),
+            Op::Softmax { axis } => {
+                out[0] = Some(self.node(Op::SoftmaxGrad { axis: *axis }, &[dy(), n.outputs[0]], x, s)?)
+            }
+            Op::Add | Op::Sub => {
+                let b = n.inputs[1];
+                if want(0) {
+                    out[0] = Some(self.sum_to(dy(), x, s)?);
+                }
+                if want(1) {
+                    let d = self.sum_to(dy(), b, s)?;
+                    out[1] = Some(if matches!(n.op, Op::Sub) { self.negate(d, b, s)? } else { d });
+                }
+            }
+            Op::Mul => {
+                let b = n.inputs[1];
+                if want(0) {
+                    let p = self.node(Op::Mul, &[dy(), b], x, s)?;
+                    out[0] = Some(self.sum_to(p, x, s)?);
+                }
+                if want(1) {
+                    let p = self.node(Op::Mul, &[dy(), x], b, s)?;
+                    out[1] = Some(self.sum_to(p, b, s)?);
+                }
+            }
+            Op::Div => {
+                let b = n.inputs[1];
+                let q = self.node(Op::Div, &[dy(), b], x, s)?;
+                if want(0) {
+                    out[0] = Some(self.sum_to(q, x, s)?);
+                }
+                if want(1) {
+                    let p = self.node(Op::Mul, &[q, n.outputs[0]], b, s)?;
+                    let p = self.sum_to(p, b, s)?;
+                    out[1] = Some(self.negate(p, b, s)?);
+                }
+            }
+            Op::Concat { axis } => {
+                let sizes: Vec<usize> = n
+                    .inputs
+                    .iter()
+                    .map(|&v| self.model.graph.ty(v).shape[*axis].fixed().expect("concat axes are fixed"))
+                    .collect();
+                let names: Vec<String> = n
+                    .inputs
+                    .iter()
+                    .map(|&v| self.model.graph.fresh_name(&grad_name(&self.model.graph.value(v).name)))
+                    .collect();
+                let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+                let parts = self.g().add_node(Op::Split { axis: *axis, sizes }, &[dy()], &refs, s)?;
+                out = parts.into_iter().map(Some).collect();
+            }
+            Op::Split { axis, sizes } => {
+                if dys.iter().all(|d| d.is_some()) {
+                    let parts: Vec<ValueId> = dys.iter().map(|d| d.expect("checked")).collect();
+                    out[0] = Some(self.node(Op::Concat { axis: *axis }, &parts, x, s)?);
+                } else {
+                    let mut start = 0;
+                    for (d, &k) in dys.iter().zip(sizes) {
+                        if let Some(d) = *d {
+                            let op = Op::SliceGrad {
+                                axes: vec![*axis],
+                                starts: vec![start as i64],
+                                ends: vec![(start + k) as i64],
+                                steps: vec![1],
+                            };
+                            let piece = self.node(op, &[d, x], x, s)?;
+                            out[0] = Some(match out[0] {
+                                None => piece,
+                                Some(prev) => self.node(Op::Add, &[prev, piece], x, s)?,
+                            });
+                        }
+                        start += k;
+                    }
+                }
+            }
+            Op::Slice { axes, starts, ends, steps } => {
+                let op = Op::SliceGrad { axes: axes.clone(), starts: starts.clone(), ends: ends.clone(), steps: steps.clone() };
+                out[0] = Some(self.node(op, &[dy(), x], x, s)?);
+            }
+            Op::MaxPool2d { kernel, stride, pad } => {
+                let op = Op::MaxPool2dGrad { kernel: *kernel, stride: *stride, pad: *pad };
+                out[0] = Some(self.node(op, &[dy(), x], x, s)?);
+            }
+            Op::UpsampleNearest { scale } => {
+                out[0] = Some(self.node(Op::UpsampleNearestGrad { scale: *scale }, &[dy()], x, s)?)
+            }
+            Op::Reshape { .. } => {
+                let rank = self.model.graph.ty(x).rank();
+                let shape = (0..rank).map(|axis| ReshapeDim::Of { input: 1, axis }).collect();
+                out[0] = Some(self.node(Op::Reshape { shape }, &[dy(), x], x, s)?);
+            }
+            Op::Transpose { perm } => {
+                let mut inv = vec![0; perm.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    inv[p] = i;
+                }
+                out[0] = Some(self.node(Op::Transpose { perm: inv }, &[dy()], x, s)?);
+            }
+            Op::MatMul => {
+                let b = n.inputs[1];
+                let swap = |r: usize| {
+                    let mut p: Vec<usize> = (0..r).collect();
+                    p.swap(r - 2, r - 1);
+                    Op::Transpose { perm: p }
+                };
+                if want(0) {
+                    let bt = self.node(swap(self.model.graph.ty(b).rank()), &[b], b, s)?;
+                    let p = self.node(Op::MatMul, &[dy(), bt], x, s)?;
+                    out[0] = Some(self.sum_to(p, x, s)?);
+                }
+                if want(1) {
+                    let at = self.node(swap(self.model.graph.ty(x).rank()), &[x], x, s)?;
+                    let p = self.node(Op::MatMul, &[at, dy()], b, s)?;
+                    out[1] = Some(self.sum_to(p, b, s)?);
+                }
+            }
+            // Anchor positions depend only on the maps' shapes.
+            Op::Anchors { .. } => {}
+            op => {
+                return Err(IrError::Invalid(format!(
+                    "{} @{s} has no gradient rule (batch_norm must be in training mode; gradients are not differentiated again)",
+                    op.name()
+                )))
+            }
+        }
+        Ok(out)
+    }
+}
