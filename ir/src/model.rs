@@ -32,7 +32,7 @@ pub struct Metadata {
 }
 
 /// A graph with its tensors and metadata.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Model {
     /// The dataflow graph.
     pub graph: Graph,
