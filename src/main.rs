@@ -5,6 +5,8 @@ use clap::{Args, Parser, Subcommand};
 use slimc::frontend::weights::write_safetensors;
 use slimc::load::{format_of, load_model, LoadOptions, ModelFormat};
 use slimc::train::step;
+use slimc::train::trainer::{TrainConfig, Trainer};
+use slimc::val::validate::validate;
 use slimc::{backend::cpu, export, info, io, verify};
 use slimc_ir::{print_graph, Model, Tensor};
 use slimc_passes::{all_passes, PassManager};
@@ -164,6 +166,85 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Train a detector as Ultralytics does (CPU backend): validation every epoch, results.csv,
+    /// results.png, weights/last.slim and weights/best.slim.
+    ///
+    /// Example: slimc train yolo11n.yaml --data trees.yaml --epochs 60 --imgsz 320 --batch 8
+    /// Resume:  slimc train runs/detect/train/weights/last.slim --resume
+    Train {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Dataset YAML (path, train, val, names).
+        #[arg(long, required_unless_present = "resume")]
+        data: Option<PathBuf>,
+        /// Epochs.
+        #[arg(long, default_value_t = 100)]
+        epochs: usize,
+        /// Batch size.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// cpu, gpu or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Continue the interrupted run whose last.slim is the model argument.
+        #[arg(long)]
+        resume: bool,
+        /// Parent folder of runs.
+        #[arg(long, default_value = "runs/detect")]
+        project: PathBuf,
+        /// Run name (a number is appended if it exists).
+        #[arg(long, default_value = "train")]
+        name: String,
+        /// auto, SGD or AdamW.
+        #[arg(long, default_value = "auto")]
+        optimizer: String,
+        /// Initial learning rate (SGD/AdamW; auto picks its own).
+        #[arg(long, default_value_t = 0.01)]
+        lr0: f64,
+        /// Final learning rate as a fraction of lr0.
+        #[arg(long, default_value_t = 0.01)]
+        lrf: f64,
+        /// SGD momentum / AdamW beta1.
+        #[arg(long, default_value_t = 0.937)]
+        momentum: f64,
+        /// Weight decay (at the nominal batch of 64).
+        #[arg(long, default_value_t = 5e-4)]
+        weight_decay: f64,
+        /// Warm-up epochs.
+        #[arg(long, default_value_t = 3.0)]
+        warmup_epochs: f64,
+        /// Cosine learning-rate decay.
+        #[arg(long)]
+        cos_lr: bool,
+        /// Final epochs without mosaic.
+        #[arg(long, default_value_t = 10)]
+        close_mosaic: usize,
+        /// Keep decoded images in RAM.
+        #[arg(long)]
+        cache: bool,
+        /// Network slimming: L1 rate on BN gammas, applied once per optimizer step.
+        #[arg(long, default_value_t = 0.0)]
+        sr: f32,
+    },
+    /// Validate a model on a dataset's val split and print Ultralytics' table.
+    ///
+    /// Example: slimc val runs/detect/train/weights/best.slim --data trees.yaml --save-json preds.json
+    Val {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Dataset YAML.
+        #[arg(long)]
+        data: PathBuf,
+        /// Batch size.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Write every detection (original-image pixels) as JSON.
+        #[arg(long)]
+        save_json: Option<PathBuf>,
+        /// Machine-readable metrics.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check an ONNX file with tract and onnxruntime against slimc's interpreter.
     ///
     /// Example: slimc verify model.onnx --against model.slim --input x.npy
@@ -217,6 +298,15 @@ fn thousands(n: usize) -> String {
         out.push(c);
     }
     out
+}
+
+/// `project/name`, or `project/name2`, `name3`, ... if it exists (as Ultralytics increments runs).
+fn increment_dir(project: &Path, name: &str) -> PathBuf {
+    let first = project.join(name);
+    if !first.exists() {
+        return first;
+    }
+    (2..).map(|i| project.join(format!("{name}{i}"))).find(|p| !p.exists()).expect("some name is free")
 }
 
 /// A seeded uniform [0, 1) image tensor.
@@ -347,6 +437,97 @@ fn run(cli: Cli) -> Result<()> {
                     x.shape[3],
                     ms
                 );
+            }
+        }
+        Cmd::Train {
+            m,
+            data,
+            epochs,
+            batch,
+            device,
+            resume,
+            project,
+            name,
+            optimizer,
+            lr0,
+            lrf,
+            momentum,
+            weight_decay,
+            warmup_epochs,
+            cos_lr,
+            close_mosaic,
+            cache,
+            sr,
+        } => {
+            match device.as_str() {
+                "cpu" | "auto" => {}
+                "gpu" => bail!("--device gpu: the wgpu backend is not built yet; use --device cpu"),
+                d => bail!("--device {d}: expected cpu, gpu or auto"),
+            }
+            if resume {
+                Trainer::resume(Path::new(&m.model))?.run()?;
+                return Ok(());
+            }
+            let data = data.expect("clap requires --data without --resume");
+            if batch == 0 || epochs == 0 {
+                bail!("--batch and --epochs must be at least 1");
+            }
+            let spec = slimc::data::dataset::load_dataset_spec(&data)?;
+            let imgsz = m.imgsz.map(|s| s[0].max(s[1])).unwrap_or(640).div_ceil(32) * 32;
+            let nc = spec.names.len();
+            let mut model = match format_of(&m.model)? {
+                ModelFormat::Yaml => load_model(
+                    &m.model,
+                    &LoadOptions { nc: Some(nc), weights: m.weights.clone(), imgsz: Some([imgsz, imgsz]), seed: m.seed },
+                )?,
+                _ => m.load()?,
+            };
+            model.meta.names = spec.names.clone();
+            let save_dir = increment_dir(&project, &name);
+            std::fs::create_dir_all(&save_dir)?;
+            let cfg = TrainConfig {
+                data,
+                epochs,
+                imgsz,
+                batch,
+                optimizer,
+                lr0,
+                lrf,
+                momentum,
+                weight_decay,
+                warmup_epochs,
+                warmup_momentum: 0.8,
+                warmup_bias_lr: 0.1,
+                cos_lr,
+                close_mosaic,
+                nbs: 64,
+                seed: m.seed,
+                cache,
+                sr,
+                save_dir,
+            };
+            Trainer::new(model, cfg)?.run()?;
+        }
+        Cmd::Val { m, data, batch, save_json, json } => {
+            let spec = slimc::data::dataset::load_dataset_spec(&data)?;
+            let model = m.load()?;
+            let imgsz = m.imgsz.map(|s| s[0].max(s[1])).unwrap_or(model.meta.imgsz[0].max(model.meta.imgsz[1]));
+            let (samples, rep) = slimc::data::dataset::scan(&spec.val, spec.names.len(), "val")?;
+            for w in &rep.warnings {
+                eprintln!("WARNING {w}");
+            }
+            eprintln!("{}", rep.summary("val"));
+            let split = slimc::data::loader::Split::new(samples, imgsz, false)?;
+            let r = validate(&model, &split, batch, spec.names.len(), save_json.is_some(), !json)?;
+            if let Some(p) = &save_json {
+                slimc_ir::write_atomic(p, serde_json::to_string_pretty(&r.predictions)?.as_bytes())?;
+                eprintln!("wrote {} detections to {}", r.predictions.len(), p.display());
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r.metrics)?);
+            } else {
+                print!("{}", r.table(&spec.names));
+                println!("Speed: {:.1} ms per image (inference, loss and NMS) at {imgsz}", r.ms_per_image);
             }
         }
         Cmd::Verify { onnx, against, input, imgsz, tol, json } => {

@@ -92,9 +92,10 @@ fn rename(g: &mut Graph, v: ValueId, want: &str) {
     g.values[v.0].name = want.to_string();
 }
 
-/// Finds the graph's `detect_loss`, or attaches one to the Detect head's level maps; the graph
-/// outputs become the loss components and total. Returns the loss node.
-fn attach_detect_loss(g: &mut Graph) -> Result<slimc_ir::NodeId, IrError> {
+/// Finds the graph's `detect_loss`, or attaches one to the Detect head's level maps (adding the
+/// `targets` input); the graph outputs become the loss components and total. Returns the loss
+/// node.
+pub fn attach_detect_loss(g: &mut Graph) -> Result<slimc_ir::NodeId, IrError> {
     if let Some(i) = g.nodes.iter().position(|n| matches!(n.op, Op::DetectLoss { .. })) {
         g.outputs = g.nodes[i].outputs.clone();
         return Ok(slimc_ir::NodeId(i));

@@ -10,7 +10,7 @@ mod fold_bn;
 mod fold_constants;
 mod manager;
 
-pub use autodiff::{differentiate, grad_name, next_name, Autodiff, LOSS_GAINS, LOSS_ITEMS, LOSS_TOTAL, TARGETS};
+pub use autodiff::{attach_detect_loss, differentiate, grad_name, next_name, Autodiff, LOSS_GAINS, LOSS_ITEMS, LOSS_TOTAL, TARGETS};
 pub use dce::Dce;
 pub use fold_bn::FoldBn;
 pub use fold_constants::FoldConstants;

@@ -3,3 +3,4 @@
 
 pub mod metrics;
 pub mod nms;
+pub mod validate;

@@ -1,0 +1,257 @@
+//! Ultralytics' optimizer set-up and schedule: 'auto' choice, three parameter groups, SGD with
+//! Nesterov (PyTorch's update) or AdamW, warm-up, linear or cosine decay, gradient clipping and
+//! the model EMA.
+
+use serde::{Deserialize, Serialize};
+use slimc_ir::Tensor;
+use std::collections::BTreeMap;
+
+/// The update rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rule {
+    /// SGD with Nesterov momentum (dampening 0), L2 weight decay.
+    Sgd,
+    /// AdamW (eps 1e-8), decoupled weight decay.
+    AdamW,
+}
+
+/// The resolved optimizer choice.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Choice {
+    /// Update rule.
+    pub rule: Rule,
+    /// Initial learning rate of every group.
+    pub lr: f64,
+    /// SGD momentum, or AdamW's beta1.
+    pub momentum: f64,
+    /// Bias learning rate at the start of warm-up.
+    pub warmup_bias_lr: f64,
+}
+
+/// Ultralytics' `build_optimizer`: `auto` picks SGD (lr 0.01, momentum 0.9) above 10k
+/// iterations and AdamW (lr `round(0.002·5/(4+nc), 6)`, beta1 0.9) otherwise, and then starts
+/// the bias warm-up at 0; an explicit choice uses `lr0` and `momentum`.
+pub fn choose(name: &str, lr0: f64, momentum: f64, warmup_bias_lr: f64, iterations: usize, nc: usize) -> Result<Choice, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "auto" => {
+            let c = if iterations > 10000 {
+                Choice { rule: Rule::Sgd, lr: 0.01, momentum: 0.9, warmup_bias_lr: 0.0 }
+            } else {
+                let lr = (0.002 * 5.0 / (4.0 + nc as f64) * 1e6).round() / 1e6;
+                Choice { rule: Rule::AdamW, lr, momentum: 0.9, warmup_bias_lr: 0.0 }
+            };
+            Ok(c)
+        }
+        "sgd" => Ok(Choice { rule: Rule::Sgd, lr: lr0, momentum, warmup_bias_lr }),
+        "adamw" => Ok(Choice { rule: Rule::AdamW, lr: lr0, momentum, warmup_bias_lr }),
+        other => Err(format!("unknown optimizer `{other}` (auto, SGD, AdamW)")),
+    }
+}
+
+/// Parameter group of a tensor: 0 biases (no decay), 1 weights (decay), 2 BN gammas (no decay).
+pub fn group_of(name: &str, gammas: &[String]) -> usize {
+    if name.contains("bias") {
+        0
+    } else if gammas.iter().any(|g| g == name) {
+        2
+    } else {
+        1
+    }
+}
+
+/// `lf(e)`: the learning-rate factor of epoch `e` of `epochs` (linear or cosine to `lrf`).
+pub fn lr_factor(e: usize, epochs: usize, lrf: f64, cos: bool) -> f64 {
+    let x = e as f64 / epochs as f64;
+    if cos {
+        ((1.0 - (x * std::f64::consts::PI).cos()) / 2.0) * (lrf - 1.0) + 1.0
+    } else {
+        (1.0 - x).max(0.0) * (1.0 - lrf) + lrf
+    }
+}
+
+/// `np.interp` on two points.
+pub fn interp(x: f64, x0: f64, x1: f64, y0: f64, y1: f64) -> f64 {
+    if x <= x0 {
+        y0
+    } else if x >= x1 {
+        y1
+    } else {
+        y0 + (x - x0) / (x1 - x0) * (y1 - y0)
+    }
+}
+
+/// The optimizer: per-group learning rate and momentum, per-parameter state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Optimizer {
+    /// The rule and its constants.
+    pub choice: Choice,
+    /// Current learning rate of groups 0, 1, 2.
+    pub lr: [f64; 3],
+    /// Current SGD momentum (ramped during warm-up).
+    pub momentum: f64,
+    /// Weight decay of group 1.
+    pub decay: f64,
+    /// Steps taken (AdamW's bias correction).
+    pub steps: u64,
+}
+
+impl Optimizer {
+    /// A fresh optimizer.
+    pub fn new(choice: Choice, decay: f64) -> Optimizer {
+        Optimizer { choice, lr: [choice.lr; 3], momentum: choice.momentum, decay, steps: 0 }
+    }
+
+    /// One update of `params` from `grads`; `state` holds each parameter's buffers (momentum,
+    /// or AdamW's two moments), created on first use.
+    pub fn step(
+        &mut self,
+        params: &mut BTreeMap<String, Tensor>,
+        grads: &BTreeMap<String, Tensor>,
+        state: &mut BTreeMap<String, Vec<f32>>,
+        gammas: &[String],
+    ) -> anyhow::Result<()> {
+        self.steps += 1;
+        let t = self.steps as i32;
+        for (name, g) in grads {
+            let grp = group_of(name, gammas);
+            let lr = self.lr[grp];
+            let wd = if grp == 1 { self.decay } else { 0.0 };
+            let p = params.get_mut(name).ok_or_else(|| anyhow::anyhow!("no parameter {name}"))?.f32s_mut()?;
+            let g = g.f32s()?;
+            match self.choice.rule {
+                Rule::Sgd => {
+                    let mu = self.momentum;
+                    let first = !state.contains_key(name);
+                    let buf = state.entry(name.clone()).or_insert_with(|| vec![0.0; p.len()]);
+                    for i in 0..p.len() {
+                        let d = g[i] as f64 + wd * p[i] as f64;
+                        let b = if first { d } else { mu * buf[i] as f64 + d };
+                        buf[i] = b as f32;
+                        p[i] = (p[i] as f64 - lr * (d + mu * b)) as f32;
+                    }
+                }
+                Rule::AdamW => {
+                    let (b1, b2, eps) = (self.choice.momentum, 0.999f64, 1e-8);
+                    let mv = state.entry(name.clone()).or_insert_with(|| vec![0.0; 2 * p.len()]);
+                    let (m, v) = mv.split_at_mut(p.len());
+                    let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+                    for i in 0..p.len() {
+                        let gi = g[i] as f64;
+                        let mut w = p[i] as f64 * (1.0 - lr * wd);
+                        let mi = b1 * m[i] as f64 + (1.0 - b1) * gi;
+                        let vi = b2 * v[i] as f64 + (1.0 - b2) * gi * gi;
+                        m[i] = mi as f32;
+                        v[i] = vi as f32;
+                        w -= lr * (mi / c1) / ((vi / c2).sqrt() + eps);
+                        p[i] = w as f32;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max` (PyTorch's
+/// `clip_grad_norm_`); returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max: f64) -> anyhow::Result<f64> {
+    let mut sq = 0.0f64;
+    for g in grads.values() {
+        sq += g.f32s()?.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
+    }
+    let norm = sq.sqrt();
+    let coef = max / (norm + 1e-6);
+    if coef < 1.0 {
+        for g in grads.values_mut() {
+            g.f32s_mut()?.iter_mut().for_each(|v| *v = (*v as f64 * coef) as f32);
+        }
+    }
+    Ok(norm)
+}
+
+/// Ultralytics' `ModelEMA`: `ema = d·ema + (1−d)·model` over weights and buffers with
+/// `d = 0.9999·(1 − exp(−updates/2000))`.
+#[derive(Clone, Debug)]
+pub struct Ema {
+    /// The averaged tensors.
+    pub tensors: BTreeMap<String, Tensor>,
+    /// Updates so far.
+    pub updates: u64,
+}
+
+impl Ema {
+    /// Folds the current model into the average.
+    pub fn update(&mut self, model: &BTreeMap<String, Tensor>) -> anyhow::Result<()> {
+        self.updates += 1;
+        let d = 0.9999 * (1.0 - (-(self.updates as f64) / 2000.0).exp());
+        for (name, e) in self.tensors.iter_mut() {
+            let m = model.get(name).ok_or_else(|| anyhow::anyhow!("EMA: no tensor {name}"))?.f32s()?;
+            for (a, &b) in e.f32s_mut()?.iter_mut().zip(m) {
+                *a = (d * *a as f64 + (1.0 - d) * b as f64) as f32;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_rule_and_schedule_follow_ultralytics() {
+        let c = choose("auto", 0.01, 0.937, 0.1, 120, 1).unwrap();
+        assert_eq!((c.rule, c.lr, c.warmup_bias_lr), (Rule::AdamW, 0.002, 0.0));
+        assert_eq!(choose("auto", 0.01, 0.937, 0.1, 120, 80).unwrap().lr, 0.000119);
+        assert_eq!(choose("auto", 0.01, 0.937, 0.1, 184_900, 80).unwrap().rule, Rule::Sgd);
+        assert!((lr_factor(0, 60, 0.01, false) - 1.0).abs() < 1e-12);
+        assert!((lr_factor(30, 60, 0.01, false) - 0.505).abs() < 1e-12);
+        assert!((lr_factor(60, 60, 0.01, true) - 0.01).abs() < 1e-12);
+        assert_eq!(group_of("model.23.cv2.0.2.bias", &[]), 0);
+        assert_eq!(group_of("model.0.bn.weight", &["model.0.bn.weight".into()]), 2);
+        assert_eq!(group_of("model.0.conv.weight", &[]), 1);
+    }
+
+    #[test]
+    fn sgd_nesterov_matches_pytorch_by_hand() {
+        // p = 1, g = 0.5, lr 0.1, mu 0.9, wd 0.01 (group 1): d = 0.51; buf = 0.51;
+        // p = 1 − 0.1·(0.51 + 0.9·0.51) = 0.9031. Second step with g = 0.5: d = 0.5 + 0.01·0.9031,
+        // buf = 0.9·0.51 + d, p −= 0.1·(d + 0.9·buf).
+        let choice = Choice { rule: Rule::Sgd, lr: 0.1, momentum: 0.9, warmup_bias_lr: 0.0 };
+        let mut opt = Optimizer::new(choice, 0.01);
+        let mut params = BTreeMap::from([("w".to_string(), Tensor::from_f32(vec![1], vec![1.0]).unwrap())]);
+        let grads = BTreeMap::from([("w".to_string(), Tensor::from_f32(vec![1], vec![0.5]).unwrap())]);
+        let mut state = BTreeMap::new();
+        opt.step(&mut params, &grads, &mut state, &[]).unwrap();
+        assert!((params["w"].f32s().unwrap()[0] - 0.9031).abs() < 1e-6);
+        opt.step(&mut params, &grads, &mut state, &[]).unwrap();
+        let d = 0.5 + 0.01 * 0.9031f64;
+        let buf = 0.9 * 0.51 + d;
+        let want = 0.9031 - 0.1 * (d + 0.9 * buf);
+        assert!((params["w"].f32s().unwrap()[0] as f64 - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn adamw_first_step_moves_by_lr_and_decays() {
+        let choice = Choice { rule: Rule::AdamW, lr: 0.01, momentum: 0.9, warmup_bias_lr: 0.0 };
+        let mut opt = Optimizer::new(choice, 0.1);
+        let mut params = BTreeMap::from([("w".to_string(), Tensor::from_f32(vec![2], vec![1.0, -2.0]).unwrap())]);
+        let grads = BTreeMap::from([("w".to_string(), Tensor::from_f32(vec![2], vec![3.0, -0.001]).unwrap())]);
+        opt.step(&mut params, &grads, &mut BTreeMap::new(), &[]).unwrap();
+        // Bias-corrected first step is lr·sign(g) (up to eps), after the decoupled decay.
+        let p = params["w"].f32s().unwrap();
+        assert!((p[0] as f64 - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6);
+        assert!((p[1] as f64 - (-2.0 * (1.0 - 0.001) + 0.01)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn clipping_and_ema() {
+        let mut g = BTreeMap::from([("a".to_string(), Tensor::from_f32(vec![2], vec![30.0, 40.0]).unwrap())]);
+        assert!((clip_grad_norm(&mut g, 10.0).unwrap() - 50.0).abs() < 1e-9);
+        assert!((g["a"].f32s().unwrap()[0] - 6.0).abs() < 1e-4);
+        let mut ema = Ema { tensors: BTreeMap::from([("a".to_string(), Tensor::scalar(0.0))]), updates: 0 };
+        ema.update(&BTreeMap::from([("a".to_string(), Tensor::scalar(1.0))])).unwrap();
+        let d = 0.9999 * (1.0 - (-1.0f64 / 2000.0).exp());
+        assert!((ema.tensors["a"].f32s().unwrap()[0] as f64 - (1.0 - d)).abs() < 1e-7);
+    }
+}

@@ -1,0 +1,393 @@
+//! `slimc train`: Ultralytics' training loop on the CPU backend — warm-up, accumulation to the
+//! nominal batch, clipping, EMA, validation every epoch, results.csv / results.png, last.slim
+//! and best.slim written atomically, and `--resume` from the last completed epoch.
+
+use super::optim::{choose, clip_grad_norm, interp, lr_factor, Ema, Optimizer, Rule};
+use super::plot::plot_results;
+use super::step::Program;
+use crate::data::augment::Hyp;
+use crate::data::dataset::{load_dataset_spec, scan};
+use crate::data::loader::Split;
+use crate::val::validate::validate;
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use slimc_ir::{Model, Tensor};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Every setting of a training run (saved with the run so that `--resume` continues it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Dataset YAML.
+    pub data: PathBuf,
+    /// Epochs.
+    pub epochs: usize,
+    /// Training image size.
+    pub imgsz: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// `auto`, `SGD` or `AdamW`.
+    pub optimizer: String,
+    /// Initial learning rate (explicit optimizers).
+    pub lr0: f64,
+    /// Final learning rate as a fraction of lr0.
+    pub lrf: f64,
+    /// SGD momentum / Adam beta1 (explicit optimizers).
+    pub momentum: f64,
+    /// Weight decay at the nominal batch.
+    pub weight_decay: f64,
+    /// Warm-up length in epochs (at least 100 iterations).
+    pub warmup_epochs: f64,
+    /// SGD momentum at the start of warm-up.
+    pub warmup_momentum: f64,
+    /// Bias learning rate at the start of warm-up (explicit optimizers).
+    pub warmup_bias_lr: f64,
+    /// Cosine instead of linear decay.
+    pub cos_lr: bool,
+    /// Epochs at the end trained without mosaic.
+    pub close_mosaic: usize,
+    /// Nominal batch size: gradients accumulate to it.
+    pub nbs: usize,
+    /// Seed of shuffling and augmentation.
+    pub seed: u64,
+    /// Keep decoded images in RAM.
+    pub cache: bool,
+    /// Network slimming's L1 rate on BN gammas (0: off).
+    pub sr: f32,
+    /// Run folder.
+    pub save_dir: PathBuf,
+}
+
+/// State written into `last.slim` after every epoch.
+#[derive(Serialize, Deserialize)]
+struct RunState {
+    config: TrainConfig,
+    epoch: usize,
+    best_fitness: f64,
+    optimizer: Optimizer,
+    ema_updates: u64,
+    last_opt_step: i64,
+}
+
+/// The columns of results.csv (Ultralytics' names).
+pub const RESULT_COLUMNS: [&str; 15] = [
+    "epoch",
+    "time",
+    "train/box_loss",
+    "train/cls_loss",
+    "train/dfl_loss",
+    "metrics/precision(B)",
+    "metrics/recall(B)",
+    "metrics/mAP50(B)",
+    "metrics/mAP50-95(B)",
+    "val/box_loss",
+    "val/cls_loss",
+    "val/dfl_loss",
+    "lr/pg0",
+    "lr/pg1",
+    "lr/pg2",
+];
+
+fn pack_state(state: &RunState, model: &BTreeMap<String, Tensor>, opt: &BTreeMap<String, Vec<f32>>) -> Result<Vec<u8>> {
+    let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    for (n, t) in model {
+        bytes.push((format!("model/{n}"), t.shape.clone(), t.f32s()?.iter().flat_map(|v| v.to_le_bytes()).collect()));
+    }
+    for (n, v) in opt {
+        bytes.push((format!("opt/{n}"), vec![v.len()], v.iter().flat_map(|v| v.to_le_bytes()).collect()));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, s, d)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)?)))
+        .collect::<Result<_>>()?;
+    let meta = std::collections::HashMap::from([("run".to_string(), serde_json::to_string(state)?)]);
+    Ok(safetensors::serialize(views, Some(meta))?)
+}
+
+type Unpacked = (RunState, BTreeMap<String, Tensor>, BTreeMap<String, Vec<f32>>);
+
+fn unpack_state(bytes: &[u8]) -> Result<Unpacked> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)?;
+    let run = meta.metadata().as_ref().and_then(|m| m.get("run")).ok_or_else(|| anyhow!("no run state"))?;
+    let state: RunState = serde_json::from_str(run)?;
+    let st = safetensors::SafeTensors::deserialize(bytes)?;
+    let (mut model, mut opt) = (BTreeMap::new(), BTreeMap::new());
+    for (name, view) in st.tensors() {
+        let v: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        if let Some(n) = name.strip_prefix("model/") {
+            model.insert(n.to_string(), Tensor::from_f32(view.shape().to_vec(), v)?);
+        } else if let Some(n) = name.strip_prefix("opt/") {
+            opt.insert(n.to_string(), v);
+        }
+    }
+    Ok((state, model, opt))
+}
+
+/// A training run.
+pub struct Trainer {
+    cfg: TrainConfig,
+    names: Vec<String>,
+    program: Program,
+    /// The inference model whose tensors the EMA replaces for validation and saving.
+    model: Model,
+    ema: Ema,
+    opt: Optimizer,
+    opt_state: BTreeMap<String, Vec<f32>>,
+    train: Arc<Split>,
+    val: Split,
+    start_epoch: usize,
+    best_fitness: f64,
+    last_opt_step: i64,
+}
+
+impl Trainer {
+    /// Prepares a run of `model` (built with the dataset's class count) under `cfg`.
+    pub fn new(model: Model, cfg: TrainConfig) -> Result<Trainer> {
+        let spec = load_dataset_spec(&cfg.data)?;
+        let nc = spec.names.len();
+        let (train, rep) = scan(&spec.train, nc, "train")?;
+        for w in &rep.warnings {
+            eprintln!("WARNING {w}");
+        }
+        eprintln!("{}", rep.summary("train"));
+        if rep.found == 0 {
+            bail!("train: no image has labels; training needs labelled objects");
+        }
+        let (val, rep) = scan(&spec.val, nc, "val")?;
+        for w in &rep.warnings {
+            eprintln!("WARNING {w}");
+        }
+        eprintln!("{}", rep.summary("val"));
+        let train = Arc::new(Split::new(train, cfg.imgsz, cfg.cache)?);
+        let val = Split::new(val, cfg.imgsz, cfg.cache)?;
+        let program = Program::new(&model).context("building the training program")?;
+        let nb = train.samples.len().div_ceil(cfg.batch);
+        let iterations = train.samples.len().div_ceil(cfg.batch.max(cfg.nbs)) * cfg.epochs;
+        let choice = choose(&cfg.optimizer, cfg.lr0, cfg.momentum, cfg.warmup_bias_lr, iterations, nc).map_err(|e| anyhow!(e))?;
+        let accumulate = ((cfg.nbs as f64 / cfg.batch as f64).round() as usize).max(1);
+        let decay = cfg.weight_decay * cfg.batch as f64 * accumulate as f64 / cfg.nbs as f64;
+        eprintln!(
+            "optimizer: {:?}(lr={}, momentum={}) with parameter groups (no decay: biases, BN gammas; decay {decay}: weights); {nb} batches per epoch",
+            choice.rule, choice.lr, choice.momentum
+        );
+        let ema_names: Vec<String> = program.params.iter().chain(&program.buffers).cloned().collect();
+        let ema = Ema { tensors: ema_names.iter().map(|n| (n.clone(), model.tensors[n].clone())).collect(), updates: 0 };
+        Ok(Trainer {
+            names: spec.names,
+            model,
+            program,
+            ema,
+            opt: Optimizer::new(choice, decay),
+            opt_state: BTreeMap::new(),
+            train,
+            val,
+            start_epoch: 0,
+            best_fitness: f64::NEG_INFINITY,
+            last_opt_step: -1,
+            cfg,
+        })
+    }
+
+    /// Continues the run saved in `last.slim`: weights, optimizer, EMA and schedule state.
+    pub fn resume(last: &Path) -> Result<Trainer> {
+        let saved = Model::load(last)?;
+        if saved.training_state.is_empty() {
+            bail!("{}: no training state to resume (it is not a last.slim of an unfinished run)", last.display());
+        }
+        let (state, raw, opt) = unpack_state(&saved.training_state).with_context(|| format!("{}: training state", last.display()))?;
+        if state.epoch + 1 >= state.config.epochs {
+            bail!("{}: the run already finished all {} epochs", last.display(), state.config.epochs);
+        }
+        let mut model = saved.clone();
+        model.training_state.clear();
+        for (n, t) in &raw {
+            model.tensors.insert(n.clone(), t.clone());
+        }
+        let mut t = Trainer::new(model, state.config)?;
+        t.ema.tensors = t.ema.tensors.keys().map(|n| (n.clone(), saved.tensors[n].clone())).collect();
+        t.ema.updates = state.ema_updates;
+        t.opt = state.optimizer;
+        t.opt_state = opt;
+        t.start_epoch = state.epoch + 1;
+        t.best_fitness = state.best_fitness;
+        t.last_opt_step = state.last_opt_step;
+        for (n, v) in raw {
+            t.program.model.tensors.insert(n, v);
+        }
+        eprintln!("resuming {} from epoch {} of {}", t.cfg.save_dir.display(), t.start_epoch + 1, t.cfg.epochs);
+        Ok(t)
+    }
+
+    /// The EMA weights in the inference model, ready to validate or save.
+    fn ema_model(&self) -> Model {
+        let mut m = self.model.clone();
+        for (n, t) in &self.ema.tensors {
+            m.tensors.insert(n.clone(), t.clone());
+        }
+        m
+    }
+
+    /// Runs the remaining epochs; returns the best fitness (mAP50-95).
+    pub fn run(mut self) -> Result<f64> {
+        let cfg = self.cfg.clone();
+        let wdir = cfg.save_dir.join("weights");
+        std::fs::create_dir_all(&wdir).with_context(|| format!("{}: cannot create", wdir.display()))?;
+        let csv_path = cfg.save_dir.join("results.csv");
+        if self.start_epoch == 0 {
+            std::fs::write(&csv_path, RESULT_COLUMNS.join(",") + "\n")?;
+            std::fs::write(cfg.save_dir.join("args.json"), serde_json::to_string_pretty(&cfg)?)?;
+        }
+        let nb = self.train.samples.len().div_ceil(cfg.batch);
+        let nw = ((cfg.warmup_epochs * nb as f64).round() as usize).max(100);
+        let accumulate_final = ((cfg.nbs as f64 / cfg.batch as f64).round() as usize).max(1);
+        let mut accumulate = accumulate_final;
+        let t0 = std::time::Instant::now();
+        let nc = self.names.len();
+        for epoch in self.start_epoch..cfg.epochs {
+            let mut hyp = Hyp::default();
+            if epoch + cfg.close_mosaic >= cfg.epochs {
+                hyp.mosaic = 0.0;
+            }
+            let lf = lr_factor(epoch, cfg.epochs, cfg.lrf, cfg.cos_lr);
+            let base = self.opt.choice.lr * lf;
+            self.opt.lr = [base; 3];
+            let pb = ProgressBar::new(nb as u64);
+            pb.set_style(
+                ProgressStyle::with_template("{prefix:>9} {msg} {bar:24} {pos}/{len} [{elapsed}<{eta}, {per_sec}]")
+                    .expect("template"),
+            );
+            pb.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+            let mut mean = [0.0f64; 3];
+            let mut grads: Option<BTreeMap<String, Tensor>> = None;
+            let rx = self.train.train_epoch(cfg.batch, hyp, cfg.seed, epoch);
+            let mut seen = 0;
+            for (i, batch) in rx.iter().enumerate() {
+                let batch = batch?;
+                let ni = (i + nb * epoch) as i64;
+                if ni as usize <= nw {
+                    let x = ni as f64;
+                    accumulate = (interp(x, 0.0, nw as f64, 1.0, cfg.nbs as f64 / cfg.batch as f64).round() as usize).max(1);
+                    for g in 0..3 {
+                        let start = if g == 0 { self.opt.choice.warmup_bias_lr } else { 0.0 };
+                        self.opt.lr[g] = interp(x, 0.0, nw as f64, start, base);
+                    }
+                    if self.opt.choice.rule == Rule::Sgd {
+                        self.opt.momentum = interp(x, 0.0, nw as f64, cfg.warmup_momentum, cfg.momentum);
+                    }
+                }
+                let r = self.program.step(&batch.images, &batch.targets)?;
+                for (k, m) in mean.iter_mut().enumerate() {
+                    *m = (*m * i as f64 + r.items[k] as f64) / (i + 1) as f64;
+                }
+                for (n, t) in r.running {
+                    self.program.model.tensors.insert(n, t);
+                }
+                match grads.as_mut() {
+                    None => grads = Some(r.grads),
+                    Some(acc) => {
+                        for (n, g) in r.grads {
+                            let a = acc.get_mut(&n).expect("same parameters").f32s_mut()?;
+                            a.iter_mut().zip(g.f32s()?).for_each(|(x, y)| *x += y);
+                        }
+                    }
+                }
+                if ni - self.last_opt_step >= accumulate as i64 {
+                    let mut g = grads.take().expect("accumulated");
+                    if cfg.sr > 0.0 {
+                        self.program.add_sparsity(&mut g, &self.program.gammas, cfg.sr)?;
+                    }
+                    clip_grad_norm(&mut g, 10.0)?;
+                    self.opt.step(&mut self.program.model.tensors, &g, &mut self.opt_state, &self.program.gammas)?;
+                    self.ema.update(&self.program.model.tensors)?;
+                    self.last_opt_step = ni;
+                }
+                seen += batch.images.shape[0];
+                pb.set_message(format!(
+                    "box {:.4} cls {:.4} dfl {:.4} inst {:>3} {}",
+                    mean[0],
+                    mean[1],
+                    mean[2],
+                    batch.targets.shape[0],
+                    cfg.imgsz
+                ));
+                pb.inc(1);
+            }
+            let train_secs = pb.elapsed().as_secs_f64();
+            pb.finish_and_clear();
+            let ema_model = self.ema_model();
+            let v = validate(&ema_model, &self.val, cfg.batch * 2, nc, false, true)?;
+            let m = &v.metrics;
+            let fitness = m.map;
+            eprintln!(
+                "epoch {}/{}: box {:.4} cls {:.4} dfl {:.4} | P {:.3} R {:.3} mAP50 {:.3} mAP50-95 {:.3} | {:.1} img/s",
+                epoch + 1,
+                cfg.epochs,
+                mean[0],
+                mean[1],
+                mean[2],
+                m.mp,
+                m.mr,
+                m.map50,
+                m.map,
+                seen as f64 / train_secs
+            );
+            let lrs = self.opt.lr;
+            let row = [
+                (epoch + 1) as f64,
+                t0.elapsed().as_secs_f64(),
+                mean[0],
+                mean[1],
+                mean[2],
+                m.mp,
+                m.mr,
+                m.map50,
+                m.map,
+                v.loss[0] as f64,
+                v.loss[1] as f64,
+                v.loss[2] as f64,
+                lrs[0],
+                lrs[1],
+                lrs[2],
+            ];
+            let line = row.iter().map(|x| format!("{x:.6}")).collect::<Vec<_>>().join(",");
+            let mut csv = std::fs::read_to_string(&csv_path).unwrap_or_default();
+            csv.push_str(&line);
+            csv.push('\n');
+            slimc_ir::write_atomic(&csv_path, csv.as_bytes())?;
+            let improved = fitness >= self.best_fitness;
+            if improved {
+                self.best_fitness = fitness;
+            }
+            let mut last = ema_model;
+            let state = RunState {
+                config: cfg.clone(),
+                epoch,
+                best_fitness: self.best_fitness,
+                optimizer: self.opt.clone(),
+                ema_updates: self.ema.updates,
+                last_opt_step: self.last_opt_step,
+            };
+            let raw: BTreeMap<String, Tensor> =
+                self.ema.tensors.keys().map(|n| (n.clone(), self.program.model.tensors[n].clone())).collect();
+            if improved {
+                last.save(&wdir.join("best.slim"))?;
+            }
+            if epoch + 1 < cfg.epochs {
+                last.training_state = pack_state(&state, &raw, &self.opt_state)?;
+            }
+            last.save(&wdir.join("last.slim"))?;
+            if let Err(e) = plot_results(&csv_path, &cfg.save_dir.join("results.png")) {
+                eprintln!("WARNING results.png: {e:#}");
+            }
+        }
+        eprintln!(
+            "{} epochs completed in {:.3} hours; results in {}",
+            cfg.epochs - self.start_epoch,
+            t0.elapsed().as_secs_f64() / 3600.0,
+            cfg.save_dir.display()
+        );
+        Ok(self.best_fitness)
+    }
+}

@@ -1,0 +1,164 @@
+//! A validation run over a split: rect batches through the inference graph, NMS, matching and
+//! Ultralytics' metrics, with the per-class table it prints.
+
+use super::metrics::{ap_per_class, box_iou, match_predictions, DetMetrics};
+use super::nms::{non_max_suppression, NmsOptions};
+use crate::backend::cpu;
+use crate::data::loader::Split;
+use anyhow::{anyhow, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use slimc_ir::Model;
+
+/// One detection in the letterboxed input's pixels.
+#[derive(Clone, Debug, Serialize)]
+pub struct Prediction {
+    /// Image file.
+    pub image: String,
+    /// Class id.
+    pub class: usize,
+    /// Confidence.
+    pub score: f32,
+    /// x1, y1, x2, y2 in the original image's pixels.
+    pub bbox: [f32; 4],
+}
+
+/// The outcome of a validation run.
+pub struct ValResult {
+    /// Ultralytics' metrics.
+    pub metrics: DetMetrics,
+    /// Images validated.
+    pub images: usize,
+    /// Labelled objects.
+    pub instances: usize,
+    /// Images per class that contain it, by class id.
+    pub images_per_class: Vec<usize>,
+    /// Inference and NMS time per image, ms.
+    pub ms_per_image: f64,
+    /// Every kept detection (when asked for).
+    pub predictions: Vec<Prediction>,
+    /// Mean detection loss components (box, cls, dfl) over the batches.
+    pub loss: [f32; 3],
+}
+
+/// The inference graph with the detection loss beside it: outputs are the predictions and the
+/// loss components.
+fn with_loss(model: &Model) -> Result<Model> {
+    let mut m = model.clone();
+    let pred = m.graph.outputs[0];
+    let node = slimc_passes::attach_detect_loss(&mut m.graph).map_err(|e| anyhow!("validation loss: {e}"))?;
+    m.graph.outputs = vec![pred, m.graph.nodes[node.0].outputs[0]];
+    Ok(m)
+}
+
+/// Validates `model` (its inference graph) on `split` in rect batches of `batch`.
+pub fn validate(model: &Model, split: &Split, batch: usize, nc: usize, keep_predictions: bool, bar: bool) -> Result<ValResult> {
+    let nms = NmsOptions { multi_label: nc > 1, ..Default::default() };
+    let batches = split.val_batches(batch);
+    let pb = if bar { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>24} {bar:30} {pos}/{len} [{elapsed}<{eta}, {per_sec}]").expect("template"),
+    );
+    pb.set_message("Class Images Instances");
+    let (mut tp, mut conf, mut pcls, mut tcls) = (vec![], vec![], vec![], vec![]);
+    let mut images_per_class = vec![0; nc];
+    let mut predictions = vec![];
+    let program = with_loss(model)?;
+    let mut loss = [0.0f32; 3];
+    let start = std::time::Instant::now();
+    for idx in &batches {
+        let b = split.val_batch(idx)?;
+        let out = cpu::run(&program, &[b.images.clone(), b.targets.clone()]).map_err(|e| anyhow!("validation: {e:#}"))?;
+        for (l, v) in loss.iter_mut().zip(out[1].f32s()?) {
+            *l += v / batches.len() as f32;
+        }
+        let o = &out[0];
+        let (rows, anchors) = (o.shape[1], o.shape[2]);
+        if rows != 4 + nc {
+            return Err(anyhow!("the model predicts {} classes, the dataset has {nc}", rows - 4));
+        }
+        let data = o.f32s()?;
+        for (k, objs) in b.objects.iter().enumerate() {
+            let dets = non_max_suppression(&data[k * rows * anchors..(k + 1) * rows * anchors], nc, anchors, &nms);
+            let true_cls: Vec<usize> = objs.iter().map(|o| o.cls).collect();
+            let pred_cls: Vec<usize> = dets.iter().map(|d| d.class).collect();
+            let iou: Vec<Vec<f32>> = objs
+                .iter()
+                .map(|o| dets.iter().map(|d| if d.class == o.cls { box_iou(&o.xyxy, &d.xyxy) } else { 0.0 }).collect())
+                .collect();
+            tp.extend(match_predictions(&pred_cls, &true_cls, &iou));
+            conf.extend(dets.iter().map(|d| d.score));
+            let mut seen = vec![false; nc];
+            for &c in &true_cls {
+                seen[c] = true;
+            }
+            for (c, s) in seen.iter().enumerate() {
+                images_per_class[c] += *s as usize;
+            }
+            tcls.extend(true_cls);
+            pcls.extend(pred_cls);
+            if keep_predictions {
+                let sample = &split.samples[b.indices[k]];
+                let (h, w) = (b.images.shape[2] as f32, b.images.shape[3] as f32);
+                let [h0, w0] = sample.shape.map(|v| v as f32);
+                let r = (h / h0).min(w / w0).min(split.imgsz as f32 / h0.max(w0));
+                let (padx, pady) = (((w - (w0 * r).round()) / 2.0 - 0.1).round(), ((h - (h0 * r).round()) / 2.0 - 0.1).round());
+                for d in &dets {
+                    let x = d.xyxy;
+                    let un = |v: f32, p: f32, lim: f32| ((v - p) / r).clamp(0.0, lim);
+                    predictions.push(Prediction {
+                        image: sample.path.display().to_string(),
+                        class: d.class,
+                        score: d.score,
+                        bbox: [un(x[0], padx, w0), un(x[1], pady, h0), un(x[2], padx, w0), un(x[3], pady, h0)],
+                    });
+                }
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let n = split.samples.len();
+    Ok(ValResult {
+        metrics: ap_per_class(&tp, &conf, &pcls, &tcls),
+        images: n,
+        instances: tcls.len(),
+        images_per_class,
+        ms_per_image: start.elapsed().as_secs_f64() * 1e3 / n.max(1) as f64,
+        predictions,
+        loss,
+    })
+}
+
+impl ValResult {
+    /// Ultralytics' validation table: the `all` row, then one row per class when there are
+    /// several.
+    pub fn table(&self, names: &[String]) -> String {
+        let m = &self.metrics;
+        let mut s = format!(
+            "{:>22}{:>11}{:>11}{:>11}{:>11}{:>11}{:>11}\n",
+            "Class", "Images", "Instances", "Box(P", "R", "mAP50", "mAP50-95)"
+        );
+        s += &format!(
+            "{:>22}{:>11}{:>11}{:>11.3}{:>11.3}{:>11.3}{:>11.3}\n",
+            "all", self.images, self.instances, m.mp, m.mr, m.map50, m.map
+        );
+        if names.len() > 1 {
+            for (i, &c) in m.classes.iter().enumerate() {
+                let ap50 = m.ap[i][0];
+                let ap = m.ap[i].iter().sum::<f64>() / 10.0;
+                s += &format!(
+                    "{:>22}{:>11}{:>11}{:>11.3}{:>11.3}{:>11.3}{:>11.3}\n",
+                    names.get(c).map(String::as_str).unwrap_or("?"),
+                    self.images_per_class[c],
+                    m.labels[i],
+                    m.p[i],
+                    m.r[i],
+                    ap50,
+                    ap
+                );
+            }
+        }
+        s
+    }
+}
