@@ -69,6 +69,8 @@ struct RunState {
     optimizer: Optimizer,
     ema_updates: u64,
     last_opt_step: i64,
+    /// results.csv rows so far (rewritten on resume, so the file matches the weights).
+    results: Vec<String>,
 }
 
 /// The columns of results.csv (Ultralytics' names).
@@ -140,6 +142,7 @@ pub struct Trainer {
     start_epoch: usize,
     best_fitness: f64,
     last_opt_step: i64,
+    results: Vec<String>,
 }
 
 impl Trainer {
@@ -186,6 +189,7 @@ impl Trainer {
             start_epoch: 0,
             best_fitness: f64::NEG_INFINITY,
             last_opt_step: -1,
+            results: vec![],
             cfg,
         })
     }
@@ -213,6 +217,7 @@ impl Trainer {
         t.start_epoch = state.epoch + 1;
         t.best_fitness = state.best_fitness;
         t.last_opt_step = state.last_opt_step;
+        t.results = state.results;
         for (n, v) in raw {
             t.program.model.tensors.insert(n, v);
         }
@@ -235,8 +240,16 @@ impl Trainer {
         let wdir = cfg.save_dir.join("weights");
         std::fs::create_dir_all(&wdir).with_context(|| format!("{}: cannot create", wdir.display()))?;
         let csv_path = cfg.save_dir.join("results.csv");
+        let write_csv = |rows: &[String]| -> Result<()> {
+            let mut csv = RESULT_COLUMNS.join(",") + "\n";
+            for r in rows {
+                csv += r;
+                csv.push('\n');
+            }
+            Ok(slimc_ir::write_atomic(&csv_path, csv.as_bytes())?)
+        };
+        write_csv(&self.results)?;
         if self.start_epoch == 0 {
-            std::fs::write(&csv_path, RESULT_COLUMNS.join(",") + "\n")?;
             std::fs::write(cfg.save_dir.join("args.json"), serde_json::to_string_pretty(&cfg)?)?;
         }
         let nb = self.train.samples.len().div_ceil(cfg.batch);
@@ -351,11 +364,7 @@ impl Trainer {
                 lrs[1],
                 lrs[2],
             ];
-            let line = row.iter().map(|x| format!("{x:.6}")).collect::<Vec<_>>().join(",");
-            let mut csv = std::fs::read_to_string(&csv_path).unwrap_or_default();
-            csv.push_str(&line);
-            csv.push('\n');
-            slimc_ir::write_atomic(&csv_path, csv.as_bytes())?;
+            self.results.push(row.iter().map(|x| format!("{x:.6}")).collect::<Vec<_>>().join(","));
             let improved = fitness >= self.best_fitness;
             if improved {
                 self.best_fitness = fitness;
@@ -368,6 +377,7 @@ impl Trainer {
                 optimizer: self.opt.clone(),
                 ema_updates: self.ema.updates,
                 last_opt_step: self.last_opt_step,
+                results: self.results.clone(),
             };
             let raw: BTreeMap<String, Tensor> =
                 self.ema.tensors.keys().map(|n| (n.clone(), self.program.model.tensors[n].clone())).collect();
@@ -378,6 +388,7 @@ impl Trainer {
                 last.training_state = pack_state(&state, &raw, &self.opt_state)?;
             }
             last.save(&wdir.join("last.slim"))?;
+            write_csv(&self.results)?;
             if let Err(e) = plot_results(&csv_path, &cfg.save_dir.join("results.png")) {
                 eprintln!("WARNING results.png: {e:#}");
             }
