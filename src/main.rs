@@ -174,15 +174,8 @@ enum Cmd {
     Train {
         #[command(flatten)]
         m: ModelArgs,
-        /// Dataset YAML (path, train, val, names).
-        #[arg(long, required_unless_present = "resume")]
-        data: Option<PathBuf>,
-        /// Epochs.
-        #[arg(long, default_value_t = 100)]
-        epochs: usize,
-        /// Batch size.
-        #[arg(long, default_value_t = 16)]
-        batch: usize,
+        #[command(flatten)]
+        cfg: TrainConfig,
         /// cpu, gpu or auto.
         #[arg(long, default_value = "auto")]
         device: String,
@@ -195,36 +188,6 @@ enum Cmd {
         /// Run name (a number is appended if it exists).
         #[arg(long, default_value = "train")]
         name: String,
-        /// auto, SGD or AdamW.
-        #[arg(long, default_value = "auto")]
-        optimizer: String,
-        /// Initial learning rate (SGD/AdamW; auto picks its own).
-        #[arg(long, default_value_t = 0.01)]
-        lr0: f64,
-        /// Final learning rate as a fraction of lr0.
-        #[arg(long, default_value_t = 0.01)]
-        lrf: f64,
-        /// SGD momentum / AdamW beta1.
-        #[arg(long, default_value_t = 0.937)]
-        momentum: f64,
-        /// Weight decay (at the nominal batch of 64).
-        #[arg(long, default_value_t = 5e-4)]
-        weight_decay: f64,
-        /// Warm-up epochs.
-        #[arg(long, default_value_t = 3.0)]
-        warmup_epochs: f64,
-        /// Cosine learning-rate decay.
-        #[arg(long)]
-        cos_lr: bool,
-        /// Final epochs without mosaic.
-        #[arg(long, default_value_t = 10)]
-        close_mosaic: usize,
-        /// Keep decoded images in RAM.
-        #[arg(long)]
-        cache: bool,
-        /// Network slimming: L1 rate on BN gammas, applied once per optimizer step.
-        #[arg(long, default_value_t = 0.0)]
-        sr: f32,
     },
     /// Validate a model on a dataset's val split and print Ultralytics' table.
     ///
@@ -439,26 +402,7 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Train {
-            m,
-            data,
-            epochs,
-            batch,
-            device,
-            resume,
-            project,
-            name,
-            optimizer,
-            lr0,
-            lrf,
-            momentum,
-            weight_decay,
-            warmup_epochs,
-            cos_lr,
-            close_mosaic,
-            cache,
-            sr,
-        } => {
+        Cmd::Train { m, mut cfg, device, resume, project, name } => {
             match device.as_str() {
                 "cpu" | "auto" => {}
                 "gpu" => bail!("--device gpu: the wgpu backend is not built yet; use --device cpu"),
@@ -468,44 +412,31 @@ fn run(cli: Cli) -> Result<()> {
                 Trainer::resume(Path::new(&m.model))?.run()?;
                 return Ok(());
             }
-            let data = data.expect("clap requires --data without --resume");
-            if batch == 0 || epochs == 0 {
+            if cfg.data.as_os_str().is_empty() {
+                bail!("--data is required (a dataset YAML), unless --resume");
+            }
+            if cfg.batch == 0 || cfg.epochs == 0 {
                 bail!("--batch and --epochs must be at least 1");
             }
-            let spec = slimc::data::dataset::load_dataset_spec(&data)?;
-            let imgsz = m.imgsz.map(|s| s[0].max(s[1])).unwrap_or(640).div_ceil(32) * 32;
+            let spec = slimc::data::dataset::load_dataset_spec(&cfg.data)?;
+            cfg.imgsz = m.imgsz.map(|s| s[0].max(s[1])).unwrap_or(640).div_ceil(32) * 32;
+            cfg.seed = m.seed;
             let nc = spec.names.len();
             let mut model = match format_of(&m.model)? {
                 ModelFormat::Yaml => load_model(
                     &m.model,
-                    &LoadOptions { nc: Some(nc), weights: m.weights.clone(), imgsz: Some([imgsz, imgsz]), seed: m.seed },
+                    &LoadOptions {
+                        nc: Some(nc),
+                        weights: m.weights.clone(),
+                        imgsz: Some([cfg.imgsz; 2]),
+                        seed: m.seed,
+                    },
                 )?,
                 _ => m.load()?,
             };
             model.meta.names = spec.names.clone();
-            let save_dir = increment_dir(&project, &name);
-            std::fs::create_dir_all(&save_dir)?;
-            let cfg = TrainConfig {
-                data,
-                epochs,
-                imgsz,
-                batch,
-                optimizer,
-                lr0,
-                lrf,
-                momentum,
-                weight_decay,
-                warmup_epochs,
-                warmup_momentum: 0.8,
-                warmup_bias_lr: 0.1,
-                cos_lr,
-                close_mosaic,
-                nbs: 64,
-                seed: m.seed,
-                cache,
-                sr,
-                save_dir,
-            };
+            cfg.save_dir = increment_dir(&project, &name);
+            std::fs::create_dir_all(&cfg.save_dir)?;
             Trainer::new(model, cfg)?.run()?;
         }
         Cmd::Val { m, data, batch, save_json, json } => {

@@ -233,7 +233,10 @@ pub fn scan(sources: &[PathBuf], nc: usize, split: &str) -> Result<(Vec<Sample>,
     use rayon::prelude::*;
     let images = list_images(sources)?;
     if images.is_empty() {
-        bail!("{split}: no images found in {}", sources.iter().map(|s| s.display().to_string()).collect::<Vec<_>>().join(", "));
+        bail!(
+            "{split}: no images found in {}",
+            sources.iter().map(|s| s.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
     }
     if let Some(dir) = images.first().map(|p| label_path(p)).and_then(|l| l.parent().map(Path::to_path_buf)) {
         if !dir.is_dir() {

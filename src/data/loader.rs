@@ -58,7 +58,10 @@ impl Split {
             .iter()
             .map(|l| {
                 let [cx, cy, bw, bh] = l.xywh;
-                Obj { cls: l.cls, xyxy: [(cx - bw / 2.0) * w, (cy - bh / 2.0) * h, (cx + bw / 2.0) * w, (cy + bh / 2.0) * h] }
+                Obj {
+                    cls: l.cls,
+                    xyxy: [(cx - bw / 2.0) * w, (cy - bh / 2.0) * h, (cx + bw / 2.0) * w, (cy + bh / 2.0) * h],
+                }
             })
             .collect();
         Ok((img, objs))
@@ -84,11 +87,18 @@ impl Split {
 
     /// The training batches of one epoch: a seeded shuffle, each batch assembled in parallel
     /// on a background thread that keeps `ahead` batches ready.
-    pub fn train_epoch(self: &Arc<Self>, batch: usize, hyp: Hyp, seed: u64, epoch: usize) -> std::sync::mpsc::Receiver<Result<Batch>> {
+    pub fn train_epoch(
+        self: &Arc<Self>,
+        batch: usize,
+        hyp: Hyp,
+        seed: u64,
+        epoch: usize,
+    ) -> std::sync::mpsc::Receiver<Result<Batch>> {
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let me = Arc::clone(self);
         std::thread::spawn(move || {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng =
+                rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut order: Vec<usize> = (0..me.samples.len()).collect();
             for i in (1..order.len()).rev() {
                 order.swap(i, rng.random_range(0..=i));
@@ -120,9 +130,16 @@ impl Split {
 
     /// Builds one validation batch from sample indices.
     pub fn val_batch(&self, idx: &[usize]) -> Result<Batch> {
-        let ars: Vec<f64> = idx.iter().map(|&i| self.samples[i].shape[0] as f64 / self.samples[i].shape[1] as f64).collect();
+        let ars: Vec<f64> =
+            idx.iter().map(|&i| self.samples[i].shape[0] as f64 / self.samples[i].shape[1] as f64).collect();
         let (mn, mx) = (ars.iter().copied().fold(f64::MAX, f64::min), ars.iter().copied().fold(f64::MIN, f64::max));
-        let ratio = if mx < 1.0 { [mx, 1.0] } else if mn > 1.0 { [1.0, 1.0 / mn] } else { [1.0, 1.0] };
+        let ratio = if mx < 1.0 {
+            [mx, 1.0]
+        } else if mn > 1.0 {
+            [1.0, 1.0 / mn]
+        } else {
+            [1.0, 1.0]
+        };
         let shape = ratio.map(|r| ((r * self.imgsz as f64 / 32.0 + 0.5).ceil() as usize) * 32);
         let items: Result<Vec<_>> = idx
             .par_iter()
@@ -132,7 +149,10 @@ impl Split {
                 let f = |v: f32, off: usize| v * r as f32 + off as f32;
                 let moved = objs
                     .iter()
-                    .map(|o| Obj { cls: o.cls, xyxy: [f(o.xyxy[0], left), f(o.xyxy[1], top), f(o.xyxy[2], left), f(o.xyxy[3], top)] })
+                    .map(|o| Obj {
+                        cls: o.cls,
+                        xyxy: [f(o.xyxy[0], left), f(o.xyxy[1], top), f(o.xyxy[2], left), f(o.xyxy[3], top)],
+                    })
                     .collect();
                 Ok((lb, moved))
             })

@@ -31,7 +31,14 @@ pub struct Choice {
 /// Ultralytics' `build_optimizer`: `auto` picks SGD (lr 0.01, momentum 0.9) above 10k
 /// iterations and AdamW (lr `round(0.002·5/(4+nc), 6)`, beta1 0.9) otherwise, and then starts
 /// the bias warm-up at 0; an explicit choice uses `lr0` and `momentum`.
-pub fn choose(name: &str, lr0: f64, momentum: f64, warmup_bias_lr: f64, iterations: usize, nc: usize) -> Result<Choice, String> {
+pub fn choose(
+    name: &str,
+    lr0: f64,
+    momentum: f64,
+    warmup_bias_lr: f64,
+    iterations: usize,
+    nc: usize,
+) -> Result<Choice, String> {
     match name.to_ascii_lowercase().as_str() {
         "auto" => {
             let c = if iterations > 10000 {

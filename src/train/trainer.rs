@@ -3,7 +3,7 @@
 //! and best.slim written atomically, and `--resume` from the last completed epoch.
 
 use super::optim::{choose, clip_grad_norm, interp, lr_factor, Ema, Optimizer, Rule};
-use super::plot::plot_results;
+use super::plot::{plot_results, save_batch};
 use super::step::Program;
 use crate::data::augment::Hyp;
 use crate::data::dataset::{load_dataset_spec, scan};
@@ -17,46 +17,66 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Every setting of a training run (saved with the run so that `--resume` continues it).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Every setting of a training run (saved with the run so that `--resume` continues it); the
+/// command-line options of `slimc train`, with Ultralytics' names and defaults.
+#[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
 pub struct TrainConfig {
-    /// Dataset YAML.
+    /// Dataset YAML (path, train, val, names).
+    #[arg(long, default_value = "")]
     pub data: PathBuf,
     /// Epochs.
+    #[arg(long, default_value_t = 100)]
     pub epochs: usize,
-    /// Training image size.
+    /// Training image size (the model argument's --imgsz, rounded up to a multiple of 32).
+    #[arg(skip)]
     pub imgsz: usize,
     /// Batch size.
+    #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    /// `auto`, `SGD` or `AdamW`.
+    /// auto, SGD or AdamW.
+    #[arg(long, default_value = "auto")]
     pub optimizer: String,
-    /// Initial learning rate (explicit optimizers).
+    /// Initial learning rate (SGD/AdamW; auto picks its own).
+    #[arg(long, default_value_t = 0.01)]
     pub lr0: f64,
     /// Final learning rate as a fraction of lr0.
+    #[arg(long, default_value_t = 0.01)]
     pub lrf: f64,
-    /// SGD momentum / Adam beta1 (explicit optimizers).
+    /// SGD momentum / AdamW beta1 (explicit optimizers).
+    #[arg(long, default_value_t = 0.937)]
     pub momentum: f64,
     /// Weight decay at the nominal batch.
+    #[arg(long, default_value_t = 5e-4)]
     pub weight_decay: f64,
     /// Warm-up length in epochs (at least 100 iterations).
+    #[arg(long, default_value_t = 3.0)]
     pub warmup_epochs: f64,
     /// SGD momentum at the start of warm-up.
+    #[arg(long, default_value_t = 0.8)]
     pub warmup_momentum: f64,
-    /// Bias learning rate at the start of warm-up (explicit optimizers).
+    /// Bias learning rate at the start of warm-up (explicit optimizers; auto starts at 0).
+    #[arg(long, default_value_t = 0.1)]
     pub warmup_bias_lr: f64,
-    /// Cosine instead of linear decay.
+    /// Cosine instead of linear learning-rate decay.
+    #[arg(long)]
     pub cos_lr: bool,
-    /// Epochs at the end trained without mosaic.
+    /// Final epochs trained without mosaic.
+    #[arg(long, default_value_t = 10)]
     pub close_mosaic: usize,
     /// Nominal batch size: gradients accumulate to it.
+    #[arg(long, default_value_t = 64)]
     pub nbs: usize,
-    /// Seed of shuffling and augmentation.
+    /// Seed of shuffling and augmentation (the model argument's --seed).
+    #[arg(skip)]
     pub seed: u64,
     /// Keep decoded images in RAM.
+    #[arg(long)]
     pub cache: bool,
-    /// Network slimming's L1 rate on BN gammas (0: off).
+    /// Network slimming: L1 rate on BN gammas, applied once per optimizer step (0: off).
+    #[arg(long, default_value_t = 0.0)]
     pub sr: f32,
-    /// Run folder.
+    /// Run folder (from --project and --name).
+    #[arg(skip)]
     pub save_dir: PathBuf,
 }
 
@@ -117,7 +137,8 @@ fn unpack_state(bytes: &[u8]) -> Result<Unpacked> {
     let st = safetensors::SafeTensors::deserialize(bytes)?;
     let (mut model, mut opt) = (BTreeMap::new(), BTreeMap::new());
     for (name, view) in st.tensors() {
-        let v: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        let v: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
         if let Some(n) = name.strip_prefix("model/") {
             model.insert(n.to_string(), Tensor::from_f32(view.shape().to_vec(), v)?);
         } else if let Some(n) = name.strip_prefix("opt/") {
@@ -168,7 +189,8 @@ impl Trainer {
         let program = Program::new(&model).context("building the training program")?;
         let nb = train.samples.len().div_ceil(cfg.batch);
         let iterations = train.samples.len().div_ceil(cfg.batch.max(cfg.nbs)) * cfg.epochs;
-        let choice = choose(&cfg.optimizer, cfg.lr0, cfg.momentum, cfg.warmup_bias_lr, iterations, nc).map_err(|e| anyhow!(e))?;
+        let choice = choose(&cfg.optimizer, cfg.lr0, cfg.momentum, cfg.warmup_bias_lr, iterations, nc)
+            .map_err(|e| anyhow!(e))?;
         let accumulate = ((cfg.nbs as f64 / cfg.batch as f64).round() as usize).max(1);
         let decay = cfg.weight_decay * cfg.batch as f64 * accumulate as f64 / cfg.nbs as f64;
         eprintln!(
@@ -176,7 +198,8 @@ impl Trainer {
             choice.rule, choice.lr, choice.momentum
         );
         let ema_names: Vec<String> = program.params.iter().chain(&program.buffers).cloned().collect();
-        let ema = Ema { tensors: ema_names.iter().map(|n| (n.clone(), model.tensors[n].clone())).collect(), updates: 0 };
+        let ema =
+            Ema { tensors: ema_names.iter().map(|n| (n.clone(), model.tensors[n].clone())).collect(), updates: 0 };
         Ok(Trainer {
             names: spec.names,
             model,
@@ -200,7 +223,8 @@ impl Trainer {
         if saved.training_state.is_empty() {
             bail!("{}: no training state to resume (it is not a last.slim of an unfinished run)", last.display());
         }
-        let (state, raw, opt) = unpack_state(&saved.training_state).with_context(|| format!("{}: training state", last.display()))?;
+        let (state, raw, opt) =
+            unpack_state(&saved.training_state).with_context(|| format!("{}: training state", last.display()))?;
         if state.epoch + 1 >= state.config.epochs {
             bail!("{}: the run already finished all {} epochs", last.display(), state.config.epochs);
         }
@@ -281,13 +305,20 @@ impl Trainer {
                 let ni = (i + nb * epoch) as i64;
                 if ni as usize <= nw {
                     let x = ni as f64;
-                    accumulate = (interp(x, 0.0, nw as f64, 1.0, cfg.nbs as f64 / cfg.batch as f64).round() as usize).max(1);
+                    accumulate =
+                        (interp(x, 0.0, nw as f64, 1.0, cfg.nbs as f64 / cfg.batch as f64).round() as usize).max(1);
                     for g in 0..3 {
                         let start = if g == 0 { self.opt.choice.warmup_bias_lr } else { 0.0 };
                         self.opt.lr[g] = interp(x, 0.0, nw as f64, start, base);
                     }
                     if self.opt.choice.rule == Rule::Sgd {
                         self.opt.momentum = interp(x, 0.0, nw as f64, cfg.warmup_momentum, cfg.momentum);
+                    }
+                }
+                if epoch == self.start_epoch && i < 3 {
+                    let path = cfg.save_dir.join(format!("train_batch{i}.jpg"));
+                    if let Err(e) = save_batch(&batch.images, &batch.targets, &path) {
+                        eprintln!("WARNING {}: {e:#}", path.display());
                     }
                 }
                 let r = self.program.step(&batch.images, &batch.targets)?;
@@ -319,11 +350,7 @@ impl Trainer {
                 seen += batch.images.shape[0];
                 pb.set_message(format!(
                     "box {:.4} cls {:.4} dfl {:.4} inst {:>3} {}",
-                    mean[0],
-                    mean[1],
-                    mean[2],
-                    batch.targets.shape[0],
-                    cfg.imgsz
+                    mean[0], mean[1], mean[2], batch.targets.shape[0], cfg.imgsz
                 ));
                 pb.inc(1);
             }

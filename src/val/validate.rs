@@ -52,7 +52,14 @@ fn with_loss(model: &Model) -> Result<Model> {
 }
 
 /// Validates `model` (its inference graph) on `split` in rect batches of `batch`.
-pub fn validate(model: &Model, split: &Split, batch: usize, nc: usize, keep_predictions: bool, bar: bool) -> Result<ValResult> {
+pub fn validate(
+    model: &Model,
+    split: &Split,
+    batch: usize,
+    nc: usize,
+    keep_predictions: bool,
+    bar: bool,
+) -> Result<ValResult> {
     let nms = NmsOptions { multi_label: nc > 1, ..Default::default() };
     let batches = split.val_batches(batch);
     let pb = if bar { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
@@ -68,7 +75,8 @@ pub fn validate(model: &Model, split: &Split, batch: usize, nc: usize, keep_pred
     let start = std::time::Instant::now();
     for idx in &batches {
         let b = split.val_batch(idx)?;
-        let out = cpu::run(&program, &[b.images.clone(), b.targets.clone()]).map_err(|e| anyhow!("validation: {e:#}"))?;
+        let out =
+            cpu::run(&program, &[b.images.clone(), b.targets.clone()]).map_err(|e| anyhow!("validation: {e:#}"))?;
         for (l, v) in loss.iter_mut().zip(out[1].f32s()?) {
             *l += v / batches.len() as f32;
         }
@@ -102,7 +110,8 @@ pub fn validate(model: &Model, split: &Split, batch: usize, nc: usize, keep_pred
                 let (h, w) = (b.images.shape[2] as f32, b.images.shape[3] as f32);
                 let [h0, w0] = sample.shape.map(|v| v as f32);
                 let r = (h / h0).min(w / w0).min(split.imgsz as f32 / h0.max(w0));
-                let (padx, pady) = (((w - (w0 * r).round()) / 2.0 - 0.1).round(), ((h - (h0 * r).round()) / 2.0 - 0.1).round());
+                let (padx, pady) =
+                    (((w - (w0 * r).round()) / 2.0 - 0.1).round(), ((h - (h0 * r).round()) / 2.0 - 0.1).round());
                 for d in &dets {
                     let x = d.xyxy;
                     let un = |v: f32, p: f32, lim: f32| ((v - p) / r).clamp(0.0, lim);
