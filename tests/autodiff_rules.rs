@@ -74,20 +74,41 @@ fn conv(stride: usize, pad: usize, groups: usize) -> Op {
 
 #[test]
 fn conv2d_dense_strided_with_bias() {
-    let inputs = vec![random(&[2, 3, 7, 6], 1, -1.0, 1.0), random(&[4, 3, 3, 3], 2, -0.5, 0.5), random(&[4], 3, -1.0, 1.0)];
+    let inputs =
+        vec![random(&[2, 3, 7, 6], 1, -1.0, 1.0), random(&[4, 3, 3, 3], 2, -0.5, 0.5), random(&[4], 3, -1.0, 1.0)];
     check(conv(2, 1, 1), inputs, &[true, true, true], 1e-2);
 }
 
 #[test]
 fn conv2d_pointwise_and_grouped() {
-    check(conv(1, 0, 1), vec![random(&[2, 4, 5, 5], 4, -1.0, 1.0), random(&[3, 4, 1, 1], 5, -1.0, 1.0)], &[true, true], 1e-2);
-    check(conv(1, 1, 2), vec![random(&[1, 4, 5, 4], 6, -1.0, 1.0), random(&[6, 2, 3, 3], 7, -1.0, 1.0)], &[true, true], 1e-2);
+    check(
+        conv(1, 0, 1),
+        vec![random(&[2, 4, 5, 5], 4, -1.0, 1.0), random(&[3, 4, 1, 1], 5, -1.0, 1.0)],
+        &[true, true],
+        1e-2,
+    );
+    check(
+        conv(1, 1, 2),
+        vec![random(&[1, 4, 5, 4], 6, -1.0, 1.0), random(&[6, 2, 3, 3], 7, -1.0, 1.0)],
+        &[true, true],
+        1e-2,
+    );
 }
 
 #[test]
 fn conv2d_depthwise() {
-    check(conv(1, 1, 5), vec![random(&[2, 5, 6, 6], 8, -1.0, 1.0), random(&[5, 1, 3, 3], 9, -1.0, 1.0)], &[true, true], 1e-2);
-    check(conv(2, 1, 3), vec![random(&[1, 3, 7, 7], 10, -1.0, 1.0), random(&[3, 1, 3, 3], 11, -1.0, 1.0)], &[true, true], 1e-2);
+    check(
+        conv(1, 1, 5),
+        vec![random(&[2, 5, 6, 6], 8, -1.0, 1.0), random(&[5, 1, 3, 3], 9, -1.0, 1.0)],
+        &[true, true],
+        1e-2,
+    );
+    check(
+        conv(2, 1, 3),
+        vec![random(&[1, 3, 7, 7], 10, -1.0, 1.0), random(&[3, 1, 3, 3], 11, -1.0, 1.0)],
+        &[true, true],
+        1e-2,
+    );
 }
 
 #[test]
@@ -161,9 +182,11 @@ fn pooling_and_upsampling() {
 #[test]
 fn reshape_transpose_and_matmul() {
     let x = random(&[2, 3, 4, 2], 32, -1.0, 1.0);
-    let view = Op::Reshape { shape: vec![ReshapeDim::Of { input: 0, axis: 0 }, ReshapeDim::Fixed(4), ReshapeDim::Infer] };
+    let view =
+        Op::Reshape { shape: vec![ReshapeDim::Of { input: 0, axis: 0 }, ReshapeDim::Fixed(4), ReshapeDim::Infer] };
     check(view, vec![x.clone()], &[true], 1e-2);
-    let back = Op::Reshape { shape: vec![ReshapeDim::Fixed(2), ReshapeDim::Of { input: 1, axis: 1 }, ReshapeDim::Infer] };
+    let back =
+        Op::Reshape { shape: vec![ReshapeDim::Fixed(2), ReshapeDim::Of { input: 1, axis: 1 }, ReshapeDim::Infer] };
     check(back, vec![x.clone(), random(&[1, 6], 33, 0.0, 1.0)], &[true, false], 1e-2);
     check(Op::Transpose { perm: vec![0, 2, 3, 1] }, vec![x], &[true], 1e-2);
     let (a, b) = (random(&[2, 2, 3, 4], 34, -1.0, 1.0), random(&[2, 1, 4, 5], 35, -1.0, 1.0));

@@ -57,7 +57,12 @@ fn train(yaml: &Path, project: &Path, epochs: usize) -> Command {
 }
 
 fn rows(csv: &Path) -> Vec<String> {
-    std::fs::read_to_string(csv).unwrap_or_default().lines().skip(1).map(|l| l.split(',').next().unwrap().to_string()).collect()
+    std::fs::read_to_string(csv)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect()
 }
 
 #[test]

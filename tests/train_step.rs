@@ -35,7 +35,8 @@ fn assert_grads_match(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Te
     for (name, w) in want {
         let g = &got[name];
         assert_eq!(g.shape, w.shape, "{name}");
-        let diff = g.f32s().unwrap().iter().zip(w.f32s().unwrap()).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>();
+        let diff =
+            g.f32s().unwrap().iter().zip(w.f32s().unwrap()).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>();
         let err = diff.sqrt() / (norm(w) + 1e-6 * all);
         if err > worst.0 {
             worst = (err, name.clone());
@@ -50,7 +51,8 @@ fn loss_gradients_and_bn_statistics_match_ultralytics() {
     let r = step(&p);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("yolo11p-nc2-step/report.json")).unwrap()).unwrap();
-    let want: Vec<f64> = report["loss_items_box_cls_dfl"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let want: Vec<f64> =
+        report["loss_items_box_cls_dfl"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     for (k, (&got, &want)) in r.items.iter().zip(&want).enumerate() {
         assert!(((got as f64 - want) / want).abs() < 1e-5, "loss component {k}: {got} vs {want}");
     }

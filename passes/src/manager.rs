@@ -1,6 +1,6 @@
 //! The pass manager: runs passes by name, verifies after each, prints the IR when asked.
 
-use crate::{all_passes, Pass, PassError, Result};
+use crate::{all_passes, Pass, PassContext, PassError, Result};
 use slimc_ir::{print_graph, Model};
 use std::time::{Duration, Instant};
 
@@ -43,20 +43,26 @@ impl PassManager {
         self
     }
 
-    /// Runs every pass in order, verifying the model after each one.
+    /// Runs every pass in order with default options, verifying the model after each one.
     pub fn run(&self, model: &mut Model) -> Result<Vec<PassReport>> {
+        self.run_with(model, &mut PassContext::default())
+    }
+
+    /// Runs every pass in order sharing `cx`, verifying the model after each one.
+    pub fn run_with(&self, model: &mut Model, cx: &mut PassContext) -> Result<Vec<PassReport>> {
         let mut reports = vec![];
         for pass in &self.passes {
             let before = model.graph.nodes.len();
             let t = Instant::now();
-            let changed = pass.run(model).map_err(|e| PassError::Failed { pass: pass.name(), msg: e.to_string() })?;
+            let changed =
+                pass.run_in(model, cx).map_err(|e| PassError::Failed { pass: pass.name(), msg: e.to_string() })?;
             let time = t.elapsed();
             model.check().map_err(|e| PassError::Failed {
                 pass: pass.name(),
                 msg: format!("the model no longer verifies: {e}"),
             })?;
             if self.print_after_all {
-                eprintln!("// ----- IR after {} -----\n{}", pass.name(), print_graph(&model.graph));
+                eprintln!("// ----- IR after {} -----\n{}{}", pass.name(), cx.describe(), print_graph(&model.graph));
             }
             reports.push(PassReport { name: pass.name(), changed, nodes: (before, model.graph.nodes.len()), time });
         }

@@ -1,0 +1,270 @@
+//! `group-channels`: channel-coupling analysis (union-find over (value, channel)).
+
+use crate::context::PassContext;
+use crate::Pass;
+use slimc_ir::{Graph, IrError, Model, NodeId, Op, ValueId};
+
+/// Coupled channels of an inference graph, joined into groups.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelGroups {
+    /// For each value, the group of each channel along axis 1 (None: the value's channels are
+    /// not tracked: not NCHW, or not f32).
+    pub of: Vec<Option<Vec<usize>>>,
+    /// Number of groups.
+    pub count: usize,
+    /// Per group: frozen (touches a graph input or output, a reshape, transpose, matmul, softmax,
+    /// slice or grouped conv), so it must be kept whole.
+    pub frozen: Vec<bool>,
+    /// Per group: the (batch_norm node, channel) pairs whose output is in the group.
+    pub bns: Vec<Vec<(NodeId, usize)>>,
+    /// Per group: removing it is exact (every member is a BN-zeroed channel or is read only by
+    /// the group's BNs), not frozen, and it has a BN to rank it by.
+    pub prunable: Vec<bool>,
+}
+
+struct UnionFind(Vec<usize>);
+
+impl UnionFind {
+    fn find(&mut self, mut x: usize) -> usize {
+        while self.0[x] != x {
+            self.0[x] = self.0[self.0[x]];
+            x = self.0[x];
+        }
+        x
+    }
+    fn union(&mut self, a: usize, b: usize) {
+        let (a, b) = (self.find(a), self.find(b));
+        if a != b {
+            self.0[a.max(b)] = a.min(b);
+        }
+    }
+}
+
+/// Channel count of a value whose channels are tracked (rank-4 f32 with a known axis 1).
+fn channels(g: &Graph, v: ValueId) -> Option<usize> {
+    let t = g.ty(v);
+    (t.rank() == 4 && t.dtype == slimc_ir::DType::F32).then(|| t.shape[1].fixed()).flatten()
+}
+
+fn is_depthwise(g: &Graph, n: &slimc_ir::Node) -> bool {
+    match &n.op {
+        Op::Conv2d(c) => {
+            let (cin, cout) = (channels(g, n.inputs[0]), channels(g, n.outputs[0]));
+            c.groups > 1 && cin == Some(c.groups) && cout == Some(c.groups)
+        }
+        _ => false,
+    }
+}
+
+/// Builds the channel groups of `g` by DESIGN.md's per-op rules.
+pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
+    if g.nodes.iter().any(|n| matches!(n.op, Op::BatchNormTrain { .. } | Op::DetectLoss { .. })) {
+        return Err(IrError::Invalid("channel analysis runs on inference graphs, not training programs".into()));
+    }
+    let mut base = vec![None; g.values.len()];
+    let mut total = 0;
+    for (i, _) in g.values.iter().enumerate() {
+        if let Some(c) = channels(g, ValueId(i)) {
+            base[i] = Some(total);
+            total += c;
+        }
+    }
+    let mut uf = UnionFind((0..total).collect());
+    let mut frozen_el = vec![false; total];
+    let el = |v: ValueId, c: usize| base[v.0].map(|b| b + c);
+    let freeze = |v: ValueId, frozen: &mut Vec<bool>| {
+        if let (Some(b), Some(c)) = (base[v.0], channels(g, v)) {
+            frozen[b..b + c].iter_mut().for_each(|f| *f = true);
+        }
+    };
+    let couple = |a: ValueId, b: ValueId, uf: &mut UnionFind| {
+        if let (Some(ca), Some(cb)) = (channels(g, a), channels(g, b)) {
+            if ca == cb {
+                for c in 0..ca {
+                    uf.union(el(a, c).expect("tracked"), el(b, c).expect("tracked"));
+                }
+                return true;
+            }
+        }
+        false
+    };
+    for n in &g.nodes {
+        let y = n.outputs[0];
+        match &n.op {
+            Op::Conv2d(c) => {
+                if is_depthwise(g, n) {
+                    couple(n.inputs[0], y, &mut uf);
+                } else if c.groups != 1 {
+                    freeze(n.inputs[0], &mut frozen_el);
+                    freeze(y, &mut frozen_el);
+                }
+            }
+            Op::BatchNorm { .. } | Op::Silu | Op::Sigmoid | Op::MaxPool2d { .. } | Op::UpsampleNearest { .. } => {
+                couple(n.inputs[0], y, &mut uf);
+            }
+            Op::Add | Op::Sub | Op::Mul | Op::Div => {
+                for &x in &n.inputs {
+                    let scalar_like = g.ty(x).numel() == Some(1) || g.ty(x).rank() < 2;
+                    if !couple(x, y, &mut uf) && !scalar_like {
+                        freeze(x, &mut frozen_el);
+                        freeze(y, &mut frozen_el);
+                    }
+                }
+            }
+            Op::Concat { axis } | Op::Split { axis, .. } => {
+                let (whole, parts) = if matches!(n.op, Op::Concat { .. }) {
+                    (y, n.inputs.clone())
+                } else {
+                    (n.inputs[0], n.outputs.clone())
+                };
+                if channels(g, whole).is_none() {
+                    continue;
+                }
+                if *axis == 1 {
+                    let mut off = 0;
+                    for &p in &parts {
+                        let c = channels(g, p).expect("NCHW parts of an NCHW value");
+                        for k in 0..c {
+                            uf.union(el(whole, off + k).expect("tracked"), el(p, k).expect("tracked"));
+                        }
+                        off += c;
+                    }
+                } else {
+                    for &p in &parts {
+                        couple(whole, p, &mut uf);
+                    }
+                }
+            }
+            Op::Anchors { .. } => {}
+            _ => {
+                for &v in n.inputs.iter().chain(&n.outputs) {
+                    freeze(v, &mut frozen_el);
+                }
+            }
+        }
+    }
+    for &v in g.inputs.iter().chain(&g.outputs) {
+        freeze(v, &mut frozen_el);
+    }
+    // Number the groups densely.
+    let mut id = vec![usize::MAX; total];
+    let mut count = 0;
+    for e in 0..total {
+        let r = uf.find(e);
+        if id[r] == usize::MAX {
+            id[r] = count;
+            count += 1;
+        }
+        id[e] = id[r];
+    }
+    let of: Vec<Option<Vec<usize>>> = (0..g.values.len())
+        .map(|i| base[i].map(|b| (0..channels(g, ValueId(i)).expect("tracked")).map(|c| id[b + c]).collect()))
+        .collect();
+    let mut frozen = vec![false; count];
+    for e in 0..total {
+        frozen[id[e]] |= frozen_el[e];
+    }
+    let mut bns = vec![vec![]; count];
+    for (i, n) in g.nodes.iter().enumerate() {
+        if let (Op::BatchNorm { .. }, Some(groups)) = (&n.op, &of[n.outputs[0].0]) {
+            for (c, &grp) in groups.iter().enumerate() {
+                bns[grp].push((NodeId(i), c));
+            }
+        }
+    }
+    // Exactness: a member channel that zeroed BNs do not zero must only feed those BNs.
+    let users = g.users();
+    let mut zero = vec![false; total];
+    for n in &g.nodes {
+        let y = n.outputs[0];
+        let zeroed_from = |x: ValueId, zero: &Vec<bool>| -> Vec<bool> {
+            match (channels(g, x), channels(g, y)) {
+                (Some(a), Some(b)) if a == b => (0..a).map(|c| zero[el(x, c).expect("tracked")]).collect(),
+                _ => vec![],
+            }
+        };
+        let set: Vec<(ValueId, Vec<bool>)> = match &n.op {
+            Op::BatchNorm { .. } => vec![(y, vec![true; channels(g, y).unwrap_or(0)])],
+            Op::Silu | Op::MaxPool2d { .. } | Op::UpsampleNearest { .. } => vec![(y, zeroed_from(n.inputs[0], &zero))],
+            Op::Conv2d(_) if is_depthwise(g, n) && n.inputs.len() == 2 => vec![(y, zeroed_from(n.inputs[0], &zero))],
+            Op::Add | Op::Sub => {
+                let a = zeroed_from(n.inputs[0], &zero);
+                let b = zeroed_from(n.inputs[1], &zero);
+                if a.len() == b.len() {
+                    vec![(y, a.iter().zip(&b).map(|(p, q)| *p && *q).collect())]
+                } else {
+                    vec![]
+                }
+            }
+            Op::Concat { axis: 1 } if channels(g, y).is_some() => {
+                vec![(y, n.inputs.iter().flat_map(|&x| zeroed_from_any(g, x, &zero, &base)).collect())]
+            }
+            Op::Split { axis: 1, sizes } if channels(g, n.inputs[0]).is_some() => {
+                let all = zeroed_from_any(g, n.inputs[0], &zero, &base);
+                let mut off = 0;
+                sizes
+                    .iter()
+                    .zip(&n.outputs)
+                    .map(|(&k, &o)| {
+                        off += k;
+                        (o, all[off - k..off].to_vec())
+                    })
+                    .collect()
+            }
+            _ => vec![],
+        };
+        for (v, z) in set {
+            if let Some(b) = base[v.0] {
+                for (c, &zc) in z.iter().enumerate() {
+                    zero[b + c] = zc;
+                }
+            }
+        }
+    }
+    let mut exact = vec![true; count];
+    for (i, v) in g.values.iter().enumerate() {
+        let Some(b) = base[i] else { continue };
+        let _ = v;
+        let only_bn = users[i].iter().all(|u| matches!(g.nodes[u.0].op, Op::BatchNorm { .. }));
+        for c in 0..channels(g, ValueId(i)).expect("tracked") {
+            if !zero[b + c] && !only_bn {
+                exact[id[b + c]] = false;
+            }
+        }
+    }
+    let prunable = (0..count).map(|k| !frozen[k] && exact[k] && !bns[k].is_empty()).collect();
+    Ok(ChannelGroups { of, count, frozen, bns, prunable })
+}
+
+fn zeroed_from_any(g: &Graph, x: ValueId, zero: &[bool], base: &[Option<usize>]) -> Vec<bool> {
+    match (base[x.0], channels(g, x)) {
+        (Some(b), Some(c)) => zero[b..b + c].to_vec(),
+        _ => vec![],
+    }
+}
+
+/// Joins coupled channels into groups and records them in the pass context; the IR is not
+/// changed. Rules (DESIGN.md): BN, activations, pooling, upsampling, elementwise ops and
+/// depthwise convs couple channel `c` of input and output; concat and split map offsets; a
+/// dense conv's outputs start a new space and its inputs are sinks; reshape, transpose, matmul,
+/// softmax, slice, grouped convs and graph inputs and outputs freeze. Invariant: the graph is
+/// unchanged; a group marked prunable can be removed exactly once its BNs' gamma and beta are 0.
+pub struct GroupChannels;
+
+impl Pass for GroupChannels {
+    fn name(&self) -> &'static str {
+        "group-channels"
+    }
+    fn summary(&self) -> &'static str {
+        "channel-coupling analysis: join coupled channels into prunable groups"
+    }
+    fn run(&self, model: &mut Model) -> Result<bool, IrError> {
+        self.run_in(model, &mut PassContext::default())
+    }
+    fn run_in(&self, model: &mut Model, cx: &mut PassContext) -> Result<bool, IrError> {
+        cx.groups = Some(analyze(&model.graph)?);
+        cx.selection = None;
+        cx.masks = None;
+        Ok(false)
+    }
+}

@@ -1,0 +1,180 @@
+//! `select-channels`: which channel groups to remove, by a global threshold on BN |gamma|.
+
+use crate::context::{Importance, PassContext, Policy, Selection};
+use crate::group_channels::{analyze, ChannelGroups};
+use crate::Pass;
+use slimc_ir::{Graph, IrError, Model, NodeId, Op};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The layer name of a BN node: its gamma's name without `.weight` (e.g. `model.2.cv1.bn`).
+pub fn bn_name(g: &Graph, n: NodeId) -> String {
+    let w = &g.value(g.nodes[n.0].inputs[1]).name;
+    w.strip_suffix(".weight").unwrap_or(w).to_string()
+}
+
+/// The BNs the seed recipe (YOLOv11-Prune, its §1.3) never penalises nor prunes: both BNs
+/// around every residual bottleneck (the enclosing C3k2/C3k `cv1` and the bottleneck's `cv2`),
+/// everything in attention, PSA `ffn.1`, C2PSA `cv1`, the Detect class branch's `.0.1`/`.1.1`,
+/// BNs of depthwise convs and BNs feeding a depthwise conv (the C3k2 outputs before Detect).
+/// Derived from the graph's structure and Ultralytics' module names.
+pub fn seed_unprunable(g: &Graph) -> BTreeSet<String> {
+    let bns: Vec<(NodeId, String)> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.op, Op::BatchNorm { .. } | Op::BatchNormTrain { .. }))
+        .map(|(i, _)| (NodeId(i), bn_name(g, NodeId(i))))
+        .collect();
+    let names: BTreeSet<&str> = bns.iter().map(|(_, n)| n.as_str()).collect();
+    let mut out = BTreeSet::new();
+    let detect = g.nodes.iter().find(|n| matches!(n.op, Op::Anchors { .. })).map(|n| n.scope.clone());
+    let producer_op = |v| g.producer(v).map(|p| &g.nodes[p.0]);
+    let depthwise = |n: &slimc_ir::Node| match &n.op {
+        Op::Conv2d(c) => c.groups > 1 && g.ty(n.inputs[1]).shape[1].fixed() == Some(1),
+        _ => false,
+    };
+    for n in &g.nodes {
+        // Residual bottleneck: scope S with S.cv2.bn.
+        if matches!(n.op, Op::Add) && names.contains(format!("{}.cv2.bn", n.scope).as_str()) {
+            let parent = n.scope.rsplitn(3, '.').nth(2).unwrap_or("");
+            out.insert(format!("{parent}.cv1.bn"));
+            out.insert(format!("{}.cv2.bn", n.scope));
+        }
+        if depthwise(n) {
+            // The BN after a depthwise conv, and the BN whose activation feeds it.
+            let mut x = n.inputs[0];
+            while let Some(p) = producer_op(x) {
+                if matches!(p.op, Op::BatchNorm { .. } | Op::BatchNormTrain { .. }) {
+                    out.insert(bn_name(g, g.producer(x).expect("has a producer")));
+                    break;
+                }
+                if !matches!(p.op, Op::Silu) {
+                    break;
+                }
+                x = p.inputs[0];
+            }
+        }
+    }
+    for (id, name) in &bns {
+        let x = g.nodes[id.0].inputs[0];
+        let after_dw = producer_op(x).is_some_and(depthwise);
+        let c2psa_cv1 = name
+            .strip_suffix(".cv1.bn")
+            .is_some_and(|k| names.iter().any(|m| m.starts_with(&format!("{k}.m.0.attn."))));
+        let detect_cls = detect.as_ref().is_some_and(|d| {
+            name.starts_with(&format!("{d}.cv3.")) && (name.ends_with(".0.1.bn") || name.ends_with(".1.1.bn"))
+        });
+        if after_dw || c2psa_cv1 || detect_cls || name.contains(".attn.") || name.ends_with(".ffn.1.bn") {
+            out.insert(name.clone());
+        }
+    }
+    out.retain(|n| names.contains(n.as_str()));
+    out
+}
+
+/// Chooses the groups to remove: the candidates (prunable groups; under `--policy seed` only
+/// those whose BNs the seed recipe prunes) are ranked by importance and the lowest `ratio` of
+/// them go, then every layer is raised to the floor (`min_channels`, or all it has) and rounded
+/// up to a multiple of `round_to`. Returns the selection; a ratio outside (0, 1) is an error.
+pub fn select(model: &Model, groups: &ChannelGroups, cx: &PassContext) -> Result<Selection, IrError> {
+    let g = &model.graph;
+    let o = &cx.prune;
+    if !(o.ratio > 0.0 && o.ratio < 1.0) {
+        return Err(IrError::Invalid(format!("prune ratio {} is outside (0, 1)", o.ratio)));
+    }
+    if o.round_to == 0 {
+        return Err(IrError::Invalid("--round-to must be at least 1".into()));
+    }
+    let seed = (o.policy == Policy::Seed).then(|| seed_unprunable(g));
+    let mut gammas: BTreeMap<NodeId, &[f32]> = BTreeMap::new();
+    for members in &groups.bns {
+        for &(n, _) in members {
+            if let std::collections::btree_map::Entry::Vacant(e) = gammas.entry(n) {
+                let name = &g.value(g.nodes[n.0].inputs[1]).name;
+                let t = model.tensors.get(name).ok_or_else(|| IrError::Invalid(format!("no tensor {name}")))?;
+                e.insert(t.f32s()?);
+            }
+        }
+    }
+    let candidate: Vec<bool> = (0..groups.count)
+        .map(|k| {
+            groups.prunable[k]
+                && seed.as_ref().is_none_or(|s| groups.bns[k].iter().all(|&(n, _)| !s.contains(&bn_name(g, n))))
+        })
+        .collect();
+    let importance: Vec<f32> = (0..groups.count)
+        .map(|k| {
+            let v: Vec<f32> = groups.bns[k].iter().map(|&(n, c)| gammas[&n][c].abs()).collect();
+            match o.importance {
+                Importance::Max => v.iter().copied().fold(0.0, f32::max),
+                Importance::Sum => v.iter().sum(),
+                Importance::Mean => v.iter().sum::<f32>() / v.len().max(1) as f32,
+            }
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..groups.count).filter(|&k| candidate[k]).collect();
+    order.sort_by(|&a, &b| importance[a].total_cmp(&importance[b]).then(a.cmp(&b)));
+    let n_prune = (order.len() as f64 * o.ratio).floor() as usize;
+    let mut pruned = vec![false; groups.count];
+    for &k in &order[..n_prune] {
+        pruned[k] = true;
+    }
+    let threshold = order[..n_prune].last().map_or(0.0, |&k| importance[k]);
+    // Layers: groups over the same BNs share a channel space.
+    let mut families: BTreeMap<Vec<NodeId>, Vec<usize>> = BTreeMap::new();
+    for &k in &order {
+        let mut key: Vec<NodeId> = groups.bns[k].iter().map(|&(n, _)| n).collect();
+        key.sort();
+        key.dedup();
+        families.entry(key).or_default().push(k);
+    }
+    let mut clamped = vec![];
+    for (key, members) in &families {
+        let total = members.len();
+        let kept = members.iter().filter(|&&k| !pruned[k]).count();
+        let floor = o.min_channels.min(total);
+        let want = kept.max(floor).div_ceil(o.round_to).saturating_mul(o.round_to).min(total);
+        if kept < floor {
+            let layer = bn_name(g, key[0])
+                + &if key.len() > 1 { format!(" (+{} coupled)", key.len() - 1) } else { String::new() };
+            clamped.push(format!(
+                "{layer}: ratio {} would keep {kept} of {total} channels; keeping {want} (--min-channels {})",
+                o.ratio, o.min_channels
+            ));
+        }
+        // Restore the most important removed channels first.
+        let mut removed: Vec<usize> = members.iter().copied().filter(|&k| pruned[k]).collect();
+        removed.sort_by(|&a, &b| importance[b].total_cmp(&importance[a]).then(a.cmp(&b)));
+        for &k in removed.iter().take(want - kept) {
+            pruned[k] = false;
+        }
+    }
+    Ok(Selection { pruned, threshold, clamped })
+}
+
+/// Chooses the channel groups to remove (see [`select`]) from `group-channels`'
+/// analysis (run first if absent) and the pruning options. Invariant: the graph is unchanged;
+/// no layer is left with fewer than `min(min_channels, its width)` channels, and only prunable
+/// groups are selected.
+pub struct SelectChannels;
+
+impl Pass for SelectChannels {
+    fn name(&self) -> &'static str {
+        "select-channels"
+    }
+    fn summary(&self) -> &'static str {
+        "choose channel groups to remove by a global |gamma| threshold (--ratio, --policy)"
+    }
+    fn run(&self, model: &mut Model) -> Result<bool, IrError> {
+        self.run_in(model, &mut PassContext::default())
+    }
+    fn run_in(&self, model: &mut Model, cx: &mut PassContext) -> Result<bool, IrError> {
+        if cx.groups.is_none() {
+            cx.groups = Some(analyze(&model.graph)?);
+        }
+        let groups = cx.groups.as_ref().expect("just set");
+        cx.selection = Some(select(model, groups, cx)?);
+        cx.masks = None;
+        Ok(false)
+    }
+}
