@@ -11,6 +11,7 @@ pub mod frontend;
 pub mod info;
 pub mod io;
 pub mod load;
+pub mod prune;
 pub mod train;
 pub mod val;
 pub mod verify;

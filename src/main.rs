@@ -4,12 +4,13 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, Parser, Subcommand};
 use slimc::frontend::weights::write_safetensors;
 use slimc::load::{format_of, load_model, LoadOptions, ModelFormat};
+use slimc::prune;
 use slimc::train::step;
 use slimc::train::trainer::{TrainConfig, Trainer};
 use slimc::val::validate::validate;
 use slimc::{backend::cpu, export, info, io, verify};
 use slimc_ir::{print_graph, Model, Tensor};
-use slimc_passes::{all_passes, PassManager};
+use slimc_passes::{all_passes, Importance, PassManager, Policy, PruneOptions};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -163,6 +164,38 @@ enum Cmd {
         #[arg(long)]
         dump_bn: Option<PathBuf>,
         /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prune channels by BN |gamma| (group-channels, select-channels, propagate-masks,
+    /// rewrite-widths) and print what changed per layer.
+    ///
+    /// Example: slimc prune runs/detect/sparse/weights/last.slim --ratio 0.5 --policy groups -o pruned.slim
+    Prune {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Fraction of the candidate channel groups to remove, in (0, 1).
+        #[arg(long)]
+        ratio: f64,
+        /// seed: the BNs the YOLOv11-Prune recipe prunes; groups: also residual- and concat-coupled groups.
+        #[arg(long, default_value = "groups")]
+        policy: String,
+        /// How a group's |gamma| values combine: max, sum or mean.
+        #[arg(long, default_value = "max")]
+        importance: String,
+        /// No layer keeps fewer channels than this.
+        #[arg(long, default_value_t = 8)]
+        min_channels: usize,
+        /// Kept channel counts are rounded up to a multiple of this.
+        #[arg(long, default_value_t = 8)]
+        round_to: usize,
+        /// Print the IR (and the analyses) after every pass.
+        #[arg(long)]
+        print_ir_after_all: bool,
+        /// Output .slim file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Machine-readable report.
         #[arg(long)]
         json: bool,
     },
@@ -400,6 +433,36 @@ fn run(cli: Cli) -> Result<()> {
                     x.shape[3],
                     ms
                 );
+            }
+        }
+        Cmd::Prune { m, ratio, policy, importance, min_channels, round_to, print_ir_after_all, output, json } => {
+            let model = m.load()?;
+            let opts = PruneOptions {
+                ratio,
+                policy: match policy.as_str() {
+                    "seed" => Policy::Seed,
+                    "groups" => Policy::Groups,
+                    p => bail!("--policy {p}: expected seed or groups"),
+                },
+                importance: match importance.as_str() {
+                    "max" => Importance::Max,
+                    "sum" => Importance::Sum,
+                    "mean" => Importance::Mean,
+                    i => bail!("--importance {i}: expected max, sum or mean"),
+                },
+                min_channels,
+                round_to,
+            };
+            let r = prune::prune(&model, opts, print_ir_after_all).map_err(|e| anyhow!("{}: {e:#}", m.model))?;
+            save(&r.model, &output)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r.summary)?);
+            } else {
+                for c in &r.summary.clamped {
+                    eprintln!("WARNING {c}");
+                }
+                print!("{}", r.summary.table());
+                println!("wrote {}", output.display());
             }
         }
         Cmd::Train { m, mut cfg, device, resume, project, name } => {

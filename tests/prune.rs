@@ -47,8 +47,11 @@ fn check_scale(yaml: &str, seed: u64) {
             let err = rel_err(&got[0], &want[0]);
             assert!(err < 1e-5, "{yaml} {policy:?} ratio {ratio}: rewritten graph off by {err:.2e}");
             let path = scratch("prune").join(format!("{yaml}-{policy:?}-{ratio}.onnx"));
-            std::fs::write(&path, export_onnx(&p, &ExportOptions { imgsz: Some([64, 64]), ..Default::default() }).unwrap())
-                .unwrap();
+            std::fs::write(
+                &path,
+                export_onnx(&p, &ExportOptions { imgsz: Some([64, 64]), ..Default::default() }).unwrap(),
+            )
+            .unwrap();
             let rows = slimc::verify::verify_onnx(&path, &x, &got, 1e-4).unwrap();
             assert!(rows.iter().all(|r| r.ok), "{yaml} {policy:?} {ratio}: {rows:?}");
         }
