@@ -5,6 +5,7 @@
 //! that is checked against the IR with tract and onnxruntime ([`verify`]).
 
 pub mod backend;
+pub mod bn_hist;
 pub mod data;
 pub mod export;
 pub mod frontend;

@@ -167,6 +167,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Plot the BN |gamma| distribution of one model, or of two overlaid (before and after
+    /// sparse training), plus a per-layer grid (<output stem>_layers.png).
+    ///
+    /// Example: slimc bn-hist runs/detect/train/weights/last.slim runs/detect/sparse/weights/last.slim -o gamma.png
+    BnHist {
+        /// Model (.slim or YAML).
+        model: String,
+        /// A second model to overlay (same architecture).
+        model2: Option<String>,
+        /// Output image (.png or .svg).
+        #[arg(short, long, default_value = "gamma.png")]
+        output: PathBuf,
+        /// Which BNs: all, or seed (those the seed recipe penalises).
+        #[arg(long, default_value = "all")]
+        scope: String,
+        /// Print the numbers as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prune channels by BN |gamma| (group-channels, select-channels, propagate-masks,
     /// rewrite-widths) and print what changed per layer.
     ///
@@ -433,6 +452,29 @@ fn run(cli: Cli) -> Result<()> {
                     x.shape[3],
                     ms
                 );
+            }
+        }
+        Cmd::BnHist { model, model2, output, scope, json } => {
+            let mut models = vec![(model.clone(), load_model(&model, &LoadOptions::default())?)];
+            if let Some(m2) = model2 {
+                models.push((m2.clone(), load_model(&m2, &LoadOptions::default())?));
+            }
+            let (stats, grid) = slimc::bn_hist::bn_hist(&models, &scope, &output)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                for s in &stats {
+                    println!(
+                        "{}: {} gammas, {:.1}% below 1e-2, |gamma| p10 {:.4} p50 {:.4} p90 {:.4}",
+                        s.model,
+                        s.count,
+                        s.share_below_1e_2 * 100.0,
+                        s.quantiles[0],
+                        s.quantiles[1],
+                        s.quantiles[2]
+                    );
+                }
+                println!("wrote {} and {}", output.display(), grid.display());
             }
         }
         Cmd::Prune { m, ratio, policy, importance, min_channels, round_to, print_ir_after_all, output, json } => {

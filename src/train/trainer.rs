@@ -75,6 +75,13 @@ pub struct TrainConfig {
     /// Network slimming: L1 rate on BN gammas, applied once per optimizer step (0: off).
     #[arg(long, default_value_t = 0.0)]
     pub sr: f32,
+    /// Which BN gammas the L1 term (and the sparsity share) covers: all, or seed (those the
+    /// YOLOv11-Prune recipe penalises).
+    #[arg(long, default_value = "all")]
+    pub sr_scope: String,
+    /// Decay the L1 rate linearly from sr to 0.1·sr over the epochs (the seed recipe's schedule).
+    #[arg(long)]
+    pub sr_decay: bool,
     /// Run folder (from --project and --name).
     #[arg(skip)]
     pub save_dir: PathBuf,
@@ -94,7 +101,7 @@ struct RunState {
 }
 
 /// The columns of results.csv (Ultralytics' names).
-pub const RESULT_COLUMNS: [&str; 15] = [
+pub const RESULT_COLUMNS: [&str; 16] = [
     "epoch",
     "time",
     "train/box_loss",
@@ -110,6 +117,7 @@ pub const RESULT_COLUMNS: [&str; 15] = [
     "lr/pg0",
     "lr/pg1",
     "lr/pg2",
+    "sparsity/gamma<1e-2",
 ];
 
 fn pack_state(state: &RunState, model: &BTreeMap<String, Tensor>, opt: &BTreeMap<String, Vec<f32>>) -> Result<Vec<u8>> {
@@ -152,6 +160,8 @@ fn unpack_state(bytes: &[u8]) -> Result<Unpacked> {
 pub struct Trainer {
     cfg: TrainConfig,
     names: Vec<String>,
+    /// The BN gammas under the L1 term and the sparsity share.
+    sr_gammas: Vec<String>,
     program: Program,
     /// The inference model whose tensors the EMA replaces for validation and saving.
     model: Model,
@@ -197,11 +207,20 @@ impl Trainer {
             "optimizer: {:?}(lr={}, momentum={}) with parameter groups (no decay: biases, BN gammas; decay {decay}: weights); {nb} batches per epoch",
             choice.rule, choice.lr, choice.momentum
         );
+        let sr_gammas = match cfg.sr_scope.as_str() {
+            "all" => program.gammas.clone(),
+            "seed" => {
+                let keep = slimc_passes::seed_unprunable(&model.graph);
+                program.gammas.iter().filter(|g| !keep.contains(g.trim_end_matches(".weight"))).cloned().collect()
+            }
+            s => bail!("--sr-scope {s}: expected all or seed"),
+        };
         let ema_names: Vec<String> = program.params.iter().chain(&program.buffers).cloned().collect();
         let ema =
             Ema { tensors: ema_names.iter().map(|n| (n.clone(), model.tensors[n].clone())).collect(), updates: 0 };
         Ok(Trainer {
             names: spec.names,
+            sr_gammas,
             model,
             program,
             ema,
@@ -247,6 +266,17 @@ impl Trainer {
         }
         eprintln!("resuming {} from epoch {} of {}", t.cfg.save_dir.display(), t.start_epoch + 1, t.cfg.epochs);
         Ok(t)
+    }
+
+    /// The share of the selected BN gammas (raw weights) with |gamma| below `t`.
+    fn gamma_share_below(&self, t: f32) -> Result<f64> {
+        let (mut below, mut all) = (0usize, 0usize);
+        for g in &self.sr_gammas {
+            let v = self.program.model.tensors[g].f32s()?;
+            below += v.iter().filter(|x| x.abs() < t).count();
+            all += v.len();
+        }
+        Ok(below as f64 / all.max(1) as f64)
     }
 
     /// The EMA weights in the inference model, ready to validate or save.
@@ -340,7 +370,9 @@ impl Trainer {
                 if ni - self.last_opt_step >= accumulate as i64 {
                     let mut g = grads.take().expect("accumulated");
                     if cfg.sr > 0.0 {
-                        self.program.add_sparsity(&mut g, &self.program.gammas, cfg.sr)?;
+                        let sr =
+                            if cfg.sr_decay { cfg.sr * (1.0 - 0.9 * epoch as f32 / cfg.epochs as f32) } else { cfg.sr };
+                        self.program.add_sparsity(&mut g, &self.sr_gammas, sr)?;
                     }
                     clip_grad_norm(&mut g, 10.0)?;
                     self.opt.step(&mut self.program.model.tensors, &g, &mut self.opt_state, &self.program.gammas)?;
@@ -360,8 +392,9 @@ impl Trainer {
             let v = validate(&ema_model, &self.val, cfg.batch * 2, nc, false, true)?;
             let m = &v.metrics;
             let fitness = m.map;
+            let sparse = self.gamma_share_below(1e-2)?;
             eprintln!(
-                "epoch {}/{}: box {:.4} cls {:.4} dfl {:.4} | P {:.3} R {:.3} mAP50 {:.3} mAP50-95 {:.3} | {:.1} img/s",
+                "epoch {}/{}: box {:.4} cls {:.4} dfl {:.4} | P {:.3} R {:.3} mAP50 {:.3} mAP50-95 {:.3} | gamma<1e-2 {:.1}% | {:.1} img/s",
                 epoch + 1,
                 cfg.epochs,
                 mean[0],
@@ -371,6 +404,7 @@ impl Trainer {
                 m.mr,
                 m.map50,
                 m.map,
+                sparse * 100.0,
                 seen as f64 / train_secs
             );
             let lrs = self.opt.lr;
@@ -390,6 +424,7 @@ impl Trainer {
                 lrs[0],
                 lrs[1],
                 lrs[2],
+                sparse,
             ];
             self.results.push(row.iter().map(|x| format!("{x:.6}")).collect::<Vec<_>>().join(","));
             let improved = fitness >= self.best_fitness;
