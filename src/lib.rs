@@ -12,6 +12,7 @@ pub mod frontend;
 pub mod info;
 pub mod io;
 pub mod load;
+pub mod pipeline;
 pub mod prune;
 pub mod train;
 pub mod val;

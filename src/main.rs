@@ -4,6 +4,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, Parser, Subcommand};
 use slimc::frontend::weights::write_safetensors;
 use slimc::load::{format_of, load_model, LoadOptions, ModelFormat};
+use slimc::pipeline::{run_pipeline, PipelineConfig};
 use slimc::prune;
 use slimc::train::step;
 use slimc::train::trainer::{TrainConfig, Trainer};
@@ -240,6 +241,57 @@ enum Cmd {
         /// Run name (a number is appended if it exists).
         #[arg(long, default_value = "train")]
         name: String,
+    },
+    /// The whole slimming pipeline: train, sparse train, bn-hist, prune, fine-tune, val, export,
+    /// verify; every artefact and summary.md / summary.json in one run folder.
+    ///
+    /// Example: slimc pipeline --model yolo11n.yaml --data datasets/trees/trees.yaml --epochs 60 --sr 1e-2 --ratio 0.5
+    Pipeline {
+        /// Model to start from (YAML, or .slim).
+        #[arg(long, default_value = "yolo11n.yaml")]
+        model: String,
+        /// Dataset YAML.
+        #[arg(long, default_value = "datasets/trees/trees.yaml")]
+        data: PathBuf,
+        /// Image size.
+        #[arg(long, default_value_t = 320)]
+        imgsz: usize,
+        /// Batch size.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Epochs of the first training stage.
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        /// Epochs of sparse training (default: --epochs).
+        #[arg(long)]
+        sparse_epochs: Option<usize>,
+        /// Epochs of fine-tuning (default: --epochs).
+        #[arg(long)]
+        finetune_epochs: Option<usize>,
+        /// L1 rate on BN gammas during sparse training.
+        #[arg(long, default_value_t = 1e-2)]
+        sr: f32,
+        /// all or seed.
+        #[arg(long, default_value = "all")]
+        sr_scope: String,
+        /// Prune ratio in (0, 1).
+        #[arg(long, default_value_t = 0.5)]
+        ratio: f64,
+        /// seed or groups.
+        #[arg(long, default_value = "groups")]
+        policy: String,
+        /// Start from this trained .slim instead of the first training stage.
+        #[arg(long)]
+        trained: Option<PathBuf>,
+        /// Parent folder of runs.
+        #[arg(long, default_value = "runs/pipeline")]
+        project: PathBuf,
+        /// Run name (a number is appended if it exists).
+        #[arg(long, default_value = "run")]
+        name: String,
+        /// Seed of initialisation, shuffling and augmentation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Validate a model on a dataset's val split and print Ultralytics' table.
     ///
@@ -517,13 +569,11 @@ fn run(cli: Cli) -> Result<()> {
                 Trainer::resume(Path::new(&m.model))?.run()?;
                 return Ok(());
             }
-            if cfg.data.as_os_str().is_empty() {
-                bail!("--data is required (a dataset YAML), unless --resume");
-            }
+            let Some(data) = cfg.data.clone() else { bail!("--data is required (a dataset YAML), unless --resume") };
             if cfg.batch == 0 || cfg.epochs == 0 {
                 bail!("--batch and --epochs must be at least 1");
             }
-            let spec = slimc::data::dataset::load_dataset_spec(&cfg.data)?;
+            let spec = slimc::data::dataset::load_dataset_spec(&data)?;
             cfg.imgsz = m.imgsz.map(|s| s[0].max(s[1])).unwrap_or(640).div_ceil(32) * 32;
             cfg.seed = m.seed;
             let nc = spec.names.len();
@@ -543,6 +593,53 @@ fn run(cli: Cli) -> Result<()> {
             cfg.save_dir = increment_dir(&project, &name);
             std::fs::create_dir_all(&cfg.save_dir)?;
             Trainer::new(model, cfg)?.run()?;
+        }
+        Cmd::Pipeline {
+            model,
+            data,
+            imgsz,
+            batch,
+            epochs,
+            sparse_epochs,
+            finetune_epochs,
+            sr,
+            sr_scope,
+            ratio,
+            policy,
+            trained,
+            project,
+            name,
+            seed,
+        } => {
+            let spec = slimc::data::dataset::load_dataset_spec(&data)?;
+            let imgsz = imgsz.div_ceil(32) * 32;
+            let nc = spec.names.len();
+            let opts = LoadOptions { nc: Some(nc), imgsz: Some([imgsz, imgsz]), seed, ..Default::default() };
+            let mut m = match format_of(&model)? {
+                ModelFormat::Yaml => load_model(&model, &opts)?,
+                _ => load_model(&model, &LoadOptions::default())?,
+            };
+            m.meta.names = spec.names.clone();
+            let train =
+                TrainConfig { data: Some(data), epochs, imgsz, batch, seed, sr, sr_scope, ..TrainConfig::default() };
+            let policy = match policy.as_str() {
+                "seed" => Policy::Seed,
+                "groups" => Policy::Groups,
+                p => bail!("--policy {p}: expected seed or groups"),
+            };
+            let cfg = PipelineConfig {
+                train,
+                sparse_epochs: sparse_epochs.unwrap_or(epochs),
+                finetune_epochs: finetune_epochs.unwrap_or(epochs),
+                prune: PruneOptions { ratio, policy, ..Default::default() },
+                trained,
+                dir: increment_dir(&project, &name),
+            };
+            if !(ratio > 0.0 && ratio < 1.0) {
+                bail!("--ratio {ratio} is outside (0, 1)");
+            }
+            run_pipeline(m, &cfg)?;
+            print!("{}", std::fs::read_to_string(cfg.dir.join("summary.md"))?);
         }
         Cmd::Val { m, data, batch, save_json, json } => {
             let spec = slimc::data::dataset::load_dataset_spec(&data)?;

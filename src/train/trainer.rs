@@ -21,9 +21,9 @@ use std::sync::Arc;
 /// command-line options of `slimc train`, with Ultralytics' names and defaults.
 #[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
 pub struct TrainConfig {
-    /// Dataset YAML (path, train, val, names).
-    #[arg(long, default_value = "")]
-    pub data: PathBuf,
+    /// Dataset YAML (path, train, val, names); required unless resuming.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Epochs.
     #[arg(long, default_value_t = 100)]
     pub epochs: usize,
@@ -85,6 +85,18 @@ pub struct TrainConfig {
     /// Run folder (from --project and --name).
     #[arg(skip)]
     pub save_dir: PathBuf,
+}
+
+impl Default for TrainConfig {
+    /// The command line's defaults.
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            c: TrainConfig,
+        }
+        <Defaults as clap::Parser>::parse_from(["slimc"]).c
+    }
 }
 
 /// State written into `last.slim` after every epoch.
@@ -179,7 +191,8 @@ pub struct Trainer {
 impl Trainer {
     /// Prepares a run of `model` (built with the dataset's class count) under `cfg`.
     pub fn new(model: Model, cfg: TrainConfig) -> Result<Trainer> {
-        let spec = load_dataset_spec(&cfg.data)?;
+        let data = cfg.data.as_ref().ok_or_else(|| anyhow!("--data is required (a dataset YAML)"))?;
+        let spec = load_dataset_spec(data)?;
         let nc = spec.names.len();
         let (train, rep) = scan(&spec.train, nc, "train")?;
         for w in &rep.warnings {

@@ -1,0 +1,235 @@
+//! `slimc pipeline`: train → sparse train → bn-hist → prune → fine-tune → val → export →
+//! verify, every artefact in one run folder with summary.md and summary.json.
+
+use crate::backend::cpu;
+use crate::bn_hist::bn_hist;
+use crate::data::dataset::{load_dataset_spec, scan};
+use crate::data::loader::Split;
+use crate::export::{export_onnx, ExportOptions};
+use crate::info::model_info;
+use crate::prune::prune;
+use crate::train::trainer::{TrainConfig, Trainer};
+use crate::val::validate::validate;
+use crate::verify::{verify_onnx, OrtSession};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use slimc_ir::{Model, Tensor};
+use slimc_passes::PruneOptions;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The pipeline's settings.
+pub struct PipelineConfig {
+    /// Training settings shared by the three training stages (epochs is the first stage's).
+    pub train: TrainConfig,
+    /// Epochs of sparse training.
+    pub sparse_epochs: usize,
+    /// Epochs of fine-tuning.
+    pub finetune_epochs: usize,
+    /// Pruning options.
+    pub prune: PruneOptions,
+    /// A trained model to start from instead of the first training stage.
+    pub trained: Option<PathBuf>,
+    /// The run folder.
+    pub dir: PathBuf,
+}
+
+/// One row of the summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageRow {
+    /// Stage name.
+    pub stage: String,
+    /// Model file.
+    pub model: String,
+    /// Parameters.
+    pub parameters: usize,
+    /// GFLOPs at the training size.
+    pub gflops: f64,
+    /// onnxruntime CPU latency of the exported file, batch 1, ms (median of 30).
+    pub ort_ms: f64,
+    /// Validation mAP50.
+    pub map50: f64,
+    /// Validation mAP50-95.
+    pub map50_95: f64,
+    /// Share of BN |gamma| below 1e-2.
+    pub gamma_below_1e_2: f64,
+}
+
+/// The pipeline's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// One row per stage.
+    pub stages: Vec<StageRow>,
+    /// Largest error of tract and onnxruntime against the interpreter on the final export.
+    pub verify_max_rel: f32,
+    /// Layers the floor kept wider than the ratio asked.
+    pub clamped: Vec<String>,
+    /// Wall time of the whole pipeline, s.
+    pub seconds: f64,
+}
+
+fn stage_dir(cfg: &PipelineConfig, name: &str, epochs: usize, sr: f32) -> TrainConfig {
+    let mut t = cfg.train.clone();
+    t.epochs = epochs;
+    t.sr = sr;
+    t.save_dir = cfg.dir.join(name);
+    t
+}
+
+fn train_stage(model: Model, t: TrainConfig) -> Result<Model> {
+    let best = t.save_dir.join("weights/best.slim");
+    std::fs::create_dir_all(&t.save_dir)?;
+    Trainer::new(model, t)?.run()?;
+    let mut m = Model::load(&best)?;
+    m.training_state.clear();
+    Ok(m)
+}
+
+/// Median onnxruntime latency (ms) of `onnx` on a grey image of `imgsz`.
+fn ort_latency(onnx: &Path, imgsz: usize) -> Result<f64> {
+    let x = Tensor::full(&[1, 3, imgsz, imgsz], 0.5);
+    let mut s = OrtSession::new(onnx)?;
+    for _ in 0..3 {
+        s.run(&x)?;
+    }
+    let mut t: Vec<f64> = (0..30)
+        .map(|_| {
+            let t0 = Instant::now();
+            s.run(&x).map(|_| t0.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// Runs the whole pipeline on `model` (built with the dataset's classes).
+pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
+    let t0 = Instant::now();
+    std::fs::create_dir_all(&cfg.dir).with_context(|| format!("{}", cfg.dir.display()))?;
+    let imgsz = cfg.train.imgsz;
+    let spec = load_dataset_spec(cfg.train.data.as_deref().ok_or_else(|| anyhow::anyhow!("no dataset"))?)?;
+    let nc = spec.names.len();
+    let (samples, _) = scan(&spec.val, nc, "val")?;
+    let val = Split::new(samples, imgsz, true)?;
+    let mut rows = vec![];
+    let mut row = |stage: &str, path: &Path, m: &Model| -> Result<()> {
+        let info = model_info(m, Some([imgsz, imgsz]))?;
+        let v = validate(m, &val, 16, nc, false, false)?;
+        let onnx = path.with_extension("onnx");
+        slimc_ir::write_atomic(
+            &onnx,
+            &export_onnx(m, &ExportOptions { imgsz: Some([imgsz, imgsz]), ..Default::default() })?,
+        )?;
+        let g = crate::bn_hist::gammas(m, "all")?;
+        let all: Vec<f32> = g.into_iter().flat_map(|l| l.1).collect();
+        rows.push(StageRow {
+            stage: stage.to_string(),
+            model: path.display().to_string(),
+            parameters: info.parameters,
+            gflops: info.gflops,
+            ort_ms: ort_latency(&onnx, imgsz)?,
+            map50: v.metrics.map50,
+            map50_95: v.metrics.map,
+            gamma_below_1e_2: all.iter().filter(|x| **x < 1e-2).count() as f64 / all.len().max(1) as f64,
+        });
+        eprintln!("pipeline: {stage}: mAP50 {:.3}, {} parameters", v.metrics.map50, info.parameters);
+        Ok(())
+    };
+    let save = |m: &Model, name: &str| -> Result<PathBuf> {
+        let p = cfg.dir.join(name);
+        m.save(&p)?;
+        Ok(p)
+    };
+    // 1. Train (or start from a trained model).
+    let trained = match &cfg.trained {
+        Some(p) => {
+            let mut m = Model::load(p)?;
+            m.training_state.clear();
+            m
+        }
+        None => train_stage(model, stage_dir(cfg, "1-train", cfg.train.epochs, 0.0))?,
+    };
+    row("train", &save(&trained, "trained.slim")?, &trained)?;
+    // 2. Sparse training.
+    let sparse = train_stage(trained.clone(), stage_dir(cfg, "2-sparse", cfg.sparse_epochs, cfg.train.sr))?;
+    row("sparse", &save(&sparse, "sparse.slim")?, &sparse)?;
+    // 3. The gamma distribution before and after.
+    let (hist, _) = bn_hist(
+        &[("trained".to_string(), trained), ("sparse".to_string(), sparse.clone())],
+        &cfg.train.sr_scope,
+        &cfg.dir.join("gamma.png"),
+    )?;
+    slimc_ir::write_atomic(&cfg.dir.join("gamma.json"), serde_json::to_string_pretty(&hist)?.as_bytes())?;
+    // 4. Prune.
+    let pruned = prune(&sparse, cfg.prune.clone(), false)?;
+    std::fs::write(cfg.dir.join("prune.txt"), pruned.summary.table())?;
+    row("pruned", &save(&pruned.model, "pruned.slim")?, &pruned.model)?;
+    // 5. Fine-tune the narrower graph.
+    let tuned = train_stage(pruned.model, stage_dir(cfg, "3-finetune", cfg.finetune_epochs, 0.0))?;
+    let final_path = save(&tuned, "final.slim")?;
+    row("fine-tuned", &final_path, &tuned)?;
+    // 6. Verify the final export.
+    let x = Tensor::full(&[1, 3, imgsz, imgsz], 0.5);
+    let want = cpu::run(&tuned, std::slice::from_ref(&x))?;
+    let checks = verify_onnx(&final_path.with_extension("onnx"), &x, &want, 1e-4)?;
+    let summary = Summary {
+        stages: rows,
+        verify_max_rel: checks.iter().map(|c| c.max_rel).fold(0.0, f32::max),
+        clamped: pruned.summary.clamped,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    slimc_ir::write_atomic(&cfg.dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    slimc_ir::write_atomic(&cfg.dir.join("summary.md"), summary.markdown(cfg).as_bytes())?;
+    if checks.iter().any(|c| !c.ok) {
+        anyhow::bail!("the final ONNX export differs from the interpreter beyond 1e-4: {checks:?}");
+    }
+    Ok(summary)
+}
+
+impl Summary {
+    /// summary.md.
+    pub fn markdown(&self, cfg: &PipelineConfig) -> String {
+        let mut s = format!(
+            "# slimc pipeline\n\nData `{}`, imgsz {}, batch {}; epochs: train {}, sparse {} (sr {}, scope {}), fine-tune {}; prune ratio {} ({:?} policy, {:?} importance).\n\n",
+            cfg.train.data.as_deref().unwrap_or(Path::new("?")).display(),
+            cfg.train.imgsz,
+            cfg.train.batch,
+            if cfg.trained.is_some() { "given".to_string() } else { cfg.train.epochs.to_string() },
+            cfg.sparse_epochs,
+            cfg.train.sr,
+            cfg.train.sr_scope,
+            cfg.finetune_epochs,
+            cfg.prune.ratio,
+            cfg.prune.policy,
+            cfg.prune.importance
+        );
+        s += "| stage | parameters | GFLOPs | onnxruntime ms | mAP50 | mAP50-95 | gamma < 1e-2 |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+        for r in &self.stages {
+            s += &format!(
+                "| {} | {} | {:.2} | {:.2} | {:.3} | {:.3} | {:.1}% |\n",
+                r.stage,
+                r.parameters,
+                r.gflops,
+                r.ort_ms,
+                r.map50,
+                r.map50_95,
+                r.gamma_below_1e_2 * 100.0
+            );
+        }
+        if let (Some(a), Some(b)) = (self.stages.first(), self.stages.last()) {
+            s += &format!(
+                "\nParameters {:+.1}%, GFLOPs {:+.1}%, onnxruntime latency {:+.1}%, mAP50 {:+.3} (final vs trained).\n",
+                (b.parameters as f64 / a.parameters as f64 - 1.0) * 100.0,
+                (b.gflops / a.gflops - 1.0) * 100.0,
+                (b.ort_ms / a.ort_ms - 1.0) * 100.0,
+                b.map50 - a.map50
+            );
+        }
+        s += &format!("Final export verified with tract and onnxruntime: max rel error {:.2e}.\n", self.verify_max_rel);
+        for c in &self.clamped {
+            s += &format!("- clamped: {c}\n");
+        }
+        s += &format!("\nTotal time {:.1} min. Files: gamma.png, gamma_layers.png, prune.txt, */results.csv, */results.png, *.slim, *.onnx.\n", self.seconds / 60.0);
+        s
+    }
+}
