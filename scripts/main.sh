@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
-# slimc's main job on a fresh machine: installs what it needs, builds slimc, then lowers
-# YOLO11n (nc 1, the bundled dataset's one class) to IR, shows its summary, exports ONNX and
-# verifies the export with tract and onnxruntime. Artefacts go to runs/main/.
+# slimc's main job on a fresh machine: installs what it needs, builds slimc, then runs the whole
+# slimming pipeline on the bundled trees dataset (YOLO11n, nc 1, imgsz 320): train, sparse
+# train (sr 1e-2), bn-hist, prune (ratio 0.5, policy groups), fine-tune, val, export, verify.
+# Every artefact and summary.md / summary.json go to runs/main/pipeline/. Pass extra options
+# through, e.g. `./run main --epochs 60`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 cargo build --release --quiet
-slimc=target/release/slimc
-out=runs/main
-mkdir -p "$out"
-$slimc info yolo11n.yaml --nc 1 --imgsz 320
-$slimc import yolo11n.yaml --nc 1 --imgsz 320 -o "$out/yolo11n.slim"
-$slimc dump "$out/yolo11n.slim" > "$out/yolo11n.slimir"
-$slimc export "$out/yolo11n.slim" -o "$out/yolo11n.onnx"
-$slimc verify "$out/yolo11n.onnx" --against "$out/yolo11n.slim"
-echo "artefacts in $out/: yolo11n.slim, yolo11n.slimir (IR text), yolo11n.onnx"
+rm -rf runs/main/pipeline
+target/release/slimc pipeline --model yolo11n.yaml --data datasets/trees/trees.yaml --imgsz 320 --batch 8 \
+  --epochs 10 --sr 1e-2 --ratio 0.5 --policy groups --project runs/main --name pipeline "$@"
+echo "artefacts in runs/main/pipeline/ (summary.md, gamma.png, prune.txt, */results.png, *.slim, *.onnx)"

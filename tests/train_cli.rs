@@ -147,3 +147,34 @@ fn killed_run_resumes_from_its_last_completed_epoch() {
     assert!(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&json).unwrap()).unwrap().is_array());
     assert!(run.join("results.png").exists());
 }
+
+#[test]
+fn pipeline_writes_every_stage_and_a_verified_narrower_export() {
+    let d = scratch("pipeline");
+    let yaml = dataset(&d, 4);
+    let out = slimc()
+        .args(["pipeline", "--imgsz", "64", "--batch", "2", "--epochs", "1", "--ratio", "0.5", "--name", "p"])
+        .arg("--data")
+        .arg(&yaml)
+        .arg("--project")
+        .arg(d.join("runs"))
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let dir = d.join("runs/p");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let stages = s["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|r| r["stage"].as_str().unwrap()).collect();
+    assert_eq!(names, ["train", "sparse", "pruned", "fine-tuned"]);
+    let params = |i: usize| stages[i]["parameters"].as_u64().unwrap();
+    assert!(params(2) < params(1) && params(3) == params(2), "{stages:?}");
+    assert!(s["verify_max_rel"].as_f64().unwrap() < 1e-4);
+    for f in ["summary.md", "gamma.png", "gamma_layers.png", "prune.txt", "final.onnx", "2-sparse/results.csv"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    // The sparse stage logs the share of small gammas.
+    let csv = std::fs::read_to_string(dir.join("2-sparse/results.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with("sparsity/gamma<1e-2"));
+}
