@@ -406,20 +406,6 @@ impl Trainer {
             let m = &v.metrics;
             let fitness = m.map;
             let sparse = self.gamma_share_below(1e-2)?;
-            eprintln!(
-                "epoch {}/{}: box {:.4} cls {:.4} dfl {:.4} | P {:.3} R {:.3} mAP50 {:.3} mAP50-95 {:.3} | gamma<1e-2 {:.1}% | {:.1} img/s",
-                epoch + 1,
-                cfg.epochs,
-                mean[0],
-                mean[1],
-                mean[2],
-                m.mp,
-                m.mr,
-                m.map50,
-                m.map,
-                sparse * 100.0,
-                seen as f64 / train_secs
-            );
             let lrs = self.opt.lr;
             let row = [
                 (epoch + 1) as f64,
@@ -439,6 +425,20 @@ impl Trainer {
                 lrs[2],
                 sparse,
             ];
+            eprintln!(
+                "epoch {}/{}: box {:.4} cls {:.4} dfl {:.4} | P {:.3} R {:.3} mAP50 {:.3} mAP50-95 {:.3} | gamma<1e-2 {:.1}% | {:.1} img/s",
+                epoch + 1,
+                cfg.epochs,
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                row[8],
+                sparse * 100.0,
+                seen as f64 / train_secs
+            );
             self.results.push(row.iter().map(|x| format!("{x:.6}")).collect::<Vec<_>>().join(","));
             let improved = fitness >= self.best_fitness;
             if improved {
