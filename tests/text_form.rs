@@ -16,13 +16,11 @@ fn dump_parse_dump_is_identity_for_all_scales() {
     }
 }
 
-#[test]
-fn golden_yolo11n_dump() {
-    let m = common::yaml_model("yolo11n.yaml", None, 640);
-    let text = print_graph(&m.graph);
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/yolo11n.slimir");
+/// Compares `text` with tests/golden/`name` (SLIMC_BLESS=1 rewrites it).
+fn check_golden(name: &str, text: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
     if std::env::var("SLIMC_BLESS").as_deref() == Ok("1") {
-        std::fs::write(&path, &text).unwrap();
+        std::fs::write(&path, text).unwrap();
     }
     let golden = std::fs::read_to_string(&path).expect("golden file (run with SLIMC_BLESS=1 to create it)");
     if golden != text {
@@ -31,11 +29,31 @@ fn golden_yolo11n_dump() {
             .zip(text.lines())
             .position(|(a, b)| a != b)
             .unwrap_or(golden.lines().count().min(text.lines().count()));
-        panic!(
-            "yolo11n IR differs from tests/golden/yolo11n.slimir at line {}; review and re-bless with SLIMC_BLESS=1",
-            line + 1
-        );
+        panic!("IR differs from tests/golden/{name} at line {}; review and re-bless with SLIMC_BLESS=1", line + 1);
     }
+}
+
+#[test]
+fn golden_yolo11n_dump() {
+    let m = common::yaml_model("yolo11n.yaml", None, 640);
+    check_golden("yolo11n.slimir", &print_graph(&m.graph));
+}
+
+/// The pruning passes on yolo11n (seeded BN state, ratio 0.5, policy groups): the analysis
+/// summary and the narrowed IR.
+#[test]
+fn golden_yolo11n_pruned() {
+    let mut m = common::yaml_model("yolo11n.yaml", Some(1), 320);
+    common::randomize_bn(&mut m, 3);
+    let mut cx = slimc_passes::PassContext {
+        prune: slimc_passes::PruneOptions { ratio: 0.5, ..Default::default() },
+        ..Default::default()
+    };
+    let pm = slimc_passes::PassManager::parse("group-channels,select-channels,propagate-masks").unwrap();
+    pm.run_with(&mut m, &mut cx).unwrap();
+    let analysis = cx.describe();
+    slimc_passes::PassManager::parse("rewrite-widths").unwrap().run_with(&mut m, &mut cx).unwrap();
+    check_golden("yolo11n-pruned.slimir", &(analysis + &cx.describe() + &print_graph(&m.graph)));
 }
 
 #[test]

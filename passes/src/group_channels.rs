@@ -222,9 +222,8 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
         }
     }
     let mut exact = vec![true; count];
-    for (i, v) in g.values.iter().enumerate() {
+    for i in 0..g.values.len() {
         let Some(b) = base[i] else { continue };
-        let _ = v;
         let only_bn = users[i].iter().all(|u| matches!(g.nodes[u.0].op, Op::BatchNorm { .. }));
         for c in 0..channels(g, ValueId(i)).expect("tracked") {
             if !zero[b + c] && !only_bn {
