@@ -283,6 +283,16 @@ enum Cmd {
         /// Start from this trained .slim instead of the first training stage.
         #[arg(long)]
         trained: Option<PathBuf>,
+        /// Optimizer of every training stage: auto, SGD or AdamW.
+        #[arg(long, default_value = "auto")]
+        optimizer: String,
+        /// Initial learning rate (SGD/AdamW; auto picks its own).
+        #[arg(long, default_value_t = 0.01)]
+        lr0: f64,
+        /// Nominal batch: gradients accumulate to it (a smaller one means more optimizer steps,
+        /// which sparse training on a small dataset needs to move gammas).
+        #[arg(long, default_value_t = 64)]
+        nbs: usize,
         /// Parent folder of runs.
         #[arg(long, default_value = "runs/pipeline")]
         project: PathBuf,
@@ -607,6 +617,9 @@ fn run(cli: Cli) -> Result<()> {
             ratio,
             policy,
             trained,
+            optimizer,
+            lr0,
+            nbs,
             project,
             name,
             seed,
@@ -620,8 +633,19 @@ fn run(cli: Cli) -> Result<()> {
                 _ => load_model(&model, &LoadOptions::default())?,
             };
             m.meta.names = spec.names.clone();
-            let train =
-                TrainConfig { data: Some(data), epochs, imgsz, batch, seed, sr, sr_scope, ..TrainConfig::default() };
+            let train = TrainConfig {
+                data: Some(data),
+                epochs,
+                imgsz,
+                batch,
+                seed,
+                sr,
+                sr_scope,
+                optimizer,
+                lr0,
+                nbs,
+                ..TrainConfig::default()
+            };
             let policy = match policy.as_str() {
                 "seed" => Policy::Seed,
                 "groups" => Policy::Groups,

@@ -190,10 +190,12 @@ impl Summary {
     /// summary.md.
     pub fn markdown(&self, cfg: &PipelineConfig) -> String {
         let mut s = format!(
-            "# slimc pipeline\n\nData `{}`, imgsz {}, batch {}; epochs: train {}, sparse {} (sr {}, scope {}), fine-tune {}; prune ratio {} ({:?} policy, {:?} importance).\n\n",
+            "# slimc pipeline\n\nData `{}`, imgsz {}, batch {} (nominal {}, optimizer {}); epochs: train {}, sparse {} (sr {}, scope {}), fine-tune {}; prune ratio {} ({:?} policy, {:?} importance).\n\n",
             cfg.train.data.as_deref().unwrap_or(Path::new("?")).display(),
             cfg.train.imgsz,
             cfg.train.batch,
+            cfg.train.nbs,
+            cfg.train.optimizer,
             if cfg.trained.is_some() { "given".to_string() } else { cfg.train.epochs.to_string() },
             cfg.sparse_epochs,
             cfg.train.sr,
