@@ -3,26 +3,41 @@
 use crate::context::{PassContext, PruneReport};
 use crate::select_channels::bn_name;
 use crate::Pass;
+use rayon::prelude::*;
 use slimc_ir::{IrError, Model, Op, Tensor, TensorType, ValueId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-/// Keeps the rows of `t` along `axis` where `keep` is true.
-fn slice_axis(t: &Tensor, axis: usize, keep: &[bool]) -> Result<Tensor, IrError> {
-    let data = t.f32s()?;
-    let outer: usize = t.shape[..axis].iter().product();
-    let inner: usize = t.shape[axis + 1..].iter().product();
-    let n = t.shape[axis];
-    let mut out = Vec::with_capacity(data.len());
-    for o in 0..outer {
-        for (c, &k) in keep.iter().enumerate().take(n) {
-            if k {
-                out.extend_from_slice(&data[(o * n + c) * inner..(o * n + c + 1) * inner]);
+/// Keeps, of `t`, the entries of axis 0 where `rows` is true and of axis 1 where `cols` is true
+/// (None: all), in place: kept blocks move toward the front and the data is truncated, so no
+/// large buffer is allocated or freed.
+fn slice01(t: &mut Tensor, rows: Option<&[bool]>, cols: Option<&[bool]>) -> Result<(), IrError> {
+    let n0 = t.shape[0];
+    let n1 = t.shape.get(1).copied().unwrap_or(1);
+    let inner: usize = t.shape.iter().skip(2).product();
+    let keep = |m: Option<&[bool]>, n: usize| -> Vec<usize> {
+        m.map_or_else(|| (0..n).collect(), |m| (0..n).filter(|&i| m[i]).collect())
+    };
+    let (r, c) = (keep(rows, n0), keep(cols, n1));
+    let data = t.f32s_mut()?;
+    let mut at = 0;
+    for &i in &r {
+        if c.len() == n1 {
+            data.copy_within(i * n1 * inner..(i + 1) * n1 * inner, at);
+            at += n1 * inner;
+        } else {
+            for &j in &c {
+                let from = (i * n1 + j) * inner;
+                data.copy_within(from..from + inner, at);
+                at += inner;
             }
         }
     }
-    let mut shape = t.shape.clone();
-    shape[axis] = keep.iter().filter(|k| **k).count();
-    Tensor::from_f32(shape, out)
+    data.truncate(at);
+    t.shape[0] = r.len();
+    if t.shape.len() > 1 {
+        t.shape[1] = c.len();
+    }
+    Ok(())
 }
 
 /// Narrows the graph to `propagate-masks`' masks (computed first if absent): conv weights lose
@@ -121,22 +136,34 @@ impl Pass for RewriteWidths {
         for (i, op) in new_ops {
             model.graph.nodes[i].op = op;
         }
+        let mut plan: BTreeMap<String, [Option<Vec<bool>>; 2]> = BTreeMap::new();
         for (name, list) in cuts {
-            let mut by_axis: BTreeMap<usize, Vec<bool>> = BTreeMap::new();
+            if !model.tensors.contains_key(&name) {
+                return Err(IrError::Invalid(format!("no tensor {name}")));
+            }
+            let by_axis = plan.entry(name.clone()).or_default();
             for (axis, m) in list {
-                if let Some(prev) = by_axis.insert(axis, m.clone()) {
-                    if prev != m {
-                        return Err(IrError::Invalid(format!("{name} is shared by layers pruned differently")));
+                match &by_axis[axis] {
+                    Some(prev) if *prev != m => {
+                        return Err(IrError::Invalid(format!("{name} is shared by layers pruned differently")))
                     }
+                    _ => by_axis[axis] = Some(m),
                 }
             }
-            let mut t = model.tensors.get(&name).ok_or_else(|| IrError::Invalid(format!("no tensor {name}")))?.clone();
-            for (axis, m) in by_axis {
-                t = slice_axis(&t, axis, &m)?;
-            }
-            let v = model.graph.find(&name).expect("a parameter of the graph");
-            model.graph.values[v.0].ty = TensorType { dtype: t.dtype(), shape: t.ty().shape };
-            model.tensors.insert(name, t);
+        }
+        let jobs: Vec<(&String, &mut Tensor)> =
+            model.tensors.iter_mut().filter(|(n, _)| plan.contains_key(*n)).collect();
+        jobs.into_par_iter()
+            .map(|(name, t)| {
+                let [rows, cols] = &plan[name];
+                slice01(t, rows.as_deref(), cols.as_deref())
+            })
+            .collect::<Result<(), IrError>>()?;
+        let index: HashMap<&str, ValueId> =
+            model.graph.params.iter().map(|&p| (model.graph.value(p).name.as_str(), p)).collect();
+        let ids: Vec<ValueId> = plan.keys().map(|n| index[n.as_str()]).collect();
+        for (name, v) in plan.keys().zip(ids) {
+            model.graph.values[v.0].ty = model.tensors[name].ty();
         }
         let inputs: Vec<TensorType> = model.graph.inputs.iter().map(|&v| model.graph.ty(v).clone()).collect();
         model.graph.set_input_types(&inputs)?;
