@@ -289,10 +289,13 @@ enum Cmd {
         /// Initial learning rate (SGD/AdamW; auto picks its own).
         #[arg(long, default_value_t = 0.01)]
         lr0: f64,
-        /// Nominal batch: gradients accumulate to it (a smaller one means more optimizer steps,
-        /// which sparse training on a small dataset needs to move gammas).
+        /// Nominal batch of the train and fine-tune stages: gradients accumulate to it.
         #[arg(long, default_value_t = 64)]
         nbs: usize,
+        /// Nominal batch of sparse training (default: --batch, an optimizer step per batch; the
+        /// L1 term acts once per step, so a small dataset needs many of them).
+        #[arg(long)]
+        sparse_nbs: Option<usize>,
         /// Parent folder of runs.
         #[arg(long, default_value = "runs/pipeline")]
         project: PathBuf,
@@ -620,6 +623,7 @@ fn run(cli: Cli) -> Result<()> {
             optimizer,
             lr0,
             nbs,
+            sparse_nbs,
             project,
             name,
             seed,
@@ -654,6 +658,7 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = PipelineConfig {
                 train,
                 sparse_epochs: sparse_epochs.unwrap_or(epochs),
+                sparse_nbs: sparse_nbs.unwrap_or(batch),
                 finetune_epochs: finetune_epochs.unwrap_or(epochs),
                 prune: PruneOptions { ratio, policy, ..Default::default() },
                 trained,

@@ -24,6 +24,9 @@ pub struct PipelineConfig {
     pub train: TrainConfig,
     /// Epochs of sparse training.
     pub sparse_epochs: usize,
+    /// Nominal batch of sparse training: the L1 term acts once per optimizer step, so on a
+    /// small dataset a smaller one (down to the batch) gives it enough steps.
+    pub sparse_nbs: usize,
     /// Epochs of fine-tuning.
     pub finetune_epochs: usize,
     /// Pruning options.
@@ -68,19 +71,20 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-fn stage_dir(cfg: &PipelineConfig, name: &str, epochs: usize, sr: f32) -> TrainConfig {
+fn stage_dir(cfg: &PipelineConfig, name: &str, epochs: usize) -> TrainConfig {
     let mut t = cfg.train.clone();
     t.epochs = epochs;
-    t.sr = sr;
+    t.sr = 0.0;
     t.save_dir = cfg.dir.join(name);
     t
 }
 
-fn train_stage(model: Model, t: TrainConfig) -> Result<Model> {
-    let best = t.save_dir.join("weights/best.slim");
+/// Trains one stage and returns its `best.slim`, or its `last.slim` with `last`.
+fn train_stage(model: Model, t: TrainConfig, last: bool) -> Result<Model> {
+    let file = t.save_dir.join(if last { "weights/last.slim" } else { "weights/best.slim" });
     std::fs::create_dir_all(&t.save_dir)?;
     Trainer::new(model, t)?.run()?;
-    let mut m = Model::load(&best)?;
+    let mut m = Model::load(&file)?;
     m.training_state.clear();
     Ok(m)
 }
@@ -147,11 +151,17 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
             m.training_state.clear();
             m
         }
-        None => train_stage(model, stage_dir(cfg, "1-train", cfg.train.epochs, 0.0))?,
+        None => train_stage(model, stage_dir(cfg, "1-train", cfg.train.epochs), false)?,
     };
     row("train", &save(&trained, "trained.slim")?, &trained)?;
-    // 2. Sparse training.
-    let sparse = train_stage(trained.clone(), stage_dir(cfg, "2-sparse", cfg.sparse_epochs, cfg.train.sr))?;
+    // 2. Sparse training continues a trained model: no warm-up (a ramp from lr 0 would spend a
+    // short run with the L1 term barely acting), and its last epoch is kept, the sparsest, rather
+    // than the one with the best mAP.
+    let mut t = stage_dir(cfg, "2-sparse", cfg.sparse_epochs);
+    t.sr = cfg.train.sr;
+    t.nbs = cfg.sparse_nbs;
+    t.warmup_epochs = 0.0;
+    let sparse = train_stage(trained.clone(), t, true)?;
     row("sparse", &save(&sparse, "sparse.slim")?, &sparse)?;
     // 3. The gamma distribution before and after.
     let (hist, _) = bn_hist(
@@ -165,7 +175,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     std::fs::write(cfg.dir.join("prune.txt"), pruned.summary.table())?;
     row("pruned", &save(&pruned.model, "pruned.slim")?, &pruned.model)?;
     // 5. Fine-tune the narrower graph.
-    let tuned = train_stage(pruned.model, stage_dir(cfg, "3-finetune", cfg.finetune_epochs, 0.0))?;
+    let tuned = train_stage(pruned.model, stage_dir(cfg, "3-finetune", cfg.finetune_epochs), false)?;
     let final_path = save(&tuned, "final.slim")?;
     row("fine-tuned", &final_path, &tuned)?;
     // 6. Verify the final export.
@@ -190,7 +200,7 @@ impl Summary {
     /// summary.md.
     pub fn markdown(&self, cfg: &PipelineConfig) -> String {
         let mut s = format!(
-            "# slimc pipeline\n\nData `{}`, imgsz {}, batch {} (nominal {}, optimizer {}); epochs: train {}, sparse {} (sr {}, scope {}), fine-tune {}; prune ratio {} ({:?} policy, {:?} importance).\n\n",
+            "# slimc pipeline\n\nData `{}`, imgsz {}, batch {} (nominal {}, optimizer {}); epochs: train {}, sparse {} (sr {}, scope {}, nominal batch {}, no warm-up, last epoch kept), fine-tune {}; prune ratio {} ({:?} policy, {:?} importance).\n\n",
             cfg.train.data.as_deref().unwrap_or(Path::new("?")).display(),
             cfg.train.imgsz,
             cfg.train.batch,
@@ -200,6 +210,7 @@ impl Summary {
             cfg.sparse_epochs,
             cfg.train.sr,
             cfg.train.sr_scope,
+            cfg.sparse_nbs,
             cfg.finetune_epochs,
             cfg.prune.ratio,
             cfg.prune.policy,

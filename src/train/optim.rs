@@ -76,6 +76,16 @@ pub fn lr_factor(e: usize, epochs: usize, lrf: f64, cos: bool) -> f64 {
     }
 }
 
+/// Ultralytics' warm-up length in iterations for `nb` batches per epoch: at least 100, and -1
+/// (no warm-up) when `warmup_epochs` is 0.
+pub fn warmup_iterations(warmup_epochs: f64, nb: usize) -> i64 {
+    if warmup_epochs > 0.0 {
+        ((warmup_epochs * nb as f64).round() as i64).max(100)
+    } else {
+        -1
+    }
+}
+
 /// `np.interp` on two points.
 pub fn interp(x: f64, x0: f64, x1: f64, y0: f64, y1: f64) -> f64 {
     if x <= x0 {
@@ -217,6 +227,10 @@ mod tests {
         assert_eq!(group_of("model.23.cv2.0.2.bias", &[]), 0);
         assert_eq!(group_of("model.0.bn.weight", &["model.0.bn.weight".into()]), 2);
         assert_eq!(group_of("model.0.conv.weight", &[]), 1);
+        // nw = max(round(warmup_epochs·nb), 100) if warmup_epochs > 0 else -1.
+        assert_eq!(warmup_iterations(3.0, 12), 100);
+        assert_eq!(warmup_iterations(3.0, 1000), 3000);
+        assert_eq!(warmup_iterations(0.0, 1000), -1);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! nominal batch, clipping, EMA, validation every epoch, results.csv / results.png, last.slim
 //! and best.slim written atomically, and `--resume` from the last completed epoch.
 
-use super::optim::{choose, clip_grad_norm, interp, lr_factor, Ema, Optimizer, Rule};
+use super::optim::{choose, clip_grad_norm, interp, lr_factor, warmup_iterations, Ema, Optimizer, Rule};
 use super::plot::{plot_results, save_batch};
 use super::step::Program;
 use crate::data::augment::Hyp;
@@ -48,7 +48,7 @@ pub struct TrainConfig {
     /// Weight decay at the nominal batch.
     #[arg(long, default_value_t = 5e-4)]
     pub weight_decay: f64,
-    /// Warm-up length in epochs (at least 100 iterations).
+    /// Warm-up length in epochs (at least 100 iterations; 0 turns warm-up off).
     #[arg(long, default_value_t = 3.0)]
     pub warmup_epochs: f64,
     /// SGD momentum at the start of warm-up.
@@ -320,7 +320,7 @@ impl Trainer {
             std::fs::write(cfg.save_dir.join("args.json"), serde_json::to_string_pretty(&cfg)?)?;
         }
         let nb = self.train.samples.len().div_ceil(cfg.batch);
-        let nw = ((cfg.warmup_epochs * nb as f64).round() as usize).max(100);
+        let nw = warmup_iterations(cfg.warmup_epochs, nb);
         let accumulate_final = ((cfg.nbs as f64 / cfg.batch as f64).round() as usize).max(1);
         let mut accumulate = accumulate_final;
         let t0 = std::time::Instant::now();
@@ -346,7 +346,7 @@ impl Trainer {
             for (i, batch) in rx.iter().enumerate() {
                 let batch = batch?;
                 let ni = (i + nb * epoch) as i64;
-                if ni as usize <= nw {
+                if ni <= nw {
                     let x = ni as f64;
                     accumulate =
                         (interp(x, 0.0, nw as f64, 1.0, cfg.nbs as f64 / cfg.batch as f64).round() as usize).max(1);
