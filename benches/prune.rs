@@ -35,7 +35,7 @@ fn prune(c: &mut Criterion) {
                 pm.run_with(&mut m, &mut cx).unwrap();
                 m
             },
-            BatchSize::LargeInput,
+            BatchSize::PerIteration,
         )
     });
     group.finish();

@@ -95,7 +95,14 @@ fn draw_overlay<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, s: &[GammaStat
         .y_label_area_size(56)
         .build_cartesian_2d(0f64..hi as f64, 0f64..ymax)
         .map_err(e)?;
-    chart.configure_mesh().x_desc("|gamma|").y_desc("channels").label_style(("sans-serif", 13)).draw().map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc("|gamma|")
+        .y_desc("channels")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(e)?;
     for (k, st) in s.iter().enumerate() {
         let c = COLORS[k % 2];
         let bars = st.counts.iter().enumerate().map(move |(i, &n)| {

@@ -48,7 +48,8 @@ pub struct StageRow {
     pub parameters: usize,
     /// GFLOPs at the training size.
     pub gflops: f64,
-    /// onnxruntime CPU latency of the exported file, batch 1, ms (median of 30).
+    /// onnxruntime CPU latency of the exported file, batch 1, ms (median of 100, all stages timed
+    /// in turns at the end).
     pub ort_ms: f64,
     /// Validation mAP50.
     pub map50: f64,
@@ -89,21 +90,32 @@ fn train_stage(model: Model, t: TrainConfig, last: bool) -> Result<Model> {
     Ok(m)
 }
 
-/// Median onnxruntime latency (ms) of `onnx` on a grey image of `imgsz`.
-fn ort_latency(onnx: &Path, imgsz: usize) -> Result<f64> {
+/// Median onnxruntime latency (ms) of each of `onnx` on a grey image of `imgsz`, batch 1, with
+/// onnxruntime's graph optimisations as deployed. The files are timed in turns, ten rounds of a
+/// block of twelve runs each (the first two of a block not counted), so that a change in machine
+/// load affects all of them alike.
+fn ort_latencies(onnx: &[PathBuf], imgsz: usize) -> Result<Vec<f64>> {
     let x = Tensor::full(&[1, 3, imgsz, imgsz], 0.5);
-    let mut s = OrtSession::new(onnx)?;
-    for _ in 0..3 {
-        s.run(&x)?;
+    let mut sessions = onnx.iter().map(|p| OrtSession::for_latency(p)).collect::<Result<Vec<_>>>()?;
+    let mut times = vec![vec![]; sessions.len()];
+    for _ in 0..10 {
+        for (s, t) in sessions.iter_mut().zip(&mut times) {
+            for k in 0..12 {
+                let t0 = Instant::now();
+                s.run(&x)?;
+                if k >= 2 {
+                    t.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
     }
-    let mut t: Vec<f64> = (0..30)
-        .map(|_| {
-            let t0 = Instant::now();
-            s.run(&x).map(|_| t0.elapsed().as_secs_f64() * 1e3)
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
         })
-        .collect::<Result<_>>()?;
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+        .collect())
 }
 
 /// Runs the whole pipeline on `model` (built with the dataset's classes).
@@ -131,7 +143,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
             model: path.display().to_string(),
             parameters: info.parameters,
             gflops: info.gflops,
-            ort_ms: ort_latency(&onnx, imgsz)?,
+            ort_ms: f64::NAN,
             map50: v.metrics.map50,
             map50_95: v.metrics.map,
             gamma_below_1e_2: all.iter().filter(|x| **x < 1e-2).count() as f64 / all.len().max(1) as f64,
@@ -182,6 +194,10 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     let x = Tensor::full(&[1, 3, imgsz, imgsz], 0.5);
     let want = cpu::run(&tuned, std::slice::from_ref(&x))?;
     let checks = verify_onnx(&final_path.with_extension("onnx"), &x, &want, 1e-4)?;
+    let onnx: Vec<PathBuf> = rows.iter().map(|r| Path::new(&r.model).with_extension("onnx")).collect();
+    for (r, ms) in rows.iter_mut().zip(ort_latencies(&onnx, imgsz)?) {
+        r.ort_ms = ms;
+    }
     let summary = Summary {
         stages: rows,
         verify_max_rel: checks.iter().map(|c| c.max_rel).fold(0.0, f32::max),

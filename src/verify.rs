@@ -60,21 +60,31 @@ fn ort_env() -> Result<&'static ort::environment::Environment> {
     .map_err(|e| anyhow!("{e}"))
 }
 
-/// An onnxruntime session on one ONNX file, graph optimisations off (so the arithmetic is
-/// the file's own), two intra-op threads.
+/// An onnxruntime session on one ONNX file with two intra-op threads.
 pub struct OrtSession {
     session: ort::session::Session,
     path: PathBuf,
 }
 
 impl OrtSession {
-    /// Loads `path` into onnxruntime.
+    /// Loads `path` into onnxruntime with graph optimisations off, so that the arithmetic is the
+    /// file's own (for verification).
     pub fn new(path: &Path) -> Result<OrtSession> {
+        Self::open(path, false)
+    }
+
+    /// Loads `path` as a deployment would (all graph optimisations), for timing.
+    pub fn for_latency(path: &Path) -> Result<OrtSession> {
+        Self::open(path, true)
+    }
+
+    fn open(path: &Path, deploy: bool) -> Result<OrtSession> {
         use ort::session::{builder::GraphOptimizationLevel, Session};
         let env = ort_env()?;
+        let level = if deploy { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Disable };
         let mut b = Session::builder(env)
             .map_err(|e| anyhow!("onnxruntime: {e}"))?
-            .with_optimization_level(GraphOptimizationLevel::Disable)
+            .with_optimization_level(level)
             .map_err(|e| anyhow!("onnxruntime: {e}"))?
             .with_intra_threads(2)
             .map_err(|e| anyhow!("onnxruntime: {e}"))?;
