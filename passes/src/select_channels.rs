@@ -86,14 +86,13 @@ pub fn select(model: &Model, groups: &ChannelGroups, cx: &PassContext) -> Result
         return Err(IrError::Invalid("--round-to must be at least 1".into()));
     }
     let seed = (o.policy == Policy::Seed).then(|| seed_unprunable(g));
-    let mut gammas: BTreeMap<NodeId, &[f32]> = BTreeMap::new();
-    for members in &groups.bns {
-        for &(n, _) in members {
-            if let std::collections::btree_map::Entry::Vacant(e) = gammas.entry(n) {
-                let name = &g.value(g.nodes[n.0].inputs[1]).name;
-                let t = model.tensors.get(name).ok_or_else(|| IrError::Invalid(format!("no tensor {name}")))?;
-                e.insert(t.f32s()?);
-            }
+    // |gamma| per BN node, indexed by node id.
+    let mut gammas: Vec<&[f32]> = vec![&[]; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        if matches!(n.op, Op::BatchNorm { .. }) {
+            let name = &g.value(n.inputs[1]).name;
+            let t = model.tensors.get(name).ok_or_else(|| IrError::Invalid(format!("no tensor {name}")))?;
+            gammas[i] = t.f32s()?;
         }
     }
     let candidate: Vec<bool> = (0..groups.count)
@@ -104,11 +103,11 @@ pub fn select(model: &Model, groups: &ChannelGroups, cx: &PassContext) -> Result
         .collect();
     let importance: Vec<f32> = (0..groups.count)
         .map(|k| {
-            let v: Vec<f32> = groups.bns[k].iter().map(|&(n, c)| gammas[&n][c].abs()).collect();
+            let v = groups.bns[k].iter().map(|&(n, c)| gammas[n.0][c].abs());
             match o.importance {
-                Importance::Max => v.iter().copied().fold(0.0, f32::max),
-                Importance::Sum => v.iter().sum(),
-                Importance::Mean => v.iter().sum::<f32>() / v.len().max(1) as f32,
+                Importance::Max => v.fold(0.0, f32::max),
+                Importance::Sum => v.sum(),
+                Importance::Mean => v.sum::<f32>() / groups.bns[k].len().max(1) as f32,
             }
         })
         .collect();
@@ -121,12 +120,25 @@ pub fn select(model: &Model, groups: &ChannelGroups, cx: &PassContext) -> Result
     }
     let threshold = order[..n_prune].last().map_or(0.0, |&k| importance[k]);
     // Layers: groups over the same BNs share a channel space.
+    // Neighbouring group ids are mostly channels of the same layers, so members are gathered in
+    // runs of equal keys and the map is touched once per run.
     let mut families: BTreeMap<Vec<NodeId>, Vec<usize>> = BTreeMap::new();
-    for &k in &order {
-        let mut key: Vec<NodeId> = groups.bns[k].iter().map(|&(n, _)| n).collect();
+    let (mut key, mut prev, mut run) = (vec![], vec![], vec![]);
+    for k in (0..groups.count).filter(|&k| candidate[k]) {
+        key.clear();
+        key.extend(groups.bns[k].iter().map(|&(n, _)| n));
         key.sort();
         key.dedup();
-        families.entry(key).or_default().push(k);
+        if key != prev {
+            if !run.is_empty() {
+                families.entry(prev.clone()).or_default().append(&mut run);
+            }
+            prev.clone_from(&key);
+        }
+        run.push(k);
+    }
+    if !run.is_empty() {
+        families.entry(prev).or_default().append(&mut run);
     }
     let mut clamped = vec![];
     for (key, members) in &families {
