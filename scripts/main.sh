@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 . scripts/setup.sh
 cargo build --release --quiet
 rm -rf runs/main/pipeline
-target/release/slimc pipeline --model yolo11n.yaml --data datasets/trees/trees.yaml --imgsz 320 --batch 8 \
+"${CARGO_TARGET_DIR:-target}/release/slimc" pipeline --model yolo11n.yaml --data datasets/trees/trees.yaml --imgsz 320 --batch 8 \
   --epochs 10 --sr 1e-2 --ratio 0.5 --policy groups --project runs/main --name pipeline "$@"
 echo "artefacts in runs/main/pipeline/ (summary.md, gamma.png, prune.txt, */results.png, *.slim, *.onnx)"
