@@ -246,6 +246,10 @@ enum Cmd {
     /// verify; every artefact and summary.md / summary.json in one run folder.
     ///
     /// Example: slimc pipeline --model yolo11n.yaml --data datasets/trees/trees.yaml --epochs 60 --sr 1e-2 --ratio 0.5
+    ///
+    /// An option given twice takes its last value (so `./run main --epochs 60` overrides the
+    /// main job's default).
+    #[command(args_override_self = true)]
     Pipeline {
         /// Model to start from (YAML, or .slim).
         #[arg(long, default_value = "yolo11n.yaml")]

@@ -153,7 +153,9 @@ fn pipeline_writes_every_stage_and_a_verified_narrower_export() {
     let d = scratch("pipeline");
     let yaml = dataset(&d, 4);
     let out = slimc()
-        .args(["pipeline", "--imgsz", "64", "--batch", "2", "--epochs", "1", "--ratio", "0.5", "--name", "p"])
+        // An option given twice takes its last value, as `./run main --epochs N` relies on.
+        .args(["pipeline", "--epochs", "4", "--imgsz", "64", "--batch", "2", "--epochs", "1", "--ratio", "0.5"])
+        .args(["--name", "p"])
         .arg("--data")
         .arg(&yaml)
         .arg("--project")
@@ -171,6 +173,8 @@ fn pipeline_writes_every_stage_and_a_verified_narrower_export() {
     let params = |i: usize| stages[i]["parameters"].as_u64().unwrap();
     assert!(params(2) < params(1) && params(3) == params(2), "{stages:?}");
     assert!(s["verify_max_rel"].as_f64().unwrap() < 1e-4);
+    assert!(stages.iter().all(|r| r["ort_ms"].as_f64().unwrap() > 0.0), "{stages:?}");
+    assert_eq!(std::fs::read_to_string(dir.join("1-train/results.csv")).unwrap().lines().count(), 2);
     for f in ["summary.md", "gamma.png", "gamma_layers.png", "prune.txt", "final.onnx", "2-sparse/results.csv"] {
         assert!(dir.join(f).exists(), "{f}");
     }
