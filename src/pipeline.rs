@@ -127,7 +127,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     let nc = spec.names.len();
     let (samples, _) = scan(&spec.val, nc, "val")?;
     let val = Split::new(samples, imgsz, true)?;
-    let mut rows = vec![];
+    let (mut rows, mut exports) = (vec![], vec![]);
     let mut row = |stage: &str, path: &Path, m: &Model| -> Result<()> {
         let info = model_info(m, Some([imgsz, imgsz]))?;
         let v = validate(m, &val, 16, nc, false, false)?;
@@ -143,11 +143,12 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
             model: path.display().to_string(),
             parameters: info.parameters,
             gflops: info.gflops,
-            ort_ms: f64::NAN,
+            ort_ms: f64::NAN, // timed for all stages together at the end
             map50: v.metrics.map50,
             map50_95: v.metrics.map,
             gamma_below_1e_2: all.iter().filter(|x| **x < 1e-2).count() as f64 / all.len().max(1) as f64,
         });
+        exports.push(onnx);
         eprintln!("pipeline: {stage}: mAP50 {:.3}, {} parameters", v.metrics.map50, info.parameters);
         Ok(())
     };
@@ -194,8 +195,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     let x = Tensor::full(&[1, 3, imgsz, imgsz], 0.5);
     let want = cpu::run(&tuned, std::slice::from_ref(&x))?;
     let checks = verify_onnx(&final_path.with_extension("onnx"), &x, &want, 1e-4)?;
-    let onnx: Vec<PathBuf> = rows.iter().map(|r| Path::new(&r.model).with_extension("onnx")).collect();
-    for (r, ms) in rows.iter_mut().zip(ort_latencies(&onnx, imgsz)?) {
+    for (r, ms) in rows.iter_mut().zip(ort_latencies(&exports, imgsz)?) {
         r.ort_ms = ms;
     }
     let summary = Summary {
