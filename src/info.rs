@@ -27,6 +27,9 @@ pub struct ModelInfo {
     pub nodes: usize,
     /// Count of nodes by op.
     pub ops: Vec<(String, usize)>,
+    /// Facts about the imported file (an Ultralytics checkpoint's version, date, training
+    /// arguments and metrics).
+    pub origin: std::collections::BTreeMap<String, String>,
 }
 
 /// Computes [`ModelInfo`] at image size `imgsz` (default: the model's own).
@@ -86,5 +89,6 @@ pub fn model_info(model: &Model, imgsz: Option<[usize; 2]>) -> Result<ModelInfo>
         nc: model.meta.names.len(),
         nodes: g.nodes.len(),
         ops: ops.into_iter().collect(),
+        origin: model.meta.origin.clone(),
     })
 }

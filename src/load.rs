@@ -1,6 +1,6 @@
-//! Turning any model argument (`.slim`, Ultralytics `.yaml`, `.onnx`) into a [`Model`].
+//! Turning any model argument (`.slim`, Ultralytics `.yaml` or `.pt`, `.onnx`) into a [`Model`].
 
-use crate::frontend::{onnx::import_onnx, weights::load_weights, yaml, yolo};
+use crate::frontend::{checkpoint::load_checkpoint, onnx::import_onnx, weights::load_weights, yaml, yolo};
 use anyhow::{bail, Result};
 use slimc_ir::Model;
 use std::path::Path;
@@ -8,9 +8,10 @@ use std::path::Path;
 /// Options that apply when a model is built rather than read from a `.slim` file.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
-    /// Number of classes (YAML only; overrides the YAML's `nc`).
+    /// Number of classes: overrides a YAML's `nc`; for a checkpoint of another class count,
+    /// the model is rebuilt for `nc` classes and the tensors that fit are transferred.
     pub nc: Option<usize>,
-    /// Safetensors weights to load into a YAML-built model.
+    /// Weights to load into a YAML-built model (safetensors, or a `.pt` state dict).
     pub weights: Option<std::path::PathBuf>,
     /// Image size (h, w): the reference size of a YAML model, or the size that fixes an ONNX
     /// file's symbolic input.
@@ -28,6 +29,8 @@ pub enum ModelFormat {
     Yaml,
     /// An ONNX file.
     Onnx,
+    /// An Ultralytics checkpoint (`torch.save` zip archive).
+    Pt,
 }
 
 /// The format a model argument names, from its extension.
@@ -37,25 +40,27 @@ pub fn format_of(path: &str) -> Result<ModelFormat> {
         "slim" => ModelFormat::Slim,
         "yaml" | "yml" => ModelFormat::Yaml,
         "onnx" => ModelFormat::Onnx,
-        _ => bail!("{path}: unknown model format (expected .slim, .yaml or .onnx)"),
+        "pt" | "pth" => ModelFormat::Pt,
+        _ => bail!("{path}: unknown model format (expected .slim, .yaml, .pt or .onnx)"),
     })
 }
 
-/// Loads or builds a model from a `.slim`, `.yaml` or `.onnx` argument.
+/// Loads or builds a model from a `.slim`, `.yaml`, `.pt` or `.onnx` argument.
 pub fn load_model(path: &str, opts: &LoadOptions) -> Result<Model> {
     let format = format_of(path)?;
     if opts.weights.is_some() && format != ModelFormat::Yaml {
         bail!("{path}: --weights applies to YAML models only");
     }
-    if opts.nc.is_some() && format != ModelFormat::Yaml {
-        bail!("{path}: --nc applies to YAML models only");
+    if opts.nc.is_some() && !matches!(format, ModelFormat::Yaml | ModelFormat::Pt) {
+        bail!("{path}: --nc applies to YAML models and checkpoints only");
     }
     match format {
         ModelFormat::Slim => Ok(Model::load(Path::new(path))?),
         ModelFormat::Onnx => import_onnx(Path::new(path), opts.imgsz),
+        ModelFormat::Pt => load_checkpoint(Path::new(path), opts.nc, opts.imgsz, opts.seed),
         ModelFormat::Yaml => {
             let spec = yaml::load_spec(path, opts.nc)?;
-            let mut model = yolo::lower(&spec, opts.imgsz.unwrap_or([640, 640]), opts.seed)?;
+            let mut model = yolo::lower(&spec, opts.imgsz.unwrap_or([640, 640]), opts.seed, None)?;
             if let Some(w) = &opts.weights {
                 load_weights(&mut model, w)?;
             }

@@ -24,12 +24,12 @@ struct Cli {
 /// How a model argument is read or built.
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// Model: a .slim file, an Ultralytics YAML (yolo11n.yaml ships inside slimc) or an .onnx file.
+    /// Model: a .slim file, an Ultralytics YAML (yolo11n.yaml ships inside slimc) or .pt checkpoint, or an .onnx file.
     model: String,
-    /// Number of classes (YAML models).
+    /// Number of classes (YAML models; for a .pt of another class count, the tensors that fit are transferred).
     #[arg(long)]
     nc: Option<usize>,
-    /// Safetensors state dict to load into a YAML model (Ultralytics names, e.g. model.0.conv.weight).
+    /// State dict to load into a YAML model: safetensors or a .pt (Ultralytics names, e.g. model.0.conv.weight).
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Image size, `S` or `H,W`: a YAML model's reference size, or what fixes an ONNX file's symbolic input.
@@ -173,7 +173,7 @@ enum Cmd {
     ///
     /// Example: slimc bn-hist runs/detect/train/weights/last.slim runs/detect/sparse/weights/last.slim -o gamma.png
     BnHist {
-        /// Model (.slim or YAML).
+        /// Model (.slim, YAML or .pt).
         model: String,
         /// A second model to overlay (same architecture).
         model2: Option<String>,
@@ -251,7 +251,7 @@ enum Cmd {
     /// main job's default).
     #[command(args_override_self = true)]
     Pipeline {
-        /// Model to start from (YAML, or .slim).
+        /// Model to start from (YAML, Ultralytics .pt, or .slim).
         #[arg(long, default_value = "yolo11n.yaml")]
         model: String,
         /// Dataset YAML.
@@ -426,6 +426,9 @@ fn run(cli: Cli) -> Result<()> {
                     i.nc,
                     i.nodes
                 );
+                for (k, v) in &i.origin {
+                    println!("  {k:<14} {v}");
+                }
             }
         }
         Cmd::Dump { m } => print!("{}", print_graph(&m.load()?.graph)),
@@ -595,7 +598,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.seed = m.seed;
             let nc = spec.names.len();
             let mut model = match format_of(&m.model)? {
-                ModelFormat::Yaml => load_model(
+                ModelFormat::Yaml | ModelFormat::Pt => load_model(
                     &m.model,
                     &LoadOptions {
                         nc: Some(nc),
@@ -637,7 +640,7 @@ fn run(cli: Cli) -> Result<()> {
             let nc = spec.names.len();
             let opts = LoadOptions { nc: Some(nc), imgsz: Some([imgsz, imgsz]), seed, ..Default::default() };
             let mut m = match format_of(&model)? {
-                ModelFormat::Yaml => load_model(&model, &opts)?,
+                ModelFormat::Yaml | ModelFormat::Pt => load_model(&model, &opts)?,
                 _ => load_model(&model, &LoadOptions::default())?,
             };
             m.meta.names = spec.names.clone();

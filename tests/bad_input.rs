@@ -127,3 +127,97 @@ fn corrupt_model_file_and_unknown_pass() {
     let e = fails(&["opt", "yolo11n.yaml", "--passes", "dce,fold-everything"]);
     assert!(e.contains("unknown pass `fold-everything`") && e.contains("fold-bn"), "{e}");
 }
+
+/// Rewrites a fixture checkpoint entry by entry (`edit` returns the new bytes of an entry, or
+/// `None` to keep it) into `dir/name`, stored as torch.save stores.
+fn rezip(src: &str, dir: &Path, name: &str, edit: impl Fn(&str, &[u8]) -> Option<Vec<u8>>) -> String {
+    use std::io::{Read, Write};
+    let mut zin = zip::ZipArchive::new(std::fs::File::open(common::fixture(src)).unwrap()).unwrap();
+    let p = dir.join(name);
+    let mut zout = zip::ZipWriter::new(std::fs::File::create(&p).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..zin.len() {
+        let mut f = zin.by_index(i).unwrap();
+        let mut bytes = vec![];
+        f.read_to_end(&mut bytes).unwrap();
+        let entry = f.name().unwrap().to_string();
+        zout.start_file(entry.as_str(), opts).unwrap();
+        zout.write_all(&edit(&entry, &bytes).unwrap_or(bytes)).unwrap();
+    }
+    zout.finish().unwrap();
+    p.display().to_string()
+}
+
+fn replace(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let at = bytes.windows(from.len()).position(|w| w == from).expect("pattern in the fixture");
+    [&bytes[..at], to, &bytes[at + from.len()..]].concat()
+}
+
+const BEST: &str = "checkpoints/yolo11p-trees/best.pt";
+
+#[test]
+fn truncated_checkpoint() {
+    let dir = common::scratch("bad-pt-trunc");
+    let full = std::fs::read(common::fixture(BEST)).unwrap();
+    let p = write(&dir, "trunc.pt", &full[..full.len() / 3]);
+    let e = fails(&["info", &p]);
+    assert!(e.contains("trunc.pt") && e.contains("not a PyTorch checkpoint"), "{e}");
+}
+
+#[test]
+fn zip_that_is_not_a_checkpoint() {
+    let dir = common::scratch("bad-pt-zip");
+    // data.pkl replaced by text: no pickle.
+    let q = rezip(BEST, &dir, "notes.pt", |n, _| n.ends_with("data.pkl").then(|| b"hello".to_vec()));
+    // An ordinary zip without data.pkl.
+    let text = dir.join("plain.pt");
+    {
+        use std::io::Write;
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&text).unwrap());
+        z.start_file("readme.txt", zip::write::SimpleFileOptions::default()).unwrap();
+        z.write_all(b"not a model").unwrap();
+        z.finish().unwrap();
+    }
+    let e = fails(&["info", text.to_str().unwrap()]);
+    assert!(e.contains("plain.pt") && e.contains("without data.pkl"), "{e}");
+    let e = fails(&["info", &q]);
+    assert!(e.contains("notes.pt") && e.contains("data.pkl") && e.contains("pickle byte"), "{e}");
+}
+
+#[test]
+fn pickle_with_an_unsupported_opcode() {
+    let dir = common::scratch("bad-pt-op");
+    let p = rezip(BEST, &dir, "ext.pt", |n, _| n.ends_with("data.pkl").then(|| b"\x80\x02\x82\x01.".to_vec()));
+    let e = fails(&["info", &p]);
+    assert!(e.contains("ext.pt") && e.contains("unsupported pickle opcode 0x82 (EXT1)"), "{e}");
+}
+
+#[test]
+fn checkpoint_of_a_task_or_block_slimc_cannot_express() {
+    let dir = common::scratch("bad-pt-task");
+    let p = rezip(BEST, &dir, "seg.pt", |n, b| {
+        n.ends_with("data.pkl").then(|| {
+            replace(b, b"ultralytics.nn.tasks\nDetectionModel\n", b"ultralytics.nn.tasks\nSegmentationModel\n")
+        })
+    });
+    let e = fails(&["info", &p]);
+    assert!(e.contains("seg.pt") && e.contains("SegmentationModel"), "{e}");
+    let p = rezip(BEST, &dir, "head.pt", |n, b| {
+        n.ends_with("data.pkl").then(|| replace(b, b"X\x06\x00\x00\x00Detect", b"X\x07\x00\x00\x00Segment"))
+    });
+    let e = fails(&["info", &p]);
+    assert!(e.contains("head.pt") && e.contains("unknown module `Segment`"), "{e}");
+    let p = rezip(BEST, &dir, "block.pt", |n, b| {
+        n.ends_with("data.pkl").then(|| replace(b, b"X\x05\x00\x00\x00C2PSA", b"X\x06\x00\x00\x00C2fPSA"))
+    });
+    let e = fails(&["info", &p]);
+    assert!(e.contains("block.pt") && e.contains("unknown module `C2fPSA`"), "{e}");
+}
+
+#[test]
+fn checkpoint_tensor_with_a_short_storage() {
+    let dir = common::scratch("bad-pt-short");
+    let p = rezip(BEST, &dir, "short.pt", |n, b| n.ends_with("/data/3").then(|| b[..b.len() / 2].to_vec()));
+    let e = fails(&["info", &p]);
+    assert!(e.contains("short.pt") && e.contains("storage 3 holds"), "{e}");
+}

@@ -29,6 +29,9 @@ pub struct Metadata {
     pub source: String,
     /// The Ultralytics scale letter, when known.
     pub scale: String,
+    /// Facts about the file the model was imported from (an Ultralytics checkpoint's version,
+    /// date, training arguments and metrics), as text by key.
+    pub origin: BTreeMap<String, String>,
 }
 
 /// A graph with its tensors and metadata.
@@ -81,6 +84,8 @@ struct MetaMsg {
     source: String,
     #[prost(string, tag = "5")]
     scale: String,
+    #[prost(btree_map = "string, string", tag = "6")]
+    origin: BTreeMap<String, String>,
 }
 
 impl Model {
@@ -131,6 +136,7 @@ impl Model {
                 imgsz: m.imgsz.iter().map(|&d| d as u64).collect(),
                 source: m.source.clone(),
                 scale: m.scale.clone(),
+                origin: m.origin.clone(),
             }),
             training_state: self.training_state.clone(),
         };
@@ -177,7 +183,14 @@ impl Model {
         let model = Model {
             graph,
             tensors,
-            meta: Metadata { names: m.names, strides: m.strides, imgsz, source: m.source, scale: m.scale },
+            meta: Metadata {
+                names: m.names,
+                strides: m.strides,
+                imgsz,
+                source: m.source,
+                scale: m.scale,
+                origin: m.origin,
+            },
             training_state: msg.training_state,
         };
         model.check().map_err(|e| ferr(e.to_string()))?;

@@ -672,7 +672,7 @@ fn metadata(proto: &ModelProto, g: &Graph, input_shape: &[usize]) -> Metadata {
     };
     let max_stride = prop("stride").and_then(|s| s.trim().parse::<f32>().ok()).unwrap_or(32.0);
     let strides = [8.0, 16.0, 32.0].into_iter().filter(|&s| s <= max_stride).collect();
-    Metadata { names, strides, imgsz, source: proto.producer_name.clone(), scale: String::new() }
+    Metadata { names, strides, imgsz, source: proto.producer_name.clone(), ..Default::default() }
 }
 
 /// Parses Ultralytics' names string `{0: 'person', 1: 'car'}`.

@@ -1,4 +1,5 @@
-//! Loading named weights (safetensors) into a model built from a YAML.
+//! Loading named weights (safetensors, or a PyTorch `.pt` state dict) into a model built from a
+//! YAML.
 
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
@@ -44,11 +45,21 @@ pub fn write_safetensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a
 }
 
 /// Replaces the model's weights, frozen parameters and buffers by the tensors of a safetensors
-/// file. Every parameter must be present with its shape and every tensor in the file must be
-/// used (`num_batches_tracked` aside); otherwise the error lists each missing, extra and
-/// mis-shaped name.
+/// file or a `.pt` file (a bare state dict, or a checkpoint's model). Every parameter must be
+/// present with its shape and every tensor in the file must be used (`num_batches_tracked`
+/// aside); otherwise the error lists each missing, extra and mis-shaped name.
 pub fn load_weights(model: &mut Model, path: &Path) -> Result<()> {
-    let file = read_safetensors(path)?;
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let file = match ext.as_str() {
+        "pt" | "pth" => super::checkpoint::read_state_dict(path)?,
+        _ => read_safetensors(path)?,
+    };
+    assign_weights(model, file, &path.display().to_string())
+}
+
+/// Replaces the model's weights, frozen parameters and buffers by `file`'s tensors, which must
+/// match them one to one in name and shape; `what` names the source in errors.
+pub fn assign_weights(model: &mut Model, file: Vec<(String, Tensor)>, what: &str) -> Result<()> {
     let g = &model.graph;
     let wanted: Vec<(String, Vec<usize>)> = g
         .params
@@ -73,7 +84,7 @@ pub fn load_weights(model: &mut Model, path: &Path) -> Result<()> {
         }
     }
     if !problems.is_empty() {
-        bail!("{}: {} weight mismatch(es): {}", path.display(), problems.len(), problems.join("; "));
+        bail!("{what}: {} weight mismatch(es): {}", problems.len(), problems.join("; "));
     }
     for (name, t) in file {
         model.tensors.insert(name, t);

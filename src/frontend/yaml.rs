@@ -129,6 +129,12 @@ fn num(y: &Yaml) -> Option<f64> {
 pub fn parse_spec(text: &str, source: &str, scale: Option<char>, nc_override: Option<usize>) -> Result<ModelSpec> {
     let docs = YamlLoader::load_from_str(text).map_err(|e| anyhow!("{source}: invalid YAML: {e}"))?;
     let doc = docs.first().ok_or_else(|| anyhow!("{source}: empty YAML"))?;
+    spec_from_doc(doc, source, scale, nc_override)
+}
+
+/// Resolves a parsed model YAML document (from a file, or the `yaml` dict a checkpoint keeps);
+/// `scale` picks a row of `scales` (default: the first, as Ultralytics does).
+pub fn spec_from_doc(doc: &Yaml, source: &str, scale: Option<char>, nc_override: Option<usize>) -> Result<ModelSpec> {
     let yaml_nc = match &doc["nc"] {
         Yaml::Integer(n) if *n > 0 => Some(*n as usize),
         Yaml::BadValue => None,

@@ -20,18 +20,20 @@ pub const BN_MOMENTUM: f32 = 0.03;
 pub const REG_MAX: usize = 16;
 
 /// Builds IR for YOLO modules while holding the parameters it creates.
-pub struct Lowering {
+pub struct Lowering<'w> {
     /// The graph under construction.
     pub g: Graph,
     /// Parameter tensors by name.
     pub tensors: BTreeMap<String, Tensor>,
     rng: ChaCha8Rng,
+    widths: Option<&'w BTreeMap<String, Vec<usize>>>,
 }
 
-impl Lowering {
-    /// An empty lowering with a seeded initialiser.
-    pub fn new(name: &str, seed: u64) -> Lowering {
-        Lowering { g: Graph::new(name), tensors: BTreeMap::new(), rng: ChaCha8Rng::seed_from_u64(seed) }
+impl<'w> Lowering<'w> {
+    /// An empty lowering with a seeded initialiser. `widths` (weight name to shape, from a
+    /// checkpoint) overrides each conv's output width where it names the conv's weight.
+    pub fn new(name: &str, seed: u64, widths: Option<&'w BTreeMap<String, Vec<usize>>>) -> Lowering<'w> {
+        Lowering { g: Graph::new(name), tensors: BTreeMap::new(), rng: ChaCha8Rng::seed_from_u64(seed), widths }
     }
 
     fn channels(&self, v: ValueId) -> usize {
@@ -67,12 +69,20 @@ impl Lowering {
         scope: &str,
     ) -> Result<ValueId> {
         let c1 = self.channels(x);
+        let wname = format!("{scope}.weight");
+        let c2 = match self.widths.and_then(|w| w.get(&wname)) {
+            Some(s) if s.len() == 4 && s[2] == k && s[3] == k && s[1] * g == c1 => s[0],
+            Some(s) => bail!(
+                "{scope}: weight {wname} has shape {s:?}, but this {k}x{k} conv (groups {g}) receives {c1} channels"
+            ),
+            None => c2,
+        };
         if g == 0 || c1 % g != 0 || c2 % g != 0 {
             bail!("{scope}: {c1} -> {c2} channels cannot use {g} groups");
         }
         let fan_in = c1 / g * k * k;
         let w = self.uniform(c2 * fan_in, 1.0 / (fan_in as f32).sqrt());
-        let wv = self.param(&format!("{scope}.weight"), &[c2, c1 / g, k, k], ParamKind::Weight, w);
+        let wv = self.param(&wname, &[c2, c1 / g, k, k], ParamKind::Weight, w);
         let mut inputs = vec![x, wv];
         if let Some(b) = bias {
             inputs.push(self.param(&format!("{scope}.bias"), &[c2], ParamKind::Weight, b));
@@ -94,6 +104,7 @@ impl Lowering {
         scope: &str,
     ) -> Result<ValueId> {
         let y = self.conv2d(x, c2, k, s, p.unwrap_or(k / 2), g, None, &format!("{scope}.conv"))?;
+        let c2 = self.channels(y);
         let bn = format!("{scope}.bn");
         let ps = [
             self.param(&format!("{bn}.weight"), &[c2], ParamKind::Weight, vec![1.0; c2]),
@@ -132,6 +143,14 @@ impl Lowering {
         let c_ = (c2 as f64 * e) as usize;
         let y = self.conv(x, c_, k, 1, None, 1, true, &format!("{scope}.cv1"))?;
         let y = self.conv(y, c2, k, 1, None, 1, true, &format!("{scope}.cv2"))?;
+        // Ultralytics decides the shortcut from the module's nominal widths (`c1 == c2`);
+        // widths taken from a checkpoint must still match for the add.
+        let out = self.channels(y);
+        if shortcut && c1 == c2 && out != c1 {
+            bail!(
+                "{scope}: the residual add joins {c1} and {out} channels (the checkpoint's widths break the shortcut)"
+            );
+        }
         if shortcut && c1 == c2 {
             self.add(x, y, &format!("{scope}.add"), scope)
         } else {
@@ -173,6 +192,7 @@ impl Lowering {
     ) -> Result<ValueId> {
         let c = (c2 as f64 * e) as usize;
         let y = self.conv(x, 2 * c, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
+        let c = self.halves(y, scope)?;
         let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
         let parts = self.g.add_node(Op::Split { axis: 1, sizes: vec![c, c] }, &[y], &[&names[0], &names[1]], scope)?;
         let mut ys = parts.clone();
@@ -187,6 +207,15 @@ impl Lowering {
         }
         let cat = self.concat(&ys, &format!("{scope}.cat"), scope)?;
         self.conv(cat, c2, 1, 1, None, 1, true, &format!("{scope}.cv2"))
+    }
+
+    /// Half the channels of `y`, which a C2f-style module splits in two (`chunk(2, 1)`).
+    fn halves(&self, y: ValueId, scope: &str) -> Result<usize> {
+        let c = self.channels(y);
+        if c % 2 != 0 {
+            bail!("{scope}: cv1 gives {c} channels, which no longer split in two halves");
+        }
+        Ok(c / 2)
     }
 
     /// Ultralytics `SPPF(c1, c2, k)`: three chained max pools.
@@ -260,6 +289,7 @@ impl Lowering {
             bail!("{scope}: C2PSA with {c1} channels leaves no 64-wide attention head");
         }
         let y = self.conv(x, 2 * c, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
+        let c = self.halves(y, scope)?;
         let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
         let ab = self.g.add_node(Op::Split { axis: 1, sizes: vec![c, c] }, &[y], &[&names[0], &names[1]], scope)?;
         let mut b = ab[1];
@@ -395,15 +425,24 @@ fn arg_count(args: &[Arg], lo: usize, hi: usize, module: &str, at: &str) -> Resu
 }
 
 /// Lowers a parsed model YAML to a model with freshly initialised weights, at image size
-/// `imgsz` (h, w; the graph itself works at any multiple of the largest stride).
-pub fn lower(spec: &ModelSpec, imgsz: [usize; 2], seed: u64) -> Result<Model> {
+/// `imgsz` (h, w; the graph itself works at any multiple of the largest stride). `widths`
+/// (weight name to shape, from a checkpoint) gives convs the widths their weights have.
+pub fn lower(
+    spec: &ModelSpec,
+    imgsz: [usize; 2],
+    seed: u64,
+    widths: Option<&BTreeMap<String, Vec<usize>>>,
+) -> Result<Model> {
     let name = spec.source.trim_end_matches(".yaml").to_string();
     let graph_name = if spec.scale.is_empty() || name.ends_with(&spec.scale) {
         name.clone()
     } else {
         format!("{name}{}", spec.scale)
     };
-    let mut l = Lowering::new(&graph_name, seed);
+    // The text form's names take letters, digits and `_./-`; a file name may hold others.
+    let graph_name: String =
+        graph_name.chars().map(|c| if c.is_ascii_alphanumeric() || "_./-".contains(c) { c } else { '_' }).collect();
+    let mut l = Lowering::new(&graph_name, seed, widths);
     let images = l.g.add_input(
         "images",
         TensorType {
@@ -549,7 +588,14 @@ pub fn lower(spec: &ModelSpec, imgsz: [usize; 2], seed: u64) -> Result<Model> {
     let model = Model {
         graph: l.g,
         tensors: l.tensors,
-        meta: Metadata { names, strides, imgsz, source: spec.source.clone(), scale: spec.scale.clone() },
+        meta: Metadata {
+            names,
+            strides,
+            imgsz,
+            source: spec.source.clone(),
+            scale: spec.scale.clone(),
+            origin: Default::default(),
+        },
         training_state: vec![],
     };
     model.check().map_err(|e| anyhow!("{}: internal error, lowered graph does not verify: {e}", spec.source))?;
