@@ -6,6 +6,7 @@ use slimc::frontend::weights::write_safetensors;
 use slimc::load::{format_of, load_model, LoadOptions, ModelFormat};
 use slimc::pipeline::{run_pipeline, PipelineConfig};
 use slimc::prune;
+use slimc::train::optim::SrMode;
 use slimc::train::step;
 use slimc::train::trainer::{TrainConfig, Trainer};
 use slimc::val::validate::validate;
@@ -278,6 +279,9 @@ enum Cmd {
         /// all or seed.
         #[arg(long, default_value = "all")]
         sr_scope: String,
+        /// How the L1 term acts: subgradient (the seed recipe) or proximal (exact zeros).
+        #[arg(long, value_enum, default_value_t = SrMode::Subgradient)]
+        sr_mode: SrMode,
         /// Prune ratio in (0, 1).
         #[arg(long, default_value_t = 0.5)]
         ratio: f64,
@@ -624,6 +628,7 @@ fn run(cli: Cli) -> Result<()> {
             finetune_epochs,
             sr,
             sr_scope,
+            sr_mode,
             ratio,
             policy,
             trained,
@@ -652,6 +657,7 @@ fn run(cli: Cli) -> Result<()> {
                 seed,
                 sr,
                 sr_scope,
+                sr_mode,
                 optimizer,
                 lr0,
                 nbs,

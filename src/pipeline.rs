@@ -216,7 +216,7 @@ impl Summary {
     /// summary.md.
     pub fn markdown(&self, cfg: &PipelineConfig) -> String {
         let mut s = format!(
-            "# slimc pipeline\n\nData `{}`, imgsz {}, batch {} (nominal {}, optimizer {}); epochs: train {}, sparse {} (sr {}, scope {}, nominal batch {}, no warm-up, last epoch kept), fine-tune {}; prune ratio {} ({:?} policy, {:?} importance).\n\n",
+            "# slimc pipeline\n\nData `{}`, imgsz {}, batch {} (nominal {}, optimizer {}); epochs: train {}, sparse {} (sr {}, {:?} mode, scope {}, nominal batch {}, no warm-up, last epoch kept), fine-tune {}; prune ratio {} ({:?} policy, {:?} importance).\n\n",
             cfg.train.data.as_deref().unwrap_or(Path::new("?")).display(),
             cfg.train.imgsz,
             cfg.train.batch,
@@ -225,6 +225,7 @@ impl Summary {
             if cfg.trained.is_some() { "given".to_string() } else { cfg.train.epochs.to_string() },
             cfg.sparse_epochs,
             cfg.train.sr,
+            cfg.train.sr_mode,
             cfg.train.sr_scope,
             cfg.sparse_nbs,
             cfg.finetune_epochs,

@@ -97,6 +97,32 @@ pub fn interp(x: f64, x0: f64, x1: f64, y0: f64, y1: f64) -> f64 {
     }
 }
 
+/// How network slimming's L1 term `sr·|γ|` on BN gammas enters training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SrMode {
+    /// The seed recipe's subgradient: `sr·sign(γ)` added to γ's gradient before the update.
+    #[default]
+    Subgradient,
+    /// A proximal step after the update: γ ← sign(γ)·max(|γ| − η·sr, 0), with η the step size the
+    /// optimizer applied to γ. Gammas the loss does not hold reach exact zeros.
+    Proximal,
+}
+
+/// The proximal L1 step of [`SrMode::Proximal`] for one optimizer update.
+#[derive(Clone, Copy, Debug)]
+pub struct Prox<'a> {
+    /// The BN gammas under the L1 term.
+    pub gammas: &'a [String],
+    /// The L1 rate.
+    pub sr: f64,
+}
+
+/// Soft-thresholding, the proximal operator of `t·|x|`: `sign(x)·max(|x| − t, 0)`.
+pub fn soft_threshold(x: f64, t: f64) -> f64 {
+    x.signum() * (x.abs() - t).max(0.0)
+}
+
 /// The optimizer: per-group learning rate and momentum, per-parameter state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Optimizer {
@@ -119,13 +145,18 @@ impl Optimizer {
     }
 
     /// One update of `params` from `grads`; `state` holds each parameter's buffers (momentum,
-    /// or AdamW's two moments), created on first use.
+    /// or AdamW's two moments), created on first use. With `prox`, each of its gammas then takes
+    /// the proximal L1 step [`soft_threshold`]`(γ, η·sr)`, where η is the step size this update
+    /// applied to that element: the group's lr for SGD (whose step is lr times the Nesterov
+    /// direction), and for AdamW the element's `lr / (sqrt(v̂) + eps)` (its step is that times
+    /// the bias-corrected first moment m̂), so the threshold follows Adam's per-element scaling.
     pub fn step(
         &mut self,
         params: &mut BTreeMap<String, Tensor>,
         grads: &BTreeMap<String, Tensor>,
         state: &mut BTreeMap<String, Vec<f32>>,
         gammas: &[String],
+        prox: Option<Prox<'_>>,
     ) -> anyhow::Result<()> {
         self.steps += 1;
         let t = self.steps as i32;
@@ -133,6 +164,7 @@ impl Optimizer {
             let grp = group_of(name, gammas);
             let lr = self.lr[grp];
             let wd = if grp == 1 { self.decay } else { 0.0 };
+            let sr = prox.filter(|x| x.gammas.contains(name)).map(|x| x.sr);
             let p = params.get_mut(name).ok_or_else(|| anyhow::anyhow!("no parameter {name}"))?.f32s_mut()?;
             let g = g.f32s()?;
             match self.choice.rule {
@@ -144,7 +176,8 @@ impl Optimizer {
                         let d = g[i] as f64 + wd * p[i] as f64;
                         let b = if first { d } else { mu * buf[i] as f64 + d };
                         buf[i] = b as f32;
-                        p[i] = (p[i] as f64 - lr * (d + mu * b)) as f32;
+                        let w = p[i] as f64 - lr * (d + mu * b);
+                        p[i] = sr.map_or(w, |sr| soft_threshold(w, lr * sr)) as f32;
                     }
                 }
                 Rule::AdamW => {
@@ -159,8 +192,9 @@ impl Optimizer {
                         let vi = b2 * v[i] as f64 + (1.0 - b2) * gi * gi;
                         m[i] = mi as f32;
                         v[i] = vi as f32;
-                        w -= lr * (mi / c1) / ((vi / c2).sqrt() + eps);
-                        p[i] = w as f32;
+                        let eta = lr / ((vi / c2).sqrt() + eps);
+                        w -= eta * (mi / c1);
+                        p[i] = sr.map_or(w, |sr| soft_threshold(w, eta * sr)) as f32;
                     }
                 }
             }
@@ -243,9 +277,9 @@ mod tests {
         let mut params = BTreeMap::from([("w".to_string(), Tensor::from_f32(vec![1], vec![1.0]).unwrap())]);
         let grads = BTreeMap::from([("w".to_string(), Tensor::from_f32(vec![1], vec![0.5]).unwrap())]);
         let mut state = BTreeMap::new();
-        opt.step(&mut params, &grads, &mut state, &[]).unwrap();
+        opt.step(&mut params, &grads, &mut state, &[], None).unwrap();
         assert!((params["w"].f32s().unwrap()[0] - 0.9031).abs() < 1e-6);
-        opt.step(&mut params, &grads, &mut state, &[]).unwrap();
+        opt.step(&mut params, &grads, &mut state, &[], None).unwrap();
         let d = 0.5 + 0.01 * 0.9031f64;
         let buf = 0.9 * 0.51 + d;
         let want = 0.9031 - 0.1 * (d + 0.9 * buf);
@@ -258,11 +292,66 @@ mod tests {
         let mut opt = Optimizer::new(choice, 0.1);
         let mut params = BTreeMap::from([("w".to_string(), Tensor::from_f32(vec![2], vec![1.0, -2.0]).unwrap())]);
         let grads = BTreeMap::from([("w".to_string(), Tensor::from_f32(vec![2], vec![3.0, -0.001]).unwrap())]);
-        opt.step(&mut params, &grads, &mut BTreeMap::new(), &[]).unwrap();
+        opt.step(&mut params, &grads, &mut BTreeMap::new(), &[], None).unwrap();
         // Bias-corrected first step is lr·sign(g) (up to eps), after the decoupled decay.
         let p = params["w"].f32s().unwrap();
         assert!((p[0] as f64 - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6);
         assert!((p[1] as f64 - (-2.0 * (1.0 - 0.001) + 0.01)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn soft_threshold_is_the_l1_proximal_operator() {
+        assert_eq!(soft_threshold(0.5, 0.2), 0.3);
+        assert_eq!(soft_threshold(-0.5, 0.2), -0.3);
+        assert_eq!(soft_threshold(0.1, 0.2), 0.0);
+        assert_eq!(soft_threshold(-0.1, 0.2), 0.0);
+        assert_eq!(soft_threshold(0.0, 0.2), 0.0);
+        // It minimises t·|y| + (y − x)²/2: no nearby point does better.
+        for &(x, t) in &[(0.7, 0.25), (-0.3, 0.1), (0.05, 0.2)] {
+            let f = |y: f64| t * y.abs() + (y - x) * (y - x) / 2.0;
+            let y = soft_threshold(x, t);
+            for d in [-1e-3, 1e-3] {
+                assert!(f(y) <= f(y + d) + 1e-15, "x {x} t {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn proximal_gammas_held_by_no_loss_reach_exact_zero() {
+        // SGD, zero gradient: momentum stays 0, so each step only shrinks |γ| by lr·sr.
+        // From γ = ±0.0105 with lr 0.1, sr 0.01 (0.001 a step): 10 steps leave 0.0005, the 11th 0.
+        let gammas = ["bn.weight".to_string()];
+        let choice = Choice { rule: Rule::Sgd, lr: 0.1, momentum: 0.9, warmup_bias_lr: 0.0 };
+        let mut opt = Optimizer::new(choice, 0.0005);
+        let mut params =
+            BTreeMap::from([(gammas[0].clone(), Tensor::from_f32(vec![3], vec![0.0105, -0.0105, 0.5]).unwrap())]);
+        let grads = BTreeMap::from([(gammas[0].clone(), Tensor::from_f32(vec![3], vec![0.0; 3]).unwrap())]);
+        let mut state = BTreeMap::new();
+        let prox = Some(Prox { gammas: &gammas, sr: 0.01 });
+        for _ in 0..10 {
+            opt.step(&mut params, &grads, &mut state, &gammas, prox).unwrap();
+        }
+        let p = params[&gammas[0]].f32s().unwrap().to_vec();
+        assert!((p[0] - 0.0005).abs() < 1e-6 && (p[1] + 0.0005).abs() < 1e-6, "{p:?}");
+        assert!((p[2] - 0.49).abs() < 1e-6, "{p:?}");
+        opt.step(&mut params, &grads, &mut state, &gammas, prox).unwrap();
+        let p = params[&gammas[0]].f32s().unwrap();
+        assert_eq!((p[0], p[1]), (0.0, 0.0));
+        // AdamW with a constant gradient g: the update moves γ by lr·g/(|g| + eps) ≈ lr and the
+        // threshold is lr·sr/(|g| + eps); with g = sr both are lr, so γ = 0.0105 at lr 0.001
+        // falls by 0.002 a step and is exactly 0 after ceil(0.0105 / 0.002) = 6 steps.
+        let choice = Choice { rule: Rule::AdamW, lr: 0.001, momentum: 0.9, warmup_bias_lr: 0.0 };
+        let mut opt = Optimizer::new(choice, 0.0);
+        let mut params = BTreeMap::from([(gammas[0].clone(), Tensor::from_f32(vec![1], vec![0.0105]).unwrap())]);
+        let grads = BTreeMap::from([(gammas[0].clone(), Tensor::from_f32(vec![1], vec![0.01]).unwrap())]);
+        let mut state = BTreeMap::new();
+        for step in 1..=6 {
+            opt.step(&mut params, &grads, &mut state, &gammas, prox).unwrap();
+            let g = params[&gammas[0]].f32s().unwrap()[0] as f64;
+            let want = (0.0105 - 0.002 * step as f64).max(0.0);
+            assert!((g - want).abs() < 1e-7, "step {step}: {g} vs {want}");
+        }
+        assert_eq!(params[&gammas[0]].f32s().unwrap()[0], 0.0);
     }
 
     #[test]

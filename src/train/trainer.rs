@@ -2,7 +2,7 @@
 //! nominal batch, clipping, EMA, validation every epoch, results.csv / results.png, last.slim
 //! and best.slim written atomically, and `--resume` from the last completed epoch.
 
-use super::optim::{choose, clip_grad_norm, interp, lr_factor, warmup_iterations, Ema, Optimizer, Rule};
+use super::optim::{choose, clip_grad_norm, interp, lr_factor, warmup_iterations, Ema, Optimizer, Prox, Rule, SrMode};
 use super::plot::{plot_results, save_batch};
 use super::step::Program;
 use crate::data::augment::Hyp;
@@ -82,6 +82,11 @@ pub struct TrainConfig {
     /// Decay the L1 rate linearly from sr to 0.1·sr over the epochs (the seed recipe's schedule).
     #[arg(long)]
     pub sr_decay: bool,
+    /// How the L1 term acts: subgradient (the seed recipe: sr·sign(γ) added to the gradient) or
+    /// proximal (soft-thresholding γ after each update, so gammas reach exact zeros).
+    #[arg(long, value_enum, default_value_t = SrMode::Subgradient)]
+    #[serde(default)]
+    pub sr_mode: SrMode,
     /// Run folder (from --project and --name).
     #[arg(skip)]
     pub save_dir: PathBuf,
@@ -382,13 +387,20 @@ impl Trainer {
                 }
                 if ni - self.last_opt_step >= accumulate as i64 {
                     let mut g = grads.take().expect("accumulated");
-                    if cfg.sr > 0.0 {
-                        let sr =
-                            if cfg.sr_decay { cfg.sr * (1.0 - 0.9 * epoch as f32 / cfg.epochs as f32) } else { cfg.sr };
+                    let sr = if cfg.sr_decay { cfg.sr * (1.0 - 0.9 * epoch as f32 / cfg.epochs as f32) } else { cfg.sr };
+                    if sr > 0.0 && cfg.sr_mode == SrMode::Subgradient {
                         self.program.add_sparsity(&mut g, &self.sr_gammas, sr)?;
                     }
+                    let prox = (sr > 0.0 && cfg.sr_mode == SrMode::Proximal)
+                        .then_some(Prox { gammas: &self.sr_gammas, sr: sr as f64 });
                     clip_grad_norm(&mut g, 10.0)?;
-                    self.opt.step(&mut self.program.model.tensors, &g, &mut self.opt_state, &self.program.gammas)?;
+                    self.opt.step(
+                        &mut self.program.model.tensors,
+                        &g,
+                        &mut self.opt_state,
+                        &self.program.gammas,
+                        prox,
+                    )?;
                     self.ema.update(&self.program.model.tensors)?;
                     self.last_opt_step = ni;
                 }
