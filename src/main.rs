@@ -50,6 +50,39 @@ impl ModelArgs {
     }
 }
 
+/// Pruning to a budget instead of a ratio: `N` or a share of the unpruned model's `F%`.
+#[derive(Args, Clone, Default)]
+struct BudgetArgs {
+    /// Prune until parameters are at most N (or F% of the model's).
+    #[arg(long, value_name = "N|F%")]
+    target_params: Option<String>,
+    /// Prune until GFLOPs at the model's image size are at most G (or F%).
+    #[arg(long, value_name = "G|F%")]
+    target_gflops: Option<String>,
+    /// Prune until onnxruntime latency (batch 1, median of 30 after warm-up) is at most MS (or F%).
+    #[arg(long, value_name = "MS|F%")]
+    target_latency: Option<String>,
+}
+
+impl BudgetArgs {
+    /// The budget given, if any (at most one).
+    fn budget(&self) -> Result<Option<prune::Budget>> {
+        use prune::{Budget, Metric};
+        let given: Vec<Budget> = [
+            (Metric::Parameters, &self.target_params, "--target-params"),
+            (Metric::Gflops, &self.target_gflops, "--target-gflops"),
+            (Metric::LatencyMs, &self.target_latency, "--target-latency"),
+        ]
+        .into_iter()
+        .filter_map(|(m, v, flag)| v.as_ref().map(|v| Budget::parse(m, v, flag)))
+        .collect::<Result<_>>()?;
+        if given.len() > 1 {
+            bail!("give one of --target-params, --target-gflops and --target-latency");
+        }
+        Ok(given.into_iter().next())
+    }
+}
+
 fn parse_imgsz(s: &str) -> std::result::Result<[usize; 2], String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     let nums: Vec<usize> = parts
@@ -192,12 +225,30 @@ enum Cmd {
     /// rewrite-widths) and print what changed per layer.
     ///
     /// Example: slimc prune runs/detect/sparse/weights/last.slim --ratio 0.5 --policy groups -o pruned.slim
+    ///
+    /// Budget:  slimc prune sparse.slim --target-gflops 60% -o pruned.slim   (also --target-params, --target-latency)
+    /// Sweep:   slimc prune sparse.slim --sweep 0.1:0.9:0.1 --data trees.yaml  (table, sweep.csv, sweep.png)
     Prune {
         #[command(flatten)]
         m: ModelArgs,
         /// Fraction of the candidate channel groups to remove, in (0, 1).
         #[arg(long)]
-        ratio: f64,
+        ratio: Option<f64>,
+        #[command(flatten)]
+        budget: BudgetArgs,
+        /// Prune at each ratio of start:end:step and tabulate parameters, GFLOPs, onnxruntime
+        /// latency and (with --data) mAP before fine-tuning; writes sweep.csv and sweep.png.
+        #[arg(long)]
+        sweep: Option<String>,
+        /// Dataset YAML whose val split scores each ratio of a sweep.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Folder of the sweep's outputs: project/name.
+        #[arg(long, default_value = "runs/prune")]
+        project: PathBuf,
+        /// Name of the sweep's folder (incremented if it exists).
+        #[arg(long, default_value = "sweep")]
+        name: String,
         /// seed: the BNs the YOLOv11-Prune recipe prunes; groups: also residual- and concat-coupled groups.
         #[arg(long, default_value = "groups")]
         policy: String,
@@ -213,9 +264,9 @@ enum Cmd {
         /// Print the IR (and the analyses) after every pass.
         #[arg(long)]
         print_ir_after_all: bool,
-        /// Output .slim file.
+        /// Output .slim file (not with --sweep).
         #[arg(short, long)]
-        output: PathBuf,
+        output: Option<PathBuf>,
         /// Machine-readable report.
         #[arg(long)]
         json: bool,
@@ -282,9 +333,11 @@ enum Cmd {
         /// How the L1 term acts: subgradient (the seed recipe) or proximal (exact zeros).
         #[arg(long, value_enum, default_value_t = SrMode::Subgradient)]
         sr_mode: SrMode,
-        /// Prune ratio in (0, 1).
+        /// Prune ratio in (0, 1) (unless a --target-* budget is given).
         #[arg(long, default_value_t = 0.5)]
         ratio: f64,
+        #[command(flatten)]
+        budget: BudgetArgs,
         /// seed or groups.
         #[arg(long, default_value = "groups")]
         policy: String,
@@ -366,6 +419,29 @@ fn main() {
         eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
         std::process::exit(1);
     }
+}
+
+fn parse_policy(policy: &str) -> Result<Policy> {
+    match policy {
+        "seed" => Ok(Policy::Seed),
+        "groups" => Ok(Policy::Groups),
+        p => bail!("--policy {p}: expected seed or groups"),
+    }
+}
+
+/// Scores a model on a dataset's val split at `imgsz`: (mAP50, mAP50-95).
+fn val_scorer(data: &Path, imgsz: usize) -> Result<impl FnMut(&Model) -> Result<(f64, f64)>> {
+    let spec = slimc::data::dataset::load_dataset_spec(data)?;
+    let nc = spec.names.len();
+    let (samples, rep) = slimc::data::dataset::scan(&spec.val, nc, "val")?;
+    for w in &rep.warnings {
+        eprintln!("WARNING {w}");
+    }
+    let split = slimc::data::loader::Split::new(samples, imgsz, false)?;
+    Ok(move |m: &Model| {
+        let r = validate(m, &split, 16, nc, false, false)?;
+        Ok((r.metrics.map50, r.metrics.map))
+    })
 }
 
 fn save(model: &Model, path: &Path) -> Result<()> {
@@ -553,15 +629,31 @@ fn run(cli: Cli) -> Result<()> {
                 println!("wrote {} and {}", output.display(), grid.display());
             }
         }
-        Cmd::Prune { m, ratio, policy, importance, min_channels, round_to, print_ir_after_all, output, json } => {
+        Cmd::Prune {
+            m,
+            ratio,
+            budget,
+            sweep,
+            data,
+            project,
+            name,
+            policy,
+            importance,
+            min_channels,
+            round_to,
+            print_ir_after_all,
+            output,
+            json,
+        } => {
+            let budget = budget.budget()?;
+            let modes = ratio.is_some() as usize + budget.is_some() as usize + sweep.is_some() as usize;
+            if modes != 1 {
+                bail!("give exactly one of --ratio, a --target-* budget and --sweep");
+            }
             let model = m.load()?;
             let opts = PruneOptions {
-                ratio,
-                policy: match policy.as_str() {
-                    "seed" => Policy::Seed,
-                    "groups" => Policy::Groups,
-                    p => bail!("--policy {p}: expected seed or groups"),
-                },
+                ratio: ratio.unwrap_or(0.5),
+                policy: parse_policy(&policy)?,
                 importance: match importance.as_str() {
                     "max" => Importance::Max,
                     "sum" => Importance::Sum,
@@ -571,7 +663,43 @@ fn run(cli: Cli) -> Result<()> {
                 min_channels,
                 round_to,
             };
-            let r = prune::prune(&model, opts, print_ir_after_all).map_err(|e| anyhow!("{}: {e:#}", m.model))?;
+            if let Some(text) = sweep {
+                if output.is_some() {
+                    bail!("--sweep writes sweep.csv and sweep.png under --project/--name; -o does not apply");
+                }
+                let ratios = prune::parse_sweep(&text)?;
+                let mut scorer = match &data {
+                    Some(d) => Some(val_scorer(d, model.meta.imgsz[0].max(model.meta.imgsz[1]))?),
+                    None => None,
+                };
+                let rows = prune::sweep(
+                    &model,
+                    &opts,
+                    &ratios,
+                    scorer.as_mut().map(|f| f as &mut dyn FnMut(&Model) -> Result<(f64, f64)>),
+                )
+                .map_err(|e| anyhow!("{}: {e:#}", m.model))?;
+                let dir = increment_dir(&project, &name);
+                std::fs::create_dir_all(&dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+                slimc_ir::write_atomic(&dir.join("sweep.csv"), prune::sweep_csv(&rows).as_bytes())?;
+                prune::plot_sweep(&rows, &dir.join("sweep.png"))?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    print!("{}", prune::sweep_table(&rows));
+                    println!("wrote {} and {}", dir.join("sweep.csv").display(), dir.join("sweep.png").display());
+                }
+                return Ok(());
+            }
+            let Some(output) = output else { bail!("-o/--output (the pruned .slim) is required") };
+            let r = match budget {
+                Some(b) => {
+                    let r = prune::prune_to_budget(&model, &opts, b).map_err(|e| anyhow!("{}: {e:#}", m.model))?;
+                    eprintln!("budget {}", r.describe());
+                    r.pruned
+                }
+                None => prune::prune(&model, opts, print_ir_after_all).map_err(|e| anyhow!("{}: {e:#}", m.model))?,
+            };
             save(&r.model, &output)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r.summary)?);
@@ -630,6 +758,7 @@ fn run(cli: Cli) -> Result<()> {
             sr_scope,
             sr_mode,
             ratio,
+            budget,
             policy,
             trained,
             optimizer,
@@ -663,17 +792,14 @@ fn run(cli: Cli) -> Result<()> {
                 nbs,
                 ..TrainConfig::default()
             };
-            let policy = match policy.as_str() {
-                "seed" => Policy::Seed,
-                "groups" => Policy::Groups,
-                p => bail!("--policy {p}: expected seed or groups"),
-            };
+            let policy = parse_policy(&policy)?;
             let cfg = PipelineConfig {
                 train,
                 sparse_epochs: sparse_epochs.unwrap_or(epochs),
                 sparse_nbs: sparse_nbs.unwrap_or(batch),
                 finetune_epochs: finetune_epochs.unwrap_or(epochs),
                 prune: PruneOptions { ratio, policy, ..Default::default() },
+                budget: budget.budget()?,
                 trained,
                 dir: increment_dir(&project, &name),
             };

@@ -7,7 +7,7 @@ use crate::data::dataset::{load_dataset_spec, scan};
 use crate::data::loader::Split;
 use crate::export::{export_onnx, ExportOptions};
 use crate::info::model_info;
-use crate::prune::prune;
+use crate::prune::{prune, prune_to_budget, Budget};
 use crate::train::trainer::{TrainConfig, Trainer};
 use crate::val::validate::validate;
 use crate::verify::{verify_onnx, OrtSession};
@@ -29,8 +29,10 @@ pub struct PipelineConfig {
     pub sparse_nbs: usize,
     /// Epochs of fine-tuning.
     pub finetune_epochs: usize,
-    /// Pruning options.
+    /// Pruning options (their ratio unless `budget` is set).
     pub prune: PruneOptions,
+    /// Prune to this budget instead of the ratio.
+    pub budget: Option<Budget>,
     /// A trained model to start from instead of the first training stage.
     pub trained: Option<PathBuf>,
     /// The run folder.
@@ -68,6 +70,8 @@ pub struct Summary {
     pub verify_max_rel: f32,
     /// Layers the floor kept wider than the ratio asked.
     pub clamped: Vec<String>,
+    /// The prune ratio used (chosen by the search when pruning to a budget).
+    pub prune_ratio: f64,
     /// Wall time of the whole pipeline, s.
     pub seconds: f64,
 }
@@ -183,8 +187,15 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
         &cfg.dir.join("gamma.png"),
     )?;
     slimc_ir::write_atomic(&cfg.dir.join("gamma.json"), serde_json::to_string_pretty(&hist)?.as_bytes())?;
-    // 4. Prune.
-    let pruned = prune(&sparse, cfg.prune.clone(), false)?;
+    // 4. Prune, at the ratio or as little as meets the budget.
+    let pruned = match cfg.budget {
+        Some(b) => {
+            let r = prune_to_budget(&sparse, &cfg.prune, b)?;
+            eprintln!("pipeline: {}", r.describe());
+            r.pruned
+        }
+        None => prune(&sparse, cfg.prune.clone(), false)?,
+    };
     std::fs::write(cfg.dir.join("prune.txt"), pruned.summary.table())?;
     row("pruned", &save(&pruned.model, "pruned.slim")?, &pruned.model)?;
     // 5. Fine-tune the narrower graph.
@@ -202,6 +213,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
         stages: rows,
         verify_max_rel: checks.iter().map(|c| c.max_rel).fold(0.0, f32::max),
         clamped: pruned.summary.clamped,
+        prune_ratio: pruned.summary.ratio,
         seconds: t0.elapsed().as_secs_f64(),
     };
     slimc_ir::write_atomic(&cfg.dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
@@ -216,7 +228,7 @@ impl Summary {
     /// summary.md.
     pub fn markdown(&self, cfg: &PipelineConfig) -> String {
         let mut s = format!(
-            "# slimc pipeline\n\nData `{}`, imgsz {}, batch {} (nominal {}, optimizer {}); epochs: train {}, sparse {} (sr {}, {:?} mode, scope {}, nominal batch {}, no warm-up, last epoch kept), fine-tune {}; prune ratio {} ({:?} policy, {:?} importance).\n\n",
+            "# slimc pipeline\n\nData `{}`, imgsz {}, batch {} (nominal {}, optimizer {}); epochs: train {}, sparse {} (sr {}, {:?} mode, scope {}, nominal batch {}, no warm-up, last epoch kept), fine-tune {}; prune ratio {:.4}{} ({:?} policy, {:?} importance).\n\n",
             cfg.train.data.as_deref().unwrap_or(Path::new("?")).display(),
             cfg.train.imgsz,
             cfg.train.batch,
@@ -229,7 +241,8 @@ impl Summary {
             cfg.train.sr_scope,
             cfg.sparse_nbs,
             cfg.finetune_epochs,
-            cfg.prune.ratio,
+            self.prune_ratio,
+            cfg.budget.map_or(String::new(), |b| format!(", chosen for the budget {}", b.describe())),
             cfg.prune.policy,
             cfg.prune.importance
         );

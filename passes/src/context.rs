@@ -55,6 +55,8 @@ pub struct Selection {
     pub threshold: f32,
     /// Layers whose kept count the floor or rounding raised, one line each.
     pub clamped: Vec<String>,
+    /// Channel groups the policy made candidates (the ratio is a share of these).
+    pub candidates: usize,
 }
 
 /// What `rewrite-widths` did, per BN layer.

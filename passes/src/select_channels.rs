@@ -161,7 +161,35 @@ pub fn select(model: &Model, groups: &ChannelGroups, cx: &PassContext) -> Result
             pruned[k] = false;
         }
     }
-    Ok(Selection { pruned, threshold, clamped })
+    // The floor holds for every value too: a BN family's kept channels may all lie in one part
+    // of a split, which would leave the other part (and the convs reading it) without channels.
+    for (v, of) in groups.of.iter().enumerate() {
+        let Some(of) = of else { continue };
+        let width = of.len();
+        let kept = of.iter().filter(|&&k| !pruned[k]).count();
+        let floor = o.min_channels.min(width);
+        if kept >= floor {
+            continue;
+        }
+        let mut removed: Vec<usize> = of.iter().copied().filter(|&k| pruned[k]).collect();
+        removed.sort_by(|&a, &b| importance[b].total_cmp(&importance[a]).then(a.cmp(&b)));
+        removed.dedup();
+        let mut now = kept;
+        for k in removed {
+            if now >= floor {
+                break;
+            }
+            pruned[k] = false;
+            now = of.iter().filter(|&&j| !pruned[j]).count();
+        }
+        clamped.push(format!(
+            "{}: ratio {} would keep {kept} of {width} channels; keeping {now} (--min-channels {})",
+            g.value(slimc_ir::ValueId(v)).name,
+            o.ratio,
+            o.min_channels
+        ));
+    }
+    Ok(Selection { pruned, threshold, clamped, candidates: order.len() })
 }
 
 /// Chooses the channel groups to remove (see [`select`]) from `group-channels`'

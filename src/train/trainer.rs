@@ -387,7 +387,8 @@ impl Trainer {
                 }
                 if ni - self.last_opt_step >= accumulate as i64 {
                     let mut g = grads.take().expect("accumulated");
-                    let sr = if cfg.sr_decay { cfg.sr * (1.0 - 0.9 * epoch as f32 / cfg.epochs as f32) } else { cfg.sr };
+                    let sr =
+                        if cfg.sr_decay { cfg.sr * (1.0 - 0.9 * epoch as f32 / cfg.epochs as f32) } else { cfg.sr };
                     if sr > 0.0 && cfg.sr_mode == SrMode::Subgradient {
                         self.program.add_sparsity(&mut g, &self.sr_gammas, sr)?;
                     }
