@@ -10,7 +10,7 @@ use crate::info::model_info;
 use crate::prune::{prune, prune_to_budget, Budget};
 use crate::train::trainer::{TrainConfig, Trainer};
 use crate::val::validate::validate;
-use crate::verify::{verify_onnx, OrtSession};
+use crate::verify::{ort_latencies, verify_onnx};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use slimc_ir::{Model, Tensor};
@@ -92,34 +92,6 @@ fn train_stage(model: Model, t: TrainConfig, last: bool) -> Result<Model> {
     let mut m = Model::load(&file)?;
     m.training_state.clear();
     Ok(m)
-}
-
-/// Median onnxruntime latency (ms) of each of `onnx` on a grey image of `imgsz`, batch 1, with
-/// onnxruntime's graph optimisations as deployed. The files are timed in turns, ten rounds of a
-/// block of twelve runs each (the first two of a block not counted), so that a change in machine
-/// load affects all of them alike.
-fn ort_latencies(onnx: &[PathBuf], imgsz: usize) -> Result<Vec<f64>> {
-    let x = Tensor::full(&[1, 3, imgsz, imgsz], 0.5);
-    let mut sessions = onnx.iter().map(|p| OrtSession::for_latency(p)).collect::<Result<Vec<_>>>()?;
-    let mut times = vec![vec![]; sessions.len()];
-    for _ in 0..10 {
-        for (s, t) in sessions.iter_mut().zip(&mut times) {
-            for k in 0..12 {
-                let t0 = Instant::now();
-                s.run(&x)?;
-                if k >= 2 {
-                    t.push(t0.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-        }
-    }
-    Ok(times
-        .into_iter()
-        .map(|mut t| {
-            t.sort_by(f64::total_cmp);
-            t[t.len() / 2]
-        })
-        .collect())
 }
 
 /// Runs the whole pipeline on `model` (built with the dataset's classes).
@@ -206,7 +178,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     let x = Tensor::full(&[1, 3, imgsz, imgsz], 0.5);
     let want = cpu::run(&tuned, std::slice::from_ref(&x))?;
     let checks = verify_onnx(&final_path.with_extension("onnx"), &x, &want, 1e-4)?;
-    for (r, ms) in rows.iter_mut().zip(ort_latencies(&exports, imgsz)?) {
+    for (r, ms) in rows.iter_mut().zip(ort_latencies(&exports, [imgsz, imgsz], 10)?) {
         r.ort_ms = ms;
     }
     let summary = Summary {

@@ -4,13 +4,12 @@
 
 use crate::export::{export_onnx, ExportOptions};
 use crate::info::model_info;
-use crate::verify::OrtSession;
+use crate::verify::ort_latencies;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use slimc_ir::{Model, Tensor};
+use slimc_ir::Model;
 use slimc_passes::{PassContext, PassManager, PruneOptions};
 use std::path::Path;
-use std::time::Instant;
 
 /// What pruning changed.
 #[derive(Clone, Debug, Serialize)]
@@ -109,7 +108,8 @@ impl Metric {
         Ok(match self {
             Metric::Parameters => model_info(m, None)?.parameters as f64,
             Metric::Gflops => model_info(m, None)?.gflops,
-            Metric::LatencyMs => ort_latency_ms(m, 30)?,
+            // Median of 30 after warm-up.
+            Metric::LatencyMs => ort_latency_ms(&[m], 3)?[0],
         })
     }
 }
@@ -238,28 +238,22 @@ fn fmt(v: f64) -> String {
     }
 }
 
-/// Median onnxruntime latency (ms) of `m` exported at its image size, batch 1, over `runs` runs
-/// after five warm-up runs, with onnxruntime's graph optimisations as deployed.
-pub fn ort_latency_ms(m: &Model, runs: usize) -> Result<f64> {
-    let [h, w] = m.meta.imgsz;
+/// Exports each model at its image size into a scratch folder, then times them all in turns
+/// ([`ort_latencies`], `rounds` rounds of ten samples): their median onnxruntime latencies, ms.
+pub fn ort_latency_ms(models: &[&Model], rounds: usize) -> Result<Vec<f64>> {
+    let Some(first) = models.first() else { return Ok(vec![]) };
     let dir = std::env::temp_dir().join(format!("slimc-latency-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
-    let path = dir.join("model.onnx");
-    std::fs::write(&path, export_onnx(m, &ExportOptions { imgsz: Some([h, w]), ..Default::default() })?)
-        .with_context(|| format!("{}", path.display()))?;
-    let mut s = OrtSession::for_latency(&path)?;
-    let x = Tensor::full(&[1, 3, h, w], 0.5);
-    let mut times = vec![];
-    for k in 0..runs + 5 {
-        let t0 = Instant::now();
-        s.run(&x)?;
-        if k >= 5 {
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
+    let mut paths = vec![];
+    for (i, m) in models.iter().enumerate() {
+        let path = dir.join(format!("model{i}.onnx"));
+        let onnx = export_onnx(m, &ExportOptions { imgsz: Some(m.meta.imgsz), ..Default::default() })?;
+        std::fs::write(&path, onnx).with_context(|| format!("{}", path.display()))?;
+        paths.push(path);
     }
+    let times = ort_latencies(&paths, first.meta.imgsz, rounds);
     let _ = std::fs::remove_dir_all(&dir);
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    times
 }
 
 /// One ratio of a sweep.
@@ -305,7 +299,7 @@ pub fn sweep(
     ratios: &[f64],
     mut validate: Option<&mut dyn FnMut(&Model) -> Result<(f64, f64)>>,
 ) -> Result<Vec<SweepRow>> {
-    let mut rows = vec![];
+    let (mut rows, mut models) = (vec![], vec![]);
     let pb = indicatif::ProgressBar::new(ratios.len() as u64 + 1).with_style(
         indicatif::ProgressStyle::with_template("sweep {bar:30} {pos}/{len} ratios [{elapsed}<{eta}] {msg}")
             .map_err(|e| anyhow!("{e}"))?,
@@ -330,51 +324,57 @@ pub fn sweep(
             ratio,
             parameters: info.parameters,
             gflops: info.gflops,
-            ort_ms: ort_latency_ms(&m, 30)?,
+            ort_ms: f64::NAN, // timed for all ratios together below
             map50,
             map50_95,
         });
+        models.push(m);
         pb.inc(1);
+    }
+    pb.set_message("onnxruntime latency, all ratios in turns");
+    let refs: Vec<&Model> = models.iter().collect();
+    for (r, ms) in rows.iter_mut().zip(ort_latency_ms(&refs, 10)?) {
+        r.ort_ms = ms;
     }
     pb.finish_and_clear();
     Ok(rows)
 }
 
+/// The sweep's columns.
+const SWEEP_COLUMNS: [&str; 6] = ["ratio", "parameters", "GFLOPs", "onnxruntime ms", "mAP50", "mAP50-95"];
+
+/// A row's cells, at table (`fine` false) or CSV precision; a missing mAP is `missing`.
+fn sweep_cells(r: &SweepRow, fine: bool, missing: &str) -> [String; 6] {
+    let opt =
+        |v: Option<f64>| v.map_or(missing.to_string(), |v| if fine { format!("{v:.5}") } else { format!("{v:.3}") });
+    [
+        if fine { r.ratio.to_string() } else { format!("{:.2}", r.ratio) },
+        r.parameters.to_string(),
+        if fine { format!("{:.5}", r.gflops) } else { format!("{:.3}", r.gflops) },
+        if fine { format!("{:.4}", r.ort_ms) } else { format!("{:.2}", r.ort_ms) },
+        opt(r.map50),
+        opt(r.map50_95),
+    ]
+}
+
 /// The sweep as a text table.
 pub fn sweep_table(rows: &[SweepRow]) -> String {
-    let mut s = format!(
-        "{:>6} {:>11} {:>8} {:>15} {:>7} {:>9}\n",
-        "ratio", "parameters", "GFLOPs", "onnxruntime ms", "mAP50", "mAP50-95"
-    );
-    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    let line = |cells: [String; 6]| {
+        let w = SWEEP_COLUMNS.map(|c| c.len().max(8));
+        cells.iter().zip(w).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join(" ") + "\n"
+    };
+    let mut s = line(SWEEP_COLUMNS.map(String::from));
     for r in rows {
-        s += &format!(
-            "{:>6.2} {:>11} {:>8.3} {:>15.2} {:>7} {:>9}\n",
-            r.ratio,
-            r.parameters,
-            r.gflops,
-            r.ort_ms,
-            opt(r.map50),
-            opt(r.map50_95)
-        );
+        s += &line(sweep_cells(r, false, "-"));
     }
     s
 }
 
 /// The sweep as CSV (empty mAP cells without a dataset).
 pub fn sweep_csv(rows: &[SweepRow]) -> String {
-    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.5}"));
     let mut s = "ratio,parameters,gflops,ort_ms,map50,map50_95\n".to_string();
     for r in rows {
-        s += &format!(
-            "{},{},{:.5},{:.4},{},{}\n",
-            r.ratio,
-            r.parameters,
-            r.gflops,
-            r.ort_ms,
-            opt(r.map50),
-            opt(r.map50_95)
-        );
+        s += &(sweep_cells(r, true, "").join(",") + "\n");
     }
     s
 }

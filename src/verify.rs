@@ -154,3 +154,31 @@ pub fn verify_onnx(onnx: &Path, input: &Tensor, reference: &[Tensor], tol: f32) 
     }
     Ok(rows)
 }
+
+/// Median onnxruntime latency (ms) of each of `onnx` on a grey image of `imgsz` (h, w), batch 1,
+/// with onnxruntime's graph optimisations as deployed. The files are timed in turns, `rounds`
+/// rounds of a block of twelve runs each (the first two of a block are warm-up and not counted:
+/// ten samples per round), so that a change in machine load affects all of them alike.
+pub fn ort_latencies(onnx: &[PathBuf], imgsz: [usize; 2], rounds: usize) -> Result<Vec<f64>> {
+    let x = Tensor::full(&[1, 3, imgsz[0], imgsz[1]], 0.5);
+    let mut sessions = onnx.iter().map(|p| OrtSession::for_latency(p)).collect::<Result<Vec<_>>>()?;
+    let mut times = vec![vec![]; sessions.len()];
+    for _ in 0..rounds.max(1) {
+        for (s, t) in sessions.iter_mut().zip(&mut times) {
+            for k in 0..12 {
+                let t0 = std::time::Instant::now();
+                s.run(&x)?;
+                if k >= 2 {
+                    t.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect())
+}
