@@ -246,3 +246,68 @@ fn widths_the_graph_cannot_carry_are_named() {
     let e = lower_with("model.1.conv.weight", vec![32, 5, 3, 3]);
     assert!(e.contains("model.1.conv") && e.contains("receives 8 channels"), "{e}");
 }
+
+/// Seeded mutations of a real checkpoint (its pickle bytes flipped, cut or duplicated) load or
+/// fail with an error, never a panic.
+#[test]
+fn mutated_checkpoints_never_panic() {
+    use rand::{Rng, SeedableRng};
+    use std::io::{Read, Write};
+    let src = fixture("checkpoints/yolo11p-trees/best.pt");
+    let mut zin = zip::ZipArchive::new(std::fs::File::open(&src).unwrap()).unwrap();
+    let mut entries = vec![];
+    for i in 0..zin.len() {
+        let mut f = zin.by_index(i).unwrap();
+        let mut b = vec![];
+        f.read_to_end(&mut b).unwrap();
+        entries.push((f.name().unwrap().to_string(), b));
+    }
+    let pkl = entries.iter().position(|(n, _)| n.ends_with("data.pkl")).unwrap();
+    let dir = scratch("ckpt-mutate");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let (mut loaded, mut refused) = (0, 0);
+    for case in 0..60 {
+        let mut e = entries.clone();
+        let b = &mut e[pkl].1;
+        match case % 4 {
+            0 => {
+                for _ in 0..rng.random_range(1..4) {
+                    let i = rng.random_range(0..b.len());
+                    b[i] = rng.random();
+                }
+            }
+            1 => b.truncate(rng.random_range(0..b.len())),
+            2 => {
+                let i = rng.random_range(0..b.len());
+                let j = (i + rng.random_range(1..64)).min(b.len());
+                let chunk = b[i..j].to_vec();
+                b.splice(i..i, chunk);
+            }
+            _ => {
+                // A storage cut short or a tensor entry emptied.
+                let k = rng.random_range(0..e.len());
+                let len = e[k].1.len();
+                e[k].1.truncate(len / 3);
+            }
+        }
+        let path = dir.join(format!("m{case}.pt"));
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        for (n, bytes) in &e {
+            z.start_file(n.as_str(), opts).unwrap();
+            z.write_all(bytes).unwrap();
+        }
+        z.finish().unwrap();
+        let p = path.display().to_string();
+        let r = std::panic::catch_unwind(|| load_model(&p, &LoadOptions::default()).map(|m| m.check().is_ok()));
+        match r {
+            Ok(Ok(_)) => loaded += 1,
+            Ok(Err(err)) => {
+                assert!(err.to_string().contains(&format!("m{case}.pt")), "case {case}: error without the file: {err}");
+                refused += 1
+            }
+            Err(_) => panic!("case {case}: the importer panicked"),
+        }
+    }
+    assert!(refused > 0 && loaded + refused == 60);
+}
