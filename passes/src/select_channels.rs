@@ -114,6 +114,8 @@ pub fn select(model: &Model, groups: &ChannelGroups, cx: &PassContext) -> Result
     let mut order: Vec<usize> = (0..groups.count).filter(|&k| candidate[k]).collect();
     order.sort_by(|&a, &b| importance[a].total_cmp(&importance[b]).then(a.cmp(&b)));
     let n_prune = (order.len() as f64 * o.ratio).floor() as usize;
+    // The ratio as messages show it: a searched ratio (a budget's bisection) to four places.
+    let shown = (o.ratio * 1e4).round() / 1e4;
     let mut pruned = vec![false; groups.count];
     for &k in &order[..n_prune] {
         pruned[k] = true;
@@ -151,7 +153,7 @@ pub fn select(model: &Model, groups: &ChannelGroups, cx: &PassContext) -> Result
                 + &if key.len() > 1 { format!(" (+{} coupled)", key.len() - 1) } else { String::new() };
             clamped.push(format!(
                 "{layer}: ratio {} would keep {kept} of {total} channels; keeping {want} (--min-channels {})",
-                o.ratio, o.min_channels
+                shown, o.min_channels
             ));
         }
         // Restore the most important removed channels first.
@@ -185,7 +187,7 @@ pub fn select(model: &Model, groups: &ChannelGroups, cx: &PassContext) -> Result
         clamped.push(format!(
             "{}: ratio {} would keep {kept} of {width} channels; keeping {now} (--min-channels {})",
             g.value(slimc_ir::ValueId(v)).name,
-            o.ratio,
+            shown,
             o.min_channels
         ));
     }
