@@ -247,6 +247,9 @@ fn widths_the_graph_cannot_carry_are_named() {
     // A conv whose weight does not take its input's channels.
     let e = lower_with("model.1.conv.weight", vec![32, 5, 3, 3]);
     assert!(e.contains("model.1.conv") && e.contains("receives 8 channels"), "{e}");
+    // A conv narrowed to nothing would leave an empty value behind.
+    let e = lower_with("model.1.conv.weight", vec![0, 8, 3, 3]);
+    assert!(e.contains("model.1.conv") && e.contains("[0, 8, 3, 3]"), "{e}");
 }
 
 /// Seeded mutations of a real checkpoint (its pickle bytes flipped, cut or duplicated) load or

@@ -71,7 +71,7 @@ impl<'w> Lowering<'w> {
         let c1 = self.channels(x);
         let wname = format!("{scope}.weight");
         let c2 = match self.widths.and_then(|w| w.get(&wname)) {
-            Some(s) if s.len() == 4 && s[2] == k && s[3] == k && s[1] * g == c1 => s[0],
+            Some(s) if s.len() == 4 && s[0] > 0 && s[2] == k && s[3] == k && s[1].checked_mul(g) == Some(c1) => s[0],
             Some(s) => bail!(
                 "{scope}: weight {wname} has shape {s:?}, but this {k}x{k} conv (groups {g}) receives {c1} channels"
             ),
