@@ -47,7 +47,7 @@ fn train(c: &mut Criterion) {
             };
             let mut r = program.step(&batch.images, &batch.targets).unwrap();
             clip_grad_norm(&mut r.grads, 10.0).unwrap();
-            opt.step(&mut program.model.tensors, &r.grads, &mut state, &program.gammas, None).unwrap();
+            opt.step(&mut program.model.tensors, &r.grads, &mut state, &program.groups, None).unwrap();
             ema.update(&program.model.tensors).unwrap();
         })
     });

@@ -11,7 +11,7 @@ use onnx_protobuf::{
     NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use slimc_ir::{DType, Dim, Model, Op, ReshapeDim, Tensor, TensorData, TensorType, ValueId};
-use slimc_passes::{FoldBn, FoldConstants, Pass};
+use slimc_passes::pipelines;
 use std::collections::HashMap;
 
 /// Export settings.
@@ -336,12 +336,14 @@ pub fn prepare(model: &Model, opts: &ExportOptions) -> Result<Model> {
     let types = m.graph.image_input_types(1, imgsz);
     m.graph.set_input_types(&types).map_err(|e| anyhow!("cannot export at {}x{}: {e}", imgsz[0], imgsz[1]))?;
     m.meta.imgsz = imgsz;
-    if !opts.keep_bn {
-        FoldBn.run(&mut m)?;
+    let mut disabled = vec![];
+    if opts.keep_bn {
+        disabled.push("fold-bn".to_string());
     }
-    if !opts.dynamic {
-        FoldConstants.run(&mut m)?;
+    if opts.dynamic {
+        disabled.push("fold-constants".to_string());
     }
+    pipelines::EXPORT.manager().disable(&disabled)?.run(&mut m)?;
     m.check()?;
     Ok(m)
 }

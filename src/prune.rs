@@ -8,7 +8,7 @@ use crate::verify::ort_latencies;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use slimc_ir::Model;
-use slimc_passes::{PassContext, PassManager, PruneOptions};
+use slimc_passes::{pipelines, PassContext, PruneOptions};
 use std::path::Path;
 
 /// What pruning changed.
@@ -43,12 +43,11 @@ pub fn prune(model: &Model, opts: PruneOptions, print_ir: bool) -> Result<Pruned
     let before = model_info(model, None)?;
     let mut cx = PassContext { prune: opts.clone(), ..Default::default() };
     let mut m = model.clone();
-    let pm = PassManager::parse("group-channels,select-channels")?.print_ir_after_all(print_ir);
-    pm.run_with(&mut m, &mut cx)?;
-    let sel = cx.selection.clone().ok_or_else(|| anyhow!("select-channels made no selection"))?;
-    PassManager::parse("propagate-masks,rewrite-widths")?.print_ir_after_all(print_ir).run_with(&mut m, &mut cx)?;
+    pipelines::PRUNE.manager().print_ir_after_all(print_ir).run_with(&mut m, &mut cx)?;
+    let report = cx.report.ok_or_else(|| anyhow!("rewrite-widths left no report"))?;
+    let sel = report.selection;
     let after = model_info(&m, None)?;
-    let layers = cx.report.map(|r| r.layers).unwrap_or_default();
+    let layers = report.layers;
     Ok(Pruned {
         model: m,
         summary: PruneSummary {

@@ -1,6 +1,6 @@
 //! `autodiff`: reverse-mode differentiation of a detector into its training program.
 
-use crate::Pass;
+use crate::{Pass, PassContext};
 use slimc_ir::{Dim, Graph, IrError, Model, Op, ParamKind, ReshapeDim, Tensor, TensorType, ValueDef, ValueId};
 use std::collections::HashMap;
 
@@ -42,7 +42,7 @@ impl Pass for Autodiff {
     fn summary(&self) -> &'static str {
         "attach the detection loss, switch BN to training mode and build the backward program"
     }
-    fn run(&self, model: &mut Model) -> Result<bool, IrError> {
+    fn run(&self, model: &mut Model, _: &mut PassContext) -> Result<bool, IrError> {
         if model.graph.nodes.iter().any(|n| matches!(n.op, Op::BatchNormTrain { .. } | Op::DetectLossGrad { .. })) {
             return Err(IrError::Invalid("the graph is already a training program".into()));
         }
@@ -74,8 +74,6 @@ impl Pass for Autodiff {
             outputs.push(next);
         }
         g.outputs = outputs;
-        crate::Dce.run(model)?;
-        model.graph.compact();
         Ok(true)
     }
 }
@@ -110,7 +108,7 @@ pub fn attach_detect_loss(g: &mut Graph) -> Result<slimc_ir::NodeId, IrError> {
     let Op::Anchors { strides, .. } = &anchors.op else { unreachable!() };
     let (strides, levels) = (strides.clone(), anchors.inputs.clone());
     let ch = g.ty(levels[0]).shape[1].fixed().unwrap_or(0);
-    let reg_max = 16;
+    let reg_max = head_reg_max(g, &levels)?;
     if ch <= 4 * reg_max {
         return Err(IrError::Invalid(format!("Detect level maps have {ch} channels, fewer than 4x{reg_max} + nc")));
     }
@@ -124,6 +122,30 @@ pub fn attach_detect_loss(g: &mut Graph) -> Result<slimc_ir::NodeId, IrError> {
     let outs = g.add_node(op, &inputs, &[LOSS_ITEMS, LOSS_TOTAL], "loss")?;
     g.outputs = outs;
     Ok(slimc_ir::NodeId(g.nodes.len() - 1))
+}
+
+/// The Detect head's `reg_max`, read off the graph: the head's level maps flow (through
+/// reshapes and a concat) into a split of 4·reg_max box channels and the class channels.
+fn head_reg_max(g: &Graph, levels: &[ValueId]) -> Result<usize, IrError> {
+    let users = g.users();
+    let mut stack: Vec<ValueId> = levels.to_vec();
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(v) = stack.pop() {
+        for &u in &users[v.0] {
+            if !seen.insert(u) {
+                continue;
+            }
+            let n = &g.nodes[u.0];
+            match &n.op {
+                Op::Split { axis: 1, sizes } if sizes.len() == 2 && sizes[0] % 4 == 0 && sizes[0] > 0 => {
+                    return Ok(sizes[0] / 4)
+                }
+                Op::Reshape { .. } | Op::Concat { .. } => stack.extend(n.outputs.iter().copied()),
+                _ => {}
+            }
+        }
+    }
+    Err(IrError::Invalid("the Detect head's box/class split (4·reg_max box channels) was not found".into()))
 }
 
 /// Rewrites every `batch_norm` as `batch_norm_train`; returns (running buffer, next value) pairs.

@@ -1,10 +1,10 @@
 //! `dce`: dead-code elimination.
 
-use crate::Pass;
+use crate::{Pass, PassContext};
 use slimc_ir::{IrError, Model};
 
 /// Removes nodes none of whose results reach a graph output, then drops parameters and tensors
-/// nothing uses. Invariant: the graph outputs are computed exactly as before.
+/// nothing uses (renumbering the values densely). Invariant: the graph outputs are computed exactly as before.
 pub struct Dce;
 
 impl Pass for Dce {
@@ -14,7 +14,7 @@ impl Pass for Dce {
     fn summary(&self) -> &'static str {
         "remove nodes whose results are never used, and unused parameters"
     }
-    fn run(&self, model: &mut Model) -> Result<bool, IrError> {
+    fn run(&self, model: &mut Model, _: &mut PassContext) -> Result<bool, IrError> {
         let g = &mut model.graph;
         let mut live = vec![false; g.values.len()];
         for &o in &g.outputs {

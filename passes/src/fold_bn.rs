@@ -1,6 +1,6 @@
 //! `fold-bn`: fold batch normalisation into the convolution before it.
 
-use crate::Pass;
+use crate::{Pass, PassContext};
 use slimc_ir::{IrError, Model, Op, ParamKind, Tensor, TensorType, ValueDef};
 
 /// Rewrites `batch_norm(conv2d(x, w[, b]))` into `conv2d(x, w', b')` with
@@ -17,7 +17,7 @@ impl Pass for FoldBn {
     fn summary(&self) -> &'static str {
         "fold batch_norm into the preceding conv2d (inference form)"
     }
-    fn run(&self, model: &mut Model) -> Result<bool, IrError> {
+    fn run(&self, model: &mut Model, _: &mut PassContext) -> Result<bool, IrError> {
         let users = model.graph.users();
         let mut folds = vec![];
         for (bi, bn) in model.graph.nodes.iter().enumerate() {

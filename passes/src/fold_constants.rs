@@ -1,6 +1,6 @@
 //! `fold-constants`: evaluate nodes whose results are known before run time.
 
-use crate::Pass;
+use crate::{Pass, PassContext};
 use slimc_ir::{eval::eval, IrError, Model, Op, ParamKind, Tensor, ValueDef};
 
 /// Replaces every node whose operands are all constants (or, for `anchors`, whose operands'
@@ -16,7 +16,7 @@ impl Pass for FoldConstants {
     fn summary(&self) -> &'static str {
         "evaluate nodes whose operands are constants (and shape-only ops on static shapes)"
     }
-    fn run(&self, model: &mut Model) -> Result<bool, IrError> {
+    fn run(&self, model: &mut Model, _: &mut PassContext) -> Result<bool, IrError> {
         let mut changed = false;
         let mut i = 0;
         while i < model.graph.nodes.len() {

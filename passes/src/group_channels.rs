@@ -1,8 +1,6 @@
 //! `group-channels`: channel-coupling analysis (union-find over (value, channel)).
 
-use crate::context::PassContext;
-use crate::Pass;
-use slimc_ir::{Graph, IrError, Model, NodeId, Op, ValueId};
+use slimc_ir::{Graph, IrError, NodeId, Op, ValueId};
 
 /// Coupled channels of an inference graph, joined into groups.
 #[derive(Clone, Debug, Default)]
@@ -56,7 +54,12 @@ fn is_depthwise(g: &Graph, n: &slimc_ir::Node) -> bool {
     }
 }
 
-/// Builds the channel groups of `g` by DESIGN.md's per-op rules.
+/// Joins the coupled channels of `g` into groups; the graph is not changed. Rules: BN,
+/// activations, pooling, upsampling, elementwise ops and depthwise convs couple channel `c` of
+/// input and output; concat and split map offsets; a dense conv's outputs start a new space and
+/// its inputs are sinks; reshape, transpose, matmul, softmax, slice, grouped convs and graph
+/// inputs and outputs freeze. A group marked prunable can be removed exactly once its BNs'
+/// gamma and beta are 0.
 pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
     if g.nodes.iter().any(|n| matches!(n.op, Op::BatchNormTrain { .. } | Op::DetectLoss { .. })) {
         return Err(IrError::Invalid("channel analysis runs on inference graphs, not training programs".into()));
@@ -239,31 +242,5 @@ fn zeroed_from_any(g: &Graph, x: ValueId, zero: &[bool], base: &[Option<usize>])
     match (base[x.0], channels(g, x)) {
         (Some(b), Some(c)) => zero[b..b + c].to_vec(),
         _ => vec![],
-    }
-}
-
-/// Joins coupled channels into groups and records them in the pass context; the IR is not
-/// changed. Rules (DESIGN.md): BN, activations, pooling, upsampling, elementwise ops and
-/// depthwise convs couple channel `c` of input and output; concat and split map offsets; a
-/// dense conv's outputs start a new space and its inputs are sinks; reshape, transpose, matmul,
-/// softmax, slice, grouped convs and graph inputs and outputs freeze. Invariant: the graph is
-/// unchanged; a group marked prunable can be removed exactly once its BNs' gamma and beta are 0.
-pub struct GroupChannels;
-
-impl Pass for GroupChannels {
-    fn name(&self) -> &'static str {
-        "group-channels"
-    }
-    fn summary(&self) -> &'static str {
-        "channel-coupling analysis: join coupled channels into prunable groups"
-    }
-    fn run(&self, model: &mut Model) -> Result<bool, IrError> {
-        self.run_in(model, &mut PassContext::default())
-    }
-    fn run_in(&self, model: &mut Model, cx: &mut PassContext) -> Result<bool, IrError> {
-        cx.groups = Some(analyze(&model.graph)?);
-        cx.selection = None;
-        cx.masks = None;
-        Ok(false)
     }
 }

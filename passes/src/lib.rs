@@ -1,32 +1,39 @@
 //! The pass manager and every IR-to-IR pass.
 //!
-//! Each pass lives in its own file, is a unit struct implementing [`Pass`], and states in its
-//! doc comment the invariant it keeps. The [`PassManager`] runs a list of passes by name,
-//! verifies the model after each one and can print the IR after each one.
+//! Each transform lives in its own file, is a unit struct implementing [`Pass`], and states in
+//! its doc comment the invariant it keeps. Analyses ([`Analysis`]: channel groups, the
+//! selection, the masks) are computed on demand by the [`PassManager`], cached in the
+//! [`PassContext`] and dropped when a transform changes the graph. The manager runs a list of
+//! passes by name, verifies the model after each one, and prints, times or skips passes on
+//! request; [`pipelines`] holds every sequence slimc runs.
 
+mod analysis;
 mod autodiff;
-mod context;
 mod dce;
 mod fold_bn;
 mod fold_constants;
 mod group_channels;
 mod manager;
+pub mod pipelines;
 mod propagate_masks;
+mod pruning;
 mod rewrite_widths;
+mod seed_policy;
 mod select_channels;
 
+pub use analysis::{Analysis, PassContext};
 pub use autodiff::{
     attach_detect_loss, differentiate, grad_name, next_name, Autodiff, LOSS_GAINS, LOSS_ITEMS, LOSS_TOTAL, TARGETS,
 };
-pub use context::{Importance, PassContext, Policy, PruneOptions, PruneReport, Selection};
 pub use dce::Dce;
 pub use fold_bn::FoldBn;
 pub use fold_constants::FoldConstants;
-pub use group_channels::{analyze as analyze_channels, ChannelGroups, GroupChannels};
+pub use group_channels::ChannelGroups;
 pub use manager::{PassManager, PassReport};
-pub use propagate_masks::PropagateMasks;
+pub use propagate_masks::Masks;
+pub use pruning::{Importance, Policy, PruneOptions, PruneReport, Selection};
 pub use rewrite_widths::RewriteWidths;
-pub use select_channels::{bn_name, seed_unprunable, select as select_channels, SelectChannels};
+pub use seed_policy::{bn_name, seed_unprunable};
 
 use slimc_ir::Model;
 use thiserror::Error;
@@ -51,26 +58,21 @@ pub trait Pass {
     fn name(&self) -> &'static str;
     /// One line saying what the pass does.
     fn summary(&self) -> &'static str;
-    /// Runs the pass; returns whether it changed anything.
-    fn run(&self, model: &mut Model) -> std::result::Result<bool, slimc_ir::IrError>;
-    /// Runs the pass within a run of passes that share `cx` (options and analyses); passes
-    /// that need neither use [`Pass::run`].
-    fn run_in(&self, model: &mut Model, cx: &mut PassContext) -> std::result::Result<bool, slimc_ir::IrError> {
-        let _ = cx;
-        self.run(model)
+    /// The analyses the pass reads; the manager computes them (or takes them from its cache)
+    /// before running it.
+    fn requires(&self) -> &'static [Analysis] {
+        &[]
     }
+    /// The analyses still valid after the pass changed the model; the manager drops the others.
+    fn preserves(&self) -> &'static [Analysis] {
+        &[]
+    }
+    /// Runs the pass with the run's shared context; returns whether it changed the model.
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> std::result::Result<bool, slimc_ir::IrError>;
 }
 
-/// Every registered pass, in the order `--help` lists them.
+/// Every registered pass, in the order `--list-passes` shows them (analyses are listed by
+/// [`Analysis::ALL`]).
 pub fn all_passes() -> Vec<Box<dyn Pass>> {
-    vec![
-        Box::new(FoldConstants),
-        Box::new(Dce),
-        Box::new(FoldBn),
-        Box::new(Autodiff),
-        Box::new(GroupChannels),
-        Box::new(SelectChannels),
-        Box::new(PropagateMasks),
-        Box::new(RewriteWidths),
-    ]
+    vec![Box::new(FoldConstants), Box::new(Dce), Box::new(FoldBn), Box::new(Autodiff), Box::new(RewriteWidths)]
 }

@@ -1,7 +1,8 @@
 //! `rewrite-widths`: slice every weight and width attribute to the kept channels.
 
-use crate::context::{PassContext, PruneReport};
-use crate::select_channels::bn_name;
+use crate::analysis::{Analysis, PassContext};
+use crate::pruning::PruneReport;
+use crate::seed_policy::bn_name;
 use crate::Pass;
 use rayon::prelude::*;
 use slimc_ir::{IrError, Model, Op, Tensor, TensorType, ValueId};
@@ -54,7 +55,7 @@ fn slice01(t: &mut Tensor, rows: Option<&[bool]>, cols: Option<&[bool]>) -> Resu
     Ok(())
 }
 
-/// Narrows the graph to `propagate-masks`' masks (computed first if absent): conv weights lose
+/// Narrows the graph to the `propagate-masks` analysis: conv weights lose
 /// the rows of removed output channels and the columns of removed input channels (depthwise
 /// convs their groups), conv biases and BN tensors their entries, split sizes shrink; every type
 /// is inferred again and the training state is dropped. Invariant: the rewritten graph computes
@@ -68,21 +69,14 @@ impl Pass for RewriteWidths {
     fn summary(&self) -> &'static str {
         "slice weights, BN tensors and split sizes to the kept channels"
     }
-    fn run(&self, model: &mut Model) -> Result<bool, IrError> {
-        self.run_in(model, &mut PassContext::default())
+    fn requires(&self) -> &'static [Analysis] {
+        &[Analysis::Masks]
     }
-    fn run_in(&self, model: &mut Model, cx: &mut PassContext) -> Result<bool, IrError> {
-        if cx.masks.is_none() {
-            crate::PropagateMasks.run_in(model, cx)?;
-        }
-        let masks = cx.masks.take().expect("propagate-masks ran");
-        if masks.values().all(|m| m.iter().all(|k| *k)) {
-            cx.groups = None;
-            cx.selection = None;
-            return Ok(false);
-        }
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<bool, IrError> {
+        let masks = cx.masks.as_ref().expect("the manager computes required analyses");
+        let selection = cx.selection.clone().expect("the manager computes required analyses");
         let g = &model.graph;
-        let mut report = PruneReport::default();
+        let mut report = PruneReport { selection, ..Default::default() };
         for (i, n) in g.nodes.iter().enumerate() {
             if let (Op::BatchNorm { .. }, Some(m)) = (&n.op, masks.get(&n.outputs[0])) {
                 let name = bn_name(g, slimc_ir::NodeId(i));
@@ -90,6 +84,10 @@ impl Pass for RewriteWidths {
                 report.layers.push((name.clone(), m.len(), kept));
                 report.removed.extend(m.iter().enumerate().filter(|(_, k)| !**k).map(|(c, _)| (name.clone(), c)));
             }
+        }
+        if masks.values().all(|m| m.iter().all(|k| *k)) {
+            cx.report = Some(report);
+            return Ok(false);
         }
         let all = |v: ValueId| masks.get(&v).cloned();
         // (param, axis, mask) slices, checked for consistency when a tensor is used twice.
@@ -182,8 +180,6 @@ impl Pass for RewriteWidths {
         let inputs: Vec<TensorType> = model.graph.inputs.iter().map(|&v| model.graph.ty(v).clone()).collect();
         model.graph.set_input_types(&inputs)?;
         model.training_state.clear();
-        cx.groups = None;
-        cx.selection = None;
         cx.report = Some(report);
         Ok(true)
     }

@@ -1,84 +1,18 @@
-//! `select-channels`: which channel groups to remove, by a global threshold on BN |gamma|.
+//! The `select-channels` analysis: which channel groups to remove, by a global threshold on BN
+//! |gamma|.
 
-use crate::context::{Importance, PassContext, Policy, Selection};
-use crate::group_channels::{analyze, ChannelGroups};
-use crate::Pass;
-use slimc_ir::{Graph, IrError, Model, NodeId, Op};
-use std::collections::{BTreeMap, BTreeSet};
-
-/// The layer name of a BN node: its gamma's name without `.weight` (e.g. `model.2.cv1.bn`).
-pub fn bn_name(g: &Graph, n: NodeId) -> String {
-    let w = &g.value(g.nodes[n.0].inputs[1]).name;
-    w.strip_suffix(".weight").unwrap_or(w).to_string()
-}
-
-/// The BNs the seed recipe (YOLOv11-Prune, its §1.3) never penalises nor prunes: both BNs
-/// around every residual bottleneck (the enclosing C3k2/C3k `cv1` and the bottleneck's `cv2`),
-/// everything in attention, PSA `ffn.1`, C2PSA `cv1`, the Detect class branch's `.0.1`/`.1.1`,
-/// BNs of depthwise convs and BNs feeding a depthwise conv (the C3k2 outputs before Detect).
-/// Derived from the graph's structure and Ultralytics' module names.
-pub fn seed_unprunable(g: &Graph) -> BTreeSet<String> {
-    let bns: Vec<(NodeId, String)> = g
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| matches!(n.op, Op::BatchNorm { .. } | Op::BatchNormTrain { .. }))
-        .map(|(i, _)| (NodeId(i), bn_name(g, NodeId(i))))
-        .collect();
-    let names: BTreeSet<&str> = bns.iter().map(|(_, n)| n.as_str()).collect();
-    let mut out = BTreeSet::new();
-    let detect = g.nodes.iter().find(|n| matches!(n.op, Op::Anchors { .. })).map(|n| n.scope.clone());
-    let producer_op = |v| g.producer(v).map(|p| &g.nodes[p.0]);
-    let depthwise = |n: &slimc_ir::Node| match &n.op {
-        Op::Conv2d(c) => c.groups > 1 && g.ty(n.inputs[1]).shape[1].fixed() == Some(1),
-        _ => false,
-    };
-    for n in &g.nodes {
-        // Residual bottleneck: scope S with S.cv2.bn.
-        if matches!(n.op, Op::Add) && names.contains(format!("{}.cv2.bn", n.scope).as_str()) {
-            let parent = n.scope.rsplitn(3, '.').nth(2).unwrap_or("");
-            out.insert(format!("{parent}.cv1.bn"));
-            out.insert(format!("{}.cv2.bn", n.scope));
-        }
-        if depthwise(n) {
-            // The BN after a depthwise conv, and the BN whose activation feeds it.
-            let mut x = n.inputs[0];
-            while let Some(p) = producer_op(x) {
-                if matches!(p.op, Op::BatchNorm { .. } | Op::BatchNormTrain { .. }) {
-                    out.insert(bn_name(g, g.producer(x).expect("has a producer")));
-                    break;
-                }
-                if !matches!(p.op, Op::Silu) {
-                    break;
-                }
-                x = p.inputs[0];
-            }
-        }
-    }
-    for (id, name) in &bns {
-        let x = g.nodes[id.0].inputs[0];
-        let after_dw = producer_op(x).is_some_and(depthwise);
-        let c2psa_cv1 = name
-            .strip_suffix(".cv1.bn")
-            .is_some_and(|k| names.iter().any(|m| m.starts_with(&format!("{k}.m.0.attn."))));
-        let detect_cls = detect.as_ref().is_some_and(|d| {
-            name.starts_with(&format!("{d}.cv3.")) && (name.ends_with(".0.1.bn") || name.ends_with(".1.1.bn"))
-        });
-        if after_dw || c2psa_cv1 || detect_cls || name.contains(".attn.") || name.ends_with(".ffn.1.bn") {
-            out.insert(name.clone());
-        }
-    }
-    out.retain(|n| names.contains(n.as_str()));
-    out
-}
+use crate::group_channels::ChannelGroups;
+use crate::pruning::{Importance, Policy, PruneOptions, Selection};
+use crate::seed_policy::{bn_name, seed_unprunable};
+use slimc_ir::{IrError, Model, NodeId, Op};
+use std::collections::BTreeMap;
 
 /// Chooses the groups to remove: the candidates (prunable groups; under `--policy seed` only
 /// those whose BNs the seed recipe prunes) are ranked by importance and the lowest `ratio` of
 /// them go, then every layer is raised to the floor (`min_channels`, or all it has) and rounded
 /// up to a multiple of `round_to`. Returns the selection; a ratio outside (0, 1) is an error.
-pub fn select(model: &Model, groups: &ChannelGroups, cx: &PassContext) -> Result<Selection, IrError> {
+pub fn select(model: &Model, groups: &ChannelGroups, o: &PruneOptions) -> Result<Selection, IrError> {
     let g = &model.graph;
-    let o = &cx.prune;
     if !(o.ratio > 0.0 && o.ratio < 1.0) {
         return Err(IrError::Invalid(format!("prune ratio {} is outside (0, 1)", o.ratio)));
     }
@@ -192,31 +126,4 @@ pub fn select(model: &Model, groups: &ChannelGroups, cx: &PassContext) -> Result
         ));
     }
     Ok(Selection { pruned, threshold, clamped, candidates: order.len() })
-}
-
-/// Chooses the channel groups to remove (see [`select`]) from `group-channels`'
-/// analysis (run first if absent) and the pruning options. Invariant: the graph is unchanged;
-/// no layer is left with fewer than `min(min_channels, its width)` channels, and only prunable
-/// groups are selected.
-pub struct SelectChannels;
-
-impl Pass for SelectChannels {
-    fn name(&self) -> &'static str {
-        "select-channels"
-    }
-    fn summary(&self) -> &'static str {
-        "choose channel groups to remove by a global |gamma| threshold (--ratio, --policy)"
-    }
-    fn run(&self, model: &mut Model) -> Result<bool, IrError> {
-        self.run_in(model, &mut PassContext::default())
-    }
-    fn run_in(&self, model: &mut Model, cx: &mut PassContext) -> Result<bool, IrError> {
-        if cx.groups.is_none() {
-            cx.groups = Some(analyze(&model.graph)?);
-        }
-        let groups = cx.groups.as_ref().expect("just set");
-        cx.selection = Some(select(model, groups, cx)?);
-        cx.masks = None;
-        Ok(false)
-    }
 }

@@ -15,7 +15,7 @@ use slimc_ir::eval::{eval, strided_copy};
 use slimc_ir::{
     Conv2d, DType, Dim, Graph, Metadata, Model, Op, ParamKind, ReshapeDim, Tensor, TensorData, TensorType, ValueId,
 };
-use slimc_passes::{Dce, Pass};
+use slimc_passes::pipelines;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -648,7 +648,7 @@ pub fn import_proto(proto: &ModelProto, file: &str, imgsz: Option<[usize; 2]>) -
     let input_shape = im.g.inputs.first().and_then(|&v| im.g.ty(v).fixed_shape()).unwrap_or_default();
     let meta = metadata(proto, &im.g, &input_shape);
     let mut model = Model { graph: im.g, tensors: im.tensors, meta, training_state: vec![] };
-    Dce.run(&mut model).map_err(|e| anyhow!("{file}: {e}"))?;
+    pipelines::IMPORT.manager().run(&mut model).map_err(|e| anyhow!("{file}: {e}"))?;
     model.check().map_err(|e| anyhow!("{file}: imported graph does not verify: {e}"))?;
     Ok(model)
 }

@@ -3,7 +3,7 @@
 //! the model EMA.
 
 use serde::{Deserialize, Serialize};
-use slimc_ir::Tensor;
+use slimc_ir::{Graph, Op, ParamKind, Tensor, ValueDef};
 use std::collections::BTreeMap;
 
 /// The update rule.
@@ -55,15 +55,53 @@ pub fn choose(
     }
 }
 
-/// Parameter group of a tensor: 0 biases (no decay), 1 weights (decay), 2 BN gammas (no decay).
-pub fn group_of(name: &str, gammas: &[String]) -> usize {
-    if name.contains("bias") {
-        0
-    } else if gammas.iter().any(|g| g == name) {
-        2
-    } else {
-        1
+/// Ultralytics' three parameter groups (`build_optimizer`'s g[2], g[0], g[1]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamGroup {
+    /// Addends (conv biases, BN betas): no decay, the bias warm-up.
+    Bias,
+    /// Everything else that multiplies: decay.
+    Weight,
+    /// BN scales: no decay.
+    Gamma,
+}
+
+impl ParamGroup {
+    /// The index of the group's learning rate.
+    fn index(self) -> usize {
+        match self {
+            ParamGroup::Bias => 0,
+            ParamGroup::Weight => 1,
+            ParamGroup::Gamma => 2,
+        }
     }
+}
+
+/// The group of every trainable parameter of `g`, by its role in the graph rather than its
+/// name: the bias of a conv and the shift of a BN are [`ParamGroup::Bias`], the scale of a BN
+/// is [`ParamGroup::Gamma`], every other weight [`ParamGroup::Weight`].
+pub fn param_groups(g: &Graph) -> BTreeMap<String, ParamGroup> {
+    let mut out = BTreeMap::new();
+    for &p in &g.params {
+        if g.value(p).def == ValueDef::Param(ParamKind::Weight) {
+            out.insert(g.value(p).name.clone(), ParamGroup::Weight);
+        }
+    }
+    for n in &g.nodes {
+        let roles: &[(usize, ParamGroup)] = match n.op {
+            Op::Conv2d(_) => &[(2, ParamGroup::Bias)],
+            Op::BatchNorm { .. } | Op::BatchNormTrain { .. } => &[(1, ParamGroup::Gamma), (2, ParamGroup::Bias)],
+            _ => &[],
+        };
+        for &(slot, group) in roles {
+            if let Some(v) = n.inputs.get(slot) {
+                if let Some(e) = out.get_mut(&g.value(*v).name) {
+                    *e = group;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `lf(e)`: the learning-rate factor of epoch `e` of `epochs` (linear or cosine to `lrf`).
@@ -155,15 +193,15 @@ impl Optimizer {
         params: &mut BTreeMap<String, Tensor>,
         grads: &BTreeMap<String, Tensor>,
         state: &mut BTreeMap<String, Vec<f32>>,
-        gammas: &[String],
+        groups: &BTreeMap<String, ParamGroup>,
         prox: Option<Prox<'_>>,
     ) -> anyhow::Result<()> {
         self.steps += 1;
         let t = self.steps as i32;
         for (name, g) in grads {
-            let grp = group_of(name, gammas);
-            let lr = self.lr[grp];
-            let wd = if grp == 1 { self.decay } else { 0.0 };
+            let grp = groups.get(name).copied().unwrap_or(ParamGroup::Weight);
+            let lr = self.lr[grp.index()];
+            let wd = if grp == ParamGroup::Weight { self.decay } else { 0.0 };
             let sr = prox.filter(|x| x.gammas.contains(name)).map(|x| x.sr);
             let p = params.get_mut(name).ok_or_else(|| anyhow::anyhow!("no parameter {name}"))?.f32s_mut()?;
             let g = g.f32s()?;
@@ -258,9 +296,6 @@ mod tests {
         assert!((lr_factor(0, 60, 0.01, false) - 1.0).abs() < 1e-12);
         assert!((lr_factor(30, 60, 0.01, false) - 0.505).abs() < 1e-12);
         assert!((lr_factor(60, 60, 0.01, true) - 0.01).abs() < 1e-12);
-        assert_eq!(group_of("model.23.cv2.0.2.bias", &[]), 0);
-        assert_eq!(group_of("model.0.bn.weight", &["model.0.bn.weight".into()]), 2);
-        assert_eq!(group_of("model.0.conv.weight", &[]), 1);
         // nw = max(round(warmup_epochs·nb), 100) if warmup_epochs > 0 else -1.
         assert_eq!(warmup_iterations(3.0, 12), 100);
         assert_eq!(warmup_iterations(3.0, 1000), 3000);
@@ -277,9 +312,9 @@ mod tests {
         let mut params = BTreeMap::from([("w".to_string(), Tensor::from_f32(vec![1], vec![1.0]).unwrap())]);
         let grads = BTreeMap::from([("w".to_string(), Tensor::from_f32(vec![1], vec![0.5]).unwrap())]);
         let mut state = BTreeMap::new();
-        opt.step(&mut params, &grads, &mut state, &[], None).unwrap();
+        opt.step(&mut params, &grads, &mut state, &BTreeMap::new(), None).unwrap();
         assert!((params["w"].f32s().unwrap()[0] - 0.9031).abs() < 1e-6);
-        opt.step(&mut params, &grads, &mut state, &[], None).unwrap();
+        opt.step(&mut params, &grads, &mut state, &BTreeMap::new(), None).unwrap();
         let d = 0.5 + 0.01 * 0.9031f64;
         let buf = 0.9 * 0.51 + d;
         let want = 0.9031 - 0.1 * (d + 0.9 * buf);
@@ -292,7 +327,7 @@ mod tests {
         let mut opt = Optimizer::new(choice, 0.1);
         let mut params = BTreeMap::from([("w".to_string(), Tensor::from_f32(vec![2], vec![1.0, -2.0]).unwrap())]);
         let grads = BTreeMap::from([("w".to_string(), Tensor::from_f32(vec![2], vec![3.0, -0.001]).unwrap())]);
-        opt.step(&mut params, &grads, &mut BTreeMap::new(), &[], None).unwrap();
+        opt.step(&mut params, &grads, &mut BTreeMap::new(), &BTreeMap::new(), None).unwrap();
         // Bias-corrected first step is lr·sign(g) (up to eps), after the decoupled decay.
         let p = params["w"].f32s().unwrap();
         assert!((p[0] as f64 - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6);
@@ -321,6 +356,7 @@ mod tests {
         // SGD, zero gradient: momentum stays 0, so each step only shrinks |γ| by lr·sr.
         // From γ = ±0.0105 with lr 0.1, sr 0.01 (0.001 a step): 10 steps leave 0.0005, the 11th 0.
         let gammas = ["bn.weight".to_string()];
+        let groups = BTreeMap::from([(gammas[0].clone(), ParamGroup::Gamma)]);
         let choice = Choice { rule: Rule::Sgd, lr: 0.1, momentum: 0.9, warmup_bias_lr: 0.0 };
         let mut opt = Optimizer::new(choice, 0.0005);
         let mut params =
@@ -329,12 +365,12 @@ mod tests {
         let mut state = BTreeMap::new();
         let prox = Some(Prox { gammas: &gammas, sr: 0.01 });
         for _ in 0..10 {
-            opt.step(&mut params, &grads, &mut state, &gammas, prox).unwrap();
+            opt.step(&mut params, &grads, &mut state, &groups, prox).unwrap();
         }
         let p = params[&gammas[0]].f32s().unwrap().to_vec();
         assert!((p[0] - 0.0005).abs() < 1e-6 && (p[1] + 0.0005).abs() < 1e-6, "{p:?}");
         assert!((p[2] - 0.49).abs() < 1e-6, "{p:?}");
-        opt.step(&mut params, &grads, &mut state, &gammas, prox).unwrap();
+        opt.step(&mut params, &grads, &mut state, &groups, prox).unwrap();
         let p = params[&gammas[0]].f32s().unwrap();
         assert_eq!((p[0], p[1]), (0.0, 0.0));
         // AdamW with a constant gradient g: the update moves γ by lr·g/(|g| + eps) ≈ lr and the
@@ -346,7 +382,7 @@ mod tests {
         let grads = BTreeMap::from([(gammas[0].clone(), Tensor::from_f32(vec![1], vec![0.01]).unwrap())]);
         let mut state = BTreeMap::new();
         for step in 1..=6 {
-            opt.step(&mut params, &grads, &mut state, &gammas, prox).unwrap();
+            opt.step(&mut params, &grads, &mut state, &groups, prox).unwrap();
             let g = params[&gammas[0]].f32s().unwrap()[0] as f64;
             let want = (0.0105 - 0.002 * step as f64).max(0.0);
             assert!((g - want).abs() < 1e-7, "step {step}: {g} vs {want}");

@@ -3,10 +3,11 @@
 //! running statistics.
 
 use crate::backend::cpu;
+use crate::train::optim::{param_groups, ParamGroup};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use slimc_ir::{Model, Op, Tensor};
-use slimc_passes::{grad_name, next_name, Autodiff, Pass, LOSS_ITEMS, LOSS_TOTAL};
+use slimc_passes::{grad_name, next_name, pipelines, LOSS_ITEMS, LOSS_TOTAL};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -20,6 +21,8 @@ pub struct Program {
     pub buffers: Vec<String>,
     /// The BN gammas (`batch_norm` scale parameters) of the inference graph, in graph order.
     pub gammas: Vec<String>,
+    /// Every trainable parameter's optimizer group, by its role in the graph.
+    pub groups: BTreeMap<String, ParamGroup>,
 }
 
 /// The names of the BN gammas of an inference graph, in graph order.
@@ -36,8 +39,9 @@ impl Program {
     /// Builds the training program of an inference model (YAML-built or a `.slim` file).
     pub fn new(model: &Model) -> Result<Program> {
         let gammas = bn_gammas(model);
+        let groups = param_groups(&model.graph);
         let mut m = model.clone();
-        Autodiff.run(&mut m).map_err(|e| anyhow!("autodiff: {e}"))?;
+        pipelines::TRAIN.manager().run(&mut m)?;
         let g = &m.graph;
         let mut params = vec![];
         let mut buffers = vec![];
@@ -49,7 +53,7 @@ impl Program {
                 buffers.push(b.to_string());
             }
         }
-        Ok(Program { model: m, params, buffers, gammas })
+        Ok(Program { model: m, params, buffers, gammas, groups })
     }
 
     /// Runs one forward and backward pass.

@@ -399,7 +399,7 @@ impl Trainer {
                         &mut self.program.model.tensors,
                         &g,
                         &mut self.opt_state,
-                        &self.program.gammas,
+                        &self.program.groups,
                         prox,
                     )?;
                     self.ema.update(&self.program.model.tensors)?;

@@ -1,0 +1,159 @@
+//! Analyses: facts about a model that passes read and the pass manager computes on demand,
+//! caches, and drops when a transform changes the graph without preserving them.
+//!
+//! The three pruning analyses build on each other: `group-channels` (coupled channels joined
+//! into groups) → `select-channels` (which groups go, from the pruning options and the BN
+//! gammas) → `propagate-masks` (a keep-mask on every value).
+
+use crate::group_channels::{analyze, ChannelGroups};
+use crate::propagate_masks::{propagate, Masks};
+use crate::pruning::{PruneOptions, PruneReport, Selection};
+use crate::select_channels::select;
+use slimc_ir::{IrError, Model};
+
+/// An analysis the manager can compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Analysis {
+    /// Coupled channels joined into groups (union-find over (value, channel)).
+    ChannelGroups,
+    /// The groups a global |gamma| threshold removes, under the pruning options.
+    Selection,
+    /// The selection as a keep-mask on every tracked value.
+    Masks,
+}
+
+impl Analysis {
+    /// Every analysis, in dependency order.
+    pub const ALL: [Analysis; 3] = [Analysis::ChannelGroups, Analysis::Selection, Analysis::Masks];
+
+    /// The name used in `--passes` (where naming an analysis computes and shows it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Analysis::ChannelGroups => "group-channels",
+            Analysis::Selection => "select-channels",
+            Analysis::Masks => "propagate-masks",
+        }
+    }
+
+    /// One line saying what the analysis finds.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Analysis::ChannelGroups => "analysis: join coupled channels into prunable groups",
+            Analysis::Selection => {
+                "analysis: channel groups to remove by a global |gamma| threshold (--ratio, --policy)"
+            }
+            Analysis::Masks => "analysis: the selected groups as a keep-mask on every value",
+        }
+    }
+
+    /// The analysis with this name.
+    pub fn by_name(name: &str) -> Option<Analysis> {
+        Analysis::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+/// What a run of passes shares: the pruning options, the cached analyses and the report of
+/// `rewrite-widths`. Analyses are read through [`PassContext::ensure`] and friends, which
+/// compute what is missing.
+#[derive(Clone, Debug, Default)]
+pub struct PassContext {
+    /// Pruning options.
+    pub prune: PruneOptions,
+    /// Cached [`Analysis::ChannelGroups`].
+    pub groups: Option<ChannelGroups>,
+    /// Cached [`Analysis::Selection`].
+    pub selection: Option<Selection>,
+    /// Cached [`Analysis::Masks`]: for each tracked value, which channels stay.
+    pub masks: Option<Masks>,
+    /// From `rewrite-widths`.
+    pub report: Option<PruneReport>,
+}
+
+impl PassContext {
+    /// Whether `a` is cached.
+    pub fn has(&self, a: Analysis) -> bool {
+        match a {
+            Analysis::ChannelGroups => self.groups.is_some(),
+            Analysis::Selection => self.selection.is_some(),
+            Analysis::Masks => self.masks.is_some(),
+        }
+    }
+
+    /// Computes `a` (and what it depends on) unless cached; returns the analyses computed.
+    pub fn ensure(&mut self, model: &Model, a: Analysis) -> Result<Vec<Analysis>, IrError> {
+        let mut computed = vec![];
+        for dep in Analysis::ALL.into_iter().filter(|d| *d <= a) {
+            if !self.has(dep) {
+                self.compute(model, dep)?;
+                computed.push(dep);
+            }
+        }
+        Ok(computed)
+    }
+
+    /// Computes `a` afresh (its dependencies from the cache, computed if missing) and drops the
+    /// analyses built on the old result.
+    pub fn recompute(&mut self, model: &Model, a: Analysis) -> Result<(), IrError> {
+        if let Some(prev) = Analysis::ALL.into_iter().rfind(|d| *d < a) {
+            self.ensure(model, prev)?;
+        }
+        self.compute(model, a)
+    }
+
+    fn compute(&mut self, model: &Model, a: Analysis) -> Result<(), IrError> {
+        match a {
+            Analysis::ChannelGroups => self.groups = Some(analyze(&model.graph)?),
+            Analysis::Selection => {
+                let groups = self.groups.as_ref().expect("dependencies come first");
+                self.selection = Some(select(model, groups, &self.prune)?);
+            }
+            Analysis::Masks => {
+                let groups = self.groups.as_ref().expect("dependencies come first");
+                let selection = self.selection.as_ref().expect("dependencies come first");
+                self.masks = Some(propagate(groups, selection));
+            }
+        }
+        self.invalidate(|d| d <= a);
+        Ok(())
+    }
+
+    /// Drops every cached analysis for which `keep` is false.
+    pub fn invalidate(&mut self, keep: impl Fn(Analysis) -> bool) {
+        if !keep(Analysis::ChannelGroups) {
+            self.groups = None;
+        }
+        if !keep(Analysis::Selection) {
+            self.selection = None;
+        }
+        if !keep(Analysis::Masks) {
+            self.masks = None;
+        }
+    }
+
+    /// A one-paragraph summary of the analyses held and the report, as IR comments.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        if let Some(g) = &self.groups {
+            let prunable = g.prunable.iter().filter(|p| **p).count();
+            let frozen = g.frozen.iter().filter(|p| **p).count();
+            s += &format!("// channel groups: {} ({prunable} prunable, {frozen} frozen)\n", g.count);
+        }
+        if let Some(sel) = &self.selection {
+            let n = sel.pruned.iter().filter(|p| **p).count();
+            s += &format!("// selected for removal: {n} groups (|gamma| threshold {:.4e})\n", sel.threshold);
+            for c in &sel.clamped {
+                s += &format!("// clamped: {c}\n");
+            }
+        }
+        if let Some(r) = &self.report {
+            let before: usize = r.layers.iter().map(|l| l.1).sum();
+            let after: usize = r.layers.iter().map(|l| l.2).sum();
+            s += &format!("// rewritten: BN channels {before} -> {after}\n");
+        }
+        if let Some(m) = &self.masks {
+            let (kept, all) = m.values().fold((0, 0), |(k, a), v| (k + v.iter().filter(|x| **x).count(), a + v.len()));
+            s += &format!("// masks on {} values: {kept} of {all} channels kept\n", m.len());
+        }
+        s
+    }
+}

@@ -1,0 +1,52 @@
+//! Every pass sequence slimc runs, in one place. Each is run by the [`PassManager`], which
+//! verifies the model after every pass; no command runs a pass any other way.
+
+use crate::PassManager;
+
+/// A named sequence of passes (and analyses).
+#[derive(Clone, Copy, Debug)]
+pub struct Pipeline {
+    /// The name `slimc opt --list-passes` shows.
+    pub name: &'static str,
+    /// What the sequence is for.
+    pub summary: &'static str,
+    /// The passes and analyses, in order.
+    pub passes: &'static [&'static str],
+}
+
+impl Pipeline {
+    /// A manager running this sequence.
+    pub fn manager(&self) -> PassManager {
+        PassManager::parse(&self.passes.join(",")).expect("pipelines name registered passes")
+    }
+}
+
+/// After an ONNX import: drop what the graph's outputs do not need.
+pub const IMPORT: Pipeline =
+    Pipeline { name: "import", summary: "after an ONNX import: remove unused nodes and tensors", passes: &["dce"] };
+
+/// Before ONNX export: the inference form (`--keep-bn` disables `fold-bn`, `--dynamic`
+/// disables `fold-constants`).
+pub const EXPORT: Pipeline = Pipeline {
+    name: "export",
+    summary: "before ONNX export: fold BN into convs, evaluate what is known before run time",
+    passes: &["fold-bn", "fold-constants"],
+};
+
+/// `slimc prune`: the channel analyses, then the narrowing.
+pub const PRUNE: Pipeline = Pipeline {
+    name: "prune",
+    summary: "prune: group channels, select groups, propagate masks, rewrite widths",
+    passes: &["group-channels", "select-channels", "propagate-masks", "rewrite-widths"],
+};
+
+/// The training program: loss, training-mode BN and the backward program, then what the
+/// outputs do not need removed.
+pub const TRAIN: Pipeline = Pipeline {
+    name: "train",
+    summary: "training program: detection loss, backward program, dead-code removal",
+    passes: &["autodiff", "dce"],
+};
+
+/// Every pipeline.
+pub const ALL: [Pipeline; 4] = [IMPORT, EXPORT, PRUNE, TRAIN];
