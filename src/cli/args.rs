@@ -1,0 +1,210 @@
+//! Arguments and helpers shared by several subcommands.
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, ValueEnum};
+use slimc::data::dataset::{load_dataset_spec, scan, DatasetSpec};
+use slimc::data::loader::Split;
+use slimc::load::{format_of, load_model, LoadOptions, ModelFormat};
+use slimc::prune::{Budget, Metric};
+use slimc::val::validate::validate;
+use slimc_ir::Model;
+use slimc_passes::{Importance, Policy};
+use std::path::{Path, PathBuf};
+
+/// How a model argument is read or built.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Model: a .slim file, an Ultralytics YAML (yolo11n.yaml ships inside slimc) or .pt checkpoint, or an .onnx file.
+    pub model: String,
+    /// Number of classes (YAML models; for a .pt of another class count, the tensors that fit are transferred).
+    #[arg(long)]
+    pub nc: Option<usize>,
+    /// State dict to load into a YAML model: safetensors or a .pt (Ultralytics names, e.g. model.0.conv.weight).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Image size, `S` or `H,W`: a YAML model's reference size, or what fixes an ONNX file's symbolic input.
+    #[arg(long, value_parser = parse_imgsz)]
+    pub imgsz: Option<[usize; 2]>,
+    /// Seed of the weight initialisation (YAML models).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl ModelArgs {
+    /// Loads the model as given.
+    pub fn load(&self) -> Result<Model> {
+        load_model(&self.model, &self.options())
+    }
+
+    /// The load options as given.
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions { nc: self.nc, weights: self.weights.clone(), imgsz: self.imgsz, seed: self.seed }
+    }
+}
+
+/// Loads a model to train on a dataset of `nc` classes at `imgsz`: a YAML or .pt is built for
+/// them (with `opts`' weights and seed); a .slim or ONNX file is read with `opts`.
+pub fn load_for_training(model: &str, nc: usize, imgsz: usize, opts: LoadOptions) -> Result<Model> {
+    match format_of(model)? {
+        ModelFormat::Yaml | ModelFormat::Pt => {
+            load_model(model, &LoadOptions { nc: Some(nc), imgsz: Some([imgsz; 2]), ..opts })
+        }
+        _ => load_model(model, &opts),
+    }
+}
+
+/// Pruning to a budget instead of a ratio: `N` or a share of the unpruned model's `F%`.
+#[derive(Args, Clone, Default)]
+pub struct BudgetArgs {
+    /// Prune until parameters are at most N (or F% of the model's).
+    #[arg(long, value_name = "N|F%")]
+    target_params: Option<String>,
+    /// Prune until GFLOPs at the model's image size are at most G (or F%).
+    #[arg(long, value_name = "G|F%")]
+    target_gflops: Option<String>,
+    /// Prune until onnxruntime latency (batch 1, median of 30 after warm-up) is at most MS (or F%).
+    #[arg(long, value_name = "MS|F%")]
+    target_latency: Option<String>,
+}
+
+impl BudgetArgs {
+    /// The budget given, if any (at most one).
+    pub fn budget(&self) -> Result<Option<Budget>> {
+        let given: Vec<Budget> = [
+            (Metric::Parameters, &self.target_params, "--target-params"),
+            (Metric::Gflops, &self.target_gflops, "--target-gflops"),
+            (Metric::LatencyMs, &self.target_latency, "--target-latency"),
+        ]
+        .into_iter()
+        .filter_map(|(m, v, flag)| v.as_ref().map(|v| Budget::parse(m, v, flag)))
+        .collect::<Result<_>>()?;
+        if given.len() > 1 {
+            bail!("give one of --target-params, --target-gflops and --target-latency");
+        }
+        Ok(given.into_iter().next())
+    }
+}
+
+/// `--policy`: which channels may be pruned.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PolicyArg {
+    /// The BNs the YOLOv11-Prune recipe prunes, each on its own.
+    Seed,
+    /// Also residual- and concat-coupled groups, as units.
+    Groups,
+}
+
+impl From<PolicyArg> for Policy {
+    fn from(p: PolicyArg) -> Policy {
+        match p {
+            PolicyArg::Seed => Policy::Seed,
+            PolicyArg::Groups => Policy::Groups,
+        }
+    }
+}
+
+/// `--importance`: how a group's |gamma| values combine.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ImportanceArg {
+    /// The largest.
+    Max,
+    /// The sum.
+    Sum,
+    /// The mean.
+    Mean,
+}
+
+impl From<ImportanceArg> for Importance {
+    fn from(i: ImportanceArg) -> Importance {
+        match i {
+            ImportanceArg::Max => Importance::Max,
+            ImportanceArg::Sum => Importance::Sum,
+            ImportanceArg::Mean => Importance::Mean,
+        }
+    }
+}
+
+/// `--device`: where training runs.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DeviceArg {
+    /// The CPU backend.
+    Cpu,
+    /// The wgpu backend.
+    Gpu,
+    /// A GPU when there is one, else the CPU.
+    Auto,
+}
+
+impl DeviceArg {
+    /// Checks that the device can be used.
+    pub fn check(self) -> Result<()> {
+        match self {
+            DeviceArg::Cpu | DeviceArg::Auto => Ok(()),
+            DeviceArg::Gpu => bail!("--device gpu: the wgpu backend is not built yet; use --device cpu"),
+        }
+    }
+}
+
+/// Parses `S` or `H,W`.
+pub fn parse_imgsz(s: &str) -> std::result::Result<[usize; 2], String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let nums: Vec<usize> = parts
+        .iter()
+        .map(|p| p.parse::<usize>().map_err(|_| format!("`{s}` is not S or H,W")))
+        .collect::<std::result::Result<_, _>>()?;
+    match nums.as_slice() {
+        [s] if *s > 0 => Ok([*s, *s]),
+        [h, w] if *h > 0 && *w > 0 => Ok([*h, *w]),
+        _ => Err(format!("`{s}` is not S or H,W")),
+    }
+}
+
+/// The training image size: the larger side, rounded up to the largest stride (32), as
+/// Ultralytics' `check_imgsz` does.
+pub fn train_imgsz(side: usize) -> usize {
+    side.div_ceil(32) * 32
+}
+
+/// A dataset's val split at `imgsz`, its warnings printed; with the spec.
+pub fn val_split(data: &Path, imgsz: usize) -> Result<(DatasetSpec, Split)> {
+    let spec = load_dataset_spec(data)?;
+    let (samples, rep) = scan(&spec.val, spec.names.len(), "val")?;
+    for w in &rep.warnings {
+        eprintln!("WARNING {w}");
+    }
+    eprintln!("{}", rep.summary("val"));
+    let split = Split::new(samples, imgsz, false)?;
+    Ok((spec, split))
+}
+
+/// Scores a model on a dataset's val split at `imgsz`: (mAP50, mAP50-95).
+pub fn val_scorer(data: &Path, imgsz: usize) -> Result<impl FnMut(&Model) -> Result<(f64, f64)>> {
+    let (spec, split) = val_split(data, imgsz)?;
+    let nc = spec.names.len();
+    Ok(move |m: &Model| {
+        let r = validate(m, &split, 16, nc, false, false)?;
+        Ok((r.metrics.map50, r.metrics.map))
+    })
+}
+
+/// Writes a model file, which must be a `.slim`.
+pub fn save(model: &Model, path: &Path) -> Result<()> {
+    if format_of(&path.display().to_string())? != ModelFormat::Slim {
+        bail!("{}: the output must be a .slim file", path.display());
+    }
+    model.save(path)?;
+    Ok(())
+}
+
+/// `project/name`, or `project/name2`, `name3`, ... if it exists (as Ultralytics increments
+/// runs), created.
+pub fn run_dir(project: &Path, name: &str) -> Result<PathBuf> {
+    let first = project.join(name);
+    let dir = if first.exists() {
+        (2..).map(|i| project.join(format!("{name}{i}"))).find(|p| !p.exists()).expect("some name is free")
+    } else {
+        first
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}

@@ -1,0 +1,287 @@
+//! Subcommands that read, transform and emit one model: import, info, dump, run, opt, export,
+//! verify.
+
+use super::args::{parse_imgsz, save, ModelArgs};
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+use slimc::load::{load_model, LoadOptions};
+use slimc::{backend::cpu, export, info, io, verify};
+use slimc_ir::{print_graph, Tensor};
+use slimc_passes::{all_passes, pipelines, Analysis, PassManager};
+use std::path::PathBuf;
+
+/// `slimc import`.
+#[derive(Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Output .slim file.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+/// Lowers a model and writes it as a .slim file.
+pub fn import(a: ImportArgs) -> Result<()> {
+    let model = a.m.load()?;
+    save(&model, &a.output)?;
+    println!("wrote {} ({} nodes, {} tensors)", a.output.display(), model.graph.nodes.len(), model.tensors.len());
+    Ok(())
+}
+
+/// `slimc info`.
+#[derive(Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Digits grouped by thousands: 2590035 → 2,590,035.
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Prints the model summary.
+pub fn info(a: InfoArgs) -> Result<()> {
+    let model = a.m.load()?;
+    let i = info::model_info(&model, a.m.imgsz)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&i)?);
+        return Ok(());
+    }
+    println!(
+        "{} summary: {} layers, {} parameters, {} gradients, {:.1} GFLOPs (imgsz {}x{}, nc {}, {} IR nodes)",
+        i.name,
+        i.layers,
+        thousands(i.parameters),
+        thousands(i.gradients),
+        i.gflops,
+        i.imgsz[0],
+        i.imgsz[1],
+        i.nc,
+        i.nodes
+    );
+    for (k, v) in &i.origin {
+        println!("  {k:<14} {v}");
+    }
+    Ok(())
+}
+
+/// Prints the IR.
+pub fn dump(m: ModelArgs) -> Result<()> {
+    print!("{}", print_graph(&m.load()?.graph));
+    Ok(())
+}
+
+/// `slimc run`.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Input array (float32, NCHW).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output array (the first graph output).
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+/// Runs the model on an .npy input.
+pub fn run(a: RunArgs) -> Result<()> {
+    let model = a.m.load()?;
+    let x = io::read_npy(&a.input)?;
+    let t = std::time::Instant::now();
+    let y = cpu::run(&model, &[x]).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
+    io::write_npy(&a.output, &y[0])?;
+    println!("wrote {} {:?} in {:.1} ms", a.output.display(), y[0].shape, t.elapsed().as_secs_f64() * 1e3);
+    Ok(())
+}
+
+/// `slimc opt`.
+#[derive(Args)]
+pub struct OptArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Comma-separated pass and analysis names (see --list-passes).
+    #[arg(long, default_value = "")]
+    passes: String,
+    /// Print the IR after every pass (to stderr).
+    #[arg(long)]
+    print_ir_after_all: bool,
+    /// Print the IR before each pass of this name (repeatable).
+    #[arg(long, value_name = "NAME")]
+    print_before: Vec<String>,
+    /// Print the IR and the analyses held after each pass of this name (repeatable).
+    #[arg(long, value_name = "NAME")]
+    print_after: Vec<String>,
+    /// Skip the pass of this name (repeatable).
+    #[arg(long, value_name = "NAME")]
+    disable_pass: Vec<String>,
+    /// Print a per-pass timing table.
+    #[arg(long)]
+    time_passes: bool,
+    /// List the passes, analyses and pipelines, and exit.
+    #[arg(long)]
+    list_passes: bool,
+    /// Output .slim file.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+/// Runs passes over a model.
+pub fn opt(a: OptArgs) -> Result<()> {
+    if a.list_passes {
+        println!("passes:");
+        for p in all_passes() {
+            println!("  {:16} {}", p.name(), p.summary());
+        }
+        println!("analyses:");
+        for an in Analysis::ALL {
+            println!("  {:16} {}", an.name(), an.summary());
+        }
+        println!("pipelines (what slimc's commands run):");
+        for p in pipelines::ALL {
+            println!("  {:16} {}  [{}]", p.name, p.summary, p.passes.join(","));
+        }
+        return Ok(());
+    }
+    let pm = PassManager::parse(&a.passes)?
+        .print_ir_after_all(a.print_ir_after_all)
+        .print_before(&a.print_before)?
+        .print_after(&a.print_after)?
+        .disable(&a.disable_pass)?
+        .time_passes(a.time_passes);
+    let mut model = a.m.load()?;
+    let reports = pm.run(&mut model)?;
+    if !a.time_passes {
+        for r in &reports {
+            eprintln!(
+                "{:16} {:>5} -> {:<5} nodes  {:8.2} ms{}",
+                r.name,
+                r.nodes.0,
+                r.nodes.1,
+                r.time.as_secs_f64() * 1e3,
+                if r.analysis {
+                    "  (analysis)"
+                } else if r.changed {
+                    ""
+                } else {
+                    "  (no change)"
+                }
+            );
+        }
+    }
+    let printed = a.print_ir_after_all || !a.print_after.is_empty() || !a.print_before.is_empty();
+    match a.output {
+        Some(o) => save(&model, &o)?,
+        None if !printed => print!("{}", print_graph(&model.graph)),
+        None => {}
+    }
+    Ok(())
+}
+
+/// `slimc export`.
+#[derive(Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Output .onnx file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// ONNX opset (13-22).
+    #[arg(long, default_value_t = 17)]
+    opset: i64,
+    /// Symbolic batch, height and width.
+    #[arg(long)]
+    dynamic: bool,
+    /// Keep BatchNormalization nodes (by default they are folded into the convs).
+    #[arg(long)]
+    keep_bn: bool,
+}
+
+/// Writes the model as ONNX.
+pub fn export(a: ExportArgs) -> Result<()> {
+    let model = a.m.load()?;
+    let opts = export::ExportOptions { opset: a.opset, imgsz: a.m.imgsz, dynamic: a.dynamic, keep_bn: a.keep_bn };
+    let bytes = export::export_onnx(&model, &opts)?;
+    slimc_ir::write_atomic(&a.output, &bytes)?;
+    println!(
+        "wrote {} ({:.1} MB, opset {}{})",
+        a.output.display(),
+        bytes.len() as f64 / 1e6,
+        a.opset,
+        if a.dynamic { ", dynamic" } else { "" }
+    );
+    Ok(())
+}
+
+/// `slimc verify`.
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The ONNX file to check.
+    onnx: PathBuf,
+    /// Reference model run by the interpreter (default: the ONNX file itself, imported).
+    #[arg(long)]
+    against: Option<String>,
+    /// Input array; default: a seeded uniform [0, 1) image at the model's size.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Input size for the default input, `S` or `H,W`.
+    #[arg(long, value_parser = parse_imgsz)]
+    imgsz: Option<[usize; 2]>,
+    /// Largest accepted error relative to max |reference|.
+    #[arg(long, default_value_t = 1e-4)]
+    tol: f32,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A seeded uniform [0, 1) image tensor.
+fn random_input(shape: &[usize], seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    Tensor::from_f32(shape.to_vec(), (0..n).map(|_| rng.random::<f32>()).collect()).expect("sized")
+}
+
+/// Checks an ONNX file with tract and onnxruntime against the interpreter.
+pub fn verify(a: VerifyArgs) -> Result<()> {
+    let opts = LoadOptions { imgsz: a.imgsz, ..Default::default() };
+    let reference = match &a.against {
+        Some(r) => load_model(r, &opts)?,
+        None => load_model(&a.onnx.display().to_string(), &opts)?,
+    };
+    let x = match &a.input {
+        Some(p) => io::read_npy(p)?,
+        None => {
+            let size = a.imgsz.unwrap_or(reference.meta.imgsz);
+            random_input(&[1, 3, size[0], size[1]], 0)
+        }
+    };
+    let want = cpu::run(&reference, std::slice::from_ref(&x))?;
+    let rows = verify::verify_onnx(&a.onnx, &x, &want, a.tol)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<12} {:>6} {:>12} {:>12}  {}", "engine", "output", "max abs", "max rel", "status");
+        for r in &rows {
+            let status = if r.ok { "ok" } else { "FAIL" };
+            println!("{:<12} {:>6} {:>12.3e} {:>12.3e}  {status}", r.engine, r.output, r.max_abs, r.max_rel);
+        }
+    }
+    if rows.iter().any(|r| !r.ok) {
+        bail!("{}: outputs differ from the interpreter beyond --tol {:e}", a.onnx.display(), a.tol);
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Subcommands that train and evaluate: train, step, val.
+
+use super::args::{load_for_training, run_dir, train_imgsz, val_split, DeviceArg, ModelArgs};
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+use slimc::data::dataset::load_dataset_spec;
+use slimc::frontend::weights::write_safetensors;
+use slimc::io;
+use slimc::train::step;
+use slimc::train::trainer::{TrainConfig, Trainer};
+use slimc::val::validate::validate;
+use std::path::{Path, PathBuf};
+
+/// `slimc train`.
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    #[command(flatten)]
+    cfg: TrainConfig,
+    /// Where to train.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+    /// Continue the interrupted run whose last.slim is the model argument.
+    #[arg(long)]
+    resume: bool,
+    /// Parent folder of runs.
+    #[arg(long, default_value = "runs/detect")]
+    project: PathBuf,
+    /// Run name (a number is appended if it exists).
+    #[arg(long, default_value = "train")]
+    name: String,
+}
+
+/// Trains (or resumes) a run.
+pub fn train(a: TrainArgs) -> Result<()> {
+    a.device.check()?;
+    if a.resume {
+        Trainer::resume(Path::new(&a.m.model))?.run()?;
+        return Ok(());
+    }
+    let mut cfg = a.cfg;
+    let Some(data) = cfg.data.clone() else { bail!("--data is required (a dataset YAML), unless --resume") };
+    if cfg.batch == 0 || cfg.epochs == 0 {
+        bail!("--batch and --epochs must be at least 1");
+    }
+    let spec = load_dataset_spec(&data)?;
+    cfg.imgsz = train_imgsz(a.m.imgsz.map(|s| s[0].max(s[1])).unwrap_or(640));
+    cfg.seed = a.m.seed;
+    let mut model = load_for_training(&a.m.model, spec.names.len(), cfg.imgsz, a.m.options())?;
+    model.meta.names = spec.names.clone();
+    cfg.save_dir = run_dir(&a.project, &a.name)?;
+    Trainer::new(model, cfg)?.run()?;
+    Ok(())
+}
+
+/// `slimc step`.
+#[derive(Args)]
+pub struct StepArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Image batch (float32 NCHW, RGB in [0, 1]).
+    #[arg(long)]
+    images: PathBuf,
+    /// Targets JSON: batch_idx, cls and bboxes (normalised cx, cy, w, h) lists.
+    #[arg(long)]
+    targets: PathBuf,
+    /// Network slimming's L1 rate: adds sr·sign(gamma) to every BN gamma's gradient.
+    #[arg(long, default_value_t = 0.0)]
+    sr: f32,
+    /// Write every parameter gradient (Ultralytics names) to this safetensors file.
+    #[arg(long)]
+    dump_grads: Option<PathBuf>,
+    /// Write the BN running statistics after the step to this safetensors file.
+    #[arg(long)]
+    dump_bn: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs one training step and prints the loss components.
+pub fn step(a: StepArgs) -> Result<()> {
+    let model = a.m.load()?;
+    let x = io::read_npy(&a.images)?;
+    let t = step::read_targets(&a.targets)?;
+    let start = std::time::Instant::now();
+    let program = step::Program::new(&model).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
+    let mut r = program.step(&x, &t).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
+    if a.sr != 0.0 {
+        program.add_sparsity(&mut r.grads, &program.gammas, a.sr)?;
+    }
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if let Some(p) = &a.dump_grads {
+        write_safetensors(p, &r.grads)?;
+    }
+    if let Some(p) = &a.dump_bn {
+        write_safetensors(p, &r.running)?;
+    }
+    let gnorm =
+        r.grads.values().flat_map(|g| g.f32s().unwrap_or(&[]).iter()).map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+    if a.json {
+        let j = serde_json::json!({
+            "box_loss": r.items[0], "cls_loss": r.items[1], "dfl_loss": r.items[2],
+            "loss_total": r.total, "grad_norm": gnorm, "parameters": r.grads.len(), "ms": ms,
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
+    println!("{:>10} {:>10} {:>10} {:>12} {:>12}", "box_loss", "cls_loss", "dfl_loss", "total", "grad norm");
+    println!("{:>10.6} {:>10.6} {:>10.6} {:>12.6} {:>12.6}", r.items[0], r.items[1], r.items[2], r.total, gnorm);
+    println!(
+        "{} parameter gradients, batch {} at {}x{}, {ms:.0} ms",
+        r.grads.len(),
+        x.shape[0],
+        x.shape[2],
+        x.shape[3]
+    );
+    Ok(())
+}
+
+/// `slimc val`.
+#[derive(Args)]
+pub struct ValArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Dataset YAML.
+    #[arg(long)]
+    data: PathBuf,
+    /// Batch size.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Write every detection (original-image pixels) as JSON.
+    #[arg(long)]
+    save_json: Option<PathBuf>,
+    /// Machine-readable metrics.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Validates a model and prints Ultralytics' table.
+pub fn val(a: ValArgs) -> Result<()> {
+    let model = a.m.load()?;
+    let imgsz = a.m.imgsz.map(|s| s[0].max(s[1])).unwrap_or(model.meta.imgsz[0].max(model.meta.imgsz[1]));
+    let (spec, split) = val_split(&a.data, imgsz)?;
+    let r = validate(&model, &split, a.batch, spec.names.len(), a.save_json.is_some(), !a.json)?;
+    if let Some(p) = &a.save_json {
+        slimc_ir::write_atomic(p, serde_json::to_string_pretty(&r.predictions)?.as_bytes())?;
+        eprintln!("wrote {} detections to {}", r.predictions.len(), p.display());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r.metrics)?);
+    } else {
+        print!("{}", r.table(&spec.names));
+        println!("Speed: {:.1} ms per image (inference, loss and NMS) at {imgsz}", r.ms_per_image);
+    }
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! `slimc opt`'s pass-manager options, through the binary: `--time-passes`, `--print-after`,
+//! `--print-before`, `--disable-pass` and `--list-passes`.
+
+use std::process::Command;
+
+fn opt(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_slimc")).arg("opt").args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn time_passes_prints_a_table_of_every_pass() {
+    let (ok, stdout, stderr) = opt(&["yolo11n.yaml", "--passes", "fold-bn,dce", "--time-passes"]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("pass execution timing report"), "{stderr}");
+    let row = |name: &str| stderr.lines().find(|l| l.trim_end().ends_with(name) || l.contains(&format!(" {name} ")));
+    assert!(row("fold-bn").is_some_and(|l| l.contains("325->244")), "{stderr}");
+    assert!(row("dce").is_some() && row("total").is_some(), "{stderr}");
+    // The folded graph is printed: no batch_norm left.
+    assert!(stdout.starts_with("graph yolo11n") && !stdout.contains("batch_norm("), "{stdout}");
+}
+
+#[test]
+fn print_after_shows_only_that_step_with_its_analysis() {
+    let (ok, stdout, stderr) =
+        opt(&["yolo11n.yaml", "--passes", "fold-constants,group-channels,dce", "--print-after", "group-channels"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stderr.matches("// ----- IR after").count(), 1, "{stderr}");
+    assert!(stderr.contains("// ----- IR after group-channels -----\n// channel groups: "), "{stderr}");
+    assert!(stderr.contains("graph yolo11n("), "{stderr}");
+    assert!(stdout.is_empty(), "the IR went to stderr only: {stdout}");
+    let (ok, _, stderr) = opt(&["yolo11n.yaml", "--passes", "fold-bn", "--print-before", "fold-bn"]);
+    assert!(ok && stderr.contains("// ----- IR before fold-bn -----") && stderr.contains("batch_norm("), "{stderr}");
+}
+
+#[test]
+fn disable_pass_skips_it() {
+    let (ok, stdout, stderr) = opt(&["yolo11n.yaml", "--passes", "fold-bn,dce", "--disable-pass", "fold-bn"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("batch_norm("), "fold-bn ran although disabled");
+    assert!(!stderr.contains("fold-bn"), "{stderr}");
+    let (ok, _, stderr) = opt(&["yolo11n.yaml", "--passes", "dce", "--disable-pass", "fold-bnn"]);
+    assert!(!ok && stderr.contains("unknown pass `fold-bnn`"), "{stderr}");
+}
+
+#[test]
+fn list_passes_names_passes_analyses_and_pipelines() {
+    let (ok, stdout, _) = opt(&["x", "--list-passes"]);
+    assert!(ok);
+    for name in ["fold-bn", "rewrite-widths", "group-channels", "propagate-masks", "prune", "train", "export"] {
+        assert!(stdout.contains(name), "{name} missing from:\n{stdout}");
+    }
+}
