@@ -1,6 +1,8 @@
 //! Turning any model argument (`.slim`, Ultralytics `.yaml` or `.pt`, `.onnx`) into a [`Model`].
 
-use crate::frontend::{checkpoint::load_checkpoint, onnx::import_onnx, weights::load_weights, yaml, yolo};
+use crate::frontend::checkpoint::{load_checkpoint, read_state_dict};
+use crate::frontend::weights::{assign_weights, read_safetensors};
+use crate::frontend::{onnx::import_onnx, yaml, yolo};
 use anyhow::{bail, Result};
 use slimc_ir::Model;
 use std::path::Path;
@@ -67,4 +69,17 @@ pub fn load_model(path: &str, opts: &LoadOptions) -> Result<Model> {
             Ok(model)
         }
     }
+}
+
+/// Replaces the model's weights, frozen parameters and buffers by the tensors of a safetensors
+/// file or a `.pt` file (a bare state dict, or a checkpoint's model). Every parameter must be
+/// present with its shape and every tensor in the file must be used (`num_batches_tracked`
+/// aside); otherwise the error lists each missing, extra and mis-shaped name.
+pub fn load_weights(model: &mut Model, path: &Path) -> Result<()> {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let file = match ext.as_str() {
+        "pt" | "pth" => read_state_dict(path)?,
+        _ => read_safetensors(path)?,
+    };
+    assign_weights(model, file, &path.display().to_string())
 }

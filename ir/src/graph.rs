@@ -1,7 +1,7 @@
 //! The graph: SSA values, nodes in topological order, inputs, parameters and outputs.
 
 use crate::error::{invalid, Result};
-use crate::infer::infer_node_types;
+use crate::infer::infer_types;
 use crate::op::Op;
 use crate::tensor::TensorType;
 use std::collections::{HashMap, HashSet};
@@ -287,10 +287,37 @@ impl Graph {
     /// result's type is inferred again. Fails, leaving the graph unchanged, if an op cannot
     /// take the new shapes.
     pub fn set_input_types(&mut self, types: &[TensorType]) -> Result<()> {
-        let all = crate::infer::infer_all(self, types)?;
+        let all = infer_all(self, types)?;
         for (v, t) in self.values.iter_mut().zip(all) {
             v.ty = t;
         }
         Ok(())
     }
+}
+
+/// Output types of `op` applied to `inputs` of `g`, after checking the number of inputs.
+pub fn infer_node_types(g: &Graph, op: &Op, inputs: &[ValueId]) -> Result<Vec<TensorType>> {
+    let types: Vec<&TensorType> = inputs.iter().map(|&v| g.ty(v)).collect();
+    infer_types(op, &types)
+}
+
+/// Types of every value of `g` when its inputs have `input_types` (e.g. another image size):
+/// parameters keep their declared types, node results are inferred in order.
+pub fn infer_all(g: &Graph, input_types: &[TensorType]) -> Result<Vec<TensorType>> {
+    if input_types.len() != g.inputs.len() {
+        return invalid(format!("the graph has {} inputs, {} types given", g.inputs.len(), input_types.len()));
+    }
+    let mut types: Vec<TensorType> = g.values.iter().map(|v| v.ty.clone()).collect();
+    for (&v, t) in g.inputs.iter().zip(input_types) {
+        types[v.0] = t.clone();
+    }
+    for (i, n) in g.nodes.iter().enumerate() {
+        let ins: Vec<&TensorType> = n.inputs.iter().map(|v| &types[v.0]).collect();
+        let outs =
+            infer_types(&n.op, &ins).or_else(|e| invalid(format!("node {i} ({} @{}): {e}", n.op.name(), n.scope)))?;
+        for (&o, t) in n.outputs.iter().zip(outs) {
+            types[o.0] = t;
+        }
+    }
+    Ok(types)
 }

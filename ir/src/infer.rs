@@ -4,15 +4,8 @@
 //! concrete shapes the interpreters meet at run time (all dimensions fixed).
 
 use crate::error::{invalid, Result};
-use crate::graph::{Graph, ValueId};
 use crate::op::{Op, ReshapeDim};
 use crate::tensor::{DType, Dim, TensorType};
-
-/// Output types of `op` applied to `inputs` of `g`, after checking the number of inputs.
-pub fn infer_node_types(g: &Graph, op: &Op, inputs: &[ValueId]) -> Result<Vec<TensorType>> {
-    let types: Vec<&TensorType> = inputs.iter().map(|&v| g.ty(v)).collect();
-    infer_types(op, &types)
-}
 
 fn fixed(d: &Dim, what: &str) -> Result<usize> {
     d.fixed().ok_or_else(|| crate::IrError::Invalid(format!("{what} must have a known size, found `{d}`")))
@@ -406,27 +399,6 @@ pub(crate) fn slice_range(n: usize, start: i64, end: i64, step: i64) -> Result<(
     };
     let s = if step > 0 { s.clamp(0, n) } else { s.clamp(-1, n - 1) };
     Ok((s, step, len as usize))
-}
-
-/// Types of every value of `g` when its inputs have `input_types` (e.g. another image size):
-/// parameters keep their declared types, node results are inferred in order.
-pub fn infer_all(g: &Graph, input_types: &[TensorType]) -> Result<Vec<TensorType>> {
-    if input_types.len() != g.inputs.len() {
-        return invalid(format!("the graph has {} inputs, {} types given", g.inputs.len(), input_types.len()));
-    }
-    let mut types: Vec<TensorType> = g.values.iter().map(|v| v.ty.clone()).collect();
-    for (&v, t) in g.inputs.iter().zip(input_types) {
-        types[v.0] = t.clone();
-    }
-    for (i, n) in g.nodes.iter().enumerate() {
-        let ins: Vec<&TensorType> = n.inputs.iter().map(|v| &types[v.0]).collect();
-        let outs =
-            infer_types(&n.op, &ins).or_else(|e| invalid(format!("node {i} ({} @{}): {e}", n.op.name(), n.scope)))?;
-        for (&o, t) in n.outputs.iter().zip(outs) {
-            types[o.0] = t;
-        }
-    }
-    Ok(types)
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! with typed attributes, and parameters are named tensors held beside the graph in a [`Model`].
 //! The text form ([`print_graph`] / [`parse_graph`]) is stable and round-trips.
 //!
-//! This crate knows nothing of GPUs, of other file formats or of training.
+//! This crate knows nothing of GPUs or of other file formats. It defines every op's meaning,
+//! the training ops included: batch norm in training mode, the gradient ops and the detection
+//! loss.
 
 mod error;
 pub mod eval;
@@ -18,8 +20,9 @@ mod text;
 mod verify;
 
 pub use error::{IrError, Result};
+pub use graph::{infer_all, infer_node_types};
 pub use graph::{Graph, Node, NodeId, ParamKind, Value, ValueDef, ValueId};
-pub use infer::{infer_all, infer_node_types, infer_types};
+pub use infer::infer_types;
 pub use model::{write_atomic, Metadata, Model};
 pub use op::{Conv2d, Op, OpKind, ReshapeDim, ALL_OP_KINDS};
 pub use tensor::{DType, Dim, Tensor, TensorData, TensorType};

@@ -1,8 +1,8 @@
 //! The verifier: the structural invariants every pass must keep.
 
 use crate::error::{invalid, Result};
+use crate::graph::infer_node_types;
 use crate::graph::{Graph, NodeId, ValueDef};
-use crate::infer::infer_node_types;
 use std::collections::HashSet;
 
 /// Checks that `g` is well formed: unique names, every value defined once and before use

@@ -1,5 +1,6 @@
 //! The CPU interpreter: runs any IR graph forward in f32, NCHW, at any batch size and at any
-//! image size the graph's ops allow. It is the reference the GPU kernels are tested against.
+//! image size the graph's ops allow; the training program too (batch norm in training mode, the
+//! gradient ops, the detection loss).
 
 use super::{grad_kernels, kernels};
 use crate::train::loss::{self, LossSpec};

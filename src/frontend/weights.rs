@@ -44,19 +44,6 @@ pub fn write_safetensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a
     Ok(())
 }
 
-/// Replaces the model's weights, frozen parameters and buffers by the tensors of a safetensors
-/// file or a `.pt` file (a bare state dict, or a checkpoint's model). Every parameter must be
-/// present with its shape and every tensor in the file must be used (`num_batches_tracked`
-/// aside); otherwise the error lists each missing, extra and mis-shaped name.
-pub fn load_weights(model: &mut Model, path: &Path) -> Result<()> {
-    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
-    let file = match ext.as_str() {
-        "pt" | "pth" => super::checkpoint::read_state_dict(path)?,
-        _ => read_safetensors(path)?,
-    };
-    assign_weights(model, file, &path.display().to_string())
-}
-
 /// Replaces the model's weights, frozen parameters and buffers by `file`'s tensors, which must
 /// match them one to one in name and shape; `what` names the source in errors.
 pub fn assign_weights(model: &mut Model, file: Vec<(String, Tensor)>, what: &str) -> Result<()> {
