@@ -186,11 +186,12 @@ pub fn bn_hist(models: &[(String, Model)], scope: &str, out: &Path) -> Result<(V
     for (path, layers) in [(out, false), (grid.as_path(), true)] {
         let tmp = path.with_extension(format!("tmp.{ext}"));
         match (ext.as_str(), layers) {
-            ("svg", false) => draw_overlay(SVGBackend::new(&tmp, (1000, 600)).into_drawing_area(), &s)?,
-            ("svg", true) => draw_layers(SVGBackend::new(&tmp, (1800, 1800)).into_drawing_area(), &per_model)?,
-            (_, false) => draw_overlay(BitMapBackend::new(&tmp, (1000, 600)).into_drawing_area(), &s)?,
-            (_, true) => draw_layers(BitMapBackend::new(&tmp, (1800, 1800)).into_drawing_area(), &per_model)?,
+            ("svg", false) => draw_overlay(SVGBackend::new(&tmp, (1000, 600)).into_drawing_area(), &s),
+            ("svg", true) => draw_layers(SVGBackend::new(&tmp, (1800, 1800)).into_drawing_area(), &per_model),
+            (_, false) => draw_overlay(BitMapBackend::new(&tmp, (1000, 600)).into_drawing_area(), &s),
+            (_, true) => draw_layers(BitMapBackend::new(&tmp, (1800, 1800)).into_drawing_area(), &per_model),
         }
+        .with_context(|| format!("cannot draw {}", path.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
     }
     Ok((s, grid))

@@ -83,3 +83,19 @@ pub fn load_weights(model: &mut Model, path: &Path) -> Result<()> {
     };
     assign_weights(model, file, &path.display().to_string())
 }
+
+/// Refuses a model with a NaN or infinite weight, naming the first such tensor; `what` names
+/// the model in the error.
+pub fn check_finite(model: &Model, what: &str) -> Result<()> {
+    for (name, t) in &model.tensors {
+        if let Ok(v) = t.f32s() {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                bail!(
+                    "{what}: tensor {name} holds {} at element {i}; pass --allow-nonfinite to use the model anyway",
+                    v[i]
+                );
+            }
+        }
+    }
+    Ok(())
+}

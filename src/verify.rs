@@ -7,8 +7,19 @@ use slimc_ir::Tensor;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// Runs an ONNX file with tract on one f32 input.
+/// Runs an ONNX file with tract on one f32 input. A panic inside tract (it has some on
+/// degenerate graphs) becomes an error naming the file.
 pub fn run_tract(path: &Path, input: &Tensor) -> Result<Vec<Tensor>> {
+    // tract's panics are expected failures here, not slimc's internal errors: keep them off the
+    // process's panic hook while it runs.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(|| tract_outputs(path, input));
+    std::panic::set_hook(hook);
+    r.unwrap_or_else(|_| bail!("tract failed on {}: it panicked on this graph", path.display()))
+}
+
+fn tract_outputs(path: &Path, input: &Tensor) -> Result<Vec<Tensor>> {
     use tract_onnx::prelude::*;
     let fact = InferenceFact::dt_shape(f32::datum_type(), input.shape.clone());
     let plan = tract_onnx::onnx()

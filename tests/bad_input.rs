@@ -4,24 +4,8 @@
 mod common;
 use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto};
 use std::path::Path;
-use std::process::Command;
 
-/// Runs slimc and returns its stderr, asserting failure with exactly one line and no panic.
-fn fails(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_slimc")).args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "slimc {args:?} succeeded");
-    assert_eq!(out.status.code(), Some(1), "slimc {args:?} exit code: {err}");
-    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    err
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p.display().to_string()
-}
+use common::{fails, write};
 
 #[test]
 fn truncated_onnx() {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::scratch;
+use common::{dataset, scratch};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -14,35 +14,6 @@ fn slimc() -> Command {
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// A dataset of `n` train and 2 val 64×64 JPEGs, each with one bright box on a dark ground.
-fn dataset(root: &Path, n: usize) -> PathBuf {
-    for split in ["train", "val"] {
-        std::fs::create_dir_all(root.join("images").join(split)).unwrap();
-        std::fs::create_dir_all(root.join("labels").join(split)).unwrap();
-        let count = if split == "train" { n } else { 2 };
-        for i in 0..count {
-            let (x0, y0, w, h) = (8 + 5 * i as u32 % 24, 10 + 3 * i as u32 % 20, 24, 20);
-            let img = image::RgbImage::from_fn(64, 64, |x, y| {
-                if x >= x0 && x < x0 + w && y >= y0 && y < y0 + h {
-                    image::Rgb([230, 200, 40])
-                } else {
-                    image::Rgb([20, 30, 25])
-                }
-            });
-            img.save(root.join(format!("images/{split}/im{i}.jpg"))).unwrap();
-            let (cx, cy) = ((x0 as f32 + w as f32 / 2.0) / 64.0, (y0 as f32 + h as f32 / 2.0) / 64.0);
-            std::fs::write(
-                root.join(format!("labels/{split}/im{i}.txt")),
-                format!("0 {cx} {cy} {} {}\n", w as f32 / 64.0, h as f32 / 64.0),
-            )
-            .unwrap();
-        }
-    }
-    let yaml = root.join("data.yaml");
-    std::fs::write(&yaml, "path: .\ntrain: images/train\nval: images/val\nnames:\n  0: box\n").unwrap();
-    yaml
 }
 
 fn train(yaml: &Path, project: &Path, epochs: usize) -> Command {

@@ -163,15 +163,25 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
                     _ => binary(a, &x.shape, b, &y.shape, &out, |p, q| p / q),
                 }),
                 (TensorData::I64(a), TensorData::I64(b)) => {
-                    if matches!(op, Op::Div) && b.contains(&0) {
-                        return invalid("integer division by zero");
+                    // Checked arithmetic: an overflow (or a division by zero) is an error, not a
+                    // wrapped value or a panic.
+                    let bad = std::cell::Cell::new(false);
+                    let checked = |r: Option<i64>| {
+                        r.unwrap_or_else(|| {
+                            bad.set(true);
+                            0
+                        })
+                    };
+                    let v = match op {
+                        Op::Add => binary(a, &x.shape, b, &y.shape, &out, |p, q| checked(p.checked_add(q))),
+                        Op::Sub => binary(a, &x.shape, b, &y.shape, &out, |p, q| checked(p.checked_sub(q))),
+                        Op::Mul => binary(a, &x.shape, b, &y.shape, &out, |p, q| checked(p.checked_mul(q))),
+                        _ => binary(a, &x.shape, b, &y.shape, &out, |p, q| checked(p.checked_div(q))),
+                    };
+                    if bad.get() {
+                        return invalid(format!("integer {} overflows or divides by zero", op.name()));
                     }
-                    TensorData::I64(match op {
-                        Op::Add => binary(a, &x.shape, b, &y.shape, &out, |p, q| p + q),
-                        Op::Sub => binary(a, &x.shape, b, &y.shape, &out, |p, q| p - q),
-                        Op::Mul => binary(a, &x.shape, b, &y.shape, &out, |p, q| p * q),
-                        _ => binary(a, &x.shape, b, &y.shape, &out, |p, q| p / q),
-                    })
+                    TensorData::I64(v)
                 }
                 _ => return invalid("operands differ in element type"),
             };

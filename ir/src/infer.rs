@@ -39,11 +39,18 @@ fn check_rank(t: &TensorType, r: usize, what: &str) -> Result<()> {
 }
 
 fn window_out(input: usize, k: usize, stride: usize, dil: usize, pad: usize) -> Result<usize> {
-    let span = dil * (k - 1) + 1;
-    if stride == 0 || input + pad < span {
+    if k == 0 || stride == 0 || dil == 0 {
+        return invalid(format!("window {k}, stride {stride} and dilation {dil} must be at least 1"));
+    }
+    let span = (k - 1).checked_mul(dil).and_then(|s| s.checked_add(1));
+    let padded = input.checked_add(pad);
+    let (Some(span), Some(padded)) = (span, padded) else {
+        return invalid(format!("window {k} (dilation {dil}) or padding {pad} is too large"));
+    };
+    if padded < span {
         return invalid(format!("window {k} (dilation {dil}) does not fit input {input} with padding {pad}"));
     }
-    Ok((input + pad - span) / stride + 1)
+    Ok((padded - span) / stride + 1)
 }
 
 /// A product of dimensions: a known factor times symbols.
@@ -58,7 +65,7 @@ impl SymProduct {
         let mut p = SymProduct { fixed: 1, syms: vec![] };
         for d in dims {
             match d {
-                Dim::Fixed(n) => p.fixed *= n,
+                Dim::Fixed(n) => p.fixed = p.fixed.saturating_mul(*n),
                 Dim::Sym(s) => p.syms.push(s.clone()),
             }
         }
@@ -66,8 +73,10 @@ impl SymProduct {
     }
 }
 
-/// Output types of `op` for input types `inputs`.
+/// Output types of `op` for input types `inputs`, after checking the op's attributes
+/// ([`Op::validate`]) and its number of inputs.
 pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
+    op.validate().or_else(|e| invalid(format!("{}: {e}", op.name())))?;
     let (lo, hi) = op.arity();
     if inputs.len() < lo || inputs.len() > hi {
         return invalid(format!("takes {lo}..={hi} inputs, given {}", inputs.len()));
@@ -100,8 +109,8 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             let h = fixed(&x.shape[2], "conv2d input height")?;
             let wi = fixed(&x.shape[3], "conv2d input width")?;
-            let oh = window_out(h, wd[2], c.stride[0], c.dilation[0], c.pad[0] + c.pad[2])?;
-            let ow = window_out(wi, wd[3], c.stride[1], c.dilation[1], c.pad[1] + c.pad[3])?;
+            let oh = window_out(h, wd[2], c.stride[0], c.dilation[0], c.pad[0].saturating_add(c.pad[2]))?;
+            let ow = window_out(wi, wd[3], c.stride[1], c.dilation[1], c.pad[1].saturating_add(c.pad[3]))?;
             vec![f32t(vec![x.shape[0].clone(), Dim::Fixed(wd[0]), Dim::Fixed(oh), Dim::Fixed(ow)])]
         }
         Op::BatchNorm { .. } => {
@@ -175,8 +184,8 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             check_rank(x, 4, "max_pool2d input")?;
             let h = fixed(&x.shape[2], "max_pool2d input height")?;
             let w = fixed(&x.shape[3], "max_pool2d input width")?;
-            let oh = window_out(h, kernel[0], stride[0], 1, pad[0] + pad[2])?;
-            let ow = window_out(w, kernel[1], stride[1], 1, pad[1] + pad[3])?;
+            let oh = window_out(h, kernel[0], stride[0], 1, pad[0].saturating_add(pad[2]))?;
+            let ow = window_out(w, kernel[1], stride[1], 1, pad[1].saturating_add(pad[3]))?;
             vec![f32t(vec![x.shape[0].clone(), x.shape[1].clone(), Dim::Fixed(oh), Dim::Fixed(ow)])]
         }
         Op::UpsampleNearest { scale } => {
@@ -294,8 +303,8 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             same_shape(x, &fwd[0], "conv2d_grad_weight dy")?;
             vec![inputs[2].clone()]
         }
-        Op::BatchNormTrain { .. } => {
-            let y = infer_types(&Op::BatchNorm { eps: 0.0, momentum: 0.0 }, inputs)?;
+        Op::BatchNormTrain { eps, momentum } => {
+            let y = infer_types(&Op::BatchNorm { eps: *eps, momentum: *momentum }, inputs)?;
             let c = inputs[1].clone();
             vec![y[0].clone(), c.clone(), c.clone(), c.clone(), c]
         }

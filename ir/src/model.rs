@@ -89,9 +89,23 @@ struct MetaMsg {
 }
 
 impl Model {
-    /// Checks that the graph verifies and that every parameter has a tensor of its declared type.
+    /// Checks that the graph verifies, that every parameter has a tensor of its declared type,
+    /// and that the metadata agrees with the graph (one name per class of the Detect head,
+    /// positive finite strides).
     pub fn check(&self) -> Result<()> {
         crate::verify(&self.graph)?;
+        let m = &self.meta;
+        if m.strides.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(IrError::Invalid(format!("metadata strides {:?} must be positive and finite", m.strides)));
+        }
+        if let Some(nc) = self.head_classes() {
+            if !m.names.is_empty() && m.names.len() != nc {
+                return Err(IrError::Invalid(format!(
+                    "{} class names for a Detect head of {nc} classes",
+                    m.names.len()
+                )));
+            }
+        }
         for &p in &self.graph.params {
             let v = self.graph.value(p);
             let t = self
@@ -103,6 +117,14 @@ impl Model {
             }
         }
         Ok(())
+    }
+
+    /// The class count of a Detect head (an `anchors` node, output `[N, 4 + nc, A]`), if any.
+    pub fn head_classes(&self) -> Option<usize> {
+        let g = &self.graph;
+        g.nodes.iter().find(|n| matches!(n.op, crate::Op::Anchors { .. }))?;
+        let out = g.ty(*g.outputs.first()?);
+        (out.rank() == 3).then(|| out.shape[1].fixed()).flatten().and_then(|c| c.checked_sub(4))
     }
 
     /// Drops tensors no parameter refers to (after passes removed their users).
@@ -156,24 +178,25 @@ impl Model {
         let graph = parse_graph(&msg.graph_text).map_err(|e| ferr(format!("graph: {e}")))?;
         let mut tensors = BTreeMap::new();
         for t in msg.tensors {
-            let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-            let n: usize = shape.iter().product();
+            let shape: Vec<usize> = t.dims.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
+            let bad = || ferr(format!("tensor {} has a bad type or size", t.name));
+            let n = crate::tensor::checked_numel(&shape).ok_or_else(bad)?;
             let tensor = match t.dtype {
                 1 if t.data.len() == 4 * n => Tensor {
                     shape,
                     data: TensorData::F32(
-                        t.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                        t.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
                     ),
                 },
-                2 if t.data.len() == 8 * n => Tensor {
-                    shape,
-                    data: TensorData::I64(
-                        t.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
-                    ),
-                },
-                _ => return Err(ferr(format!("tensor {} has a bad type or size", t.name))),
+                2 if t.data.len() == 8 * n => {
+                    let le = |c: &[u8]| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+                    Tensor { shape, data: TensorData::I64(t.data.chunks_exact(8).map(le).collect()) }
+                }
+                _ => return Err(bad()),
             };
-            tensors.insert(t.name, tensor);
+            if tensors.insert(t.name.clone(), tensor).is_some() {
+                return Err(ferr(format!("tensor {} is stored twice", t.name)));
+            }
         }
         let m = msg.meta.unwrap_or_default();
         let imgsz = match m.imgsz.as_slice() {
@@ -214,7 +237,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let ferr = |e: std::io::Error| IrError::File(format!("{}: {e}", path.display()));
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let fname = path.file_name().ok_or_else(|| IrError::File(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", fname.to_string_lossy(), std::process::id()));
+    let prefix = format!(".{}.", fname.to_string_lossy());
+    remove_stale_temporaries(dir, &prefix);
+    let tmp = dir.join(format!("{prefix}{}.tmp", std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -229,4 +254,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res.map_err(ferr)
+}
+
+/// Removes `<prefix><pid>.tmp` files in `dir` left by writers that were killed: those whose
+/// process no longer runs (where `/proc` tells; elsewhere only this process's own).
+fn remove_stale_temporaries(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let proc_fs = Path::new("/proc/self").exists();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(".tmp")) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let dead = pid == std::process::id() || (proc_fs && !Path::new(&format!("/proc/{pid}")).exists());
+        if dead {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }

@@ -402,6 +402,61 @@ impl Op {
         }
     }
 
+    /// Checks the attributes on their own (shapes are shape inference's business): window
+    /// sizes, strides, dilations and groups at least 1, epsilons positive and finite, momenta in
+    /// [0, 1], strides and offsets finite (anchor strides positive), split sizes and slice steps
+    /// nonzero, `reg_max` at least 1.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let at_least_1 = |what: &str, v: &[usize]| -> std::result::Result<(), String> {
+            if v.contains(&0) {
+                return Err(format!("{what} {v:?} must be at least 1"));
+            }
+            Ok(())
+        };
+        match self {
+            Op::Conv2d(c) | Op::Conv2dGradInput(c) | Op::Conv2dGradWeight(c) => {
+                at_least_1("stride", &c.stride)?;
+                at_least_1("dilation", &c.dilation)?;
+                at_least_1("groups", &[c.groups])?;
+            }
+            Op::BatchNorm { eps, momentum } | Op::BatchNormTrain { eps, momentum } => {
+                if !(eps.is_finite() && *eps > 0.0) {
+                    return Err(format!("eps {eps} must be positive and finite"));
+                }
+                if !(0.0..=1.0).contains(momentum) {
+                    return Err(format!("momentum {momentum} must be in [0, 1]"));
+                }
+            }
+            Op::MaxPool2d { kernel, stride, .. } | Op::MaxPool2dGrad { kernel, stride, .. } => {
+                at_least_1("kernel", kernel)?;
+                at_least_1("stride", stride)?;
+            }
+            Op::UpsampleNearest { scale } | Op::UpsampleNearestGrad { scale } => at_least_1("scale", scale)?,
+            Op::Split { sizes, .. } => at_least_1("split sizes", sizes)?,
+            Op::Slice { steps, .. } | Op::SliceGrad { steps, .. } => {
+                if steps.contains(&0) {
+                    return Err(format!("slice steps {steps:?} must be nonzero"));
+                }
+            }
+            Op::Anchors { strides, offset } => {
+                if strides.iter().any(|s| !(s.is_finite() && *s > 0.0)) || !offset.is_finite() {
+                    return Err(format!(
+                        "anchor strides {strides:?} must be positive and finite, offset {offset} finite"
+                    ));
+                }
+            }
+            Op::DetectLoss { strides, gains, reg_max } | Op::DetectLossGrad { strides, gains, reg_max } => {
+                if strides.iter().chain(gains).any(|s| !(s.is_finite() && *s > 0.0)) || *reg_max == 0 {
+                    return Err(format!(
+                        "strides {strides:?} and gains {gains:?} must be positive and finite, reg_max at least 1"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// The accepted number of inputs, as an inclusive range.
     pub fn arity(&self) -> (usize, usize) {
         match self {

@@ -82,7 +82,7 @@ impl TensorType {
     }
     /// The number of elements, if known.
     pub fn numel(&self) -> Option<usize> {
-        self.fixed_shape().map(|s| s.iter().product())
+        self.fixed_shape().and_then(|s| checked_numel(&s))
     }
     /// Replaces every symbolic dimension by `n`.
     pub fn with_symbols(&self, n: usize) -> TensorType {
@@ -124,14 +124,14 @@ pub struct Tensor {
 impl Tensor {
     /// An f32 tensor; errors if the element count does not match the shape.
     pub fn from_f32(shape: Vec<usize>, data: Vec<f32>) -> Result<Tensor> {
-        if shape.iter().product::<usize>() != data.len() {
+        if checked_numel(&shape) != Some(data.len()) {
             return invalid(format!("tensor of shape {shape:?} given {} elements", data.len()));
         }
         Ok(Tensor { shape, data: TensorData::F32(data) })
     }
     /// An i64 tensor; errors if the element count does not match the shape.
     pub fn from_i64(shape: Vec<usize>, data: Vec<i64>) -> Result<Tensor> {
-        if shape.iter().product::<usize>() != data.len() {
+        if checked_numel(&shape) != Some(data.len()) {
             return invalid(format!("tensor of shape {shape:?} given {} elements", data.len()));
         }
         Ok(Tensor { shape, data: TensorData::I64(data) })
@@ -180,4 +180,10 @@ impl Tensor {
             TensorData::F32(_) => invalid("expected an i64 tensor, found f32"),
         }
     }
+}
+
+/// The element count of `shape`, or None when it overflows (or exceeds what one allocation of
+/// 8-byte elements can hold).
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|&n| n <= isize::MAX as usize / 8)
 }

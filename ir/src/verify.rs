@@ -7,13 +7,18 @@ use std::collections::HashSet;
 
 /// Checks that `g` is well formed: unique names, every value defined once and before use
 /// (topological order), definitions consistent with the input/parameter lists, and every
-/// node's recorded output types equal to what shape inference gives.
+/// node's attributes valid and its recorded output types equal to what shape inference (which
+/// validates the attributes, [`crate::Op::validate`]) gives.
 pub fn verify(g: &Graph) -> Result<()> {
     let n = g.values.len();
     let mut names = HashSet::new();
     for v in &g.values {
         if !names.insert(v.name.as_str()) {
             return invalid(format!("value name %{} is defined twice", v.name));
+        }
+        let dims: Vec<usize> = v.ty.shape.iter().map(|d| d.fixed().unwrap_or(1)).collect();
+        if crate::tensor::checked_numel(&dims).is_none() {
+            return invalid(format!("value %{} of type {} has too many elements", v.name, v.ty));
         }
     }
     let mut defined = vec![false; n];

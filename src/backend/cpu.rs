@@ -30,6 +30,7 @@ pub fn run(model: &Model, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         }
         env[v.0] = Some(Cow::Borrowed(t));
     }
+    super::memory::check_fits(g, inputs)?;
     for &p in &g.params {
         let name = &g.value(p).name;
         let t = model.tensors.get(name).ok_or_else(|| anyhow!("parameter %{name} has no tensor"))?;

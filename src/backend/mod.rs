@@ -3,3 +3,4 @@
 pub mod cpu;
 pub mod grad_kernels;
 pub mod kernels;
+pub mod memory;

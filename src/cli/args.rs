@@ -4,8 +4,9 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
 use slimc::data::dataset::{load_dataset_spec, scan, DatasetSpec};
 use slimc::data::loader::Split;
-use slimc::load::{format_of, load_model, LoadOptions, ModelFormat};
+use slimc::load::{check_finite, format_of, load_model, LoadOptions, ModelFormat};
 use slimc::prune::{Budget, Metric};
+use slimc::train::trainer::MAX_IMGSZ;
 use slimc::val::validate::validate;
 use slimc_ir::Model;
 use slimc_passes::{Importance, Policy};
@@ -28,12 +29,24 @@ pub struct ModelArgs {
     /// Seed of the weight initialisation (YAML models).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Accept a model whose weights hold NaN or infinite values.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
 }
 
 impl ModelArgs {
-    /// Loads the model as given.
+    /// Loads the model as given; one with non-finite weights is refused unless allowed.
     pub fn load(&self) -> Result<Model> {
-        load_model(&self.model, &self.options())
+        let m = load_model(&self.model, &self.options())?;
+        if !self.allow_nonfinite {
+            check_finite(&m, &self.model)?;
+        }
+        Ok(m)
+    }
+
+    /// The files the model argument reads: the model and its --weights.
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        std::iter::once(PathBuf::from(&self.model)).chain(self.weights.clone()).collect()
     }
 
     /// The load options as given.
@@ -152,10 +165,11 @@ pub fn parse_imgsz(s: &str) -> std::result::Result<[usize; 2], String> {
         .iter()
         .map(|p| p.parse::<usize>().map_err(|_| format!("`{s}` is not S or H,W")))
         .collect::<std::result::Result<_, _>>()?;
+    let ok = |v: usize| (1..=MAX_IMGSZ).contains(&v);
     match nums.as_slice() {
-        [s] if *s > 0 => Ok([*s, *s]),
-        [h, w] if *h > 0 && *w > 0 => Ok([*h, *w]),
-        _ => Err(format!("`{s}` is not S or H,W")),
+        [s] if ok(*s) => Ok([*s, *s]),
+        [h, w] if ok(*h) && ok(*w) => Ok([*h, *w]),
+        _ => Err(format!("`{s}` is not S or H,W with sides in 1..={MAX_IMGSZ}")),
     }
 }
 
@@ -185,6 +199,17 @@ pub fn val_scorer(data: &Path, imgsz: usize) -> Result<impl FnMut(&Model) -> Res
         let r = validate(m, &split, 16, nc, false, false)?;
         Ok((r.metrics.map50, r.metrics.map))
     })
+}
+
+/// Refuses to write `output` over one of the command's input files (`inputs`, in groups).
+pub fn refuse_overwrite(output: &Path, inputs: &[Vec<PathBuf>]) -> Result<()> {
+    let Ok(out) = std::fs::canonicalize(output) else { return Ok(()) };
+    for input in inputs.iter().flatten() {
+        if std::fs::canonicalize(input).is_ok_and(|i| i == out) {
+            bail!("{}: this is also an input of the command; write the output to another file", output.display());
+        }
+    }
+    Ok(())
 }
 
 /// Writes a model file, which must be a `.slim`.

@@ -15,6 +15,10 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Most memory (GB) a model run may plan for its intermediate values; default: what the
+    /// machine has available. A run that needs more is refused before it allocates.
+    #[arg(long, global = true, value_name = "GB")]
+    max_memory: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -88,6 +92,12 @@ enum Cmd {
 
 /// Runs the subcommand.
 pub fn run(cli: Cli) -> Result<()> {
+    if let Some(gb) = cli.max_memory {
+        if !(gb.is_finite() && gb > 0.0) {
+            anyhow::bail!("--max-memory {gb}: expected a positive number of GB");
+        }
+        slimc::backend::memory::set_limit((gb * (1u64 << 30) as f64) as u64);
+    }
     match cli.cmd {
         Cmd::Import(a) => model::import(a),
         Cmd::Info(a) => model::info(a),

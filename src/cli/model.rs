@@ -1,7 +1,7 @@
 //! Subcommands that read, transform and emit one model: import, info, dump, run, opt, export,
 //! verify.
 
-use super::args::{parse_imgsz, save, ModelArgs};
+use super::args::{parse_imgsz, refuse_overwrite, save, ModelArgs};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use slimc::load::{load_model, LoadOptions};
@@ -22,6 +22,7 @@ pub struct ImportArgs {
 
 /// Lowers a model and writes it as a .slim file.
 pub fn import(a: ImportArgs) -> Result<()> {
+    refuse_overwrite(&a.output, &[a.m.input_files()])?;
     let model = a.m.load()?;
     save(&model, &a.output)?;
     println!("wrote {} ({} nodes, {} tensors)", a.output.display(), model.graph.nodes.len(), model.tensors.len());
@@ -98,6 +99,7 @@ pub struct RunArgs {
 
 /// Runs the model on an .npy input.
 pub fn run(a: RunArgs) -> Result<()> {
+    refuse_overwrite(&a.output, &[a.m.input_files(), vec![a.input.clone()]])?;
     let model = a.m.load()?;
     let x = io::read_npy(&a.input)?;
     let t = std::time::Instant::now();
@@ -161,6 +163,9 @@ pub fn opt(a: OptArgs) -> Result<()> {
         .print_after(&a.print_after)?
         .disable(&a.disable_pass)?
         .time_passes(a.time_passes);
+    if let Some(o) = &a.output {
+        refuse_overwrite(o, &[a.m.input_files()])?;
+    }
     let mut model = a.m.load()?;
     let reports = pm.run(&mut model)?;
     if !a.time_passes {
@@ -211,6 +216,7 @@ pub struct ExportArgs {
 
 /// Writes the model as ONNX.
 pub fn export(a: ExportArgs) -> Result<()> {
+    refuse_overwrite(&a.output, &[a.m.input_files()])?;
     let model = a.m.load()?;
     let opts = export::ExportOptions { opset: a.opset, imgsz: a.m.imgsz, dynamic: a.dynamic, keep_bn: a.keep_bn };
     let bytes = export::export_onnx(&model, &opts)?;
@@ -258,14 +264,24 @@ fn random_input(shape: &[usize], seed: u64) -> Tensor {
 /// Checks an ONNX file with tract and onnxruntime against the interpreter.
 pub fn verify(a: VerifyArgs) -> Result<()> {
     let opts = LoadOptions { imgsz: a.imgsz, ..Default::default() };
+    let imported = load_model(&a.onnx.display().to_string(), &opts)?;
+    // The default input takes the ONNX file's own input size (its metadata's where the input
+    // is symbolic), whatever the reference model was built for.
+    let onnx_size = {
+        let t = imported.graph.ty(imported.graph.inputs[0]);
+        match (t.shape.get(2).and_then(|d| d.fixed()), t.shape.get(3).and_then(|d| d.fixed())) {
+            (Some(h), Some(w)) => [h, w],
+            _ => imported.meta.imgsz,
+        }
+    };
     let reference = match &a.against {
         Some(r) => load_model(r, &opts)?,
-        None => load_model(&a.onnx.display().to_string(), &opts)?,
+        None => imported,
     };
     let x = match &a.input {
         Some(p) => io::read_npy(p)?,
         None => {
-            let size = a.imgsz.unwrap_or(reference.meta.imgsz);
+            let size = a.imgsz.unwrap_or(onnx_size);
             random_input(&[1, 3, size[0], size[1]], 0)
         }
     };

@@ -1,12 +1,13 @@
 //! Subcommands of slimming: bn-hist, prune, pipeline.
 
 use super::args::{
-    load_for_training, run_dir, save, train_imgsz, val_scorer, BudgetArgs, ImportanceArg, ModelArgs, PolicyArg,
+    load_for_training, refuse_overwrite, run_dir, save, train_imgsz, val_scorer, BudgetArgs, ImportanceArg, ModelArgs,
+    PolicyArg,
 };
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use slimc::data::dataset::load_dataset_spec;
-use slimc::load::{load_model, LoadOptions};
+use slimc::load::{check_finite, load_model, LoadOptions};
 use slimc::pipeline::{run_pipeline, PipelineConfig};
 use slimc::prune;
 use slimc::train::optim::SrMode;
@@ -31,13 +32,22 @@ pub struct BnHistArgs {
     /// Print the numbers as JSON.
     #[arg(long)]
     json: bool,
+    /// Accept models whose weights hold NaN or infinite values.
+    #[arg(long)]
+    allow_nonfinite: bool,
 }
 
 /// Plots the |gamma| distribution of one or two models.
 pub fn bn_hist(a: BnHistArgs) -> Result<()> {
-    let mut models = vec![(a.model.clone(), load_model(&a.model, &LoadOptions::default())?)];
-    if let Some(m2) = a.model2 {
-        models.push((m2.clone(), load_model(&m2, &LoadOptions::default())?));
+    let inputs: Vec<PathBuf> = std::iter::once(&a.model).chain(&a.model2).map(PathBuf::from).collect();
+    refuse_overwrite(&a.output, std::slice::from_ref(&inputs))?;
+    let mut models = vec![];
+    for m in std::iter::once(&a.model).chain(&a.model2) {
+        let model = load_model(m, &LoadOptions::default())?;
+        if !a.allow_nonfinite {
+            check_finite(&model, m)?;
+        }
+        models.push((m.clone(), model));
     }
     let (stats, grid) = slimc::bn_hist::bn_hist(&models, &a.scope, &a.output)?;
     if a.json {
@@ -127,6 +137,7 @@ pub fn prune(a: PruneArgs) -> Result<()> {
         return sweep(&a, &model, &opts, text);
     }
     let Some(output) = &a.output else { bail!("-o/--output (the pruned .slim) is required") };
+    refuse_overwrite(output, &[a.m.input_files()])?;
     let r = match budget {
         Some(b) => {
             let r = prune::prune_to_budget(&model, &opts, b).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
@@ -244,6 +255,7 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
     let imgsz = train_imgsz(a.imgsz);
     let opts = LoadOptions { seed: a.seed, ..Default::default() };
     let mut m = load_for_training(&a.model, spec.names.len(), imgsz, opts)?;
+    check_finite(&m, &a.model)?;
     m.meta.names = spec.names.clone();
     let train = TrainConfig {
         data: Some(a.data),
@@ -261,6 +273,10 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
     };
     if !(a.ratio > 0.0 && a.ratio < 1.0) {
         bail!("--ratio {} is outside (0, 1)", a.ratio);
+    }
+    train.validate()?;
+    if a.sparse_epochs == Some(0) || a.finetune_epochs == Some(0) {
+        bail!("--sparse-epochs and --finetune-epochs must be at least 1");
     }
     let cfg = PipelineConfig {
         train,

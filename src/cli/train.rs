@@ -1,6 +1,6 @@
 //! Subcommands that train and evaluate: train, step, val.
 
-use super::args::{load_for_training, run_dir, train_imgsz, val_split, DeviceArg, ModelArgs};
+use super::args::{load_for_training, refuse_overwrite, run_dir, train_imgsz, val_split, DeviceArg, ModelArgs};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use slimc::data::dataset::load_dataset_spec;
@@ -45,6 +45,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
         bail!("--batch and --epochs must be at least 1");
     }
     let spec = load_dataset_spec(&data)?;
+    if let Some(nc) = a.m.nc.filter(|&nc| nc != spec.names.len()) {
+        bail!("--nc {nc}, but {} names {} classes", data.display(), spec.names.len());
+    }
     cfg.imgsz = train_imgsz(a.m.imgsz.map(|s| s[0].max(s[1])).unwrap_or(640));
     cfg.seed = a.m.seed;
     let mut model = load_for_training(&a.m.model, spec.names.len(), cfg.imgsz, a.m.options())?;
@@ -81,6 +84,10 @@ pub struct StepArgs {
 
 /// Runs one training step and prints the loss components.
 pub fn step(a: StepArgs) -> Result<()> {
+    let inputs = [a.m.input_files(), vec![a.images.clone(), a.targets.clone()]];
+    for out in a.dump_grads.iter().chain(&a.dump_bn) {
+        refuse_overwrite(out, &inputs)?;
+    }
     let model = a.m.load()?;
     let x = io::read_npy(&a.images)?;
     let t = step::read_targets(&a.targets)?;
@@ -140,6 +147,12 @@ pub struct ValArgs {
 
 /// Validates a model and prints Ultralytics' table.
 pub fn val(a: ValArgs) -> Result<()> {
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if let Some(out) = &a.save_json {
+        refuse_overwrite(out, &[a.m.input_files(), vec![a.data.clone()]])?;
+    }
     let model = a.m.load()?;
     let imgsz = a.m.imgsz.map(|s| s[0].max(s[1])).unwrap_or(model.meta.imgsz[0].max(model.meta.imgsz[1]));
     let (spec, split) = val_split(&a.data, imgsz)?;

@@ -5,7 +5,7 @@
 use super::image::{decode, Img};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::Yaml;
 
 /// Image suffixes Ultralytics accepts (those slimc can decode).
 pub const IMAGE_SUFFIXES: [&str; 8] = ["bmp", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp"];
@@ -41,8 +41,8 @@ fn sources(y: &Yaml, root: &Path, key: &str, file: &Path) -> Result<Vec<PathBuf>
 /// Reads a dataset YAML (`path`, `train`, `val`, `names`, optional `nc`). A relative `path` is
 /// resolved against the YAML's own folder.
 pub fn load_dataset_spec(file: &Path) -> Result<DatasetSpec> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
-    let docs = YamlLoader::load_from_str(&text).map_err(|e| anyhow!("{}: invalid YAML: {e}", file.display()))?;
+    let text = crate::io::read_text(file)?;
+    let docs = crate::io::parse_yaml(&text, &file.display().to_string())?;
     let y = docs.first().ok_or_else(|| anyhow!("{}: empty YAML", file.display()))?;
     let here = file.parent().unwrap_or(Path::new("."));
     let root = match y["path"].as_str() {
@@ -149,6 +149,7 @@ pub struct Label {
 /// rows were dropped; a bad line is an error naming its line number.
 pub fn parse_labels(text: &str, nc: usize) -> std::result::Result<(Vec<Label>, usize), String> {
     let mut out: Vec<Label> = vec![];
+    let mut seen = std::collections::HashSet::new();
     let mut dups = 0;
     for (i, line) in text.lines().enumerate() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -178,10 +179,13 @@ pub fn parse_labels(text: &str, nc: usize) -> std::result::Result<(Vec<Label>, u
             return Err(format!("{at}: class {} is not an id below the dataset's {nc} classes", fields[0]));
         }
         let l = Label { cls: nums[0] as usize, xywh };
-        if out.contains(&l) {
-            dups += 1;
-        } else {
+        // Exact duplicates (as NumPy's unique over rows finds them), by bit pattern with -0
+        // read as 0: a hash set keeps this linear in the number of rows.
+        let key = (l.cls, xywh.map(|v| (v + 0.0).to_bits()));
+        if seen.insert(key) {
             out.push(l);
+        } else {
+            dups += 1;
         }
     }
     Ok((out, dups))
@@ -255,9 +259,16 @@ pub fn scan(sources: &[PathBuf], nc: usize, split: &str) -> Result<(Vec<Sample>,
                 Err(e) => return Outcome::Corrupt(format!("{}: ignoring corrupt image: {e}", p.display())),
             };
             let lp = label_path(p);
-            let (labels, note, has_file) = match std::fs::read_to_string(&lp) {
-                Err(_) => (vec![], None, false),
-                Ok(text) => match parse_labels(&text, nc) {
+            let text = match std::fs::metadata(&lp) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                _ => match crate::io::read_text(&lp) {
+                    Ok(t) => Some(t),
+                    Err(e) => return Outcome::Corrupt(format!("{e:#}; labels unreadable, image ignored")),
+                },
+            };
+            let (labels, note, has_file) = match text {
+                None => (vec![], None, false),
+                Some(text) => match parse_labels(&text, nc) {
                     Ok((l, 0)) => (l, None, true),
                     Ok((l, d)) => (l, Some(format!("{}: {d} duplicate labels removed", lp.display())), true),
                     Err(e) => return Outcome::Corrupt(format!("{}: {e}; image ignored", lp.display())),

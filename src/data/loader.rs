@@ -128,8 +128,13 @@ impl Split {
         order.chunks(batch).map(|c| c.to_vec()).collect()
     }
 
-    /// Builds one validation batch from sample indices.
+    /// Builds one validation batch from sample indices at the rect shape of its images.
     pub fn val_batch(&self, idx: &[usize]) -> Result<Batch> {
+        self.val_batch_at(idx, self.rect_shape(idx))
+    }
+
+    /// Ultralytics' rect shape of a batch: the letterbox (h, w) that fits its aspect ratios.
+    fn rect_shape(&self, idx: &[usize]) -> [usize; 2] {
         let ars: Vec<f64> =
             idx.iter().map(|&i| self.samples[i].shape[0] as f64 / self.samples[i].shape[1] as f64).collect();
         let (mn, mx) = (ars.iter().copied().fold(f64::MAX, f64::min), ars.iter().copied().fold(f64::MIN, f64::max));
@@ -140,7 +145,12 @@ impl Split {
         } else {
             [1.0, 1.0]
         };
-        let shape = ratio.map(|r| ((r * self.imgsz as f64 / 32.0 + 0.5).ceil() as usize) * 32);
+        ratio.map(|r| ((r * self.imgsz as f64 / 32.0 + 0.5).ceil() as usize) * 32)
+    }
+
+    /// Builds one validation batch from sample indices, every image letterboxed (no upscaling
+    /// beyond `imgsz`) to `shape` (h, w): for models that run at one input size only.
+    pub fn val_batch_at(&self, idx: &[usize], shape: [usize; 2]) -> Result<Batch> {
         let items: Result<Vec<_>> = idx
             .par_iter()
             .map(|&i| {

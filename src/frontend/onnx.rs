@@ -92,7 +92,7 @@ fn decode<const W: usize, T, U>(
     if raw.is_empty() {
         typed.iter().map(widen).collect()
     } else {
-        raw.chunks_exact(W).map(|c| from_le(c.try_into().expect("chunks of W bytes"))).collect()
+        raw.chunks_exact(W).map(|c| from_le(std::array::from_fn(|i| c[i]))).collect()
     }
 }
 
@@ -117,6 +117,53 @@ fn i64s(t: &Tensor) -> Result<Vec<i64>> {
         TensorData::I64(v) => Ok(v.clone()),
         TensorData::F32(v) => Ok(v.iter().map(|&x| x as i64).collect()),
     }
+}
+
+/// The fewest inputs each op needs (ONNX's required inputs).
+fn min_inputs(op: &str) -> usize {
+    match op {
+        "Constant" => 0,
+        "BatchNormalization" => 5,
+        "Range" => 3,
+        "Conv" | "Add" | "Sub" | "Mul" | "Div" | "MatMul" | "Reshape" | "Gather" | "Expand" => 2,
+        _ => 1,
+    }
+}
+
+/// Checks a node's inputs and outputs before anything reads them: the op's required inputs are
+/// present and named, and it names at least one output.
+fn check_arity(node: &NodeProto) -> Result<()> {
+    let need = min_inputs(&node.op_type);
+    if node.input.len() < need || node.input.iter().take(need).any(|i| i.is_empty()) {
+        bail!("{} needs {need} input(s), found {}", node.op_type, node.input.iter().filter(|i| !i.is_empty()).count());
+    }
+    if node.output.first().is_none_or(|o| o.is_empty()) {
+        bail!("{} has no output", node.op_type);
+    }
+    Ok(())
+}
+
+/// The most elements a tensor computed while importing may have (2^26).
+const MAX_FOLDED: usize = 1 << 26;
+
+/// A tensor computed at import time, checked: its shape's element count is bounded and equals
+/// the data's length.
+fn folded(shape: Vec<usize>, data: TensorData) -> Result<Tensor> {
+    let n = slimc_ir::checked_numel(&shape).filter(|&n| n <= MAX_FOLDED);
+    let Some(n) = n else { bail!("a computed constant of shape {shape:?} is too large (over {MAX_FOLDED} elements)") };
+    let len = match &data {
+        TensorData::F32(v) => v.len(),
+        TensorData::I64(v) => v.len(),
+    };
+    if len != n {
+        bail!("a computed constant of shape {shape:?} has {len} elements");
+    }
+    Ok(Tensor { shape, data })
+}
+
+/// The first element of a scalar-like tensor.
+fn first_i64(t: &Tensor, what: &str) -> Result<i64> {
+    i64s(t)?.first().copied().ok_or_else(|| anyhow!("{what} is empty"))
 }
 
 fn norm_axis(axis: i64, rank: usize) -> Result<usize> {
@@ -219,11 +266,15 @@ impl Importer {
                 if pads.len() != 4 || pads.iter().any(|&p| p < 0) {
                     bail!("only 2-D convolutions with non-negative pads are supported, found pads {pads:?}");
                 }
+                let groups = attr_int(node, "group", 1);
+                if groups < 1 {
+                    bail!("groups {groups} must be at least 1");
+                }
                 let c = Conv2d {
                     stride: pair(&attr_ints(node, "strides").unwrap_or(vec![1, 1]), "strides")?,
                     pad: [pads[0] as usize, pads[1] as usize, pads[2] as usize, pads[3] as usize],
                     dilation: pair(&attr_ints(node, "dilations").unwrap_or(vec![1, 1]), "dilations")?,
-                    groups: attr_int(node, "group", 1).max(1) as usize,
+                    groups: groups as usize,
                 };
                 (Op::Conv2d(c), ins)
             }
@@ -339,9 +390,10 @@ impl Importer {
                     || scales[1] != 1.0
                     || scales[2].fract() != 0.0
                     || scales[3].fract() != 0.0
-                    || scales[2] < 1.0
+                    || !(1.0..=64.0).contains(&scales[2])
+                    || !(1.0..=64.0).contains(&scales[3])
                 {
-                    bail!("Resize is supported as integer nearest upsampling of H and W, found scales {scales:?}");
+                    bail!("Resize is supported as integer nearest upsampling of H and W by 1 to 64, found scales {scales:?}");
                 }
                 (Op::UpsampleNearest { scale: [scales[2] as usize, scales[3] as usize] }, vec![x])
             }
@@ -413,6 +465,7 @@ impl Importer {
                     let r = shape.len() + axes.len();
                     let mut ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, r)).collect::<Result<_>>()?;
                     ax.sort();
+                    ax.dedup();
                     for a in ax {
                         shape.insert(a, 1);
                     }
@@ -421,16 +474,23 @@ impl Importer {
                 } else {
                     let mut ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, shape.len())).collect::<Result<_>>()?;
                     ax.sort();
+                    ax.dedup();
                     for a in ax.into_iter().rev() {
+                        if shape[a] != 1 {
+                            bail!("Squeeze of axis {a}, which has size {}", shape[a]);
+                        }
                         shape.remove(a);
                     }
                 }
-                one(Tensor { shape, data: t.data })
+                one(folded(shape, t.data)?)
             }
             "Gather" => {
                 let (data, idx) = (get(0)?, get(1)?);
                 let axis = norm_axis(attr_int(node, "axis", 0), data.shape.len())?;
                 let n = data.shape[axis] as i64;
+                if slimc_ir::checked_numel(&idx.shape).is_none_or(|n| n > MAX_FOLDED) {
+                    bail!("Gather with {:?} indices is too large", idx.shape);
+                }
                 let ix: Vec<usize> = i64s(&idx)?
                     .iter()
                     .map(|&i| if i < 0 { i + n } else { i })
@@ -449,27 +509,43 @@ impl Importer {
                     TensorData::F32(v) => TensorData::F32(order.iter().map(|&p| v[p]).collect()),
                     TensorData::I64(v) => TensorData::I64(order.iter().map(|&p| v[p]).collect()),
                 };
-                one(Tensor { shape, data })
+                one(folded(shape, data)?)
             }
             "ConstantOfShape" => {
-                let shape: Vec<usize> = i64s(&get(0)?)?.iter().map(|&d| d.max(0) as usize).collect();
-                let n = shape.iter().product();
+                let dims = i64s(&get(0)?)?;
+                if dims.iter().any(|&d| d < 0) {
+                    bail!("ConstantOfShape with a negative dimension in {dims:?}");
+                }
+                let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+                let n = slimc_ir::checked_numel(&shape).filter(|&n| n <= MAX_FOLDED);
+                let Some(n) = n else { bail!("ConstantOfShape {shape:?} is too large (over {MAX_FOLDED} elements)") };
                 let fill = match attr(node, "value").and_then(|a| a.t.as_ref()) {
                     Some(t) => tensor_from_proto(t)?,
                     None => Tensor::scalar(0.0),
                 };
                 let data = match fill.data {
-                    TensorData::F32(v) => TensorData::F32(vec![v[0]; n]),
-                    TensorData::I64(v) => TensorData::I64(vec![v[0]; n]),
+                    TensorData::F32(v) => {
+                        TensorData::F32(vec![*v.first().ok_or_else(|| anyhow!("empty fill value"))?; n])
+                    }
+                    TensorData::I64(v) => {
+                        TensorData::I64(vec![*v.first().ok_or_else(|| anyhow!("empty fill value"))?; n])
+                    }
                 };
-                one(Tensor { shape, data })
+                one(folded(shape, data)?)
             }
             "Range" => {
-                let (s, l, d) = (i64s(&get(0)?)?[0], i64s(&get(1)?)?[0], i64s(&get(2)?)?[0]);
+                let (s, l, d) =
+                    (first_i64(&get(0)?, "start")?, first_i64(&get(1)?, "limit")?, first_i64(&get(2)?, "delta")?);
                 if d == 0 {
                     bail!("Range with delta 0");
                 }
-                let v: Vec<i64> = (0..).map(|i| s + i * d).take_while(|&x| if d > 0 { x < l } else { x > l }).collect();
+                // ceil((limit - start) / delta) elements, in i128 so no operand overflows.
+                let count = ((l as i128 - s as i128) + d as i128 - d.signum() as i128) / d as i128;
+                let count = usize::try_from(count.max(0)).unwrap_or(usize::MAX);
+                if count > MAX_FOLDED {
+                    bail!("Range({s}, {l}, {d}) has {count} elements, over {MAX_FOLDED}");
+                }
+                let v: Vec<i64> = (0..count as i64).map(|i| s + i * d).collect();
                 one(Tensor::from_i64(vec![v.len()], v)?)
             }
             "Expand" => {
@@ -480,14 +556,20 @@ impl Importer {
                 for i in 0..r {
                     let a = if i + t.shape.len() >= r { t.shape[i + t.shape.len() - r] } else { 1 };
                     let b = if i + target.len() >= r { target[i + target.len() - r] } else { 1 };
+                    if a != b && a != 1 && b != 1 {
+                        bail!("Expand of shape {:?} to {target:?}: dimension {a} does not broadcast to {b}", t.shape);
+                    }
                     out[i] = a.max(b);
+                }
+                if slimc_ir::checked_numel(&out).is_none_or(|n| n > MAX_FOLDED) {
+                    bail!("Expand to {out:?} is too large (over {MAX_FOLDED} elements)");
                 }
                 let st = slimc_ir::eval::broadcast_strides(&t.shape, &out);
                 let data = match &t.data {
                     TensorData::F32(v) => TensorData::F32(strided_copy(v, 0, &out, &st)),
                     TensorData::I64(v) => TensorData::I64(strided_copy(v, 0, &out, &st)),
                 };
-                one(Tensor { shape: out, data })
+                one(folded(out, data)?)
             }
             _ => {
                 // Ops with IR semantics: lower a throw-away op and evaluate it.
@@ -506,6 +588,7 @@ impl Importer {
 
     fn import_node(&mut self, node: &NodeProto) -> Result<()> {
         let op = node.op_type.as_str();
+        check_arity(node)?;
         if !node.domain.is_empty() && node.domain != "ai.onnx" {
             bail!("op {}:{op} is from an unsupported domain", node.domain);
         }

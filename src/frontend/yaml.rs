@@ -4,12 +4,21 @@
 //! Ultralytics 8.3.253 (`nn/tasks.py`): scale letter from the file name, `make_divisible`
 //! with ceil, Python's round-half-even for repeats, the c3k rule for scales m/l/x.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use std::path::Path;
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::Yaml;
 
 /// The YOLO11 YAML shipped inside the binary.
 pub const YOLO11_YAML: &str = include_str!("../../models/yolo11.yaml");
+
+/// The most classes a model may have (LVIS has 1,203).
+pub const MAX_CLASSES: usize = 10_000;
+
+/// The most repeats a layer may ask for, before depth scaling.
+pub const MAX_REPEATS: i64 = 100;
+
+/// The most layers a model may have.
+pub const MAX_LAYERS: usize = 1000;
 
 /// A module argument as written in the YAML.
 #[derive(Clone, Debug, PartialEq)]
@@ -104,7 +113,7 @@ pub fn guess_scale(path: &str) -> Option<char> {
 pub fn load_spec(path: &str, nc: Option<usize>) -> Result<ModelSpec> {
     let name = Path::new(path).file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     let text = if Path::new(path).exists() {
-        std::fs::read_to_string(path).with_context(|| format!("{path}: cannot read"))?
+        crate::io::read_text(Path::new(path))?
     } else if is_builtin(&name) && !path.contains('/') {
         YOLO11_YAML.to_string()
     } else {
@@ -127,7 +136,7 @@ fn num(y: &Yaml) -> Option<f64> {
 
 /// Parses YAML text; `source` names it in errors.
 pub fn parse_spec(text: &str, source: &str, scale: Option<char>, nc_override: Option<usize>) -> Result<ModelSpec> {
-    let docs = YamlLoader::load_from_str(text).map_err(|e| anyhow!("{source}: invalid YAML: {e}"))?;
+    let docs = crate::io::parse_yaml(text, source)?;
     let doc = docs.first().ok_or_else(|| anyhow!("{source}: empty YAML"))?;
     spec_from_doc(doc, source, scale, nc_override)
 }
@@ -142,8 +151,8 @@ pub fn spec_from_doc(doc: &Yaml, source: &str, scale: Option<char>, nc_override:
     };
     let nc =
         nc_override.or(yaml_nc).ok_or_else(|| anyhow!("{source}: no `nc` given (set it in the YAML or pass --nc)"))?;
-    if nc == 0 {
-        bail!("{source}: nc must be at least 1");
+    if nc == 0 || nc > MAX_CLASSES {
+        bail!("{source}: nc {nc} is outside 1..={MAX_CLASSES}");
     }
     let (scale_name, depth, width, max_channels) = match &doc["scales"] {
         Yaml::Hash(h) => {
@@ -163,20 +172,29 @@ pub fn spec_from_doc(doc: &Yaml, source: &str, scale: Option<char>, nc_override:
             if vals.len() != 3 {
                 bail!("{source}: scale `{key}` must be [depth, width, max_channels], found {row:?}");
             }
-            (key, vals[0], vals[1], vals[2] as usize)
+            (key, vals[0], vals[1], check_max_channels(vals[2], source)?)
         }
         Yaml::BadValue => {
             let d = num(&doc["depth_multiple"]).unwrap_or(1.0);
             let w = num(&doc["width_multiple"]).unwrap_or(1.0);
-            (String::new(), d, w, num(&doc["max_channels"]).map(|m| m as usize).unwrap_or(usize::MAX))
+            let m = num(&doc["max_channels"]).map(|m| check_max_channels(m, source)).transpose()?;
+            (String::new(), d, w, m.unwrap_or(usize::MAX))
         }
         other => bail!("{source}: `scales` must be a mapping, found {other:?}"),
     };
+    for (what, v) in [("depth multiple", depth), ("width multiple", width)] {
+        if !(v.is_finite() && v > 0.0 && v <= 16.0) {
+            bail!("{source}: {what} {v} is outside (0, 16]");
+        }
+    }
     let mut layers = vec![];
     for section in ["backbone", "head"] {
         let rows = doc[section].as_vec().ok_or_else(|| anyhow!("{source}: missing `{section}` list"))?;
         for (j, row) in rows.iter().enumerate() {
             let i = layers.len();
+            if i >= MAX_LAYERS {
+                bail!("{source}: more than {MAX_LAYERS} layers");
+            }
             let at = format!("{source}: layer {i} ({section}[{j}])");
             layers.push(parse_row(row, i, nc, depth, &at)?);
         }
@@ -185,6 +203,14 @@ pub fn spec_from_doc(doc: &Yaml, source: &str, scale: Option<char>, nc_override:
         bail!("{source}: the model has no layers");
     }
     Ok(ModelSpec { source: source.to_string(), nc, scale: scale_name, depth, width, max_channels, layers })
+}
+
+/// A scale's channel cap: a whole number in 1..=16384.
+fn check_max_channels(m: f64, source: &str) -> Result<usize> {
+    if !(m >= 1.0 && m <= 16384.0 && m.fract() == 0.0) {
+        bail!("{source}: max_channels {m} is not a whole number in 1..=16384");
+    }
+    Ok(m as usize)
 }
 
 fn parse_row(row: &Yaml, i: usize, nc: usize, depth: f64, at: &str) -> Result<LayerSpec> {
@@ -208,7 +234,13 @@ fn parse_row(row: &Yaml, i: usize, nc: usize, depth: f64, at: &str) -> Result<La
             .collect::<Result<_>>()?,
         other => bail!("{at}: `from` must be an integer or a list, found {other:?}"),
     };
-    let n = cells[1].as_i64().filter(|n| *n >= 1).ok_or_else(|| anyhow!("{at}: repeats must be a positive integer"))?;
+    if from.is_empty() {
+        bail!("{at}: `from` lists no layer");
+    }
+    let n = cells[1]
+        .as_i64()
+        .filter(|n| (1..=MAX_REPEATS).contains(n))
+        .ok_or_else(|| anyhow!("{at}: repeats must be an integer in 1..={MAX_REPEATS}"))?;
     let repeats = if n > 1 { round_half_even(n as f64 * depth).max(1) as usize } else { n as usize };
     let module = cells[2].as_str().ok_or_else(|| anyhow!("{at}: module must be a name"))?.to_string();
     let args = cells[3]

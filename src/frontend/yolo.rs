@@ -27,13 +27,27 @@ pub struct Lowering<'w> {
     pub tensors: BTreeMap<String, Tensor>,
     rng: ChaCha8Rng,
     widths: Option<&'w BTreeMap<String, Vec<usize>>>,
+    /// Weight elements created so far, bounded by [`MAX_PARAMETERS`].
+    total: usize,
 }
+
+/// The most weight elements a lowered model may have (2^29, 2 GiB of f32; YOLO11x has 57M).
+pub const MAX_PARAMETERS: usize = 1 << 29;
+
+/// The widest a layer may be (channels), before and after width scaling.
+pub const MAX_CHANNELS: i64 = 16384;
 
 impl<'w> Lowering<'w> {
     /// An empty lowering with a seeded initialiser. `widths` (weight name to shape, from a
     /// checkpoint) overrides each conv's output width where it names the conv's weight.
     pub fn new(name: &str, seed: u64, widths: Option<&'w BTreeMap<String, Vec<usize>>>) -> Lowering<'w> {
-        Lowering { g: Graph::new(name), tensors: BTreeMap::new(), rng: ChaCha8Rng::seed_from_u64(seed), widths }
+        Lowering {
+            g: Graph::new(name),
+            tensors: BTreeMap::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            widths,
+            total: 0,
+        }
     }
 
     fn channels(&self, v: ValueId) -> usize {
@@ -81,6 +95,11 @@ impl<'w> Lowering<'w> {
             bail!("{scope}: {c1} -> {c2} channels cannot use {g} groups");
         }
         let fan_in = c1 / g * k * k;
+        let n = c2.checked_mul(fan_in).and_then(|n| n.checked_add(self.total)).filter(|&t| t <= MAX_PARAMETERS);
+        let Some(total) = n else {
+            bail!("{scope}: the model would have more than {MAX_PARAMETERS} parameters");
+        };
+        self.total = total;
         let w = self.uniform(c2 * fan_in, 1.0 / (fan_in as f32).sqrt());
         let wv = self.param(&wname, &[c2, c1 / g, k, k], ParamKind::Weight, w);
         let mut inputs = vec![x, wv];
@@ -400,6 +419,15 @@ fn int_arg(args: &[Arg], i: usize, default: Option<i64>, at: &str) -> Result<i64
     }
 }
 
+/// An integer argument in `lo..=hi` (`what` names it in the error).
+fn ranged_arg(args: &[Arg], i: usize, default: Option<i64>, lo: i64, hi: i64, what: &str, at: &str) -> Result<usize> {
+    let v = int_arg(args, i, default, at)?;
+    if v < lo || v > hi {
+        bail!("{at}: {what} {v} is outside {lo}..={hi}");
+    }
+    Ok(v as usize)
+}
+
 fn bool_arg(args: &[Arg], i: usize, default: bool, at: &str) -> Result<bool> {
     match args.get(i) {
         Some(Arg::Bool(b)) => Ok(*b),
@@ -450,13 +478,19 @@ pub fn lower(
             shape: vec![Dim::Sym("N".into()), Dim::Fixed(3), Dim::Fixed(imgsz[0]), Dim::Fixed(imgsz[1])],
         },
     );
-    let scale_c2 = |c2: i64| -> usize {
-        let c2 = c2 as usize;
+    let scale_c2 = |c2: usize| -> usize {
         if c2 != spec.nc {
             make_divisible(c2.min(spec.max_channels) as f64 * spec.width, 8)
         } else {
             c2
         }
+    };
+    let channels = |a: &[Arg], at: &str| -> Result<usize> {
+        let c2 = scale_c2(ranged_arg(a, 0, None, 1, MAX_CHANNELS, "channels", at)?);
+        if c2 == 0 || c2 > MAX_CHANNELS as usize {
+            bail!("{at}: {c2} channels after width scaling is outside 1..={MAX_CHANNELS}");
+        }
+        Ok(c2)
     };
     let mlx = matches!(spec.scale.as_str(), "m" | "l" | "x");
     let mut outs: Vec<ValueId> = vec![];
@@ -481,103 +515,104 @@ pub fn lower(
             }
             Ok(())
         };
-        let y = match layer.module.as_str() {
-            "Conv" => {
-                single("Conv")?;
-                simple_repeat("Conv")?;
-                arg_count(a, 1, 7, "Conv", &at)?;
-                let c2 = scale_c2(int_arg(a, 0, None, &at)?);
-                let k = int_arg(a, 1, Some(1), &at)? as usize;
-                let s = int_arg(a, 2, Some(1), &at)? as usize;
-                let p = match a.get(3) {
-                    Some(Arg::Int(p)) => Some(*p as usize),
-                    _ => None,
-                };
-                let g = int_arg(a, 4, Some(1), &at)? as usize;
-                if int_arg(a, 5, Some(1), &at)? != 1 {
-                    bail!("{at}: dilated Conv is not supported");
+        let y = (|| -> Result<ValueId> {
+            Ok(match layer.module.as_str() {
+                "Conv" => {
+                    single("Conv")?;
+                    simple_repeat("Conv")?;
+                    arg_count(a, 1, 7, "Conv", &at)?;
+                    let c2 = channels(a, &at)?;
+                    let k = ranged_arg(a, 1, Some(1), 1, 31, "kernel", &at)?;
+                    let s = ranged_arg(a, 2, Some(1), 1, 32, "stride", &at)?;
+                    let p = match a.get(3) {
+                        Some(Arg::Int(_)) => Some(ranged_arg(a, 3, None, 0, 31, "padding", &at)?),
+                        _ => None,
+                    };
+                    let g = ranged_arg(a, 4, Some(1), 1, MAX_CHANNELS, "groups", &at)?;
+                    if int_arg(a, 5, Some(1), &at)? != 1 {
+                        bail!("{at}: dilated Conv is not supported");
+                    }
+                    let act = bool_arg(a, 6, true, &at)?;
+                    l.conv(x, c2, k, s, p, g, act, &scope)?
                 }
-                let act = bool_arg(a, 6, true, &at)?;
-                l.conv(x, c2, k, s, p, g, act, &scope)?
-            }
-            "C3k2" => {
-                single("C3k2")?;
-                arg_count(a, 1, 5, "C3k2", &at)?;
-                let c2 = scale_c2(int_arg(a, 0, None, &at)?);
-                let c3k = bool_arg(a, 1, false, &at)? || mlx;
-                let e = float_arg(a, 2, 0.5, &at)?;
-                if int_arg(a, 3, Some(1), &at)? != 1 {
-                    bail!("{at}: grouped C3k2 is not supported");
+                "C3k2" => {
+                    single("C3k2")?;
+                    arg_count(a, 1, 5, "C3k2", &at)?;
+                    let c2 = channels(a, &at)?;
+                    let c3k = bool_arg(a, 1, false, &at)? || mlx;
+                    let e = float_arg(a, 2, 0.5, &at)?;
+                    if int_arg(a, 3, Some(1), &at)? != 1 {
+                        bail!("{at}: grouped C3k2 is not supported");
+                    }
+                    let shortcut = bool_arg(a, 4, true, &at)?;
+                    l.c3k2(x, c2, n, c3k, e, shortcut, &scope)?
                 }
-                let shortcut = bool_arg(a, 4, true, &at)?;
-                l.c3k2(x, c2, n, c3k, e, shortcut, &scope)?
-            }
-            "C3k" => {
-                single("C3k")?;
-                arg_count(a, 1, 5, "C3k", &at)?;
-                let c2 = scale_c2(int_arg(a, 0, None, &at)?);
-                let shortcut = bool_arg(a, 1, true, &at)?;
-                if int_arg(a, 2, Some(1), &at)? != 1 {
-                    bail!("{at}: grouped C3k is not supported");
+                "C3k" => {
+                    single("C3k")?;
+                    arg_count(a, 1, 5, "C3k", &at)?;
+                    let c2 = channels(a, &at)?;
+                    let shortcut = bool_arg(a, 1, true, &at)?;
+                    if int_arg(a, 2, Some(1), &at)? != 1 {
+                        bail!("{at}: grouped C3k is not supported");
+                    }
+                    let e = float_arg(a, 3, 0.5, &at)?;
+                    let k = ranged_arg(a, 4, Some(3), 1, 31, "kernel", &at)?;
+                    l.c3k(x, c2, n, shortcut, e, k, &scope)?
                 }
-                let e = float_arg(a, 3, 0.5, &at)?;
-                let k = int_arg(a, 4, Some(3), &at)? as usize;
-                l.c3k(x, c2, n, shortcut, e, k, &scope)?
-            }
-            "SPPF" => {
-                single("SPPF")?;
-                simple_repeat("SPPF")?;
-                arg_count(a, 1, 2, "SPPF", &at)?;
-                let c2 = scale_c2(int_arg(a, 0, None, &at)?);
-                let k = int_arg(a, 1, Some(5), &at)? as usize;
-                l.sppf(x, c2, k, &scope)?
-            }
-            "C2PSA" => {
-                single("C2PSA")?;
-                arg_count(a, 1, 2, "C2PSA", &at)?;
-                let c2 = scale_c2(int_arg(a, 0, None, &at)?);
-                if float_arg(a, 1, 0.5, &at)? != 0.5 {
-                    bail!("{at}: C2PSA supports only e=0.5");
+                "SPPF" => {
+                    single("SPPF")?;
+                    simple_repeat("SPPF")?;
+                    arg_count(a, 1, 2, "SPPF", &at)?;
+                    let c2 = channels(a, &at)?;
+                    let k = ranged_arg(a, 1, Some(5), 1, 31, "kernel", &at)?;
+                    l.sppf(x, c2, k, &scope)?
                 }
-                l.c2psa(x, c2, n, &scope)?
-            }
-            "nn.Upsample" | "Upsample" => {
-                single("Upsample")?;
-                simple_repeat("Upsample")?;
-                arg_count(a, 2, 3, "nn.Upsample", &at)?;
-                let s = int_arg(a, 1, None, &at)? as usize;
-                if !matches!(a.get(2), None | Some(Arg::Str(_)))
-                    || matches!(a.get(2), Some(Arg::Str(m)) if m != "nearest")
-                {
-                    bail!("{at}: only nearest upsampling is supported");
+                "C2PSA" => {
+                    single("C2PSA")?;
+                    arg_count(a, 1, 2, "C2PSA", &at)?;
+                    let c2 = channels(a, &at)?;
+                    if float_arg(a, 1, 0.5, &at)? != 0.5 {
+                        bail!("{at}: C2PSA supports only e=0.5");
+                    }
+                    l.c2psa(x, c2, n, &scope)?
                 }
-                l.g.add1(Op::UpsampleNearest { scale: [s, s] }, &[x], &scope, &scope)?
-            }
-            "Concat" => {
-                simple_repeat("Concat")?;
-                arg_count(a, 0, 1, "Concat", &at)?;
-                if int_arg(a, 0, Some(1), &at)? != 1 {
-                    bail!("{at}: Concat is supported on the channel dimension (1) only");
+                "nn.Upsample" | "Upsample" => {
+                    single("Upsample")?;
+                    simple_repeat("Upsample")?;
+                    arg_count(a, 2, 3, "nn.Upsample", &at)?;
+                    let s = ranged_arg(a, 1, None, 1, 32, "scale factor", &at)?;
+                    if !matches!(a.get(2), None | Some(Arg::Str(_)))
+                        || matches!(a.get(2), Some(Arg::Str(m)) if m != "nearest")
+                    {
+                        bail!("{at}: only nearest upsampling is supported");
+                    }
+                    l.g.add1(Op::UpsampleNearest { scale: [s, s] }, &[x], &scope, &scope)?
                 }
-                l.concat(&ins, &scope, &scope)?
-            }
-            "Detect" => {
-                simple_repeat("Detect")?;
-                arg_count(a, 1, 1, "Detect", &at)?;
-                let nc = int_arg(a, 0, None, &at)?;
-                if nc < 1 {
-                    bail!("{at}: Detect needs nc >= 1");
+                "Concat" => {
+                    simple_repeat("Concat")?;
+                    arg_count(a, 0, 1, "Concat", &at)?;
+                    if int_arg(a, 0, Some(1), &at)? != 1 {
+                        bail!("{at}: Concat is supported on the channel dimension (1) only");
+                    }
+                    l.concat(&ins, &scope, &scope)?
                 }
-                let h = imgsz[0] as f32;
-                strides = ins.iter().map(|&v| h / l.g.ty(v).shape[2].fixed().unwrap_or(1) as f32).collect();
-                let out = l.detect(&ins, nc as usize, &strides, &scope)?;
-                output = Some(out);
-                out
-            }
-            other => bail!(
+                "Detect" => {
+                    simple_repeat("Detect")?;
+                    arg_count(a, 1, 1, "Detect", &at)?;
+                    let nc = ranged_arg(a, 0, None, 1, super::yaml::MAX_CLASSES as i64, "nc", &at)?;
+                    let h = imgsz[0] as f32;
+                    strides = ins.iter().map(|&v| h / l.g.ty(v).shape[2].fixed().unwrap_or(1) as f32).collect();
+                    let out = l.detect(&ins, nc, &strides, &scope)?;
+                    output = Some(out);
+                    out
+                }
+                other => bail!(
                 "{at}: unknown module `{other}` (supported: Conv, C3k2, C3k, SPPF, C2PSA, nn.Upsample, Concat, Detect)"
             ),
-        };
+            })
+        })()
+        // Errors from building the graph get the file and layer; the checks above name them already.
+        .map_err(|e| if e.to_string().starts_with(&spec.source) { e } else { anyhow!("{at}: {e:#}") })?;
         outs.push(y);
     }
     let out = output.ok_or_else(|| anyhow!("{}: the model has no Detect layer", spec.source))?;

@@ -45,11 +45,12 @@ pub fn plot_results(csv: &Path, out: &Path) -> Result<()> {
         bail!("{}: no epochs yet", csv.display());
     }
     let tmp = out.with_extension(format!("tmp.{}", out.extension().and_then(|e| e.to_str()).unwrap_or("png")));
-    if out.extension().is_some_and(|e| e == "svg") {
-        draw(SVGBackend::new(&tmp, (2000, 800)).into_drawing_area(), &header, &rows)?;
+    let drawn = if out.extension().is_some_and(|e| e == "svg") {
+        draw(SVGBackend::new(&tmp, (2000, 800)).into_drawing_area(), &header, &rows)
     } else {
-        draw(BitMapBackend::new(&tmp, (2000, 800)).into_drawing_area(), &header, &rows)?;
-    }
+        draw(BitMapBackend::new(&tmp, (2000, 800)).into_drawing_area(), &header, &rows)
+    };
+    drawn.with_context(|| format!("cannot draw {}", out.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("{}", out.display()))?;
     Ok(())
 }
@@ -67,6 +68,9 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, header: &[&str], rows:
         let lo = pts.iter().map(|p| p.1).fold(f64::MAX, f64::min);
         let hi = pts.iter().map(|p| p.1).fold(f64::MIN, f64::max);
         let pad = ((hi - lo).abs() * 0.1).max(1e-3);
+        // No finite value (or a span beyond f64): an empty unit panel, not an unbounded axis.
+        let (lo, hi, pad) =
+            if pts.is_empty() || !((hi + pad) - (lo - pad)).is_finite() { (0.0, 1.0, 0.0) } else { (lo, hi, pad) };
         let mut chart = ChartBuilder::on(area)
             .caption(name, ("sans-serif", 16))
             .margin(8)
@@ -75,6 +79,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, header: &[&str], rows:
             .build_cartesian_2d(x0..x1, (lo - pad)..(hi + pad))
             .map_err(|e| anyhow!("{e:?}"))?;
         chart.configure_mesh().label_style(("sans-serif", 11)).draw().map_err(|e| anyhow!("{e:?}"))?;
+        let pts: Vec<(f64, f64)> = pts.into_iter().filter(|p| p.1 >= lo - pad && p.1 <= hi + pad).collect();
         chart.draw_series(LineSeries::new(pts.clone(), BLUE.stroke_width(2))).map_err(|e| anyhow!("{e:?}"))?;
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 2, BLUE.filled()))).map_err(|e| anyhow!("{e:?}"))?;
     }

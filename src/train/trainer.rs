@@ -104,6 +104,50 @@ impl Default for TrainConfig {
     }
 }
 
+/// The largest training image size (pixels per side).
+pub const MAX_IMGSZ: usize = 8192;
+
+impl TrainConfig {
+    /// Checks every setting before any work: counts at least 1, rates finite and in range.
+    pub fn validate(&self) -> Result<()> {
+        let count = |what: &str, v: usize| if v == 0 { bail!("--{what} must be at least 1") } else { Ok(()) };
+        count("epochs", self.epochs)?;
+        count("batch", self.batch)?;
+        count("nbs", self.nbs)?;
+        if self.imgsz == 0 || self.imgsz > MAX_IMGSZ {
+            bail!("--imgsz {} is outside 32..={MAX_IMGSZ}", self.imgsz);
+        }
+        let finite = |what: &str, v: f64, lo: f64, hi: f64| {
+            if !(v.is_finite() && v >= lo && v <= hi) {
+                bail!("--{what} {v} must be a finite number in [{lo}, {hi}]");
+            }
+            Ok(())
+        };
+        finite("lr0", self.lr0, f64::MIN_POSITIVE, 10.0)?;
+        finite("lrf", self.lrf, 0.0, 1.0)?;
+        finite("momentum", self.momentum, 0.0, 1.0)?;
+        finite("weight-decay", self.weight_decay, 0.0, 1.0)?;
+        finite("warmup-epochs", self.warmup_epochs, 0.0, 1e6)?;
+        finite("warmup-momentum", self.warmup_momentum, 0.0, 1.0)?;
+        finite("warmup-bias-lr", self.warmup_bias_lr, 0.0, 10.0)?;
+        finite("sr", self.sr as f64, 0.0, 1e3)?;
+        if !matches!(self.sr_scope.as_str(), "all" | "seed") {
+            bail!("--sr-scope {}: expected all or seed", self.sr_scope);
+        }
+        Ok(())
+    }
+}
+
+/// The names of the non-finite entries of `tensors`, at most three.
+fn non_finite(tensors: &BTreeMap<String, Tensor>) -> Vec<&str> {
+    tensors
+        .iter()
+        .filter(|(_, t)| t.f32s().is_ok_and(|v| v.iter().any(|x| !x.is_finite())))
+        .map(|(n, _)| n.as_str())
+        .take(3)
+        .collect()
+}
+
 /// State written into `last.slim` after every epoch.
 #[derive(Serialize, Deserialize)]
 struct RunState {
@@ -196,6 +240,7 @@ pub struct Trainer {
 impl Trainer {
     /// Prepares a run of `model` (built with the dataset's class count) under `cfg`.
     pub fn new(model: Model, cfg: TrainConfig) -> Result<Trainer> {
+        cfg.validate()?;
         let data = cfg.data.as_ref().ok_or_else(|| anyhow!("--data is required (a dataset YAML)"))?;
         let spec = load_dataset_spec(data)?;
         let nc = spec.names.len();
@@ -370,6 +415,27 @@ impl Trainer {
                     }
                 }
                 let r = self.program.step(&batch.images, &batch.targets)?;
+                // A non-finite loss or gradient stops the run: the weights of the last completed
+                // epoch stay in last.slim (Ultralytics reloads last.pt and retries up to three
+                // times; slimc's steps are deterministic, so a retry would meet the same values).
+                let last = cfg.save_dir.join("weights/last.slim");
+                let kept = if last.exists() {
+                    format!("the last good weights are in {}", last.display())
+                } else {
+                    "no epoch had completed, so nothing was saved".to_string()
+                };
+                let at = format!("epoch {}, batch {}", epoch + 1, i + 1);
+                if let Some(k) = (0..3).find(|&k| !r.items[k].is_finite()) {
+                    bail!("{at}: the {} loss is {}; stopping ({kept})", ["box", "cls", "dfl"][k], r.items[k]);
+                }
+                let bad = non_finite(&r.grads);
+                if !bad.is_empty() {
+                    bail!(
+                        "{at}: non-finite gradient of {}; stopping (the last good weights are in {})",
+                        bad.join(", "),
+                        last.display()
+                    );
+                }
                 for (k, m) in mean.iter_mut().enumerate() {
                     *m = (*m * i as f64 + r.items[k] as f64) / (i + 1) as f64;
                 }
@@ -402,6 +468,17 @@ impl Trainer {
                         &self.program.groups,
                         prox,
                     )?;
+                    let bad = non_finite(&self.program.model.tensors);
+                    if !bad.is_empty() {
+                        let last = cfg.save_dir.join("weights/last.slim");
+                        bail!(
+                            "epoch {}, batch {}: the update made {} non-finite; stopping (the last completed epoch's weights are in {})",
+                            epoch + 1,
+                            i + 1,
+                            bad.join(", "),
+                            last.display()
+                        );
+                    }
                     self.ema.update(&self.program.model.tensors)?;
                     self.last_opt_step = ni;
                 }
@@ -430,9 +507,9 @@ impl Trainer {
                 m.mr,
                 m.map50,
                 m.map,
-                v.loss[0] as f64,
-                v.loss[1] as f64,
-                v.loss[2] as f64,
+                v.loss.map_or(f64::NAN, |l| l[0] as f64),
+                v.loss.map_or(f64::NAN, |l| l[1] as f64),
+                v.loss.map_or(f64::NAN, |l| l[2] as f64),
                 lrs[0],
                 lrs[1],
                 lrs[2],

@@ -37,8 +37,9 @@ pub struct ValResult {
     pub ms_per_image: f64,
     /// Every kept detection (when asked for).
     pub predictions: Vec<Prediction>,
-    /// Mean detection loss components (box, cls, dfl) over the batches.
-    pub loss: [f32; 3],
+    /// Mean detection loss components (box, cls, dfl) over the batches; None for a model
+    /// without a Detect head to attach the loss to (an ONNX file, whose anchors are constants).
+    pub loss: Option<[f32; 3]>,
 }
 
 /// The inference graph with the detection loss beside it: outputs are the predictions and the
@@ -61,6 +62,12 @@ pub fn validate(
     bar: bool,
 ) -> Result<ValResult> {
     let nms = NmsOptions { multi_label: nc > 1, ..Default::default() };
+    if model.graph.inputs.len() != 1 {
+        return Err(anyhow!(
+            "validation needs a model with one image input, this one takes {}",
+            model.graph.inputs.len()
+        ));
+    }
     let batches = split.val_batches(batch);
     let pb = if bar { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
     pb.set_style(
@@ -70,15 +77,40 @@ pub fn validate(
     let (mut tp, mut conf, mut pcls, mut tcls) = (vec![], vec![], vec![], vec![]);
     let mut images_per_class = vec![0; nc];
     let mut predictions = vec![];
-    let program = with_loss(model)?;
+    // A graph with a Detect head runs at any size, in rect batches, with the loss beside the
+    // predictions; one whose anchors were folded (an ONNX file) runs at its own input size and
+    // batch only, as Ultralytics validates exported models.
+    let has_head = model.graph.nodes.iter().any(|n| matches!(n.op, slimc_ir::Op::Anchors { .. }));
+    let input = model.graph.ty(model.graph.inputs[0]).clone();
+    let fixed = |i: usize| input.shape.get(i).and_then(|d| d.fixed());
+    let (program, batches) = if has_head {
+        (with_loss(model)?, batches)
+    } else {
+        let n = fixed(0).unwrap_or(batch);
+        let all: Vec<usize> = batches.into_iter().flatten().collect();
+        if all.len() % n != 0 {
+            return Err(anyhow!("the model takes batches of exactly {n} images; the split has {}", all.len()));
+        }
+        (model.clone(), all.chunks(n).map(|c| c.to_vec()).collect())
+    };
+    let shape = match (has_head, fixed(2), fixed(3)) {
+        (false, Some(h), Some(w)) => Some([h, w]),
+        (false, _, _) => Some([split.imgsz; 2]),
+        _ => None,
+    };
     let mut loss = [0.0f32; 3];
     let start = std::time::Instant::now();
     for idx in &batches {
-        let b = split.val_batch(idx)?;
-        let out =
-            cpu::run(&program, &[b.images.clone(), b.targets.clone()]).map_err(|e| anyhow!("validation: {e:#}"))?;
-        for (l, v) in loss.iter_mut().zip(out[1].f32s()?) {
-            *l += v / batches.len() as f32;
+        let b = match shape {
+            Some(s) => split.val_batch_at(idx, s)?,
+            None => split.val_batch(idx)?,
+        };
+        let inputs = if has_head { vec![b.images.clone(), b.targets.clone()] } else { vec![b.images.clone()] };
+        let out = cpu::run(&program, &inputs).map_err(|e| anyhow!("validation: {e:#}"))?;
+        if has_head {
+            for (l, v) in loss.iter_mut().zip(out[1].f32s()?) {
+                *l += v / batches.len() as f32;
+            }
         }
         let o = &out[0];
         let (rows, anchors) = (o.shape[1], o.shape[2]);
@@ -135,7 +167,7 @@ pub fn validate(
         images_per_class,
         ms_per_image: start.elapsed().as_secs_f64() * 1e3 / n.max(1) as f64,
         predictions,
-        loss,
+        loss: has_head.then_some(loss),
     })
 }
 

@@ -4,7 +4,8 @@
 use rand::{Rng, SeedableRng};
 use slimc::load::{load_model, LoadOptions};
 use slimc_ir::{Model, Op, Tensor};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// A file under tests/fixtures.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -54,4 +55,50 @@ pub fn image(n: usize, h: usize, w: usize, seed: u64) -> Tensor {
 /// Max |a - b| over max |b| (shapes must agree).
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     slimc::verify::compare(a, b).unwrap().1
+}
+
+/// Runs slimc and returns its stderr, asserting failure with exactly one line and no panic.
+pub fn fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_slimc")).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "slimc {args:?} succeeded");
+    assert_eq!(out.status.code(), Some(1), "slimc {args:?} exit code: {err}");
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    err
+}
+
+pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.display().to_string()
+}
+
+/// A dataset of `n` train and 2 val 64×64 JPEGs, each with one bright box on a dark ground.
+pub fn dataset(root: &Path, n: usize) -> PathBuf {
+    for split in ["train", "val"] {
+        std::fs::create_dir_all(root.join("images").join(split)).unwrap();
+        std::fs::create_dir_all(root.join("labels").join(split)).unwrap();
+        let count = if split == "train" { n } else { 2 };
+        for i in 0..count {
+            let (x0, y0, w, h) = (8 + 5 * i as u32 % 24, 10 + 3 * i as u32 % 20, 24, 20);
+            let img = image::RgbImage::from_fn(64, 64, |x, y| {
+                if x >= x0 && x < x0 + w && y >= y0 && y < y0 + h {
+                    image::Rgb([230, 200, 40])
+                } else {
+                    image::Rgb([20, 30, 25])
+                }
+            });
+            img.save(root.join(format!("images/{split}/im{i}.jpg"))).unwrap();
+            let (cx, cy) = ((x0 as f32 + w as f32 / 2.0) / 64.0, (y0 as f32 + h as f32 / 2.0) / 64.0);
+            std::fs::write(
+                root.join(format!("labels/{split}/im{i}.txt")),
+                format!("0 {cx} {cy} {} {}\n", w as f32 / 64.0, h as f32 / 64.0),
+            )
+            .unwrap();
+        }
+    }
+    let yaml = root.join("data.yaml");
+    std::fs::write(&yaml, "path: .\ntrain: images/train\nval: images/val\nnames:\n  0: box\n").unwrap();
+    yaml
 }
