@@ -5,7 +5,7 @@
 mod common;
 
 use common::{dataset, scratch};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn slimc() -> Command {

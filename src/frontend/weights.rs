@@ -15,9 +15,9 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
         let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            Dtype::F32 => view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             Dtype::F64 => {
-                view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+                view.data().chunks_exact(8).map(|c| f64::from_le_bytes(std::array::from_fn(|i| c[i])) as f32).collect()
             }
             Dtype::I64 if name.ends_with("num_batches_tracked") => continue,
             d => bail!("{}: tensor {name} has element type {d:?}; slimc reads F32 and F64", path.display()),

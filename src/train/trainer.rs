@@ -206,8 +206,7 @@ fn unpack_state(bytes: &[u8]) -> Result<Unpacked> {
     let st = safetensors::SafeTensors::deserialize(bytes)?;
     let (mut model, mut opt) = (BTreeMap::new(), BTreeMap::new());
     for (name, view) in st.tensors() {
-        let v: Vec<f32> =
-            view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        let v: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         if let Some(n) = name.strip_prefix("model/") {
             model.insert(n.to_string(), Tensor::from_f32(view.shape().to_vec(), v)?);
         } else if let Some(n) = name.strip_prefix("opt/") {
