@@ -459,3 +459,13 @@ fn onnx_files_validate_and_verify_at_their_own_size() {
     let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("onnxruntime"), "{text}");
 }
+
+#[test]
+fn runs_beyond_the_memory_limit_are_refused_with_the_figure() {
+    let dir = scratch("hostile-memory");
+    let x = common::fixture("yolo11p-nc2/input.npy").display().to_string();
+    let y = dir.join("y.npy").display().to_string();
+    let e = fails(&["run", "yolo11n.yaml", "--input", &x, "-o", &y, "--max-memory", "0.0001"]);
+    assert!(e.contains("yolo11n.yaml") && e.contains("[1, 3, 128, 128] needs") && e.contains("MB available"), "{e}");
+    assert!(!Path::new(&y).exists());
+}
