@@ -214,6 +214,9 @@ pub struct PipelineArgs {
     /// How the L1 term acts: subgradient (the seed recipe) or proximal (exact zeros).
     #[arg(long, value_enum, default_value_t = SrMode::Subgradient)]
     sr_mode: SrMode,
+    /// Proximal mode: gammas per BN left out of the L1 step (no layer is zeroed whole).
+    #[arg(long, default_value_t = 0)]
+    sr_keep: usize,
     /// Prune ratio in (0, 1) (unless a --target-* budget is given).
     #[arg(long, default_value_t = 0.5)]
     ratio: f64,
@@ -266,6 +269,7 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
         sr: a.sr,
         sr_scope: a.sr_scope,
         sr_mode: a.sr_mode,
+        sr_keep: a.sr_keep,
         optimizer: a.optimizer,
         lr0: a.lr0,
         nbs: a.nbs,

@@ -154,6 +154,24 @@ pub struct Prox<'a> {
     pub gammas: &'a [String],
     /// The L1 rate.
     pub sr: f64,
+    /// In each BN, this many gammas of largest magnitude are left alone, so no layer is ever
+    /// zeroed whole: a layer of zero gammas outputs constants, which the next BN removes, and
+    /// a BN reading constants gets no gradient, so fine-tuning could not revive the path.
+    pub keep: usize,
+}
+
+/// Which elements of a BN's gammas the proximal step leaves alone: the `keep` largest by
+/// magnitude (the first of equal ones).
+fn kept_largest(p: &[f32], keep: usize) -> Vec<bool> {
+    let mut out = vec![false; p.len()];
+    if keep > 0 {
+        let mut order: Vec<usize> = (0..p.len()).collect();
+        order.sort_by(|&a, &b| p[b].abs().total_cmp(&p[a].abs()).then(a.cmp(&b)));
+        for &i in order.iter().take(keep) {
+            out[i] = true;
+        }
+    }
+    out
 }
 
 /// Soft-thresholding, the proximal operator of `t·|x|`: `sign(x)·max(|x| − t, 0)`.
@@ -202,8 +220,10 @@ impl Optimizer {
             let grp = groups.get(name).copied().unwrap_or(ParamGroup::Weight);
             let lr = self.lr[grp.index()];
             let wd = if grp == ParamGroup::Weight { self.decay } else { 0.0 };
-            let sr = prox.filter(|x| x.gammas.contains(name)).map(|x| x.sr);
+            let prox = prox.filter(|x| x.gammas.contains(name));
             let p = params.get_mut(name).ok_or_else(|| anyhow::anyhow!("no parameter {name}"))?.f32s_mut()?;
+            let kept = kept_largest(p, prox.map_or(0, |x| x.keep));
+            let sr = |i: usize| prox.filter(|_| !kept[i]).map(|x| x.sr);
             let g = g.f32s()?;
             match self.choice.rule {
                 Rule::Sgd => {
@@ -215,7 +235,7 @@ impl Optimizer {
                         let b = if first { d } else { mu * buf[i] as f64 + d };
                         buf[i] = b as f32;
                         let w = p[i] as f64 - lr * (d + mu * b);
-                        p[i] = sr.map_or(w, |sr| soft_threshold(w, lr * sr)) as f32;
+                        p[i] = sr(i).map_or(w, |sr| soft_threshold(w, lr * sr)) as f32;
                     }
                 }
                 Rule::AdamW => {
@@ -232,7 +252,7 @@ impl Optimizer {
                         v[i] = vi as f32;
                         let eta = lr / ((vi / c2).sqrt() + eps);
                         w -= eta * (mi / c1);
-                        p[i] = sr.map_or(w, |sr| soft_threshold(w, eta * sr)) as f32;
+                        p[i] = sr(i).map_or(w, |sr| soft_threshold(w, eta * sr)) as f32;
                     }
                 }
             }
@@ -363,7 +383,7 @@ mod tests {
             BTreeMap::from([(gammas[0].clone(), Tensor::from_f32(vec![3], vec![0.0105, -0.0105, 0.5]).unwrap())]);
         let grads = BTreeMap::from([(gammas[0].clone(), Tensor::from_f32(vec![3], vec![0.0; 3]).unwrap())]);
         let mut state = BTreeMap::new();
-        let prox = Some(Prox { gammas: &gammas, sr: 0.01 });
+        let prox = Some(Prox { gammas: &gammas, sr: 0.01, keep: 0 });
         for _ in 0..10 {
             opt.step(&mut params, &grads, &mut state, &groups, prox).unwrap();
         }
@@ -388,6 +408,27 @@ mod tests {
             assert!((g - want).abs() < 1e-7, "step {step}: {g} vs {want}");
         }
         assert_eq!(params[&gammas[0]].f32s().unwrap()[0], 0.0);
+    }
+
+    #[test]
+    fn proximal_keep_leaves_each_bns_largest_gammas_alone() {
+        // SGD, zero gradient, lr 0.1, sr 0.01: each step shrinks an unprotected |γ| by 0.001.
+        let gammas = ["bn.weight".to_string()];
+        let groups = BTreeMap::from([(gammas[0].clone(), ParamGroup::Gamma)]);
+        let choice = Choice { rule: Rule::Sgd, lr: 0.1, momentum: 0.9, warmup_bias_lr: 0.0 };
+        let mut opt = Optimizer::new(choice, 0.0);
+        let mut params = BTreeMap::from([(
+            gammas[0].clone(),
+            Tensor::from_f32(vec![4], vec![0.004, -0.005, 0.003, 0.002]).unwrap(),
+        )]);
+        let grads = BTreeMap::from([(gammas[0].clone(), Tensor::from_f32(vec![4], vec![0.0; 4]).unwrap())]);
+        let mut state = BTreeMap::new();
+        let prox = Some(Prox { gammas: &gammas, sr: 0.01, keep: 1 });
+        for _ in 0..10 {
+            opt.step(&mut params, &grads, &mut state, &groups, prox).unwrap();
+        }
+        // The largest, -0.005, is untouched; the others reach exactly 0.
+        assert_eq!(params[&gammas[0]].f32s().unwrap(), &[0.0, -0.005, 0.0, 0.0]);
     }
 
     #[test]

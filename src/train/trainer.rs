@@ -87,6 +87,11 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value_t = SrMode::Subgradient)]
     #[serde(default)]
     pub sr_mode: SrMode,
+    /// Proximal mode: in each BN, leave this many largest gammas out of the L1 step, so no layer
+    /// is zeroed whole (a wholly zero layer cannot be revived by fine-tuning).
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub sr_keep: usize,
     /// Run folder (from --project and --name).
     #[arg(skip)]
     pub save_dir: PathBuf,
@@ -457,8 +462,11 @@ impl Trainer {
                     if sr > 0.0 && cfg.sr_mode == SrMode::Subgradient {
                         self.program.add_sparsity(&mut g, &self.sr_gammas, sr)?;
                     }
-                    let prox = (sr > 0.0 && cfg.sr_mode == SrMode::Proximal)
-                        .then_some(Prox { gammas: &self.sr_gammas, sr: sr as f64 });
+                    let prox = (sr > 0.0 && cfg.sr_mode == SrMode::Proximal).then_some(Prox {
+                        gammas: &self.sr_gammas,
+                        sr: sr as f64,
+                        keep: cfg.sr_keep,
+                    });
                     clip_grad_norm(&mut g, 10.0)?;
                     self.opt.step(
                         &mut self.program.model.tensors,
