@@ -4,6 +4,17 @@
 use crate::graph::{Graph, ValueDef};
 use crate::tensor::{checked_numel, DType, TensorType};
 
+/// For each value, the index of the last node that reads it (None: no node does).
+pub fn last_uses(g: &Graph) -> Vec<Option<usize>> {
+    let mut last = vec![None; g.values.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        for &v in &n.inputs {
+            last[v.0] = Some(i);
+        }
+    }
+    last
+}
+
 /// Peak bytes of the node results alive at once when `g` runs in order with every value typed
 /// by `types` (from [`crate::infer_all`]); inputs and parameters, which exist beforehand, are not
 /// counted. None when a size overflows.
@@ -16,12 +27,7 @@ pub fn peak_bytes(g: &Graph, types: &[TensorType]) -> Option<u64> {
         };
         (checked_numel(&dims)? as u64).checked_mul(width)
     };
-    let mut last = vec![None; g.values.len()];
-    for (i, n) in g.nodes.iter().enumerate() {
-        for &v in &n.inputs {
-            last[v.0] = Some(i);
-        }
-    }
+    let mut last = last_uses(g);
     for &o in &g.outputs {
         last[o.0] = Some(usize::MAX);
     }

@@ -44,7 +44,9 @@ fn channels(g: &Graph, v: ValueId) -> Option<usize> {
     (t.rank() == 4 && t.dtype == slimc_ir::DType::F32).then(|| t.shape[1].fixed()).flatten()
 }
 
-fn is_depthwise(g: &Graph, n: &slimc_ir::Node) -> bool {
+/// A depthwise conv: one input and one output channel per group, more than one group. The one
+/// rule the channel analysis, the seed policy and `rewrite-widths` share.
+pub(crate) fn is_depthwise(g: &Graph, n: &slimc_ir::Node) -> bool {
     match &n.op {
         Op::Conv2d(c) => {
             let (cin, cout) = (channels(g, n.inputs[0]), channels(g, n.outputs[0]));

@@ -1,6 +1,7 @@
 //! `rewrite-widths`: slice every weight and width attribute to the kept channels.
 
 use crate::analysis::{Analysis, PassContext};
+use crate::group_channels::is_depthwise;
 use crate::pruning::PruneReport;
 use crate::seed_policy::bn_name;
 use crate::Pass;
@@ -98,7 +99,7 @@ impl Pass for RewriteWidths {
             match &n.op {
                 Op::Conv2d(c) => {
                     let w = g.value(n.inputs[1]).name.clone();
-                    let depthwise = c.groups > 1 && g.ty(n.inputs[1]).shape[1].fixed() == Some(1);
+                    let depthwise = is_depthwise(g, n);
                     let mut list = vec![];
                     if let Some(m) = &out {
                         list.push((0, m.clone()));

@@ -1,6 +1,7 @@
 //! The seed recipe's policy (YOLOv11-Prune): the BNs it never penalises nor prunes, derived
 //! from the graph's structure alone, so a graph with any names gets the same answer.
 
+use crate::group_channels::is_depthwise;
 use slimc_ir::{Graph, Node, NodeId, Op, ValueDef, ValueId};
 use std::collections::BTreeSet;
 
@@ -12,14 +13,6 @@ pub fn bn_name(g: &Graph, n: NodeId) -> String {
 
 fn is_bn(n: &Node) -> bool {
     matches!(n.op, Op::BatchNorm { .. } | Op::BatchNormTrain { .. })
-}
-
-/// A conv with one input channel per group and more than one group.
-fn is_depthwise(g: &Graph, n: &Node) -> bool {
-    match &n.op {
-        Op::Conv2d(c) => c.groups > 1 && g.ty(n.inputs[1]).shape[1].fixed() == Some(1),
-        _ => false,
-    }
 }
 
 /// An add of two computed feature maps of the same type: a residual connection.

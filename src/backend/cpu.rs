@@ -6,7 +6,7 @@ use super::{grad_kernels, kernels};
 use crate::train::loss::{self, LossSpec};
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::eval::eval;
-use slimc_ir::{Graph, Model, Op, Tensor, TensorData, ValueDef};
+use slimc_ir::{Model, Op, Tensor, TensorData, ValueDef};
 use std::borrow::Cow;
 
 /// Runs `model` on `inputs` (one tensor per graph input) and returns the graph outputs.
@@ -36,7 +36,7 @@ pub fn run(model: &Model, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         let t = model.tensors.get(name).ok_or_else(|| anyhow!("parameter %{name} has no tensor"))?;
         env[p.0] = Some(Cow::Borrowed(t));
     }
-    let last_use = last_uses(g);
+    let last_use = slimc_ir::memory::last_uses(g);
     for (i, node) in g.nodes.iter().enumerate() {
         let args: Vec<&Tensor> = node.inputs.iter().map(|v| env[v.0].as_deref().expect("topological order")).collect();
         let outs =
@@ -51,16 +51,6 @@ pub fn run(model: &Model, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         }
     }
     Ok(g.outputs.iter().map(|o| env[o.0].as_deref().expect("outputs are computed").clone()).collect())
-}
-
-fn last_uses(g: &Graph) -> Vec<Option<usize>> {
-    let mut last = vec![None; g.values.len()];
-    for (i, n) in g.nodes.iter().enumerate() {
-        for &v in &n.inputs {
-            last[v.0] = Some(i);
-        }
-    }
-    last
 }
 
 fn f32_tensor(shape: Vec<usize>, data: Vec<f32>) -> Tensor {

@@ -14,7 +14,7 @@ pub fn set_limit(bytes: u64) {
 }
 
 /// The limit in force: `--max-memory`, else the machine's available memory (Linux
-/// `MemAvailable`), else none.
+/// `MemAvailable` when the process first asks), else none.
 pub fn limit() -> Option<u64> {
     match LIMIT.load(Ordering::Relaxed) {
         0 => available(),
@@ -22,7 +22,13 @@ pub fn limit() -> Option<u64> {
     }
 }
 
+/// MemAvailable, read once per process (every model run checks against it).
 fn available() -> Option<u64> {
+    static AVAILABLE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(read_available)
+}
+
+fn read_available() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -149,16 +149,13 @@ const MAX_FOLDED: usize = 1 << 26;
 /// A tensor computed at import time, checked: its shape's element count is bounded and equals
 /// the data's length.
 fn folded(shape: Vec<usize>, data: TensorData) -> Result<Tensor> {
-    let n = slimc_ir::checked_numel(&shape).filter(|&n| n <= MAX_FOLDED);
-    let Some(n) = n else { bail!("a computed constant of shape {shape:?} is too large (over {MAX_FOLDED} elements)") };
-    let len = match &data {
-        TensorData::F32(v) => v.len(),
-        TensorData::I64(v) => v.len(),
-    };
-    if len != n {
-        bail!("a computed constant of shape {shape:?} has {len} elements");
+    if slimc_ir::checked_numel(&shape).is_none_or(|n| n > MAX_FOLDED) {
+        bail!("a computed constant of shape {shape:?} is too large (over {MAX_FOLDED} elements)");
     }
-    Ok(Tensor { shape, data })
+    Ok(match data {
+        TensorData::F32(v) => Tensor::from_f32(shape, v)?,
+        TensorData::I64(v) => Tensor::from_i64(shape, v)?,
+    })
 }
 
 /// The first element of a scalar-like tensor.

@@ -153,6 +153,16 @@ fn non_finite(tensors: &BTreeMap<String, Tensor>) -> Vec<&str> {
         .collect()
 }
 
+/// What a stopped run leaves: where the last completed epoch's weights are, if any.
+fn kept_weights(save_dir: &Path) -> String {
+    let last = save_dir.join("weights/last.slim");
+    if last.exists() {
+        format!("the last good weights are in {}", last.display())
+    } else {
+        "no epoch had completed, so nothing was saved".to_string()
+    }
+}
+
 /// State written into `last.slim` after every epoch.
 #[derive(Serialize, Deserialize)]
 struct RunState {
@@ -422,23 +432,15 @@ impl Trainer {
                 // A non-finite loss or gradient stops the run: the weights of the last completed
                 // epoch stay in last.slim (Ultralytics reloads last.pt and retries up to three
                 // times; slimc's steps are deterministic, so a retry would meet the same values).
-                let last = cfg.save_dir.join("weights/last.slim");
-                let kept = if last.exists() {
-                    format!("the last good weights are in {}", last.display())
-                } else {
-                    "no epoch had completed, so nothing was saved".to_string()
-                };
-                let at = format!("epoch {}, batch {}", epoch + 1, i + 1);
+                let at = || format!("epoch {}, batch {}", epoch + 1, i + 1);
                 if let Some(k) = (0..3).find(|&k| !r.items[k].is_finite()) {
+                    let (at, kept) = (at(), kept_weights(&cfg.save_dir));
                     bail!("{at}: the {} loss is {}; stopping ({kept})", ["box", "cls", "dfl"][k], r.items[k]);
                 }
                 let bad = non_finite(&r.grads);
                 if !bad.is_empty() {
-                    bail!(
-                        "{at}: non-finite gradient of {}; stopping (the last good weights are in {})",
-                        bad.join(", "),
-                        last.display()
-                    );
+                    let (at, kept) = (at(), kept_weights(&cfg.save_dir));
+                    bail!("{at}: non-finite gradient of {}; stopping ({kept})", bad.join(", "));
                 }
                 for (k, m) in mean.iter_mut().enumerate() {
                     *m = (*m * i as f64 + r.items[k] as f64) / (i + 1) as f64;
@@ -477,13 +479,12 @@ impl Trainer {
                     )?;
                     let bad = non_finite(&self.program.model.tensors);
                     if !bad.is_empty() {
-                        let last = cfg.save_dir.join("weights/last.slim");
+                        let kept = kept_weights(&cfg.save_dir);
                         bail!(
-                            "epoch {}, batch {}: the update made {} non-finite; stopping (the last completed epoch's weights are in {})",
+                            "epoch {}, batch {}: the update made {} non-finite; stopping ({kept})",
                             epoch + 1,
                             i + 1,
-                            bad.join(", "),
-                            last.display()
+                            bad.join(", ")
                         );
                     }
                     self.ema.update(&self.program.model.tensors)?;

@@ -80,7 +80,7 @@ pub fn validate(
     // A graph with a Detect head runs at any size, in rect batches, with the loss beside the
     // predictions; one whose anchors were folded (an ONNX file) runs at its own input size and
     // batch only, as Ultralytics validates exported models.
-    let has_head = model.graph.nodes.iter().any(|n| matches!(n.op, slimc_ir::Op::Anchors { .. }));
+    let has_head = model.head_classes().is_some();
     let input = model.graph.ty(model.graph.inputs[0]).clone();
     let fixed = |i: usize| input.shape.get(i).and_then(|d| d.fixed());
     let (program, batches) = if has_head {
