@@ -7,6 +7,7 @@
 //! Run: `cargo bench --bench train`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use slimc::backend::cpu::Cpu;
 use slimc::data::augment::Hyp;
 use slimc::data::dataset::{load_dataset_spec, scan};
 use slimc::data::loader::Split;
@@ -26,7 +27,7 @@ fn train(c: &mut Criterion) {
     let split = Arc::new(Split::new(samples, imgsz, false).unwrap());
     let opts = LoadOptions { nc: Some(1), imgsz: Some([imgsz, imgsz]), ..Default::default() };
     let model = load_model("yolo11n.yaml", &opts).unwrap();
-    let mut program = Program::new(&model).unwrap();
+    let mut program = Program::new(&model, &Cpu).unwrap();
     let mut opt = Optimizer::new(choose("AdamW", 0.002, 0.9, 0.0, 1, 1).unwrap(), 5e-4);
     let mut state = BTreeMap::new();
     let mut ema =
@@ -46,8 +47,10 @@ fn train(c: &mut Criterion) {
                 }
             };
             let mut r = program.step(&batch.images, &batch.targets).unwrap();
+            program.set_buffers(std::mem::take(&mut r.running)).unwrap();
             clip_grad_norm(&mut r.grads, 10.0).unwrap();
             opt.step(&mut program.model.tensors, &r.grads, &mut state, &program.groups, None).unwrap();
+            program.upload().unwrap();
             ema.update(&program.model.tensors).unwrap();
         })
     });

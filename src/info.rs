@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, Result};
 use serde::Serialize;
-use slimc_ir::{infer_all, Model, Op, ParamKind, ValueDef};
+use slimc_ir::{infer_all, Model, Op, ParamKind, TensorType, ValueDef};
 
 /// Summary numbers of a model.
 #[derive(Clone, Debug, Serialize)]
@@ -32,17 +32,19 @@ pub struct ModelInfo {
     pub origin: std::collections::BTreeMap<String, String>,
 }
 
+/// The types of `g`'s parameters of the given kinds.
+fn param_types<'a>(g: &'a slimc_ir::Graph, kinds: &'a [ParamKind]) -> impl Iterator<Item = &'a TensorType> + 'a {
+    g.params
+        .iter()
+        .map(|&p| g.value(p))
+        .filter(move |v| matches!(v.def, ValueDef::Param(k) if kinds.contains(&k)))
+        .map(|v| &v.ty)
+}
+
 /// Computes [`ModelInfo`] at image size `imgsz` (default: the model's own).
 pub fn model_info(model: &Model, imgsz: Option<[usize; 2]>) -> Result<ModelInfo> {
     let g = &model.graph;
-    let count = |kinds: &[ParamKind]| -> usize {
-        g.params
-            .iter()
-            .map(|&p| g.value(p))
-            .filter(|v| matches!(v.def, ValueDef::Param(k) if kinds.contains(&k)))
-            .map(|v| v.ty.numel().unwrap_or(0))
-            .sum()
-    };
+    let count = |kinds: &[ParamKind]| -> usize { param_types(g, kinds).map(|t| t.numel().unwrap_or(0)).sum() };
     let imgsz = imgsz.unwrap_or(model.meta.imgsz);
     let input_types = g.image_input_types(1, imgsz);
     let types =
@@ -90,5 +92,62 @@ pub fn model_info(model: &Model, imgsz: Option<[usize; 2]>) -> Result<ModelInfo>
         nodes: g.nodes.len(),
         ops: ops.into_iter().collect(),
         origin: model.meta.origin.clone(),
+    })
+}
+
+/// The planned memory of running a model at one batch and image size (bytes).
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryInfo {
+    /// Batch size planned for.
+    pub batch: usize,
+    /// Image size (h, w) planned for.
+    pub imgsz: [usize; 2],
+    /// Every tensor of the model: weights, BN statistics, constants.
+    pub parameters: u64,
+    /// The inference arena: the sum of its slots.
+    pub inference_arena: u64,
+    /// The most bytes of inference values alive at once.
+    pub inference_live_peak: u64,
+    /// The training step's arena (forward, backward and every gradient).
+    pub train_arena: u64,
+    /// The most bytes of training-step values alive at once.
+    pub train_live_peak: u64,
+    /// Slots of the training step's arena.
+    pub train_slots: usize,
+    /// Optimizer state: one momentum buffer per trainable element (SGD).
+    pub sgd_state: u64,
+    /// Optimizer state: two moments per trainable element (AdamW).
+    pub adamw_state: u64,
+    /// The EMA copy of the trainable tensors and BN buffers.
+    pub ema: u64,
+}
+
+/// Plans inference and one training step of `model` at `batch` × `imgsz` ([`slimc_ir::memory::plan`]).
+pub fn memory_info(model: &Model, batch: usize, imgsz: [usize; 2]) -> Result<MemoryInfo> {
+    use slimc_ir::memory::{plan, value_bytes};
+    let planned = |g: &slimc_ir::Graph| -> Result<slimc_ir::memory::Plan> {
+        let types = infer_all(g, &g.image_input_types(batch, imgsz))
+            .map_err(|e| anyhow!("cannot size the model at batch {batch}, {}x{}: {e}", imgsz[0], imgsz[1]))?;
+        plan(g, &types).ok_or_else(|| anyhow!("batch {batch} at {}x{} is too large to address", imgsz[0], imgsz[1]))
+    };
+    let g = &model.graph;
+    let bytes_of = |kinds: &[ParamKind]| -> u64 { param_types(g, kinds).map(|t| value_bytes(t).unwrap_or(0)).sum() };
+    let inference = planned(g)?;
+    let mut train = model.clone();
+    slimc_passes::pipelines::TRAIN.manager().run(&mut train).map_err(|e| anyhow!("training program: {e}"))?;
+    let training = planned(&train.graph)?;
+    let trainable = bytes_of(&[ParamKind::Weight]);
+    Ok(MemoryInfo {
+        batch,
+        imgsz,
+        parameters: bytes_of(&[ParamKind::Weight, ParamKind::Frozen, ParamKind::Buffer, ParamKind::Const]),
+        inference_arena: inference.arena_bytes(),
+        inference_live_peak: inference.live_peak,
+        train_arena: training.arena_bytes(),
+        train_live_peak: training.live_peak,
+        train_slots: training.slot_bytes.len(),
+        sgd_state: trainable,
+        adamw_state: 2 * trainable,
+        ema: bytes_of(&[ParamKind::Weight, ParamKind::Buffer]),
     })
 }

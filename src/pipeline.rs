@@ -1,7 +1,7 @@
 //! `slimc pipeline`: train → sparse train → bn-hist → prune → fine-tune → val → export →
 //! verify, every artefact in one run folder with summary.md and summary.json.
 
-use crate::backend::cpu;
+use crate::backend::{run_once, Device};
 use crate::bn_hist::bn_hist;
 use crate::data::dataset::{load_dataset_spec, scan};
 use crate::data::loader::Split;
@@ -37,6 +37,8 @@ pub struct PipelineConfig {
     pub trained: Option<PathBuf>,
     /// The run folder.
     pub dir: PathBuf,
+    /// Where training, validation and the verification reference run.
+    pub device: Device,
 }
 
 /// One row of the summary.
@@ -85,10 +87,10 @@ fn stage_dir(cfg: &PipelineConfig, name: &str, epochs: usize) -> TrainConfig {
 }
 
 /// Trains one stage and returns its `best.slim`, or its `last.slim` with `last`.
-fn train_stage(model: Model, t: TrainConfig, last: bool) -> Result<Model> {
+fn train_stage(model: Model, t: TrainConfig, last: bool, device: Device) -> Result<Model> {
     let file = t.save_dir.join(if last { "weights/last.slim" } else { "weights/best.slim" });
     std::fs::create_dir_all(&t.save_dir)?;
-    Trainer::new(model, t)?.run()?;
+    Trainer::new(model, t, device.backend()?)?.run()?;
     let mut m = Model::load(&file)?;
     m.training_state.clear();
     Ok(m)
@@ -97,6 +99,9 @@ fn train_stage(model: Model, t: TrainConfig, last: bool) -> Result<Model> {
 /// Runs the whole pipeline on `model` (built with the dataset's classes).
 pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     let t0 = Instant::now();
+    let device = cfg.device.resolve()?;
+    let backend = device.backend()?;
+    eprintln!("pipeline: device {}", cfg.device.describe());
     std::fs::create_dir_all(&cfg.dir).with_context(|| format!("{}", cfg.dir.display()))?;
     let imgsz = cfg.train.imgsz;
     let spec = load_dataset_spec(cfg.train.data.as_deref().ok_or_else(|| anyhow::anyhow!("no dataset"))?)?;
@@ -106,7 +111,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     let (mut rows, mut exports) = (vec![], vec![]);
     let mut row = |stage: &str, path: &Path, m: &Model| -> Result<()> {
         let info = model_info(m, Some([imgsz, imgsz]))?;
-        let v = validate(m, &val, 16, nc, false, false)?;
+        let v = validate(&*backend, m, &val, 16, nc, false, false)?;
         let onnx = path.with_extension("onnx");
         slimc_ir::write_atomic(
             &onnx,
@@ -140,7 +145,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
             m.training_state.clear();
             m
         }
-        None => train_stage(model, stage_dir(cfg, "1-train", cfg.train.epochs), false)?,
+        None => train_stage(model, stage_dir(cfg, "1-train", cfg.train.epochs), false, device)?,
     };
     row("train", &save(&trained, "trained.slim")?, &trained)?;
     // 2. Sparse training continues a trained model: no warm-up (a ramp from lr 0 would spend a
@@ -150,7 +155,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     t.sr = cfg.train.sr;
     t.nbs = cfg.sparse_nbs;
     t.warmup_epochs = 0.0;
-    let sparse = train_stage(trained.clone(), t, true)?;
+    let sparse = train_stage(trained.clone(), t, true, device)?;
     row("sparse", &save(&sparse, "sparse.slim")?, &sparse)?;
     // 3. The gamma distribution before and after.
     let (hist, _) = bn_hist(
@@ -171,12 +176,12 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     std::fs::write(cfg.dir.join("prune.txt"), pruned.summary.table())?;
     row("pruned", &save(&pruned.model, "pruned.slim")?, &pruned.model)?;
     // 5. Fine-tune the narrower graph.
-    let tuned = train_stage(pruned.model, stage_dir(cfg, "3-finetune", cfg.finetune_epochs), false)?;
+    let tuned = train_stage(pruned.model, stage_dir(cfg, "3-finetune", cfg.finetune_epochs), false, device)?;
     let final_path = save(&tuned, "final.slim")?;
     row("fine-tuned", &final_path, &tuned)?;
     // 6. Verify the final export.
     let x = Tensor::full(&[1, 3, imgsz, imgsz], 0.5);
-    let want = cpu::run(&tuned, std::slice::from_ref(&x))?;
+    let want = run_once(&*backend, &tuned, std::slice::from_ref(&x))?;
     let checks = verify_onnx(&final_path.with_extension("onnx"), &x, &want, 1e-4)?;
     for (r, ms) in rows.iter_mut().zip(ort_latencies(&exports, [imgsz, imgsz], 10)?) {
         r.ort_ms = ms;

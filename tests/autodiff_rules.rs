@@ -3,7 +3,7 @@
 //! `L = Σ dy·op(x)` with respect to each operand.
 
 use rand::{Rng, SeedableRng};
-use slimc::backend::cpu;
+use slimc::backend::{cpu::Cpu, run_once};
 use slimc_ir::{Conv2d, Graph, Model, Op, ReshapeDim, Tensor, TensorType};
 use slimc_passes::differentiate;
 
@@ -40,9 +40,9 @@ fn check(op: Op, inputs: Vec<Tensor>, diff: &[bool], eps: f32) {
     model.graph.outputs = grads.iter().map(|d| d.expect("a gradient for every operand")).collect();
     let mut args = inputs.clone();
     args.push(dy_t.clone());
-    let got = cpu::run(&model, &args).unwrap();
+    let got = run_once(&Cpu, &model, &args).unwrap();
     let loss = |xs: &[Tensor]| -> f64 {
-        let out = cpu::run(&forward, xs).unwrap();
+        let out = run_once(&Cpu, &forward, xs).unwrap();
         out[0].f32s().unwrap().iter().zip(dy_t.f32s().unwrap()).map(|(&a, &b)| a as f64 * b as f64).sum()
     };
     let mut k = 0;
@@ -165,7 +165,7 @@ fn split_with_every_piece_used_is_a_concat() {
     model.graph.outputs = vec![grads[0].unwrap()];
     let d0 = random(&[1, 1, 2], 26, -1.0, 1.0);
     let d1 = random(&[1, 3, 2], 27, -1.0, 1.0);
-    let out = cpu::run(&model, &[random(&[1, 4, 2], 28, -1.0, 1.0), d0.clone(), d1.clone()]).unwrap();
+    let out = run_once(&Cpu, &model, &[random(&[1, 4, 2], 28, -1.0, 1.0), d0.clone(), d1.clone()]).unwrap();
     let want: Vec<f32> = d0.f32s().unwrap().iter().chain(d1.f32s().unwrap()).copied().collect();
     assert_eq!(out[0].f32s().unwrap(), &want[..]);
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{fixture, rel_err, scratch};
-use slimc::backend::cpu;
+use slimc::backend::{cpu::Cpu, run_once};
 use slimc::export::{export_onnx, ExportOptions};
 use slimc::io::read_npy;
 use slimc::load::{load_model, LoadOptions};
@@ -36,7 +36,7 @@ fn reproduces(dir: &str, file: &str, reference: &str) -> Model {
     let model = load_model(&ckpt(&format!("{dir}/{file}")), &LoadOptions::default()).unwrap();
     let x = read_npy(&fixture(&format!("checkpoints/{dir}/input.npy"))).unwrap();
     let want = read_npy(&fixture(&format!("checkpoints/{dir}/{reference}"))).unwrap();
-    let got = cpu::run(&model, std::slice::from_ref(&x)).unwrap();
+    let got = run_once(&Cpu, &model, std::slice::from_ref(&x)).unwrap();
     let err = rel_err(&got[0], &want);
     assert!(err <= 1e-5, "{file}: output off Ultralytics' by {err:.2e} (relative to max)");
     eprintln!("{file}: max abs diff to Ultralytics' output {err:.2e} of its max");
@@ -67,7 +67,7 @@ fn mid_training_checkpoint_uses_its_ema() {
     // The EMA after epoch 1 differs from best.pt's weights: the reference really tells them apart.
     let best = read_npy(&fixture("checkpoints/yolo11p-trees/output-eval.npy")).unwrap();
     let x = read_npy(&fixture("checkpoints/yolo11p-trees/input.npy")).unwrap();
-    let got = cpu::run(&m, &[x]).unwrap();
+    let got = run_once(&Cpu, &m, &[x]).unwrap();
     assert!(rel_err(&got[0], &best) > 1e-3);
 }
 
@@ -105,8 +105,8 @@ fn narrowed_checkpoint_keeps_its_widths_and_prunes() {
         }
     }
     let x = read_npy(&fixture("checkpoints/yolo11p-trees/input.npy")).unwrap();
-    let want = cpu::run(&z, std::slice::from_ref(&x)).unwrap();
-    let got = cpu::run(&p, std::slice::from_ref(&x)).unwrap();
+    let want = run_once(&Cpu, &z, std::slice::from_ref(&x)).unwrap();
+    let got = run_once(&Cpu, &p, std::slice::from_ref(&x)).unwrap();
     let err = rel_err(&got[0], &want[0]);
     assert!(err < 1e-5, "pruned narrowed.pt off by {err:.2e}");
     assert!(params(&p) < params(&m));
@@ -122,7 +122,7 @@ fn bare_state_dict_loads_as_weights() {
     let m = load_model(&fixture("yolo11p-nc2/yolo11p.yaml").display().to_string(), &opts).unwrap();
     let x = read_npy(&fixture("checkpoints/yolo11p-trees/input.npy")).unwrap();
     let want = read_npy(&fixture("checkpoints/yolo11p-trees/output-eval.npy")).unwrap();
-    let err = rel_err(&cpu::run(&m, &[x]).unwrap()[0], &want);
+    let err = rel_err(&run_once(&Cpu, &m, &[x]).unwrap()[0], &want);
     assert!(err <= 1e-5, "state_dict.pt through --weights off by {err:.2e}");
     eprintln!("state_dict.pt through --weights: max abs diff {err:.2e} of the output's max");
 }

@@ -4,7 +4,7 @@
 //! installs it) and never skip.
 
 mod common;
-use slimc::backend::cpu;
+use slimc::backend::{cpu::Cpu, run_once};
 use slimc::export::{export_onnx, ExportOptions};
 use slimc::verify::verify_onnx;
 
@@ -16,7 +16,7 @@ fn export_and_verify(name: &str, nc: usize, imgsz: usize, opts: ExportOptions, c
     let path = common::scratch("export").join(format!("{name}-{nc}-{}-{}.onnx", opts.dynamic, opts.keep_bn));
     std::fs::write(&path, export_onnx(&m, &opts).unwrap()).unwrap();
     let x = common::image(1, check_size[0], check_size[1], 3);
-    let want = cpu::run(&m, std::slice::from_ref(&x)).unwrap();
+    let want = run_once(&Cpu, &m, std::slice::from_ref(&x)).unwrap();
     let rows = verify_onnx(&path, &x, &want, TOL).unwrap();
     assert_eq!(rows.len(), 2);
     for r in rows {
@@ -72,12 +72,12 @@ fn exports_at_opsets_13_to_22_import_back_and_compute_the_same() {
     let mut m = common::yaml_model("yolo11n.yaml", Some(2), 128);
     common::randomize_bn(&mut m, 11);
     let x = common::image(1, 128, 128, 4);
-    let want = cpu::run(&m, std::slice::from_ref(&x)).unwrap();
+    let want = run_once(&Cpu, &m, std::slice::from_ref(&x)).unwrap();
     for (opset, keep_bn) in [(13, true), (18, false), (22, true)] {
         let p = common::scratch("opsets").join(format!("o{opset}.onnx"));
         std::fs::write(&p, export_onnx(&m, &ExportOptions { opset, keep_bn, ..Default::default() }).unwrap()).unwrap();
         let back = slimc::load::load_model(p.to_str().unwrap(), &Default::default()).unwrap();
-        let got = cpu::run(&back, std::slice::from_ref(&x)).unwrap();
+        let got = run_once(&Cpu, &back, std::slice::from_ref(&x)).unwrap();
         let e = common::rel_err(&got[0], &want[0]);
         assert!(e < 1e-5, "opset {opset}: re-imported export differs by {e:e}");
     }

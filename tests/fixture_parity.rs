@@ -3,7 +3,7 @@
 
 mod common;
 use common::{fixture, rel_err};
-use slimc::backend::cpu;
+use slimc::backend::{cpu::Cpu, run_once};
 use slimc::io::read_npy;
 use slimc::load::{load_model, LoadOptions};
 
@@ -12,7 +12,7 @@ const TOL: f32 = 1e-5;
 fn check(model: &slimc_ir::Model, what: &str) {
     let x = read_npy(&fixture("yolo11p-nc2/input.npy")).unwrap();
     let want = read_npy(&fixture("yolo11p-nc2/output-eval.npy")).unwrap();
-    let y = cpu::run(model, &[x]).unwrap();
+    let y = run_once(&Cpu, model, &[x]).unwrap();
     let e = rel_err(&y[0], &want);
     assert!(e < TOL, "{what}: relative error {e:e} exceeds {TOL:e}");
 }
@@ -55,11 +55,11 @@ fn yaml_graph_runs_at_other_sizes_and_batches() {
     // The YAML graph is size-agnostic: a 2-image batch at 96x128 equals the images run alone.
     let model = yaml_with_fixture_weights();
     let x = common::image(2, 96, 128, 5);
-    let both = cpu::run(&model, &[x.clone()]).unwrap().remove(0);
+    let both = run_once(&Cpu, &model, &[x.clone()]).unwrap().remove(0);
     assert_eq!(both.shape, vec![2, 6, 12 * 16 + 6 * 8 + 3 * 4]);
     let half = x.numel() / 2;
     let one = slimc_ir::Tensor::from_f32(vec![1, 3, 96, 128], x.f32s().unwrap()[half..].to_vec()).unwrap();
-    let second = cpu::run(&model, &[one]).unwrap().remove(0);
+    let second = run_once(&Cpu, &model, &[one]).unwrap().remove(0);
     let part =
         slimc_ir::Tensor::from_f32(second.shape.clone(), both.f32s().unwrap()[both.numel() / 2..].to_vec()).unwrap();
     assert!(rel_err(&part, &second) < 1e-6);

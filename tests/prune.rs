@@ -6,7 +6,7 @@
 mod common;
 
 use common::{image, randomize_bn, rel_err, scratch, yaml_model};
-use slimc::backend::cpu;
+use slimc::backend::{cpu::Cpu, run_once};
 use slimc::export::{export_onnx, ExportOptions};
 use slimc_ir::Model;
 use slimc_passes::{seed_unprunable, PassContext, PassManager, Policy, PruneOptions};
@@ -42,8 +42,8 @@ fn check_scale(yaml: &str, seed: u64) {
             let removed = cx.report.as_ref().unwrap().removed.len();
             assert!(removed > 0, "{yaml} {policy:?} {ratio}: nothing removed");
             assert!(params(&p) < params(&m));
-            let want = cpu::run(&zeroed(&m, &cx), std::slice::from_ref(&x)).unwrap();
-            let got = cpu::run(&p, std::slice::from_ref(&x)).unwrap();
+            let want = run_once(&Cpu, &zeroed(&m, &cx), std::slice::from_ref(&x)).unwrap();
+            let got = run_once(&Cpu, &p, std::slice::from_ref(&x)).unwrap();
             let err = rel_err(&got[0], &want[0]);
             assert!(err < 1e-5, "{yaml} {policy:?} ratio {ratio}: rewritten graph off by {err:.2e}");
             let path = scratch("prune").join(format!("{yaml}-{policy:?}-{ratio}.onnx"));
@@ -146,7 +146,7 @@ fn every_scale_prunes_under_the_seed_policy() {
         randomize_bn(&mut m, 7);
         let (p, cx) = prune(&m, 0.3, Policy::Seed);
         assert!(!cx.report.unwrap().removed.is_empty(), "{yaml}");
-        cpu::run(&p, &[image(1, 64, 64, 1)]).unwrap();
+        run_once(&Cpu, &p, &[image(1, 64, 64, 1)]).unwrap();
     }
 }
 

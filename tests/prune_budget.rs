@@ -3,7 +3,7 @@
 mod common;
 
 use common::{fixture, image, scratch};
-use slimc::backend::cpu;
+use slimc::backend::{cpu::Cpu, run_once};
 use slimc::load::{load_model, LoadOptions};
 use slimc::prune::{prune, prune_to_budget, Budget, Metric};
 use slimc_ir::Model;
@@ -69,7 +69,7 @@ fn extreme_ratios_leave_every_value_its_floor() {
         assert!(t.shape.iter().all(|&d| d > 0), "{name} {:?}", t.shape);
     }
     let x = image(1, 64, 64, 3);
-    let y = cpu::run(&p, std::slice::from_ref(&x)).unwrap();
+    let y = run_once(&Cpu, &p, std::slice::from_ref(&x)).unwrap();
     let path = scratch("extreme").join("p.onnx");
     let onnx =
         slimc::export::export_onnx(&p, &slimc::export::ExportOptions { imgsz: Some([64, 64]), ..Default::default() });

@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 fn program() -> Program {
     let opts = LoadOptions { weights: Some(fixture("yolo11p-nc2/model.safetensors")), ..Default::default() };
     let model = load_model(fixture("yolo11p-nc2/yolo11p.yaml").to_str().unwrap(), &opts).unwrap();
-    Program::new(&model).unwrap()
+    Program::new(&model, &slimc::backend::cpu::Cpu).unwrap()
 }
 
-fn step(p: &Program) -> StepResult {
+fn step(p: &mut Program) -> StepResult {
     let images = slimc::io::read_npy(&fixture("yolo11p-nc2-step/images.npy")).unwrap();
     let targets = read_targets(&fixture("yolo11p-nc2-step/report.json")).unwrap();
     p.step(&images, &targets).unwrap()
@@ -47,8 +47,8 @@ fn assert_grads_match(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Te
 
 #[test]
 fn loss_gradients_and_bn_statistics_match_ultralytics() {
-    let p = program();
-    let r = step(&p);
+    let mut p = program();
+    let r = step(&mut p);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("yolo11p-nc2-step/report.json")).unwrap()).unwrap();
     let want: Vec<f64> =
@@ -69,8 +69,8 @@ fn loss_gradients_and_bn_statistics_match_ultralytics() {
 
 #[test]
 fn sparse_gradients_add_sr_sign_gamma_to_every_bn_gamma() {
-    let p = program();
-    let mut r = step(&p);
+    let mut p = program();
+    let mut r = step(&mut p);
     assert_eq!(p.gammas.len(), 81, "YOLO11 with one PSA block has 81 BatchNorms");
     p.add_sparsity(&mut r.grads, &p.gammas, 0.01).unwrap();
     assert_grads_match(&r.grads, &reference("grads_sparse.safetensors"));

@@ -1,5 +1,7 @@
-//! What running a graph in node order needs: the peak bytes of the values it computes, from
-//! their liveness (a result lives from its node to its last reader; graph outputs to the end).
+//! Memory planning: every value a node computes gets a slot of a reused arena, from liveness (a
+//! result lives from its node to its last reader; graph outputs to the end). Two values share a
+//! slot only when their lifetimes do not overlap, so a backend that keeps one buffer per slot
+//! allocates nothing per op once the buffers have grown to the plan.
 
 use crate::graph::{Graph, ValueDef};
 use crate::tensor::{checked_numel, DType, TensorType};
@@ -15,36 +17,113 @@ pub fn last_uses(g: &Graph) -> Vec<Option<usize>> {
     last
 }
 
-/// Peak bytes of the node results alive at once when `g` runs in order with every value typed
-/// by `types` (from [`crate::infer_all`]); inputs and parameters, which exist beforehand, are not
-/// counted. None when a size overflows.
-pub fn peak_bytes(g: &Graph, types: &[TensorType]) -> Option<u64> {
-    let bytes = |t: &TensorType| -> Option<u64> {
-        let dims: Vec<usize> = t.shape.iter().map(|d| d.fixed().unwrap_or(1)).collect();
-        let width = match t.dtype {
-            DType::F32 => 4,
-            DType::I64 => 8,
-        };
-        (checked_numel(&dims)? as u64).checked_mul(width)
+/// Where each computed value lives and what the arena holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The slot of each value; None for inputs and parameters, which exist beforehand.
+    pub slot: Vec<Option<usize>>,
+    /// Bytes of each slot: the largest value it holds.
+    pub slot_bytes: Vec<u64>,
+    /// For each node, the values whose last use it is (freed after it runs, their slots
+    /// reusable by later nodes): its operands read for the last time and its results no node
+    /// reads and the graph does not return.
+    pub frees: Vec<Vec<usize>>,
+    /// The most bytes of values alive at once (at most [`Plan::arena_bytes`]).
+    pub live_peak: u64,
+}
+
+impl Plan {
+    /// The arena's size: the sum of the slots.
+    pub fn arena_bytes(&self) -> u64 {
+        self.slot_bytes.iter().sum()
+    }
+}
+
+/// Bytes of a value of type `t` (a symbolic dimension counts 1); None on overflow.
+pub fn value_bytes(t: &TensorType) -> Option<u64> {
+    let dims: Vec<usize> = t.shape.iter().map(|d| d.fixed().unwrap_or(1)).collect();
+    let width = match t.dtype {
+        DType::F32 => 4,
+        DType::I64 => 8,
     };
+    (checked_numel(&dims)? as u64).checked_mul(width)
+}
+
+/// Plans `g` run in node order with every value typed by `types` (from [`crate::infer_all`]).
+/// Each result takes the smallest free slot that holds it, else the largest free slot (grown),
+/// else a new one. None when a size overflows.
+pub fn plan(g: &Graph, types: &[TensorType]) -> Option<Plan> {
     let mut last = last_uses(g);
     for &o in &g.outputs {
         last[o.0] = Some(usize::MAX);
     }
-    let (mut live, mut peak) = (0u64, 0u64);
+    let mut p = Plan { slot: vec![None; g.values.len()], slot_bytes: vec![], frees: vec![], live_peak: 0 };
+    let mut free: Vec<usize> = vec![];
+    let mut live = 0u64;
     for (i, n) in g.nodes.iter().enumerate() {
         for &o in &n.outputs {
-            live = live.checked_add(bytes(types.get(o.0)?)?)?;
+            let need = value_bytes(types.get(o.0)?)?;
+            live = live.checked_add(need)?;
+            let fit =
+                free.iter().enumerate().filter(|(_, &s)| p.slot_bytes[s] >= need).min_by_key(|(_, &s)| p.slot_bytes[s]);
+            let pick = fit.or_else(|| free.iter().enumerate().max_by_key(|(_, &s)| p.slot_bytes[s])).map(|(k, _)| k);
+            let s = match pick {
+                Some(k) => free.swap_remove(k),
+                None => {
+                    p.slot_bytes.push(0);
+                    p.slot_bytes.len() - 1
+                }
+            };
+            p.slot_bytes[s] = p.slot_bytes[s].max(need);
+            p.slot[o.0] = Some(s);
         }
-        peak = peak.max(live);
-        let mut touched: Vec<_> = n.inputs.iter().chain(&n.outputs).copied().collect();
-        touched.sort_by_key(|v| v.0);
-        touched.dedup();
-        for v in touched {
-            if matches!(g.value(v).def, ValueDef::Node(..)) && last[v.0].is_none_or(|l| l == i) {
-                live = live.saturating_sub(bytes(types.get(v.0)?)?);
-            }
+        p.live_peak = p.live_peak.max(live);
+        let mut dying: Vec<usize> = n
+            .inputs
+            .iter()
+            .chain(&n.outputs)
+            .map(|v| v.0)
+            .filter(|&v| matches!(g.values[v].def, ValueDef::Node(..)) && last[v].is_none_or(|l| l == i))
+            .collect();
+        dying.sort_unstable();
+        dying.dedup();
+        for &v in &dying {
+            live -= value_bytes(&types[v])?;
+            free.push(p.slot[v]?);
         }
+        p.frees.push(dying);
     }
-    Some(peak)
+    Some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_graph;
+
+    #[test]
+    fn slots_are_reused_only_between_disjoint_lifetimes() {
+        let g = parse_graph(
+            "graph g(%x: f32[1,4]) {
+  %a: f32[1,4] = silu(%x)
+  %b: f32[1,4] = silu(%a)
+  %c: f32[1,4] = silu(%b)
+  %d: f32[1,4] = add(%c, %b)
+  return %d
+}",
+        )
+        .unwrap();
+        let types = crate::infer_all(&g, &[TensorType::f32(&[1, 4])]).unwrap();
+        let p = plan(&g, &types).unwrap();
+        let slot = |name: &str| p.slot[g.values.iter().position(|v| v.name == name).unwrap()].unwrap();
+        // b's node reads a, so they differ; a is dead after it, so c takes a's slot; d reads b and
+        // c, so it takes a third slot, and as a graph output it is never freed.
+        assert_ne!(slot("a"), slot("b"));
+        assert_eq!(slot("c"), slot("a"));
+        assert!(slot("d") != slot("b") && slot("d") != slot("c"));
+        assert_eq!((p.slot_bytes.len(), p.arena_bytes(), p.live_peak), (3, 48, 48));
+        let last = |name: &str| g.values.iter().position(|v| v.name == name).unwrap();
+        assert_eq!(p.frees[1], vec![last("a")]);
+        assert_eq!(p.frees[3], vec![last("b"), last("c")]);
+    }
 }

@@ -1,7 +1,10 @@
 //! `fold-constants`: evaluate nodes whose results are known before run time.
 
 use crate::{Pass, PassContext};
-use slimc_ir::{eval::eval, IrError, Model, Op, ParamKind, Tensor, ValueDef};
+use slimc_ir::{
+    eval::{eval, foldable},
+    IrError, Model, Op, ParamKind, Tensor, ValueDef,
+};
 
 /// Replaces every node whose operands are all constants (or, for `anchors`, whose operands'
 /// spatial sizes are known; the batch does not matter) by constant parameters holding its results, computed by the IR's
@@ -45,10 +48,11 @@ impl Pass for FoldConstants {
                 continue;
             };
             let refs: Vec<&Tensor> = inputs.iter().collect();
-            let Some(results) = eval(&node.op, &refs)? else {
+            if !foldable(&node.op) {
                 i += 1;
                 continue;
-            };
+            }
+            let results = eval(&node.op, &refs)?;
             let node = model.graph.nodes.remove(i);
             for (&o, t) in node.outputs.iter().zip(results) {
                 let name = model.graph.value(o).name.clone();

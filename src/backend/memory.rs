@@ -2,7 +2,6 @@
 //! A graph whose planned peak exceeds it is refused before anything is allocated.
 
 use anyhow::{bail, Result};
-use slimc_ir::{infer_all, memory::peak_bytes, Graph, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The user's limit in bytes; 0 when none was given.
@@ -36,7 +35,7 @@ fn read_available() -> Option<u64> {
 }
 
 /// Bytes as MB or GB.
-fn human(b: u64) -> String {
+pub fn human(b: u64) -> String {
     if b >= 1 << 30 {
         format!("{:.2} GB", b as f64 / (1u64 << 30) as f64)
     } else {
@@ -44,19 +43,17 @@ fn human(b: u64) -> String {
     }
 }
 
-/// Refuses a run of `g` on `inputs` whose planned peak of intermediate values exceeds the limit.
-pub fn check_fits(g: &Graph, inputs: &[Tensor]) -> Result<()> {
-    let types: Vec<_> = inputs.iter().map(|t| t.ty()).collect();
-    let all = infer_all(g, &types)?;
-    let Some(peak) = peak_bytes(g, &all) else {
-        bail!("the input {:?} makes the model's intermediate values too large to address", inputs[0].shape);
+/// Refuses a run on input of `shape` whose planned arena (`bytes`, None when too large to
+/// address) exceeds the limit.
+pub fn check_fits(bytes: Option<u64>, shape: &[usize]) -> Result<()> {
+    let Some(peak) = bytes else {
+        bail!("the input {shape:?} makes the model's intermediate values too large to address");
     };
     if let Some(limit) = limit() {
         if peak > limit {
             bail!(
-                "running the model on input {:?} needs {} for intermediate values, more than the {} available \
+                "running the model on input {shape:?} needs {} for intermediate values, more than the {} available \
                  (--max-memory); use a smaller image size or batch",
-                inputs[0].shape,
                 human(peak),
                 human(limit)
             );

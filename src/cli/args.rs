@@ -2,6 +2,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
+use slimc::backend::Device;
 use slimc::data::dataset::{load_dataset_spec, scan, DatasetSpec};
 use slimc::data::loader::Split;
 use slimc::load::{check_finite, format_of, load_model, LoadOptions, ModelFormat};
@@ -137,27 +138,6 @@ impl From<ImportanceArg> for Importance {
     }
 }
 
-/// `--device`: where training runs.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DeviceArg {
-    /// The CPU backend.
-    Cpu,
-    /// The wgpu backend.
-    Gpu,
-    /// A GPU when there is one, else the CPU.
-    Auto,
-}
-
-impl DeviceArg {
-    /// Checks that the device can be used.
-    pub fn check(self) -> Result<()> {
-        match self {
-            DeviceArg::Cpu | DeviceArg::Auto => Ok(()),
-            DeviceArg::Gpu => bail!("--device gpu: the wgpu backend is not built yet; use --device cpu"),
-        }
-    }
-}
-
 /// Parses `S` or `H,W`.
 pub fn parse_imgsz(s: &str) -> std::result::Result<[usize; 2], String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
@@ -191,12 +171,13 @@ pub fn val_split(data: &Path, imgsz: usize) -> Result<(DatasetSpec, Split)> {
     Ok((spec, split))
 }
 
-/// Scores a model on a dataset's val split at `imgsz`: (mAP50, mAP50-95).
-pub fn val_scorer(data: &Path, imgsz: usize) -> Result<impl FnMut(&Model) -> Result<(f64, f64)>> {
+/// Scores a model on a dataset's val split at `imgsz` on `device`: (mAP50, mAP50-95).
+pub fn val_scorer(data: &Path, imgsz: usize, device: Device) -> Result<impl FnMut(&Model) -> Result<(f64, f64)>> {
     let (spec, split) = val_split(data, imgsz)?;
     let nc = spec.names.len();
+    let backend = device.backend()?;
     Ok(move |m: &Model| {
-        let r = validate(m, &split, 16, nc, false, false)?;
+        let r = validate(&*backend, m, &split, 16, nc, false, false)?;
         Ok((r.metrics.map50, r.metrics.map))
     })
 }

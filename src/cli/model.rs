@@ -4,8 +4,9 @@
 use super::args::{parse_imgsz, refuse_overwrite, save, ModelArgs};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
+use slimc::backend::{run_once, Device};
 use slimc::load::{load_model, LoadOptions};
-use slimc::{backend::cpu, export, info, io, verify};
+use slimc::{export, info, io, verify};
 use slimc_ir::{print_graph, Tensor};
 use slimc_passes::{all_passes, pipelines, Analysis, PassManager};
 use std::path::PathBuf;
@@ -34,6 +35,12 @@ pub fn import(a: ImportArgs) -> Result<()> {
 pub struct InfoArgs {
     #[command(flatten)]
     m: ModelArgs,
+    /// Also print the planned memory of inference and of one training step.
+    #[arg(long)]
+    memory: bool,
+    /// Batch size the memory is planned for.
+    #[arg(long, default_value_t = 1, requires = "memory")]
+    batch: usize,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -56,8 +63,14 @@ fn thousands(n: usize) -> String {
 pub fn info(a: InfoArgs) -> Result<()> {
     let model = a.m.load()?;
     let i = info::model_info(&model, a.m.imgsz)?;
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let mem =
+        if a.memory { Some(info::memory_info(&model, a.batch, a.m.imgsz.unwrap_or(model.meta.imgsz))?) } else { None };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&i)?);
+        let j = serde_json::json!({ "model": i, "memory": mem });
+        println!("{}", serde_json::to_string_pretty(if mem.is_some() { &j } else { &j["model"] })?);
         return Ok(());
     }
     println!(
@@ -75,7 +88,33 @@ pub fn info(a: InfoArgs) -> Result<()> {
     for (k, v) in &i.origin {
         println!("  {k:<14} {v}");
     }
+    if let Some(m) = mem {
+        print_memory(&m);
+    }
     Ok(())
+}
+
+/// The memory plan as a table.
+fn print_memory(m: &info::MemoryInfo) {
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / (1u64 << 20) as f64);
+    println!("planned memory at batch {}, {}x{}:", m.batch, m.imgsz[0], m.imgsz[1]);
+    println!("  {:<34} {:>12}", "parameters and buffers", mb(m.parameters));
+    println!("  {:<34} {:>12}  (live peak {})", "inference arena", mb(m.inference_arena), mb(m.inference_live_peak));
+    println!(
+        "  {:<34} {:>12}  (live peak {}, {} slots)",
+        "training step arena",
+        mb(m.train_arena),
+        mb(m.train_live_peak),
+        m.train_slots
+    );
+    println!("  {:<34} {:>12}  (AdamW {})", "optimizer state (SGD)", mb(m.sgd_state), mb(m.adamw_state));
+    println!("  {:<34} {:>12}", "EMA", mb(m.ema));
+    println!(
+        "  {:<34} {:>12}  (AdamW {})",
+        "training total (SGD)",
+        mb(m.parameters + m.train_arena + m.sgd_state + m.ema),
+        mb(m.parameters + m.train_arena + m.adamw_state + m.ema)
+    );
 }
 
 /// Prints the IR.
@@ -95,6 +134,9 @@ pub struct RunArgs {
     /// Output array (the first graph output).
     #[arg(short, long)]
     output: PathBuf,
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
 }
 
 /// Runs the model on an .npy input.
@@ -102,10 +144,12 @@ pub fn run(a: RunArgs) -> Result<()> {
     refuse_overwrite(&a.output, &[a.m.input_files(), vec![a.input.clone()]])?;
     let model = a.m.load()?;
     let x = io::read_npy(&a.input)?;
+    let backend = a.device.backend()?;
     let t = std::time::Instant::now();
-    let y = cpu::run(&model, &[x]).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
+    let y = run_once(&*backend, &model, &[x]).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
     io::write_npy(&a.output, &y[0])?;
-    println!("wrote {} {:?} in {:.1} ms", a.output.display(), y[0].shape, t.elapsed().as_secs_f64() * 1e3);
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    println!("wrote {} {:?} in {ms:.1} ms on {}", a.output.display(), y[0].shape, a.device.describe());
     Ok(())
 }
 
@@ -285,7 +329,8 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
             random_input(&[1, 3, size[0], size[1]], 0)
         }
     };
-    let want = cpu::run(&reference, std::slice::from_ref(&x))?;
+    // The reference side is the CPU backend, the reference every other backend is tested against.
+    let want = run_once(&slimc::backend::cpu::Cpu, &reference, std::slice::from_ref(&x))?;
     let rows = verify::verify_onnx(&a.onnx, &x, &want, a.tol)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

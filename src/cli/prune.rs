@@ -6,6 +6,7 @@ use super::args::{
 };
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
+use slimc::backend::Device;
 use slimc::data::dataset::load_dataset_spec;
 use slimc::load::{check_finite, load_model, LoadOptions};
 use slimc::pipeline::{run_pipeline, PipelineConfig};
@@ -163,7 +164,7 @@ pub fn prune(a: PruneArgs) -> Result<()> {
 fn sweep(a: &PruneArgs, model: &Model, opts: &PruneOptions, text: &str) -> Result<()> {
     let ratios = prune::parse_sweep(text)?;
     let mut scorer = match &a.data {
-        Some(d) => Some(val_scorer(d, model.meta.imgsz[0].max(model.meta.imgsz[1]))?),
+        Some(d) => Some(val_scorer(d, model.meta.imgsz[0].max(model.meta.imgsz[1]), Device::Auto)?),
         None => None,
     };
     let rows =
@@ -193,6 +194,9 @@ pub struct PipelineArgs {
     /// Image size.
     #[arg(long, default_value_t = 320)]
     imgsz: usize,
+    /// Where training, validation and the verification reference run.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
     /// Batch size.
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -291,6 +295,7 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
         budget: a.budget.budget()?,
         trained: a.trained,
         dir: run_dir(&a.project, &a.name)?,
+        device: a.device,
     };
     run_pipeline(m, &cfg)?;
     print!("{}", std::fs::read_to_string(cfg.dir.join("summary.md"))?);

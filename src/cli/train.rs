@@ -1,8 +1,9 @@
 //! Subcommands that train and evaluate: train, step, val.
 
-use super::args::{load_for_training, refuse_overwrite, run_dir, train_imgsz, val_split, DeviceArg, ModelArgs};
+use super::args::{load_for_training, refuse_overwrite, run_dir, train_imgsz, val_split, ModelArgs};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
+use slimc::backend::Device;
 use slimc::data::dataset::load_dataset_spec;
 use slimc::frontend::weights::write_safetensors;
 use slimc::io;
@@ -18,9 +19,9 @@ pub struct TrainArgs {
     m: ModelArgs,
     #[command(flatten)]
     cfg: TrainConfig,
-    /// Where to train.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
+    /// Where to train and validate.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
     /// Continue the interrupted run whose last.slim is the model argument.
     #[arg(long)]
     resume: bool,
@@ -34,9 +35,11 @@ pub struct TrainArgs {
 
 /// Trains (or resumes) a run.
 pub fn train(a: TrainArgs) -> Result<()> {
-    a.device.check()?;
+    let backend = a.device.backend()?;
     if a.resume {
-        Trainer::resume(Path::new(&a.m.model))?.run()?;
+        let t = Trainer::resume(Path::new(&a.m.model), backend)?;
+        eprintln!("device: {}", a.device.describe());
+        t.run()?;
         return Ok(());
     }
     let mut cfg = a.cfg;
@@ -53,7 +56,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let mut model = load_for_training(&a.m.model, spec.names.len(), cfg.imgsz, a.m.options())?;
     model.meta.names = spec.names.clone();
     cfg.save_dir = run_dir(&a.project, &a.name)?;
-    Trainer::new(model, cfg)?.run()?;
+    let t = Trainer::new(model, cfg, backend)?;
+    eprintln!("device: {}", a.device.describe());
+    t.run()?;
     Ok(())
 }
 
@@ -77,6 +82,9 @@ pub struct StepArgs {
     /// Write the BN running statistics after the step to this safetensors file.
     #[arg(long)]
     dump_bn: Option<PathBuf>,
+    /// Where the step runs.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -92,7 +100,8 @@ pub fn step(a: StepArgs) -> Result<()> {
     let x = io::read_npy(&a.images)?;
     let t = step::read_targets(&a.targets)?;
     let start = std::time::Instant::now();
-    let program = step::Program::new(&model).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
+    let backend = a.device.backend()?;
+    let mut program = step::Program::new(&model, &*backend).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
     let mut r = program.step(&x, &t).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
     if a.sr != 0.0 {
         program.add_sparsity(&mut r.grads, &program.gammas, a.sr)?;
@@ -117,11 +126,12 @@ pub fn step(a: StepArgs) -> Result<()> {
     println!("{:>10} {:>10} {:>10} {:>12} {:>12}", "box_loss", "cls_loss", "dfl_loss", "total", "grad norm");
     println!("{:>10.6} {:>10.6} {:>10.6} {:>12.6} {:>12.6}", r.items[0], r.items[1], r.items[2], r.total, gnorm);
     println!(
-        "{} parameter gradients, batch {} at {}x{}, {ms:.0} ms",
+        "{} parameter gradients, batch {} at {}x{}, {ms:.0} ms on {}",
         r.grads.len(),
         x.shape[0],
         x.shape[2],
-        x.shape[3]
+        x.shape[3],
+        a.device.describe()
     );
     Ok(())
 }
@@ -140,6 +150,9 @@ pub struct ValArgs {
     /// Write every detection (original-image pixels) as JSON.
     #[arg(long)]
     save_json: Option<PathBuf>,
+    /// Where validation runs.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
     /// Machine-readable metrics.
     #[arg(long)]
     json: bool,
@@ -156,7 +169,8 @@ pub fn val(a: ValArgs) -> Result<()> {
     let model = a.m.load()?;
     let imgsz = a.m.imgsz.map(|s| s[0].max(s[1])).unwrap_or(model.meta.imgsz[0].max(model.meta.imgsz[1]));
     let (spec, split) = val_split(&a.data, imgsz)?;
-    let r = validate(&model, &split, a.batch, spec.names.len(), a.save_json.is_some(), !a.json)?;
+    let backend = a.device.backend()?;
+    let r = validate(&*backend, &model, &split, a.batch, spec.names.len(), a.save_json.is_some(), !a.json)?;
     if let Some(p) = &a.save_json {
         slimc_ir::write_atomic(p, serde_json::to_string_pretty(&r.predictions)?.as_bytes())?;
         eprintln!("wrote {} detections to {}", r.predictions.len(), p.display());
@@ -165,7 +179,11 @@ pub fn val(a: ValArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&r.metrics)?);
     } else {
         print!("{}", r.table(&spec.names));
-        println!("Speed: {:.1} ms per image (inference, loss and NMS) at {imgsz}", r.ms_per_image);
+        println!(
+            "Speed: {:.1} ms per image (inference, loss and NMS) at {imgsz} on {}",
+            r.ms_per_image,
+            a.device.describe()
+        );
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use onnx_protobuf::{
     attribute_proto::AttributeType, tensor_shape_proto::dimension, type_proto, Message, ModelProto, NodeProto,
     TensorProto,
 };
-use slimc_ir::eval::{eval, strided_copy};
+use slimc_ir::eval::{eval, foldable, strided_copy};
 use slimc_ir::{
     Conv2d, DType, Dim, Graph, Metadata, Model, Op, ParamKind, ReshapeDim, Tensor, TensorData, TensorType, ValueId,
 };
@@ -578,7 +578,10 @@ impl Importer {
                 }
                 let Some((op, vals)) = tmp.lower_op(node)? else { return Ok(None) };
                 let args: Vec<&Tensor> = vals.iter().map(|&v| &tmp.tensors[&tmp.g.value(v).name]).collect();
-                Ok(eval(&op, &args)?)
+                if !foldable(&op) {
+                    return Ok(None);
+                }
+                Ok(Some(eval(&op, &args)?))
             }
         }
     }

@@ -1,8 +1,7 @@
-//! Training: the detection loss and its assigner (the CPU semantics of the IR's loss ops), one
-//! step, the optimizer and schedule, and the training loop with its results.
+//! Training: one step of the compiled training program, the optimizer and schedule, and the
+//! training loop with its results. (The detection loss the program differentiates is an IR op;
+//! its meaning is in `slimc_ir::eval::detect_loss`.)
 
-pub mod assign;
-pub mod loss;
 pub mod optim;
 pub mod plot;
 pub mod step;

@@ -1,8 +1,8 @@
-//! One training step on the CPU: the training program (the `autodiff` pass's output) run on an
-//! image batch and its targets, giving the loss, every parameter gradient and the next BN
-//! running statistics.
+//! One training step: the training program (the `autodiff` pass's output), compiled once on a
+//! backend, run on an image batch and its targets, giving the loss, every parameter gradient and
+//! the next BN running statistics.
 
-use crate::backend::cpu;
+use crate::backend::{Backend, Executable};
 use crate::train::optim::{param_groups, ParamGroup};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
@@ -13,8 +13,11 @@ use std::path::Path;
 
 /// A model's training program and where its outputs go.
 pub struct Program {
-    /// The training graph and its tensors (shared with the model being trained).
+    /// The training graph and the host's copy of its tensors (which the optimizer updates; see
+    /// [`Program::upload`]).
     pub model: Model,
+    /// The program compiled on its backend, with its own copy of the tensors.
+    exe: Box<dyn Executable>,
     /// Trainable parameters, in graph order.
     pub params: Vec<String>,
     /// BN running statistics updated by each step, in graph order.
@@ -36,8 +39,9 @@ pub fn bn_gammas(model: &Model) -> Vec<String> {
 }
 
 impl Program {
-    /// Builds the training program of an inference model (YAML-built or a `.slim` file).
-    pub fn new(model: &Model) -> Result<Program> {
+    /// Builds the training program of an inference model (YAML-built or a `.slim` file) and
+    /// compiles it on `backend`.
+    pub fn new(model: &Model, backend: &dyn Backend) -> Result<Program> {
         let gammas = bn_gammas(model);
         let groups = param_groups(&model.graph);
         let mut m = model.clone();
@@ -53,15 +57,34 @@ impl Program {
                 buffers.push(b.to_string());
             }
         }
-        Ok(Program { model: m, params, buffers, gammas, groups })
+        let exe = backend.compile(&m)?;
+        Ok(Program { model: m, exe, params, buffers, gammas, groups })
+    }
+
+    /// Copies the host's parameters and BN buffers into the compiled program (after an optimizer
+    /// update, or after loading saved weights).
+    pub fn upload(&mut self) -> Result<()> {
+        for n in self.params.iter().chain(&self.buffers) {
+            let t = self.model.tensors.get(n).ok_or_else(|| anyhow!("no tensor {n}"))?;
+            self.exe.write(n, t)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a step's next BN running statistics, on the host and in the compiled program.
+    pub fn set_buffers(&mut self, running: BTreeMap<String, Tensor>) -> Result<()> {
+        for (n, t) in running {
+            self.exe.write(&n, &t)?;
+            self.model.tensors.insert(n, t);
+        }
+        Ok(())
     }
 
     /// Runs one forward and backward pass.
-    pub fn step(&self, images: &Tensor, targets: &Tensor) -> Result<StepResult> {
-        let outs = cpu::run(&self.model, &[images.clone(), targets.clone()])?;
-        let g = &self.model.graph;
-        let mut by_name: BTreeMap<String, Tensor> =
-            g.outputs.iter().zip(outs).map(|(&v, t)| (g.value(v).name.clone(), t)).collect();
+    pub fn step(&mut self, images: &Tensor, targets: &Tensor) -> Result<StepResult> {
+        // The training program takes the model's image input, then the targets `autodiff` added.
+        let outs = self.exe.run(&[images, targets])?;
+        let mut by_name: BTreeMap<String, Tensor> = self.exe.output_names().into_iter().zip(outs).collect();
         let items = by_name.remove(LOSS_ITEMS).ok_or_else(|| anyhow!("training program lacks {LOSS_ITEMS}"))?;
         let total = by_name.remove(LOSS_TOTAL).ok_or_else(|| anyhow!("training program lacks {LOSS_TOTAL}"))?;
         let items = items.f32s()?;

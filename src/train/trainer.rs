@@ -5,6 +5,7 @@
 use super::optim::{choose, clip_grad_norm, interp, lr_factor, warmup_iterations, Ema, Optimizer, Prox, Rule, SrMode};
 use super::plot::{plot_results, save_batch};
 use super::step::Program;
+use crate::backend::Backend;
 use crate::data::augment::Hyp;
 use crate::data::dataset::{load_dataset_spec, scan};
 use crate::data::loader::Split;
@@ -234,6 +235,7 @@ fn unpack_state(bytes: &[u8]) -> Result<Unpacked> {
 /// A training run.
 pub struct Trainer {
     cfg: TrainConfig,
+    backend: Box<dyn Backend>,
     names: Vec<String>,
     /// The BN gammas under the L1 term and the sparsity share.
     sr_gammas: Vec<String>,
@@ -252,8 +254,9 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// Prepares a run of `model` (built with the dataset's class count) under `cfg`.
-    pub fn new(model: Model, cfg: TrainConfig) -> Result<Trainer> {
+    /// Prepares a run of `model` (built with the dataset's class count) under `cfg`, training and
+    /// validating on `backend`.
+    pub fn new(model: Model, cfg: TrainConfig, backend: Box<dyn Backend>) -> Result<Trainer> {
         cfg.validate()?;
         let data = cfg.data.as_ref().ok_or_else(|| anyhow!("--data is required (a dataset YAML)"))?;
         let spec = load_dataset_spec(data)?;
@@ -273,7 +276,7 @@ impl Trainer {
         eprintln!("{}", rep.summary("val"));
         let train = Arc::new(Split::new(train, cfg.imgsz, cfg.cache)?);
         let val = Split::new(val, cfg.imgsz, cfg.cache)?;
-        let program = Program::new(&model).context("building the training program")?;
+        let program = Program::new(&model, &*backend).context("building the training program")?;
         let nb = train.samples.len().div_ceil(cfg.batch);
         let iterations = train.samples.len().div_ceil(cfg.batch.max(cfg.nbs)) * cfg.epochs;
         let choice = choose(&cfg.optimizer, cfg.lr0, cfg.momentum, cfg.warmup_bias_lr, iterations, nc)
@@ -310,11 +313,13 @@ impl Trainer {
             last_opt_step: -1,
             results: vec![],
             cfg,
+            backend,
         })
     }
 
-    /// Continues the run saved in `last.slim`: weights, optimizer, EMA and schedule state.
-    pub fn resume(last: &Path) -> Result<Trainer> {
+    /// Continues the run saved in `last.slim` on `backend`: weights, optimizer, EMA and
+    /// schedule state.
+    pub fn resume(last: &Path, backend: Box<dyn Backend>) -> Result<Trainer> {
         let saved = Model::load(last)?;
         if saved.training_state.is_empty() {
             bail!("{}: no training state to resume (it is not a last.slim of an unfinished run)", last.display());
@@ -329,7 +334,7 @@ impl Trainer {
         for (n, t) in &raw {
             model.tensors.insert(n.clone(), t.clone());
         }
-        let mut t = Trainer::new(model, state.config)?;
+        let mut t = Trainer::new(model, state.config, backend)?;
         t.ema.tensors = t.ema.tensors.keys().map(|n| (n.clone(), saved.tensors[n].clone())).collect();
         t.ema.updates = state.ema_updates;
         t.opt = state.optimizer;
@@ -341,6 +346,7 @@ impl Trainer {
         for (n, v) in raw {
             t.program.model.tensors.insert(n, v);
         }
+        t.program.upload()?;
         eprintln!("resuming {} from epoch {} of {}", t.cfg.save_dir.display(), t.start_epoch + 1, t.cfg.epochs);
         Ok(t)
     }
@@ -445,9 +451,7 @@ impl Trainer {
                 for (k, m) in mean.iter_mut().enumerate() {
                     *m = (*m * i as f64 + r.items[k] as f64) / (i + 1) as f64;
                 }
-                for (n, t) in r.running {
-                    self.program.model.tensors.insert(n, t);
-                }
+                self.program.set_buffers(r.running)?;
                 match grads.as_mut() {
                     None => grads = Some(r.grads),
                     Some(acc) => {
@@ -487,6 +491,7 @@ impl Trainer {
                             bad.join(", ")
                         );
                     }
+                    self.program.upload()?;
                     self.ema.update(&self.program.model.tensors)?;
                     self.last_opt_step = ni;
                 }
@@ -500,7 +505,7 @@ impl Trainer {
             let train_secs = pb.elapsed().as_secs_f64();
             pb.finish_and_clear();
             let ema_model = self.ema_model();
-            let v = validate(&ema_model, &self.val, cfg.batch * 2, nc, false, true)?;
+            let v = validate(&*self.backend, &ema_model, &self.val, cfg.batch * 2, nc, false, true)?;
             let m = &v.metrics;
             let fitness = m.map;
             let sparse = self.gamma_share_below(1e-2)?;

@@ -3,7 +3,7 @@
 
 use super::metrics::{ap_per_class, box_iou, match_predictions, DetMetrics};
 use super::nms::{non_max_suppression, NmsOptions};
-use crate::backend::cpu;
+use crate::backend::Backend;
 use crate::data::loader::Split;
 use anyhow::{anyhow, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -52,8 +52,10 @@ fn with_loss(model: &Model) -> Result<Model> {
     Ok(m)
 }
 
-/// Validates `model` (its inference graph) on `split` in rect batches of `batch`.
+/// Validates `model` (its inference graph, compiled once on `backend`) on `split` in rect
+/// batches of `batch`.
 pub fn validate(
+    backend: &dyn Backend,
     model: &Model,
     split: &Split,
     batch: usize,
@@ -98,6 +100,7 @@ pub fn validate(
         (false, _, _) => Some([split.imgsz; 2]),
         _ => None,
     };
+    let mut exe = backend.compile(&program)?;
     let mut loss = [0.0f32; 3];
     let start = std::time::Instant::now();
     for idx in &batches {
@@ -106,7 +109,7 @@ pub fn validate(
             None => split.val_batch(idx)?,
         };
         let inputs = if has_head { vec![b.images.clone(), b.targets.clone()] } else { vec![b.images.clone()] };
-        let out = cpu::run(&program, &inputs).map_err(|e| anyhow!("validation: {e:#}"))?;
+        let out = exe.run_in_order(&inputs).map_err(|e| anyhow!("validation: {e:#}"))?;
         if has_head {
             for (l, v) in loss.iter_mut().zip(out[1].f32s()?) {
                 *l += v / batches.len() as f32;

@@ -73,21 +73,38 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) 
     gemm_into(m, n, k, Mat::rows(a, k), Mat::rows(b, n), c, false);
 }
 
-/// Output spatial size of a conv or pool window.
-pub(crate) fn out_size(i: usize, k: usize, s: usize, d: usize, p0: usize, p1: usize) -> usize {
-    (i + p0 + p1 - d * (k - 1) - 1) / s + 1
+pub(crate) use slimc_ir::eval::nn::window_out as out_size;
+
+/// `buf` as `n` zeros, reusing its allocation.
+pub(crate) fn zeroed(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    buf.clear();
+    buf.reserve_exact(n);
+    buf.resize(n, 0.0);
+    buf
 }
 
-/// 2-D convolution. `x` is `[n, cin, h, w]`, `w` is `[cout, cin/groups, kh, kw]`; returns
-/// `[n, cout, oh, ow]` and the output shape.
+/// `buf` with `n` elements of unspecified value, reusing its allocation: for kernels that write
+/// every element.
+pub(crate) fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    buf.reserve_exact(n.saturating_sub(buf.len()));
+    buf.resize(n, 0.0);
+    buf.truncate(n);
+    buf
+}
+
+/// 2-D convolution into `out`. `x` is `[n, cin, h, w]`, `w` is `[cout, cin/groups, kh, kw]`;
+/// `col` is scratch for im2col. Returns the output shape `[n, cout, oh, ow]`.
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d(
+    out: &mut Vec<f32>,
+    col: &mut Vec<f32>,
     x: &[f32],
     xs: &[usize],
     w: &[f32],
     ws: &[usize],
     bias: Option<&[f32]>,
     c: &Conv2d,
-) -> (Vec<f32>, Vec<usize>) {
+) -> Vec<usize> {
     let (n, cin, h, wi) = (xs[0], xs[1], xs[2], xs[3]);
     let (cout, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
     let g = c.groups;
@@ -95,21 +112,21 @@ pub fn conv2d(
     let ow = out_size(wi, kw, c.stride[1], c.dilation[1], c.pad[1], c.pad[3]);
     let (hw, ohw) = (h * wi, oh * ow);
     let og = cout / g;
-    let mut out = vec![0.0f32; n * cout * ohw];
+    let out = sized(out, n * cout * ohw);
     if g == cin && cg == 1 && og == 1 {
-        depthwise(x, w, c, [n, cin, h, wi], [kh, kw], [oh, ow], &mut out);
+        depthwise(x, w, c, [n, cin, h, wi], [kh, kw], [oh, ow], out);
     } else {
         let kdim = cg * kh * kw;
         let pointwise = kh == 1 && kw == 1 && c.stride == [1, 1] && c.pad == [0; 4];
-        let mut col = if pointwise { vec![] } else { vec![0.0f32; kdim * ohw] };
+        let col = sized(col, if pointwise { 0 } else { kdim * ohw });
         for b in 0..n {
             for gi in 0..g {
                 let xg = &x[(b * cin + gi * cg) * hw..(b * cin + (gi + 1) * cg) * hw];
                 let rhs: &[f32] = if pointwise {
                     xg
                 } else {
-                    im2col(xg, c, [h, wi], [kh, kw], [oh, ow], &mut col);
-                    &col
+                    im2col(xg, c, [h, wi], [kh, kw], [oh, ow], col);
+                    col
                 };
                 let dst = &mut out[(b * cout + gi * og) * ohw..(b * cout + (gi + 1) * og) * ohw];
                 sgemm(og, ohw, kdim, &w[gi * og * kdim..(gi + 1) * og * kdim], rhs, dst);
@@ -122,7 +139,7 @@ pub fn conv2d(
             p.iter_mut().for_each(|o| *o += v);
         });
     }
-    (out, vec![n, cout, oh, ow])
+    vec![n, cout, oh, ow]
 }
 
 pub(crate) fn im2col(
@@ -187,8 +204,10 @@ fn depthwise(
     });
 }
 
-/// Inference batch norm over axis 1 with running statistics.
+/// Inference batch norm over axis 1 with running statistics, into `out`.
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm(
+    out: &mut Vec<f32>,
     x: &[f32],
     shape: &[usize],
     gamma: &[f32],
@@ -196,25 +215,31 @@ pub fn batch_norm(
     mean: &[f32],
     var: &[f32],
     eps: f32,
-) -> Vec<f32> {
+) {
     let c = shape[1];
-    let inner: usize = shape[2..].iter().product();
-    let mut out = x.to_vec();
-    out.par_chunks_mut(inner.max(1)).enumerate().for_each(|(i, p)| {
+    let inner: usize = shape[2..].iter().product::<usize>().max(1);
+    let out = sized(out, x.len());
+    out.par_chunks_mut(inner).zip(x.par_chunks(inner)).enumerate().for_each(|(i, (p, src))| {
         let ch = i % c;
         let s = gamma[ch] / (var[ch] + eps).sqrt();
         let b = beta[ch] - mean[ch] * s;
-        p.iter_mut().for_each(|v| *v = *v * s + b);
+        p.iter_mut().zip(src).for_each(|(o, &v)| *o = v * s + b);
     });
-    out
 }
 
-/// 2-D max pooling with -inf padding.
-pub fn max_pool2d(x: &[f32], xs: &[usize], k: [usize; 2], s: [usize; 2], p: [usize; 4]) -> (Vec<f32>, Vec<usize>) {
+/// 2-D max pooling with -inf padding into `out`; returns the output shape.
+pub fn max_pool2d(
+    out: &mut Vec<f32>,
+    x: &[f32],
+    xs: &[usize],
+    k: [usize; 2],
+    s: [usize; 2],
+    p: [usize; 4],
+) -> Vec<usize> {
     let (n, c, h, w) = (xs[0], xs[1], xs[2], xs[3]);
     let oh = out_size(h, k[0], s[0], 1, p[0], p[2]);
     let ow = out_size(w, k[1], s[1], 1, p[1], p[3]);
-    let mut out = vec![0.0f32; n * c * oh * ow];
+    let out = sized(out, n * c * oh * ow);
     out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
         let src = &x[plane * h * w..(plane + 1) * h * w];
         for oy in 0..oh {
@@ -231,29 +256,40 @@ pub fn max_pool2d(x: &[f32], xs: &[usize], k: [usize; 2], s: [usize; 2], p: [usi
             }
         }
     });
-    (out, vec![n, c, oh, ow])
+    vec![n, c, oh, ow]
 }
 
-/// `x * sigmoid(x)`, in parallel.
-pub fn silu(x: &[f32]) -> Vec<f32> {
-    x.par_iter().map(|&v| v / (1.0 + (-v).exp())).collect()
+/// Elements per parallel task of the elementwise kernels.
+const CHUNK: usize = 1 << 14;
+
+/// `x * sigmoid(x)` into `out`, in parallel.
+pub fn silu(out: &mut Vec<f32>, x: &[f32]) {
+    let out = sized(out, x.len());
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| {
+        o.iter_mut().zip(x).for_each(|(o, &v)| *o = v / (1.0 + (-v).exp()));
+    });
 }
 
-/// Elementwise sum of same-shaped operands, in parallel.
-pub fn add_same(a: &[f32], b: &[f32]) -> Vec<f32> {
-    a.par_iter().zip(b.par_iter()).map(|(x, y)| x + y).collect()
+/// Elementwise sum of same-shaped operands into `out`, in parallel.
+pub fn add_same(out: &mut Vec<f32>, a: &[f32], b: &[f32]) {
+    let out = sized(out, a.len());
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
+        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (x, y))| *o = x + y);
+    });
 }
 
-/// Batched matrix product over the last two axes with broadcast batch axes.
-pub fn matmul(a: &[f32], sa: &[usize], b: &[f32], sb: &[usize], out_shape: &[usize]) -> Vec<f32> {
+/// Batched matrix product over the last two axes with broadcast batch axes, into `out`.
+pub fn matmul(out: &mut Vec<f32>, a: &[f32], sa: &[usize], b: &[f32], sb: &[usize], out_shape: &[usize]) {
     let r = out_shape.len();
     let (m, n, k) = (out_shape[r - 2], out_shape[r - 1], sa[sa.len() - 1]);
     let batch = &out_shape[..r - 2];
     let oa = slimc_ir::eval::batch_offsets(sa, batch, m * k);
     let ob = slimc_ir::eval::batch_offsets(sb, batch, k * n);
-    let mut out = vec![0.0f32; out_shape.iter().product()];
+    let out = sized(out, out_shape.iter().product());
+    if m * n == 0 {
+        return;
+    }
     for (i, dst) in out.chunks_mut(m * n).enumerate() {
         sgemm(m, n, k, &a[oa[i]..oa[i] + m * k], &b[ob[i]..ob[i] + k * n], dst);
     }
-    out
 }

@@ -1,11 +1,11 @@
 //! Ultralytics' `v8DetectionLoss` (8.3.253) on the Detect head's raw level maps, with its
-//! hand-written gradient: the CPU implementation of the IR's `detect_loss` and
-//! `detect_loss_grad`.
+//! hand-written gradient: the meaning of the IR's `detect_loss` and `detect_loss_grad`, which
+//! every backend computes or is tested against.
 
 use super::assign::{assign, ciou, Assignment, Box4, Gt};
-use anyhow::{bail, Result};
+use crate::error::{invalid, Result};
+use crate::tensor::Tensor;
 use rayon::prelude::*;
-use slimc_ir::Tensor;
 
 /// The loss settings carried by the IR op.
 pub struct LossSpec<'a> {
@@ -65,10 +65,10 @@ fn prepare(levels: &[&Tensor], targets: &Tensor, spec: &LossSpec) -> Result<Prep
     for r in rows.chunks(6) {
         let b = r[0] as usize;
         if r[0] < 0.0 || b >= batch || r[0].fract() != 0.0 {
-            bail!("target row {r:?}: batch index out of range for a batch of {batch}");
+            return invalid(format!("target row {r:?}: batch index out of range for a batch of {batch}"));
         }
         if r[1] < 0.0 || r[1] as usize >= nc || r[1].fract() != 0.0 {
-            bail!("target row {r:?}: class out of range for {nc} classes");
+            return invalid(format!("target row {r:?}: class out of range for {nc} classes"));
         }
         let (cx, cy, w, h) = (r[2] * img[0], r[3] * img[1], r[4] * img[0], r[5] * img[1]);
         let bbox = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0];
@@ -113,7 +113,7 @@ fn prepare(levels: &[&Tensor], targets: &Tensor, spec: &LossSpec) -> Result<Prep
                 let p = points[a];
                 boxes.push([p[0] - dist[0], p[1] - dist[1], p[0] + dist[2], p[1] + dist[3]]);
             }
-            let scores: Vec<f32> = logits.iter().map(|&v| slimc_ir::eval::sigmoid(v)).collect();
+            let scores: Vec<f32> = logits.iter().map(|&v| super::sigmoid(v)).collect();
             let px: Vec<Box4> = boxes.iter().zip(&strides).map(|(b, &s)| b.map(|v| v * s)).collect();
             let pts: Vec<[f32; 2]> = points.iter().zip(&strides).map(|(p, &s)| [p[0] * s, p[1] * s]).collect();
             let assigned = assign(&scores, nc, &px, &pts, &gts[b]);
@@ -231,7 +231,7 @@ pub fn detect_loss_grad(levels: &[&Tensor], targets: &Tensor, spec: &LossSpec) -
                 let cls = p.gts[b].get(asg.gt[a]).map(|g| g.cls);
                 for c in 0..p.nc {
                     let t = if asg.fg[a] && cls == Some(c) { asg.score[a] } else { 0.0 };
-                    dl[a * p.nc + c] = (slimc_ir::eval::sigmoid(p.logits[b][a * p.nc + c]) - t) * gcls;
+                    dl[a * p.nc + c] = (super::sigmoid(p.logits[b][a * p.nc + c]) - t) * gcls;
                 }
                 if !asg.fg[a] {
                     continue;

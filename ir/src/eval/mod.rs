@@ -1,9 +1,14 @@
-//! Reference semantics of the ops that move or combine data without heavy arithmetic.
+//! Reference semantics of every op: what each op means, in one place.
 //!
-//! Constant folding evaluates nodes through [`eval`], and the CPU backend uses it for every op
-//! it has no faster kernel for, so an op means one thing everywhere. Convolution, batch
-//! normalisation and max pooling have no reference here: [`eval`] returns `Ok(None)` and only
-//! backends compute them.
+//! [`eval`] computes any op on concrete tensors. Constant folding evaluates nodes through it,
+//! the CPU backend uses it for every op it has no faster kernel for, and every backend's fast
+//! kernels are tested against it. Convolution, batch normalisation and max pooling (and their
+//! training forms) are plain loops in [`nn`]; the detection loss and its gradient, with the
+//! task-aligned assigner, are in [`detect_loss`] and [`assign`].
+
+pub mod assign;
+pub mod detect_loss;
+pub mod nn;
 
 use crate::error::{invalid, Result};
 use crate::infer::{infer_types, slice_range};
@@ -72,20 +77,75 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// Evaluates `op` on concrete `inputs`. Returns `Ok(None)` for ops without a reference
-/// implementation here (convolution, batch norm, max pooling, their gradients and the detection
-/// loss), which only backends compute.
-pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+/// Whether constant folding should evaluate `op`: not the arithmetic-heavy ops (convolution,
+/// pooling, batch norm, the training ops), whose plain references are slow and whose operands
+/// are never all constant in a model.
+pub fn foldable(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::Conv2d(_)
+            | Op::BatchNorm { .. }
+            | Op::MaxPool2d { .. }
+            | Op::Conv2dGradInput(_)
+            | Op::Conv2dGradWeight(_)
+            | Op::BatchNormTrain { .. }
+            | Op::BatchNormGrad
+            | Op::MaxPool2dGrad { .. }
+            | Op::DetectLoss { .. }
+            | Op::DetectLossGrad { .. }
+    )
+}
+
+/// Evaluates `op` on concrete `inputs` by its reference definition.
+pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
     let types: Vec<_> = inputs.iter().map(|t| t.ty()).collect();
     let tref: Vec<_> = types.iter().collect();
     let out_types = infer_types(op, &tref)?;
     let shape = |k: usize| out_types[k].fixed_shape().expect("concrete inputs give concrete outputs");
     let x = inputs[0];
-    let one = |data: TensorData| Ok(Some(vec![Tensor { shape: shape(0), data }]));
+    let one = |data: TensorData| Ok(vec![Tensor { shape: shape(0), data }]);
+    let f32_at = |k: usize, data: Vec<f32>| Tensor { shape: shape(k), data: TensorData::F32(data) };
+    let arg = |i: usize| inputs[i].f32s();
     match op {
-        Op::Conv2d(_) | Op::BatchNorm { .. } | Op::MaxPool2d { .. } => Ok(None),
-        Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) | Op::BatchNormTrain { .. } | Op::BatchNormGrad => Ok(None),
-        Op::MaxPool2dGrad { .. } | Op::DetectLoss { .. } | Op::DetectLossGrad { .. } => Ok(None),
+        Op::Conv2d(c) => {
+            let bias = inputs.get(2).map(|b| b.f32s()).transpose()?;
+            one(TensorData::F32(nn::conv2d(x.f32s()?, &x.shape, arg(1)?, &inputs[1].shape, bias, c).0))
+        }
+        Op::BatchNorm { eps, .. } => {
+            one(TensorData::F32(nn::batch_norm(x.f32s()?, &x.shape, arg(1)?, arg(2)?, arg(3)?, arg(4)?, *eps)))
+        }
+        Op::MaxPool2d { kernel, stride, pad } => {
+            one(TensorData::F32(nn::max_pool2d(x.f32s()?, &x.shape, *kernel, *stride, *pad).0))
+        }
+        Op::Conv2dGradInput(c) => {
+            let (w, xs) = (inputs[1], &inputs[2].shape);
+            one(TensorData::F32(nn::conv2d_grad_input(x.f32s()?, w.f32s()?, &w.shape, xs, c)))
+        }
+        Op::Conv2dGradWeight(c) => {
+            let (xv, ws) = (inputs[1], &inputs[2].shape);
+            one(TensorData::F32(nn::conv2d_grad_weight(x.f32s()?, xv.f32s()?, &xv.shape, ws, c)))
+        }
+        Op::BatchNormTrain { eps, momentum } => {
+            let r = nn::batch_norm_train(x.f32s()?, &x.shape, arg(1)?, arg(2)?, arg(3)?, arg(4)?, *eps, *momentum);
+            Ok(r.into_iter().enumerate().map(|(k, v)| f32_at(k, v)).collect())
+        }
+        Op::BatchNormGrad => {
+            let r = nn::batch_norm_grad(x.f32s()?, arg(1)?, &inputs[1].shape, arg(2)?, arg(3)?, arg(4)?);
+            Ok(r.into_iter().enumerate().map(|(k, v)| f32_at(k, v)).collect())
+        }
+        Op::MaxPool2dGrad { kernel, stride, pad } => {
+            let xv = inputs[1];
+            one(TensorData::F32(nn::max_pool2d_grad(x.f32s()?, xv.f32s()?, &xv.shape, *kernel, *stride, *pad)))
+        }
+        Op::DetectLoss { strides, gains, reg_max } => {
+            let spec = detect_loss::LossSpec { strides, gains, reg_max: *reg_max };
+            let (items, total) = detect_loss::detect_loss(&inputs[..strides.len()], inputs[strides.len()], &spec)?;
+            Ok(vec![f32_at(0, items.to_vec()), f32_at(1, vec![total])])
+        }
+        Op::DetectLossGrad { strides, gains, reg_max } => {
+            let spec = detect_loss::LossSpec { strides, gains, reg_max: *reg_max };
+            detect_loss::detect_loss_grad(&inputs[..strides.len()], inputs[strides.len()], &spec)
+        }
         Op::SiluGrad => {
             let g = inputs[1].f32s()?.iter().zip(x.f32s()?).map(|(&v, &dy)| {
                 let s = sigmoid(v);
@@ -133,7 +193,7 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
             let iota = Tensor { shape: like.shape.clone(), data: TensorData::I64((0..like.numel() as i64).collect()) };
             let slice =
                 Op::Slice { axes: axes.clone(), starts: starts.clone(), ends: ends.clone(), steps: steps.clone() };
-            let at = eval(&slice, &[&iota])?.expect("slice has a reference")[0].i64s()?.to_vec();
+            let at = eval(&slice, &[&iota])?[0].i64s()?.to_vec();
             let mut v = vec![0.0f32; like.numel()];
             for (&i, &dy) in at.iter().zip(x.f32s()?) {
                 v[i as usize] += dy;
@@ -225,7 +285,7 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
                 outs.push(Tensor { shape: shape(k), data });
                 start += sz;
             }
-            Ok(Some(outs))
+            Ok(outs)
         }
         Op::Slice { axes, starts, ends, steps } => {
             let st = strides_of(&x.shape);
@@ -323,10 +383,10 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
                     }
                 }
             }
-            Ok(Some(vec![
+            Ok(vec![
                 Tensor { shape: vec![2, a], data: TensorData::F32(pts) },
                 Tensor { shape: vec![1, a], data: TensorData::F32(st) },
-            ]))
+            ])
         }
     }
 }
@@ -351,27 +411,25 @@ mod tests {
     #[test]
     fn data_movement_matches_hand_computed_results() {
         let x = t(&[2, 3], &[0., 1., 2., 3., 4., 5.]);
-        let tr = eval(&Op::Transpose { perm: vec![1, 0] }, &[&x]).unwrap().unwrap();
+        let tr = eval(&Op::Transpose { perm: vec![1, 0] }, &[&x]).unwrap();
         assert_eq!(tr[0], t(&[3, 2], &[0., 3., 1., 4., 2., 5.]));
-        let sp = eval(&Op::Split { axis: 1, sizes: vec![1, 2] }, &[&x]).unwrap().unwrap();
+        let sp = eval(&Op::Split { axis: 1, sizes: vec![1, 2] }, &[&x]).unwrap();
         assert_eq!(sp, vec![t(&[2, 1], &[0., 3.]), t(&[2, 2], &[1., 2., 4., 5.])]);
-        let cat = eval(&Op::Concat { axis: 1 }, &[&sp[1], &sp[0]]).unwrap().unwrap();
+        let cat = eval(&Op::Concat { axis: 1 }, &[&sp[1], &sp[0]]).unwrap();
         assert_eq!(cat[0], t(&[2, 3], &[1., 2., 0., 4., 5., 3.]));
-        let sl = eval(&Op::Slice { axes: vec![1], starts: vec![-1], ends: vec![-4], steps: vec![-2] }, &[&x])
-            .unwrap()
-            .unwrap();
+        let sl = eval(&Op::Slice { axes: vec![1], starts: vec![-1], ends: vec![-4], steps: vec![-2] }, &[&x]).unwrap();
         assert_eq!(sl[0], t(&[2, 2], &[2., 0., 5., 3.]));
     }
 
     #[test]
     fn arithmetic_broadcasts_and_softmax_normalises() {
         let x = t(&[2, 2], &[1., 2., 3., 4.]);
-        let y = eval(&Op::Sub, &[&x, &t(&[2, 1], &[1., 10.])]).unwrap().unwrap();
+        let y = eval(&Op::Sub, &[&x, &t(&[2, 1], &[1., 10.])]).unwrap();
         assert_eq!(y[0], t(&[2, 2], &[0., 1., -7., -6.]));
-        let s = eval(&Op::Softmax { axis: 0 }, &[&x]).unwrap().unwrap();
+        let s = eval(&Op::Softmax { axis: 0 }, &[&x]).unwrap();
         let e = 1.0 / (1.0 + 2f32.exp());
         assert!((s[0].f32s().unwrap()[0] - e).abs() < 1e-7);
-        let m = eval(&Op::MatMul, &[&x, &x]).unwrap().unwrap();
+        let m = eval(&Op::MatMul, &[&x, &x]).unwrap();
         assert_eq!(m[0], t(&[2, 2], &[7., 10., 15., 22.]));
     }
 
@@ -379,7 +437,7 @@ mod tests {
     fn anchors_are_cell_centres_level_by_level() {
         let f0 = Tensor::full(&[1, 1, 2, 3], 0.0);
         let f1 = Tensor::full(&[1, 1, 1, 1], 0.0);
-        let out = eval(&Op::Anchors { strides: vec![8.0, 16.0], offset: 0.5 }, &[&f0, &f1]).unwrap().unwrap();
+        let out = eval(&Op::Anchors { strides: vec![8.0, 16.0], offset: 0.5 }, &[&f0, &f1]).unwrap();
         assert_eq!(out[0], t(&[2, 7], &[0.5, 1.5, 2.5, 0.5, 1.5, 2.5, 0.5, 0.5, 0.5, 0.5, 1.5, 1.5, 1.5, 0.5]));
         assert_eq!(out[1], t(&[1, 7], &[8., 8., 8., 8., 8., 8., 16.]));
     }

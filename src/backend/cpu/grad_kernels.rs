@@ -1,60 +1,26 @@
 //! CPU kernels of the training ops: convolution gradients (GEMM with transposed operands and
 //! col2im), training-mode batch norm and its gradient, max-pool and SiLU gradients.
 
-use super::kernels::{gemm_into, im2col, out_size, Mat};
+use super::kernels::{gemm_into, im2col, out_size, sized, zeroed, Mat};
 use rayon::prelude::*;
+use slimc_ir::eval::nn::{tap, ConvGeometry};
 use slimc_ir::Conv2d;
 
-/// Shapes of one convolution: input `[n, cin, h, w]`, weight `[cout, cin/g, kh, kw]`, output.
-struct ConvDims {
-    n: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    cg: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    g: usize,
-}
-
-impl ConvDims {
-    fn new(xs: &[usize], ws: &[usize], c: &Conv2d) -> ConvDims {
-        let (kh, kw) = (ws[2], ws[3]);
-        ConvDims {
-            n: xs[0],
-            cin: xs[1],
-            h: xs[2],
-            w: xs[3],
-            cout: ws[0],
-            cg: ws[1],
-            kh,
-            kw,
-            oh: out_size(xs[2], kh, c.stride[0], c.dilation[0], c.pad[0], c.pad[2]),
-            ow: out_size(xs[3], kw, c.stride[1], c.dilation[1], c.pad[1], c.pad[3]),
-            g: c.groups,
-        }
-    }
-    fn depthwise(&self) -> bool {
-        self.g == self.cin && self.cg == 1 && self.cout == self.cin
-    }
-    fn pointwise(&self, c: &Conv2d) -> bool {
-        self.kh == 1 && self.kw == 1 && c.stride == [1, 1] && c.pad == [0; 4]
-    }
-    /// Input position of output `o` at kernel tap `k` along one axis, if inside.
-    fn tap(o: usize, k: usize, stride: usize, dil: usize, pad: usize, size: usize) -> Option<usize> {
-        let i = (o * stride + k * dil) as isize - pad as isize;
-        (i >= 0 && i < size as isize).then_some(i as usize)
-    }
-}
-
-/// The gradient of a convolution with respect to its input `[n, cin, h, w]`.
-pub fn conv2d_grad_input(dy: &[f32], w: &[f32], ws: &[usize], xs: &[usize], c: &Conv2d) -> Vec<f32> {
-    let d = ConvDims::new(xs, ws, c);
+/// The gradient of a convolution with respect to its input `[n, cin, h, w]`, into `dx`; `col`
+/// is scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_grad_input(
+    dx: &mut Vec<f32>,
+    col: &mut Vec<f32>,
+    dy: &[f32],
+    w: &[f32],
+    ws: &[usize],
+    xs: &[usize],
+    c: &Conv2d,
+) {
+    let d = ConvGeometry::new(xs, ws, c);
     let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
-    let mut dx = vec![0.0f32; d.n * d.cin * hw];
+    let dx = zeroed(dx, d.n * d.cin * hw);
     if d.depthwise() {
         dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dst)| {
             let ci = plane % d.cin;
@@ -62,11 +28,11 @@ pub fn conv2d_grad_input(dy: &[f32], w: &[f32], ws: &[usize], xs: &[usize], c: &
             let k = &w[ci * d.kh * d.kw..(ci + 1) * d.kh * d.kw];
             for oy in 0..d.oh {
                 for ky in 0..d.kh {
-                    let Some(iy) = ConvDims::tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else { continue };
+                    let Some(iy) = tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else { continue };
                     for ox in 0..d.ow {
                         let g = src[oy * d.ow + ox];
                         for kx in 0..d.kw {
-                            if let Some(ix) = ConvDims::tap(ox, kx, c.stride[1], c.dilation[1], c.pad[1], d.w) {
+                            if let Some(ix) = tap(ox, kx, c.stride[1], c.dilation[1], c.pad[1], d.w) {
                                 dst[iy * d.w + ix] += g * k[ky * d.kw + kx];
                             }
                         }
@@ -74,12 +40,12 @@ pub fn conv2d_grad_input(dy: &[f32], w: &[f32], ws: &[usize], xs: &[usize], c: &
                 }
             }
         });
-        return dx;
+        return;
     }
-    let og = d.cout / d.g;
+    let og = d.og;
     let kdim = d.cg * d.kh * d.kw;
     let pointwise = d.pointwise(c);
-    let mut col = vec![0.0f32; if pointwise { 0 } else { kdim * ohw }];
+    let col = sized(col, if pointwise { 0 } else { kdim * ohw });
     for b in 0..d.n {
         for gi in 0..d.g {
             let wg = &w[gi * og * kdim..(gi + 1) * og * kdim];
@@ -89,26 +55,25 @@ pub fn conv2d_grad_input(dy: &[f32], w: &[f32], ws: &[usize], xs: &[usize], c: &
             if pointwise {
                 gemm_into(kdim, ohw, og, Mat::transposed(wg, kdim), Mat::rows(dyg, ohw), dxg, false);
             } else {
-                gemm_into(kdim, ohw, og, Mat::transposed(wg, kdim), Mat::rows(dyg, ohw), &mut col, false);
-                col2im(&col, c, &d, dxg);
+                gemm_into(kdim, ohw, og, Mat::transposed(wg, kdim), Mat::rows(dyg, ohw), col, false);
+                col2im(col, c, &d, dxg);
             }
         }
     }
-    dx
 }
 
 /// Adds the columns `col [cg·kh·kw × oh·ow]` back into the input planes `dx [cg × h·w]`.
-fn col2im(col: &[f32], c: &Conv2d, d: &ConvDims, dx: &mut [f32]) {
+fn col2im(col: &[f32], c: &Conv2d, d: &ConvGeometry, dx: &mut [f32]) {
     let (kk, ohw) = (d.kh * d.kw, d.oh * d.ow);
     dx.par_chunks_mut(d.h * d.w).enumerate().for_each(|(ci, plane)| {
         for r in 0..kk {
             let (ky, kx) = (r / d.kw, r % d.kw);
             let src = &col[(ci * kk + r) * ohw..(ci * kk + r + 1) * ohw];
             for oy in 0..d.oh {
-                let Some(iy) = ConvDims::tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else { continue };
+                let Some(iy) = tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else { continue };
                 let row = &mut plane[iy * d.w..(iy + 1) * d.w];
                 for ox in 0..d.ow {
-                    if let Some(ix) = ConvDims::tap(ox, kx, c.stride[1], c.dilation[1], c.pad[1], d.w) {
+                    if let Some(ix) = tap(ox, kx, c.stride[1], c.dilation[1], c.pad[1], d.w) {
                         row[ix] += src[oy * d.ow + ox];
                     }
                 }
@@ -117,13 +82,23 @@ fn col2im(col: &[f32], c: &Conv2d, d: &ConvDims, dx: &mut [f32]) {
     });
 }
 
-/// The gradient of a convolution with respect to its weight `ws`, summed over the batch.
-pub fn conv2d_grad_weight(dy: &[f32], x: &[f32], xs: &[usize], ws: &[usize], c: &Conv2d) -> Vec<f32> {
-    let d = ConvDims::new(xs, ws, c);
+/// The gradient of a convolution with respect to its weight `ws`, summed over the batch, into
+/// `dw`; `col` is scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_grad_weight(
+    dw: &mut Vec<f32>,
+    col: &mut Vec<f32>,
+    dy: &[f32],
+    x: &[f32],
+    xs: &[usize],
+    ws: &[usize],
+    c: &Conv2d,
+) {
+    let d = ConvGeometry::new(xs, ws, c);
     let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
     let kk = d.kh * d.kw;
     if d.depthwise() {
-        let mut dw = vec![0.0f32; d.cout * kk];
+        let dw = zeroed(dw, d.cout * kk);
         dw.par_chunks_mut(kk).enumerate().for_each(|(ci, k)| {
             for b in 0..d.n {
                 let plane = b * d.cin + ci;
@@ -133,11 +108,11 @@ pub fn conv2d_grad_weight(dy: &[f32], x: &[f32], xs: &[usize], ws: &[usize], c: 
                     let (ky, kx) = (r / d.kw, r % d.kw);
                     let mut acc = 0.0f32;
                     for oy in 0..d.oh {
-                        let Some(iy) = ConvDims::tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else {
+                        let Some(iy) = tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else {
                             continue;
                         };
                         for ox in 0..d.ow {
-                            if let Some(ix) = ConvDims::tap(ox, kx, c.stride[1], c.dilation[1], c.pad[1], d.w) {
+                            if let Some(ix) = tap(ox, kx, c.stride[1], c.dilation[1], c.pad[1], d.w) {
                                 acc += g[oy * d.ow + ox] * src[iy * d.w + ix];
                             }
                         }
@@ -146,13 +121,13 @@ pub fn conv2d_grad_weight(dy: &[f32], x: &[f32], xs: &[usize], ws: &[usize], c: 
                 }
             }
         });
-        return dw;
+        return;
     }
-    let og = d.cout / d.g;
+    let og = d.og;
     let kdim = d.cg * kk;
     let pointwise = d.pointwise(c);
-    let mut col = vec![0.0f32; if pointwise { 0 } else { kdim * ohw }];
-    let mut dw = vec![0.0f32; d.cout * kdim];
+    let col = sized(col, if pointwise { 0 } else { kdim * ohw });
+    let dw = zeroed(dw, d.cout * kdim);
     for b in 0..d.n {
         for gi in 0..d.g {
             let xg = &x[(b * d.cin + gi * d.cg) * hw..(b * d.cin + (gi + 1) * d.cg) * hw];
@@ -160,21 +135,18 @@ pub fn conv2d_grad_weight(dy: &[f32], x: &[f32], xs: &[usize], ws: &[usize], c: 
             let rhs: &[f32] = if pointwise {
                 xg
             } else {
-                im2col(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], &mut col);
-                &col
+                im2col(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], col);
+                col
             };
             // dw[og×kdim] += dy[og×ohw] · colᵀ[ohw×kdim]
             let dst = &mut dw[gi * og * kdim..(gi + 1) * og * kdim];
             gemm_into(og, kdim, ohw, Mat::rows(dyg, ohw), Mat::transposed(rhs, ohw), dst, b > 0);
         }
     }
-    dw
 }
 
-/// Results of [`batch_norm_train`].
-pub struct BnTrain {
-    /// Normalised, scaled and shifted input.
-    pub y: Vec<f32>,
+/// The per-channel results of [`batch_norm_train`].
+pub struct BnStats {
     /// Batch mean per channel.
     pub mean: Vec<f32>,
     /// `1/sqrt(biased batch variance + eps)` per channel.
@@ -204,9 +176,11 @@ fn channel_sums(shape: &[usize], f: impl Fn(usize, f32, usize) -> f64 + Sync, x:
         .collect()
 }
 
-/// Training-mode batch norm over axis 1 (batch statistics; PyTorch's running-statistic update).
+/// Training-mode batch norm over axis 1 (batch statistics; PyTorch's running-statistic update),
+/// the output into `y`.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train(
+    y: &mut Vec<f32>,
     x: &[f32],
     shape: &[usize],
     gamma: &[f32],
@@ -215,7 +189,7 @@ pub fn batch_norm_train(
     running_var: &[f32],
     eps: f32,
     momentum: f32,
-) -> BnTrain {
+) -> BnStats {
     let c = shape[1];
     let count = x.len() / c.max(1);
     let mean: Vec<f64> = channel_sums(shape, |_, v, _| v as f64, x).into_iter().map(|s| s / count as f64).collect();
@@ -225,7 +199,7 @@ pub fn batch_norm_train(
         .collect();
     let invstd: Vec<f32> = var.iter().map(|&v| (1.0 / (v + eps as f64).sqrt()) as f32).collect();
     let inner: usize = shape[2..].iter().product();
-    let mut y = vec![0.0f32; x.len()];
+    let y = sized(y, x.len());
     y.par_chunks_mut(inner.max(1)).zip(x.par_chunks(inner.max(1))).enumerate().for_each(|(i, (dst, src))| {
         let ch = i % c;
         let (s, m) = (gamma[ch] * invstd[ch], mean[ch] as f32);
@@ -235,8 +209,7 @@ pub fn batch_norm_train(
     });
     let unbiased = count as f64 / (count.max(2) - 1) as f64;
     let m = momentum as f64;
-    BnTrain {
-        y,
+    BnStats {
         mean: mean.iter().map(|&v| v as f32).collect(),
         invstd,
         running_mean: running_mean.iter().zip(&mean).map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b) as f32).collect(),
@@ -248,21 +221,22 @@ pub fn batch_norm_train(
     }
 }
 
-/// The gradient of training-mode batch norm: `(dx, dgamma, dbeta)`.
+/// The gradient of training-mode batch norm: `dx` into its buffer, `(dgamma, dbeta)` returned.
 pub fn batch_norm_grad(
+    dx: &mut Vec<f32>,
     dy: &[f32],
     x: &[f32],
     shape: &[usize],
     gamma: &[f32],
     mean: &[f32],
     invstd: &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+) -> (Vec<f32>, Vec<f32>) {
     let c = shape[1];
     let count = (x.len() / c.max(1)) as f64;
     let dbeta = channel_sums(shape, |_, g, _| g as f64, dy);
     let dgamma = channel_sums(shape, |ch, g, i| g as f64 * ((x[i] - mean[ch]) * invstd[ch]) as f64, dy);
     let inner: usize = shape[2..].iter().product();
-    let mut dx = vec![0.0f32; x.len()];
+    let dx = sized(dx, x.len());
     dx.par_chunks_mut(inner.max(1)).enumerate().for_each(|(i, dst)| {
         let ch = i % c;
         let at = i * inner;
@@ -272,16 +246,24 @@ pub fn batch_norm_grad(
             *o = (k * (count * dy[at + j] as f64 - dbeta[ch] - xhat * dgamma[ch])) as f32;
         }
     });
-    (dx, dgamma.into_iter().map(|v| v as f32).collect(), dbeta.into_iter().map(|v| v as f32).collect())
+    (dgamma.into_iter().map(|v| v as f32).collect(), dbeta.into_iter().map(|v| v as f32).collect())
 }
 
 /// The gradient of 2-D max pooling: each output's gradient goes to the first maximum of its
-/// window in scan order (as PyTorch picks its index).
-pub fn max_pool2d_grad(dy: &[f32], x: &[f32], xs: &[usize], k: [usize; 2], s: [usize; 2], p: [usize; 4]) -> Vec<f32> {
+/// window in scan order (as PyTorch picks its index). Into `dx`.
+pub fn max_pool2d_grad(
+    dx: &mut Vec<f32>,
+    dy: &[f32],
+    x: &[f32],
+    xs: &[usize],
+    k: [usize; 2],
+    s: [usize; 2],
+    p: [usize; 4],
+) {
     let (h, w) = (xs[2], xs[3]);
     let oh = out_size(h, k[0], s[0], 1, p[0], p[2]);
     let ow = out_size(w, k[1], s[1], 1, p[1], p[3]);
-    let mut dx = vec![0.0f32; x.len()];
+    let dx = zeroed(dx, x.len());
     dx.par_chunks_mut(h * w).enumerate().for_each(|(plane, dst)| {
         let src = &x[plane * h * w..(plane + 1) * h * w];
         let g = &dy[plane * oh * ow..(plane + 1) * oh * ow];
@@ -304,16 +286,15 @@ pub fn max_pool2d_grad(dy: &[f32], x: &[f32], xs: &[usize], k: [usize; 2], s: [u
             }
         }
     });
-    dx
 }
 
-/// The gradient of SiLU, in parallel: `dy·s·(1 + x·(1 − s))`.
-pub fn silu_grad(dy: &[f32], x: &[f32]) -> Vec<f32> {
-    dy.par_iter()
-        .zip(x.par_iter())
-        .map(|(&g, &v)| {
+/// The gradient of SiLU into `dx`, in parallel: `dy·s·(1 + x·(1 − s))`.
+pub fn silu_grad(dx: &mut Vec<f32>, dy: &[f32], x: &[f32]) {
+    let dx = sized(dx, x.len());
+    dx.par_chunks_mut(1 << 14).zip(dy.par_chunks(1 << 14).zip(x.par_chunks(1 << 14))).for_each(|(o, (dy, x))| {
+        for ((o, &g), &v) in o.iter_mut().zip(dy).zip(x) {
             let s = 1.0 / (1.0 + (-v).exp());
-            g * s * (1.0 + v * (1.0 - s))
-        })
-        .collect()
+            *o = g * s * (1.0 + v * (1.0 - s));
+        }
+    });
 }

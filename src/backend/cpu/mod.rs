@@ -1,0 +1,196 @@
+//! The CPU backend: runs any IR graph in f32, NCHW, at any batch size and at any image size the
+//! graph's ops allow; the training program too (batch norm in training mode, the gradient ops,
+//! the detection loss).
+//!
+//! Compiling keeps the graph and a copy of its parameters. Each run plans memory for its input
+//! shapes once (`slimc_ir::memory::plan`, cached per shape) and keeps one buffer per arena slot
+//! between runs, so the heavy kernels write into reused buffers rather than allocating.
+
+pub mod grad_kernels;
+pub mod kernels;
+mod node;
+#[cfg(test)]
+mod tests;
+
+use super::{memory::check_fits, Backend, Executable};
+use anyhow::{anyhow, bail, Result};
+use slimc_ir::memory::{plan, Plan};
+use slimc_ir::{infer_all, DType, Graph, Model, Tensor, TensorData, TensorType, ValueId};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The CPU backend.
+pub struct Cpu;
+
+impl Backend for Cpu {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn compile(&self, model: &Model) -> Result<Box<dyn Executable>> {
+        Ok(Box::new(CpuExecutable::new(model)?))
+    }
+}
+
+/// A memory plan and the value types it was made for.
+struct Planned {
+    plan: Plan,
+    types: Vec<TensorType>,
+}
+
+/// How many input-shape plans an executable keeps (training and validation use one or two).
+const PLANS_KEPT: usize = 4;
+
+/// A graph compiled for the CPU: the graph, its parameters, and the arena's buffers.
+pub struct CpuExecutable {
+    graph: Graph,
+    /// Parameter tensors by value index.
+    params: Vec<Option<Tensor>>,
+    names: HashMap<String, ValueId>,
+    /// Plans for the input shapes met so far, most recent last.
+    plans: Vec<(Vec<Vec<usize>>, Arc<Planned>)>,
+    /// One buffer per arena slot, grown to the largest value the slot has held.
+    pool: Vec<Vec<f32>>,
+    /// im2col scratch.
+    col: Vec<f32>,
+}
+
+impl CpuExecutable {
+    /// Compiles `model`: every parameter must have its tensor.
+    pub fn new(model: &Model) -> Result<CpuExecutable> {
+        let g = &model.graph;
+        let mut params = vec![None; g.values.len()];
+        let mut names = HashMap::new();
+        for &p in &g.params {
+            let name = &g.value(p).name;
+            let t = model.tensors.get(name).ok_or_else(|| anyhow!("parameter %{name} has no tensor"))?;
+            params[p.0] = Some(t.clone());
+            names.insert(name.clone(), p);
+        }
+        Ok(CpuExecutable { graph: g.clone(), params, names, plans: vec![], pool: vec![], col: vec![] })
+    }
+
+    /// The plan for inputs of these types, made on first use.
+    fn planned(&mut self, inputs: &[&Tensor]) -> Result<Arc<Planned>> {
+        let key: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape.clone()).collect();
+        if let Some(at) = self.plans.iter().position(|(k, _)| *k == key) {
+            let entry = self.plans.remove(at);
+            self.plans.push(entry);
+        } else {
+            let types: Vec<TensorType> = inputs.iter().map(|t| t.ty()).collect();
+            let all = infer_all(&self.graph, &types)?;
+            let p = plan(&self.graph, &all);
+            check_fits(p.as_ref().map(Plan::arena_bytes), &inputs[0].shape)?;
+            let planned = Arc::new(Planned { plan: p.expect("check_fits refuses unaddressable plans"), types: all });
+            if self.plans.len() == PLANS_KEPT {
+                self.plans.remove(0);
+            }
+            self.plans.push((key, planned));
+        }
+        Ok(self.plans.last().expect("just pushed").1.clone())
+    }
+
+    /// Checks the inputs' count and types against the graph's.
+    fn check_inputs(&self, inputs: &[&Tensor]) -> Result<()> {
+        let g = &self.graph;
+        if inputs.len() != g.inputs.len() {
+            bail!("the model takes {} input(s), given {}", g.inputs.len(), inputs.len());
+        }
+        for (&v, t) in g.inputs.iter().zip(inputs) {
+            let ty = g.ty(v);
+            let ok = ty.rank() == t.shape.len()
+                && ty
+                    .shape
+                    .iter()
+                    .zip(&t.shape)
+                    .enumerate()
+                    .all(|(i, (d, &n))| d.fixed().is_none_or(|f| f == n || (i >= 2 && ty.rank() == 4)));
+            if !ok || t.dtype() != ty.dtype {
+                bail!("input %{} is {}, the model takes {}", g.value(v).name, t.ty(), ty);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gives a dead value's buffer back to its slot.
+fn recycle(pool: &mut [Vec<f32>], slot: usize, t: Tensor) {
+    if let TensorData::F32(v) = t.data {
+        pool[slot] = v;
+    }
+}
+
+impl Executable for CpuExecutable {
+    fn input_names(&self) -> Vec<String> {
+        self.graph.inputs.iter().map(|&v| self.graph.value(v).name.clone()).collect()
+    }
+
+    fn output_names(&self) -> Vec<String> {
+        self.graph.outputs.iter().map(|&v| self.graph.value(v).name.clone()).collect()
+    }
+
+    fn run(&mut self, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        self.check_inputs(inputs)?;
+        let planned = self.planned(inputs)?;
+        let (plan, types) = (&planned.plan, &planned.types);
+        let CpuExecutable { graph: g, params, pool, col, .. } = self;
+        if pool.len() < plan.slot_bytes.len() {
+            pool.resize_with(plan.slot_bytes.len(), Vec::new);
+        }
+        let mut env: Vec<Option<Cow<Tensor>>> = vec![None; g.values.len()];
+        for (&v, t) in g.inputs.iter().zip(inputs) {
+            env[v.0] = Some(Cow::Borrowed(*t));
+        }
+        for &p in &g.params {
+            env[p.0] = params[p.0].as_ref().map(Cow::Borrowed);
+        }
+        for (i, n) in g.nodes.iter().enumerate() {
+            let slot = |o: ValueId| plan.slot[o.0].filter(|_| types[o.0].dtype == DType::F32);
+            let mut bufs: Vec<Vec<f32>> =
+                n.outputs.iter().map(|&o| slot(o).map(|s| std::mem::take(&mut pool[s])).unwrap_or_default()).collect();
+            let shapes: Vec<Vec<usize>> =
+                n.outputs.iter().map(|&o| types[o.0].fixed_shape().expect("inputs are concrete")).collect();
+            let outs = {
+                let args: Vec<&Tensor> =
+                    n.inputs.iter().map(|v| env[v.0].as_deref().expect("topological order")).collect();
+                node::compute(&n.op, &args, &shapes, &mut bufs, col)
+                    .map_err(|e| anyhow!("node {i} ({} @{}): {e}", n.op.name(), n.scope))?
+            };
+            // A result computed by the reference semantics brought its own allocation: the slot's
+            // buffer it did not use is dropped, so a slot never holds two.
+            drop(bufs);
+            for (&o, t) in n.outputs.iter().zip(outs) {
+                env[o.0] = Some(Cow::Owned(t));
+            }
+            for &v in &plan.frees[i] {
+                if let (Some(Cow::Owned(t)), Some(s)) = (env[v].take(), plan.slot[v]) {
+                    recycle(pool, s, t);
+                }
+            }
+        }
+        let outs: Vec<Tensor> =
+            g.outputs.iter().map(|o| env[o.0].as_deref().expect("outputs are computed").clone()).collect();
+        for &o in &g.outputs {
+            if let (Some(Cow::Owned(t)), Some(s)) = (env[o.0].take(), plan.slot[o.0]) {
+                recycle(pool, s, t);
+            }
+        }
+        Ok(outs)
+    }
+
+    fn read(&self, name: &str) -> Result<Tensor> {
+        let v = self.names.get(name).ok_or_else(|| anyhow!("the program has no tensor named {name}"))?;
+        Ok(self.params[v.0].clone().expect("every parameter has its tensor"))
+    }
+
+    fn write(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        let v = *self.names.get(name).ok_or_else(|| anyhow!("the program has no tensor named {name}"))?;
+        let old = self.params[v.0].as_mut().expect("every parameter has its tensor");
+        if old.shape != value.shape || old.dtype() != value.dtype() {
+            bail!("{name} is {}, cannot write {}", old.ty(), value.ty());
+        }
+        old.data.clone_from(&value.data);
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! The CPU kernels against the IR's reference definitions (`slimc_ir::eval`): every op with a
+//! fast kernel, on seeded random operands, over the geometries YOLO11 uses and the corners it
+//! does not (asymmetric padding, dilation, grouped convs, odd sizes).
+
+use super::node::compute;
+use slimc_ir::eval::eval;
+use slimc_ir::{infer_types, Conv2d, Op, Tensor};
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    Tensor::from_f32(shape.to_vec(), (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()).unwrap()
+}
+
+fn positive(shape: &[usize], seed: u64) -> Tensor {
+    let t = random(shape, seed);
+    Tensor::from_f32(shape.to_vec(), t.f32s().unwrap().iter().map(|v| v.abs() + 0.5).collect()).unwrap()
+}
+
+/// Runs `op` through the kernel (twice, the second time into the first run's dirty buffers) and
+/// through the reference; every result must agree to `tol` relative to the result's largest
+/// magnitude.
+fn agree(op: &Op, args: &[Tensor], tol: f32) {
+    let refs: Vec<&Tensor> = args.iter().collect();
+    let want = eval(op, &refs).unwrap();
+    let types: Vec<_> = args.iter().map(|t| t.ty()).collect();
+    let shapes: Vec<Vec<usize>> =
+        infer_types(op, &types.iter().collect::<Vec<_>>()).unwrap().iter().map(|t| t.fixed_shape().unwrap()).collect();
+    let mut col = vec![];
+    let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|_| vec![7.0; 3]).collect();
+    let first = compute(op, &refs, &shapes, &mut bufs, &mut col).unwrap();
+    let mut dirty: Vec<Vec<f32>> = first.iter().map(|t| t.f32s().unwrap().iter().map(|v| v + 1.0).collect()).collect();
+    let got = compute(op, &refs, &shapes, &mut dirty, &mut col).unwrap();
+    assert_eq!(got.len(), want.len(), "{}", op.name());
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.shape, w.shape, "{} result {k}", op.name());
+        let (g, w) = (g.f32s().unwrap(), w.f32s().unwrap());
+        let scale = w.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= tol * scale, "{} result {k}: off by {worst:e} (scale {scale:e})", op.name());
+    }
+}
+
+fn conv(stride: usize, pad: [usize; 4], dilation: usize, groups: usize) -> Conv2d {
+    Conv2d { stride: [stride; 2], pad, dilation: [dilation; 2], groups }
+}
+
+/// (input shape, weight shape, conv): pointwise, 3×3 stride 1 and 2, depthwise, grouped,
+/// dilated with asymmetric padding, a 1×1 with stride 2.
+fn geometries() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
+    vec![
+        ([2, 6, 5, 7], [4, 6, 1, 1], conv(1, [0; 4], 1, 1)),
+        ([2, 3, 9, 8], [5, 3, 3, 3], conv(1, [1; 4], 1, 1)),
+        ([1, 4, 9, 7], [6, 4, 3, 3], conv(2, [1; 4], 1, 1)),
+        ([2, 5, 8, 8], [5, 1, 3, 3], conv(1, [1; 4], 1, 5)),
+        ([1, 6, 7, 9], [6, 1, 5, 5], conv(2, [2; 4], 1, 6)),
+        ([1, 4, 6, 6], [6, 2, 3, 3], conv(1, [1; 4], 1, 2)),
+        ([1, 3, 10, 9], [2, 3, 3, 2], conv(1, [0, 1, 2, 0], 2, 1)),
+        ([1, 4, 7, 7], [3, 4, 1, 1], conv(2, [0; 4], 1, 1)),
+    ]
+}
+
+#[test]
+fn convolution_and_its_gradients_match_the_reference() {
+    for (i, (xs, ws, c)) in geometries().into_iter().enumerate() {
+        let seed = 10 * i as u64;
+        let (x, w, b) = (random(&xs, seed), random(&ws, seed + 1), random(&[ws[0]], seed + 2));
+        agree(&Op::Conv2d(c.clone()), &[x.clone(), w.clone()], 1e-5);
+        agree(&Op::Conv2d(c.clone()), &[x.clone(), w.clone(), b], 1e-5);
+        let y = eval(&Op::Conv2d(c.clone()), &[&x, &w]).unwrap().remove(0);
+        let dy = random(&y.shape, seed + 3);
+        agree(&Op::Conv2dGradInput(c.clone()), &[dy.clone(), w.clone(), x.clone()], 1e-5);
+        agree(&Op::Conv2dGradWeight(c.clone()), &[dy, x, w], 1e-5);
+    }
+}
+
+#[test]
+fn batch_norm_forms_match_the_reference() {
+    for (i, shape) in [[2usize, 3, 4, 5], [1, 5, 1, 1], [3, 2, 7, 3]].into_iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let c = shape[1];
+        let x = random(&shape, seed);
+        let (g, b) = (random(&[c], seed + 1), random(&[c], seed + 2));
+        let (m, v) = (random(&[c], seed + 3), positive(&[c], seed + 4));
+        agree(
+            &Op::BatchNorm { eps: 1e-3, momentum: 0.03 },
+            &[x.clone(), g.clone(), b.clone(), m.clone(), v.clone()],
+            1e-5,
+        );
+        let train = Op::BatchNormTrain { eps: 1e-3, momentum: 0.03 };
+        agree(&train, &[x.clone(), g.clone(), b.clone(), m.clone(), v.clone()], 1e-5);
+        let r = eval(&train, &[&x, &g, &b, &m, &v]).unwrap();
+        let dy = random(&shape, seed + 5);
+        agree(&Op::BatchNormGrad, &[dy, x, g, r[1].clone(), r[2].clone()], 1e-4);
+    }
+}
+
+#[test]
+fn pooling_activations_and_products_match_the_reference() {
+    for (i, (k, s, p)) in
+        [([5, 5], [1, 1], [2; 4]), ([2, 2], [2, 2], [0; 4]), ([3, 2], [2, 1], [1, 0, 1, 1])].into_iter().enumerate()
+    {
+        let seed = 200 + 10 * i as u64;
+        let x = random(&[2, 3, 7, 6], seed);
+        let pool = Op::MaxPool2d { kernel: k, stride: s, pad: p };
+        agree(&pool, std::slice::from_ref(&x), 0.0);
+        let y = eval(&pool, &[&x]).unwrap().remove(0);
+        let dy = random(&y.shape, seed + 1);
+        agree(&Op::MaxPool2dGrad { kernel: k, stride: s, pad: p }, &[dy, x], 0.0);
+    }
+    let (x, y) = (random(&[2, 3, 40, 41], 300), random(&[2, 3, 40, 41], 301));
+    agree(&Op::Silu, std::slice::from_ref(&x), 1e-6);
+    agree(&Op::Add, &[x.clone(), y.clone()], 1e-6);
+    agree(&Op::SiluGrad, &[y, x], 1e-6);
+    agree(&Op::MatMul, &[random(&[2, 3, 5, 4], 302), random(&[2, 3, 4, 6], 303)], 1e-5);
+    agree(&Op::MatMul, &[random(&[2, 1, 5, 4], 304), random(&[3, 4, 6], 305)], 1e-5);
+}
