@@ -1,23 +1,14 @@
 //! CPU kernels of the training ops: convolution gradients (GEMM with transposed operands and
 //! col2im), training-mode batch norm and its gradient, max-pool and SiLU gradients.
 
-use super::kernels::{gemm_into, im2col, out_size, sized, zeroed, Mat};
+use super::kernels::{each_image, gemm_into, im2col, inside, out_size, per_channel, sized, zeroed, Mat, CHUNK};
+use super::simd::{self, simd_fn};
 use rayon::prelude::*;
 use slimc_ir::eval::nn::{tap, ConvGeometry};
 use slimc_ir::Conv2d;
 
-/// The gradient of a convolution with respect to its input `[n, cin, h, w]`, into `dx`; `col`
-/// is scratch.
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_grad_input(
-    dx: &mut Vec<f32>,
-    col: &mut Vec<f32>,
-    dy: &[f32],
-    w: &[f32],
-    ws: &[usize],
-    xs: &[usize],
-    c: &Conv2d,
-) {
+/// The gradient of a convolution with respect to its input `[n, cin, h, w]`, into `dx`.
+pub fn conv2d_grad_input(dx: &mut Vec<f32>, dy: &[f32], w: &[f32], ws: &[usize], xs: &[usize], c: &Conv2d) {
     let d = ConvGeometry::new(xs, ws, c);
     let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
     let dx = zeroed(dx, d.n * d.cin * hw);
@@ -45,49 +36,66 @@ pub fn conv2d_grad_input(
     let og = d.og;
     let kdim = d.cg * d.kh * d.kw;
     let pointwise = d.pointwise(c);
-    let col = sized(col, if pointwise { 0 } else { kdim * ohw });
-    for b in 0..d.n {
+    each_image(dx, d.n, d.cin * hw, |b, dx, col, par| {
+        let col = sized(col, if pointwise { 0 } else { kdim * ohw });
         for gi in 0..d.g {
             let wg = &w[gi * og * kdim..(gi + 1) * og * kdim];
             let dyg = &dy[(b * d.cout + gi * og) * ohw..(b * d.cout + (gi + 1) * og) * ohw];
-            let dxg = &mut dx[(b * d.cin + gi * d.cg) * hw..(b * d.cin + (gi + 1) * d.cg) * hw];
+            let dxg = &mut dx[gi * d.cg * hw..(gi + 1) * d.cg * hw];
             // col[kdim×ohw] = wgᵀ[kdim×og] · dy[og×ohw]
             if pointwise {
-                gemm_into(kdim, ohw, og, Mat::transposed(wg, kdim), Mat::rows(dyg, ohw), dxg, false);
+                gemm_into(kdim, ohw, og, Mat::transposed(wg, kdim), Mat::rows(dyg, ohw), dxg, false, par);
             } else {
-                gemm_into(kdim, ohw, og, Mat::transposed(wg, kdim), Mat::rows(dyg, ohw), col, false);
-                col2im(col, c, &d, dxg);
-            }
-        }
-    }
-}
-
-/// Adds the columns `col [cg·kh·kw × oh·ow]` back into the input planes `dx [cg × h·w]`.
-fn col2im(col: &[f32], c: &Conv2d, d: &ConvGeometry, dx: &mut [f32]) {
-    let (kk, ohw) = (d.kh * d.kw, d.oh * d.ow);
-    dx.par_chunks_mut(d.h * d.w).enumerate().for_each(|(ci, plane)| {
-        for r in 0..kk {
-            let (ky, kx) = (r / d.kw, r % d.kw);
-            let src = &col[(ci * kk + r) * ohw..(ci * kk + r + 1) * ohw];
-            for oy in 0..d.oh {
-                let Some(iy) = tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else { continue };
-                let row = &mut plane[iy * d.w..(iy + 1) * d.w];
-                for ox in 0..d.ow {
-                    if let Some(ix) = tap(ox, kx, c.stride[1], c.dilation[1], c.pad[1], d.w) {
-                        row[ix] += src[oy * d.ow + ox];
-                    }
-                }
+                gemm_into(kdim, ohw, og, Mat::transposed(wg, kdim), Mat::rows(dyg, ohw), col, false, par);
+                col2im(col, c, &d, dxg, par);
             }
         }
     });
 }
 
+/// Adds the columns `col [cg·kh·kw × oh·ow]` back into the input planes `dx [cg × h·w]`, planes
+/// in parallel with `par`.
+fn col2im(col: &[f32], c: &Conv2d, d: &ConvGeometry, dx: &mut [f32], par: bool) {
+    let (kk, ohw) = (d.kh * d.kw, d.oh * d.ow);
+    let plane = |(ci, plane): (usize, &mut [f32])| {
+        for r in 0..kk {
+            let (ky, kx) = (r / d.kw, r % d.kw);
+            let src = &col[(ci * kk + r) * ohw..(ci * kk + r + 1) * ohw];
+            let (stride, off) = (c.stride[1], (kx * c.dilation[1]) as isize - c.pad[1] as isize);
+            let (lo, hi) = inside(d.ow, stride, off, d.w);
+            let first = ((lo * stride) as isize + off) as usize;
+            for oy in 0..d.oh {
+                let Some(iy) = tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else { continue };
+                let row = &mut plane[iy * d.w..(iy + 1) * d.w];
+                let from = &src[oy * d.ow + lo..oy * d.ow + hi];
+                if stride == 1 {
+                    simd::add_into(&mut row[first..first + hi - lo], from);
+                } else {
+                    for (k, &v) in from.iter().enumerate() {
+                        row[first + k * stride] += v;
+                    }
+                }
+            }
+        }
+    };
+    if par {
+        dx.par_chunks_mut(d.h * d.w).enumerate().for_each(plane);
+    } else {
+        dx.chunks_mut(d.h * d.w).enumerate().for_each(plane);
+    }
+}
+
+/// Image groups of the weight gradient: each group sums its images' products into its own
+/// partial, and the partials are added in group order, so the result does not depend on how many
+/// threads run them.
+const WEIGHT_GRAD_GROUPS: usize = 8;
+
 /// The gradient of a convolution with respect to its weight `ws`, summed over the batch, into
-/// `dw`; `col` is scratch.
+/// `dw`; `partial` is scratch for the image groups' partial sums.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_grad_weight(
     dw: &mut Vec<f32>,
-    col: &mut Vec<f32>,
+    partial: &mut Vec<f32>,
     dy: &[f32],
     x: &[f32],
     xs: &[usize],
@@ -126,23 +134,44 @@ pub fn conv2d_grad_weight(
     let og = d.og;
     let kdim = d.cg * kk;
     let pointwise = d.pointwise(c);
-    let col = sized(col, if pointwise { 0 } else { kdim * ohw });
-    let dw = zeroed(dw, d.cout * kdim);
-    for b in 0..d.n {
-        for gi in 0..d.g {
-            let xg = &x[(b * d.cin + gi * d.cg) * hw..(b * d.cin + (gi + 1) * d.cg) * hw];
-            let dyg = &dy[(b * d.cout + gi * og) * ohw..(b * d.cout + (gi + 1) * og) * ohw];
-            let rhs: &[f32] = if pointwise {
-                xg
-            } else {
-                im2col(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], col);
-                col
-            };
-            // dw[og×kdim] += dy[og×ohw] · colᵀ[ohw×kdim]
-            let dst = &mut dw[gi * og * kdim..(gi + 1) * og * kdim];
-            gemm_into(og, kdim, ohw, Mat::rows(dyg, ohw), Mat::transposed(rhs, ohw), dst, b > 0);
+    let len = d.cout * kdim;
+    let groups = d.n.clamp(1, WEIGHT_GRAD_GROUPS);
+    let per_group = d.n.div_ceil(groups);
+    // Group `k` sums images k·per_group.. into its partial.
+    let group = |k: usize, dst: &mut [f32], col: &mut Vec<f32>, par: bool| {
+        let col = sized(col, if pointwise { 0 } else { kdim * ohw });
+        for (j, b) in (k * per_group..((k + 1) * per_group).min(d.n)).enumerate() {
+            for gi in 0..d.g {
+                let xg = &x[(b * d.cin + gi * d.cg) * hw..(b * d.cin + (gi + 1) * d.cg) * hw];
+                let dyg = &dy[(b * d.cout + gi * og) * ohw..(b * d.cout + (gi + 1) * og) * ohw];
+                let rhs: &[f32] = if pointwise {
+                    xg
+                } else {
+                    im2col(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], col, par);
+                    col
+                };
+                // dw[og×kdim] (+)= dy[og×ohw] · colᵀ[ohw×kdim]
+                let dst = &mut dst[gi * og * kdim..(gi + 1) * og * kdim];
+                gemm_into(og, kdim, ohw, Mat::rows(dyg, ohw), Mat::transposed(rhs, ohw), dst, j > 0, par);
+            }
         }
+    };
+    let dw = sized(dw, len);
+    if groups == 1 {
+        each_image(dw, 1, len, group);
+        return;
     }
+    let parts = sized(partial, groups * len);
+    let used = d.n.div_ceil(per_group);
+    each_image(&mut parts[..used * len], used, len, group);
+    let parts = &parts[..used * len];
+    dw.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
+        let at = i * CHUNK;
+        o.copy_from_slice(&parts[at..at + o.len()]);
+        for k in 1..used {
+            simd::add_into(o, &parts[k * len + at..k * len + at + o.len()]);
+        }
+    });
 }
 
 /// The per-channel results of [`batch_norm_train`].
@@ -157,19 +186,19 @@ pub struct BnStats {
     pub running_var: Vec<f32>,
 }
 
-/// Per-channel sums of `f(i, value)` over the batch and spatial axes of an NCHW-like tensor.
-fn channel_sums(shape: &[usize], f: impl Fn(usize, f32, usize) -> f64 + Sync, x: &[f32]) -> Vec<f64> {
+/// Per-channel `(Σa, Σa·b)` over the batch and spatial axes of NCHW-like tensors, in f64, in
+/// parallel over channels.
+fn channel_sums(shape: &[usize], a: &[f32], b: &[f32]) -> Vec<[f64; 2]> {
     let (n, c) = (shape[0], shape[1]);
     let inner: usize = shape[2..].iter().product();
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let mut acc = 0.0f64;
-            for b in 0..n {
-                let at = (b * c + ch) * inner;
-                for (j, &v) in x[at..at + inner].iter().enumerate() {
-                    acc += f(ch, v, at + j);
-                }
+            let mut acc = [0.0f64; 2];
+            for i in 0..n {
+                let at = (i * c + ch) * inner;
+                let [s, d] = simd::sum_and_dot(&a[at..at + inner], &b[at..at + inner]);
+                acc = [acc[0] + s, acc[1] + d];
             }
             acc
         })
@@ -177,7 +206,8 @@ fn channel_sums(shape: &[usize], f: impl Fn(usize, f32, usize) -> f64 + Sync, x:
 }
 
 /// Training-mode batch norm over axis 1 (batch statistics; PyTorch's running-statistic update),
-/// the output into `y`.
+/// the output into `y`. One pass gathers each channel's sum and sum of squares (in f64), one
+/// applies the normalisation.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train(
     y: &mut Vec<f32>,
@@ -190,24 +220,19 @@ pub fn batch_norm_train(
     eps: f32,
     momentum: f32,
 ) -> BnStats {
-    let c = shape[1];
-    let count = x.len() / c.max(1);
-    let mean: Vec<f64> = channel_sums(shape, |_, v, _| v as f64, x).into_iter().map(|s| s / count as f64).collect();
-    let var: Vec<f64> = channel_sums(shape, |ch, v, _| (v as f64 - mean[ch]).powi(2), x)
-        .into_iter()
-        .map(|s| s / count as f64)
-        .collect();
+    let count = (x.len() / shape[1].max(1)) as f64;
+    let sums = channel_sums(shape, x, x);
+    let mean: Vec<f64> = sums.iter().map(|s| s[0] / count).collect();
+    let var: Vec<f64> = sums.iter().zip(&mean).map(|(s, &m)| (s[1] / count - m * m).max(0.0)).collect();
     let invstd: Vec<f32> = var.iter().map(|&v| (1.0 / (v + eps as f64).sqrt()) as f32).collect();
-    let inner: usize = shape[2..].iter().product();
-    let y = sized(y, x.len());
-    y.par_chunks_mut(inner.max(1)).zip(x.par_chunks(inner.max(1))).enumerate().for_each(|(i, (dst, src))| {
-        let ch = i % c;
-        let (s, m) = (gamma[ch] * invstd[ch], mean[ch] as f32);
-        for (o, &v) in dst.iter_mut().zip(src) {
-            *o = (v - m) * s + beta[ch];
-        }
-    });
-    let unbiased = count as f64 / (count.max(2) - 1) as f64;
+    let coef: Vec<[f32; 3]> = (0..shape[1])
+        .map(|ch| {
+            let s = gamma[ch] as f64 * invstd[ch] as f64;
+            [s as f32, 0.0, (beta[ch] as f64 - mean[ch] * s) as f32]
+        })
+        .collect();
+    per_channel(sized(y, x.len()), shape, x, None, &coef);
+    let unbiased = count / (count.max(2.0) - 1.0);
     let m = momentum as f64;
     BnStats {
         mean: mean.iter().map(|&v| v as f32).collect(),
@@ -222,6 +247,7 @@ pub fn batch_norm_train(
 }
 
 /// The gradient of training-mode batch norm: `dx` into its buffer, `(dgamma, dbeta)` returned.
+/// One pass gathers `Σdy` and `Σdy·x` per channel; `dx` is then `a·dy + b·x + c` per channel.
 pub fn batch_norm_grad(
     dx: &mut Vec<f32>,
     dy: &[f32],
@@ -231,22 +257,24 @@ pub fn batch_norm_grad(
     mean: &[f32],
     invstd: &[f32],
 ) -> (Vec<f32>, Vec<f32>) {
-    let c = shape[1];
-    let count = (x.len() / c.max(1)) as f64;
-    let dbeta = channel_sums(shape, |_, g, _| g as f64, dy);
-    let dgamma = channel_sums(shape, |ch, g, i| g as f64 * ((x[i] - mean[ch]) * invstd[ch]) as f64, dy);
-    let inner: usize = shape[2..].iter().product();
-    let dx = sized(dx, x.len());
-    dx.par_chunks_mut(inner.max(1)).enumerate().for_each(|(i, dst)| {
-        let ch = i % c;
-        let at = i * inner;
-        let k = gamma[ch] as f64 * invstd[ch] as f64 / count;
-        for (j, o) in dst.iter_mut().enumerate() {
-            let xhat = ((x[at + j] - mean[ch]) * invstd[ch]) as f64;
-            *o = (k * (count * dy[at + j] as f64 - dbeta[ch] - xhat * dgamma[ch])) as f32;
-        }
-    });
-    (dgamma.into_iter().map(|v| v as f32).collect(), dbeta.into_iter().map(|v| v as f32).collect())
+    let count = (x.len() / shape[1].max(1)) as f64;
+    let sums = channel_sums(shape, dy, x);
+    let (mut dgamma, mut dbeta) = (vec![], vec![]);
+    let coef: Vec<[f32; 3]> = sums
+        .iter()
+        .enumerate()
+        .map(|(ch, &[sdy, sdyx])| {
+            let (m, r) = (mean[ch] as f64, invstd[ch] as f64);
+            // dγ = Σ dy·x̂ = r·(Σdy·x − m·Σdy); dx = k·(N·dy − dβ − x̂·dγ) with k = γ·r/N.
+            let dg = r * (sdyx - m * sdy);
+            dgamma.push(dg as f32);
+            dbeta.push(sdy as f32);
+            let k = gamma[ch] as f64 * r / count;
+            [(k * count) as f32, (-k * dg * r) as f32, (k * (dg * r * m - sdy)) as f32]
+        })
+        .collect();
+    per_channel(sized(dx, x.len()), shape, dy, Some(x), &coef);
+    (dgamma, dbeta)
 }
 
 /// The gradient of 2-D max pooling: each output's gradient goes to the first maximum of its
@@ -288,13 +316,20 @@ pub fn max_pool2d_grad(
     });
 }
 
+simd_fn! {
+    /// The SiLU gradient on one chunk.
+    fn silu_grad_chunk(o: &mut [f32], dy: &[f32], x: &[f32]) {
+        for ((o, &g), &v) in o.iter_mut().zip(dy).zip(x) {
+            let s = simd::sigmoid(v);
+            *o = g * s * (1.0 + v * (1.0 - s));
+        }
+    }
+}
+
 /// The gradient of SiLU into `dx`, in parallel: `dy·s·(1 + x·(1 − s))`.
 pub fn silu_grad(dx: &mut Vec<f32>, dy: &[f32], x: &[f32]) {
     let dx = sized(dx, x.len());
-    dx.par_chunks_mut(1 << 14).zip(dy.par_chunks(1 << 14).zip(x.par_chunks(1 << 14))).for_each(|(o, (dy, x))| {
-        for ((o, &g), &v) in o.iter_mut().zip(dy).zip(x) {
-            let s = 1.0 / (1.0 + (-v).exp());
-            *o = g * s * (1.0 + v * (1.0 - s));
-        }
-    });
+    dx.par_chunks_mut(CHUNK)
+        .zip(dy.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)))
+        .for_each(|(o, (dy, x))| silu_grad_chunk(o, dy, x));
 }

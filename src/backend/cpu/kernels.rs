@@ -1,6 +1,7 @@
 //! CPU kernels for the heavy ops: convolution (im2col + GEMM), batch norm, max pooling,
 //! batched matmul and the hot elementwise ops. Parallel with rayon; GEMM from the `gemm` crate.
 
+use super::simd::{self, simd_fn};
 use rayon::prelude::*;
 use slimc_ir::Conv2d;
 
@@ -29,8 +30,10 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `c[m×n] = a[m×k] · b[k×n]` (or `c += a·b` with `accumulate`); `c` is row-major.
-pub fn gemm_into(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
+/// `c[m×n] = a[m×k] · b[k×n]` (or `c += a·b` with `accumulate`); `c` is row-major. With
+/// `par`, a large product is split across threads.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_into(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool, par: bool) {
     assert!(a.fits(m, k) && b.fits(k, n) && c.len() >= m * n, "gemm operand sizes");
     if m == 0 || n == 0 {
         return;
@@ -41,7 +44,7 @@ pub fn gemm_into(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], ac
         }
         return;
     }
-    let par = if m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let par = if par && m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: `fits` and the length check above keep every strided access inside the slices.
     unsafe {
         gemm::gemm(
@@ -68,9 +71,31 @@ pub fn gemm_into(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], ac
     }
 }
 
-/// `c[m×n] = a[m×k] · b[k×n]`, row-major, overwriting `c`.
-pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    gemm_into(m, n, k, Mat::rows(a, k), Mat::rows(b, n), c, false);
+/// `c[m×n] = a[m×k] · b[k×n]`, row-major, overwriting `c`; `par` as in [`gemm_into`].
+pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], par: bool) {
+    gemm_into(m, n, k, Mat::rows(a, k), Mat::rows(b, n), c, false, par);
+}
+
+thread_local! {
+    /// Per-thread im2col/col2im scratch, grown to the largest use and kept.
+    static COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f(b, out_b, col, par)` for each image `b` of a batch of `n`, `out_b` being its `per`
+/// elements of `out` and `col` a per-thread scratch. Several images run in parallel, one per
+/// thread, each single-threaded (`par` false): no thread waits on another's small product. A
+/// single image runs alone with `par` true, its products and loops split across threads.
+pub(crate) fn each_image(
+    out: &mut [f32],
+    n: usize,
+    per: usize,
+    f: impl Fn(usize, &mut [f32], &mut Vec<f32>, bool) + Sync + Send,
+) {
+    if n <= 1 || per == 0 {
+        COL.with(|c| f(0, out, &mut c.borrow_mut(), true));
+    } else {
+        out.par_chunks_mut(per).enumerate().for_each(|(b, dst)| COL.with(|c| f(b, dst, &mut c.borrow_mut(), false)));
+    }
 }
 
 pub(crate) use slimc_ir::eval::nn::window_out as out_size;
@@ -92,12 +117,10 @@ pub(crate) fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
     buf
 }
 
-/// 2-D convolution into `out`. `x` is `[n, cin, h, w]`, `w` is `[cout, cin/groups, kh, kw]`;
-/// `col` is scratch for im2col. Returns the output shape `[n, cout, oh, ow]`.
-#[allow(clippy::too_many_arguments)]
+/// 2-D convolution into `out`. `x` is `[n, cin, h, w]`, `w` is `[cout, cin/groups, kh, kw]`.
+/// Returns the output shape `[n, cout, oh, ow]`.
 pub fn conv2d(
     out: &mut Vec<f32>,
-    col: &mut Vec<f32>,
     x: &[f32],
     xs: &[usize],
     w: &[f32],
@@ -118,20 +141,20 @@ pub fn conv2d(
     } else {
         let kdim = cg * kh * kw;
         let pointwise = kh == 1 && kw == 1 && c.stride == [1, 1] && c.pad == [0; 4];
-        let col = sized(col, if pointwise { 0 } else { kdim * ohw });
-        for b in 0..n {
+        each_image(out, n, cout * ohw, |b, out, col, par| {
+            let col = sized(col, if pointwise { 0 } else { kdim * ohw });
             for gi in 0..g {
                 let xg = &x[(b * cin + gi * cg) * hw..(b * cin + (gi + 1) * cg) * hw];
                 let rhs: &[f32] = if pointwise {
                     xg
                 } else {
-                    im2col(xg, c, [h, wi], [kh, kw], [oh, ow], col);
+                    im2col(xg, c, [h, wi], [kh, kw], [oh, ow], col, par);
                     col
                 };
-                let dst = &mut out[(b * cout + gi * og) * ohw..(b * cout + (gi + 1) * og) * ohw];
-                sgemm(og, ohw, kdim, &w[gi * og * kdim..(gi + 1) * og * kdim], rhs, dst);
+                let dst = &mut out[gi * og * ohw..(gi + 1) * og * ohw];
+                sgemm(og, ohw, kdim, &w[gi * og * kdim..(gi + 1) * og * kdim], rhs, dst, par);
             }
-        }
+        });
     }
     if let Some(bias) = bias {
         out.par_chunks_mut(ohw).enumerate().for_each(|(i, p)| {
@@ -142,6 +165,18 @@ pub fn conv2d(
     vec![n, cout, oh, ow]
 }
 
+/// The output positions `lo..hi` (of `n`) whose input index `o·stride + off` lies in `0..size`.
+pub(crate) fn inside(n: usize, stride: usize, off: isize, size: usize) -> (usize, usize) {
+    let s = stride as isize;
+    // o ≥ ceil(−off / s) and o·s + off ≤ size − 1.
+    let lo = if off >= 0 { 0 } else { ((-off + s - 1) / s) as usize };
+    let hi = if (size as isize) - 1 - off < 0 { 0 } else { (((size as isize - 1 - off) / s) + 1) as usize };
+    let hi = hi.min(n);
+    (lo.min(hi), hi)
+}
+
+/// Unfolds the input planes `x [cg × h·w]` into `col [cg·kh·kw × oh·ow]`, rows in parallel
+/// with `par`.
 pub(crate) fn im2col(
     x: &[f32],
     c: &Conv2d,
@@ -149,8 +184,9 @@ pub(crate) fn im2col(
     [kh, kw]: [usize; 2],
     [oh, ow]: [usize; 2],
     col: &mut [f32],
+    par: bool,
 ) {
-    col.par_chunks_mut(oh * ow).enumerate().for_each(|(row, dst)| {
+    let row = |(row, dst): (usize, &mut [f32])| {
         let (ci, r) = (row / (kh * kw), row % (kh * kw));
         let (ky, kx) = (r / kw, r % kw);
         let plane = &x[ci * h * w..(ci + 1) * h * w];
@@ -162,12 +198,25 @@ pub(crate) fn im2col(
                 continue;
             }
             let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-            for (ox, o) in d.iter_mut().enumerate() {
-                let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize - c.pad[1] as isize;
-                *o = if ix < 0 || ix >= w as isize { 0.0 } else { src[ix as usize] };
+            let (stride, off) = (c.stride[1], (kx * c.dilation[1]) as isize - c.pad[1] as isize);
+            let (lo, hi) = inside(ow, stride, off, w);
+            d[..lo].fill(0.0);
+            d[hi..].fill(0.0);
+            let first = (lo * stride) as isize + off;
+            if stride == 1 {
+                d[lo..hi].copy_from_slice(&src[first as usize..first as usize + hi - lo]);
+            } else {
+                for (k, o) in d[lo..hi].iter_mut().enumerate() {
+                    *o = src[first as usize + k * stride];
+                }
             }
         }
-    });
+    };
+    if par {
+        col.par_chunks_mut(oh * ow).enumerate().for_each(row);
+    } else {
+        col.chunks_mut(oh * ow).enumerate().for_each(row);
+    }
 }
 
 fn depthwise(
@@ -216,14 +265,27 @@ pub fn batch_norm(
     var: &[f32],
     eps: f32,
 ) {
+    let coef: Vec<[f32; 3]> = (0..shape[1])
+        .map(|ch| {
+            let s = gamma[ch] / (var[ch] + eps).sqrt();
+            [s, 0.0, beta[ch] - mean[ch] * s]
+        })
+        .collect();
+    per_channel(sized(out, x.len()), shape, x, None, &coef);
+}
+
+/// Applies `o = coef(ch)(x, y)` plane by plane, in parallel: `coef` gives each channel's
+/// `(a, b, c)` of `a·x + b·y + c` (with `y` absent, `b` is ignored).
+pub(crate) fn per_channel(out: &mut [f32], shape: &[usize], x: &[f32], y: Option<&[f32]>, coef: &[[f32; 3]]) {
     let c = shape[1];
-    let inner: usize = shape[2..].iter().product::<usize>().max(1);
-    let out = sized(out, x.len());
-    out.par_chunks_mut(inner).zip(x.par_chunks(inner)).enumerate().for_each(|(i, (p, src))| {
-        let ch = i % c;
-        let s = gamma[ch] / (var[ch] + eps).sqrt();
-        let b = beta[ch] - mean[ch] * s;
-        p.iter_mut().zip(src).for_each(|(o, &v)| *o = v * s + b);
+    let inner = shape[2..].iter().product::<usize>().max(1);
+    out.par_chunks_mut(inner).enumerate().for_each(|(i, dst)| {
+        let [a, b, k] = coef[i % c];
+        let src = &x[i * inner..(i + 1) * inner];
+        match y {
+            Some(y) => simd::affine2(dst, src, &y[i * inner..(i + 1) * inner], a, b, k),
+            None => simd::affine(dst, src, a, k),
+        }
     });
 }
 
@@ -260,22 +322,38 @@ pub fn max_pool2d(
 }
 
 /// Elements per parallel task of the elementwise kernels.
-const CHUNK: usize = 1 << 14;
+pub(crate) const CHUNK: usize = 1 << 14;
+
+simd_fn! {
+    /// `o = x·sigmoid(x)` on one chunk.
+    fn silu_chunk(o: &mut [f32], x: &[f32]) {
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = v / (1.0 + simd::exp(-v));
+        }
+    }
+}
+
+simd_fn! {
+    /// `o = a + b` on one chunk.
+    fn add_chunk(o: &mut [f32], a: &[f32], b: &[f32]) {
+        for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+            *o = x + y;
+        }
+    }
+}
 
 /// `x * sigmoid(x)` into `out`, in parallel.
 pub fn silu(out: &mut Vec<f32>, x: &[f32]) {
     let out = sized(out, x.len());
-    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| {
-        o.iter_mut().zip(x).for_each(|(o, &v)| *o = v / (1.0 + (-v).exp()));
-    });
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| silu_chunk(o, x));
 }
 
 /// Elementwise sum of same-shaped operands into `out`, in parallel.
 pub fn add_same(out: &mut Vec<f32>, a: &[f32], b: &[f32]) {
     let out = sized(out, a.len());
-    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
-        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (x, y))| *o = x + y);
-    });
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| add_chunk(o, a, b));
 }
 
 /// Batched matrix product over the last two axes with broadcast batch axes, into `out`.
@@ -290,6 +368,40 @@ pub fn matmul(out: &mut Vec<f32>, a: &[f32], sa: &[usize], b: &[f32], sb: &[usiz
         return;
     }
     for (i, dst) in out.chunks_mut(m * n).enumerate() {
-        sgemm(m, n, k, &a[oa[i]..oa[i] + m * k], &b[ob[i]..ob[i] + k * n], dst);
+        sgemm(m, n, k, &a[oa[i]..oa[i] + m * k], &b[ob[i]..ob[i] + k * n], dst, true);
+    }
+}
+
+/// Concatenation into `out`: each outer index (the axes before the concatenated one) takes, in
+/// order, `widths[i]` contiguous elements of part `i`.
+pub fn concat(out: &mut Vec<f32>, parts: &[&[f32]], widths: &[usize]) {
+    let row: usize = widths.iter().sum();
+    let outer =
+        if row == 0 { 0 } else { parts.iter().zip(widths).map(|(p, &w)| p.len() / w.max(1)).max().unwrap_or(0) };
+    let out = sized(out, outer * row);
+    if row == 0 {
+        return;
+    }
+    out.par_chunks_mut(row).enumerate().for_each(|(o, dst)| {
+        let mut at = 0;
+        for (p, &w) in parts.iter().zip(widths) {
+            dst[at..at + w].copy_from_slice(&p[o * w..(o + 1) * w]);
+            at += w;
+        }
+    });
+}
+
+/// The inverse of [`concat`]: `x`'s rows of `Σ widths` elements are cut into one buffer per
+/// width.
+pub fn split(outs: &mut [Vec<f32>], x: &[f32], widths: &[usize]) {
+    let row: usize = widths.iter().sum();
+    let outer = if row == 0 { 0 } else { x.len() / row };
+    let mut at = 0;
+    for (buf, &w) in outs.iter_mut().zip(widths) {
+        let dst = sized(buf, outer * w);
+        if w > 0 {
+            dst.par_chunks_mut(w).enumerate().for_each(|(o, d)| d.copy_from_slice(&x[o * row + at..o * row + at + w]));
+        }
+        at += w;
     }
 }

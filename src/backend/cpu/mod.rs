@@ -9,6 +9,7 @@
 pub mod grad_kernels;
 pub mod kernels;
 mod node;
+mod simd;
 #[cfg(test)]
 mod tests;
 
@@ -52,8 +53,25 @@ pub struct CpuExecutable {
     plans: Vec<(Vec<Vec<usize>>, Arc<Planned>)>,
     /// One buffer per arena slot, grown to the largest value the slot has held.
     pool: Vec<Vec<f32>>,
-    /// im2col scratch.
-    col: Vec<f32>,
+    /// Kernels' working memory (the weight gradient's partial sums).
+    scratch: Vec<f32>,
+    /// Time and calls per op, when `SLIMC_PROFILE_OPS` is set; printed when the executable is
+    /// dropped.
+    profile: Option<HashMap<String, (std::time::Duration, usize)>>,
+}
+
+impl Drop for CpuExecutable {
+    fn drop(&mut self) {
+        let Some(p) = &self.profile else { return };
+        let mut rows: Vec<_> = p.iter().collect();
+        rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+        let total: f64 = rows.iter().map(|r| r.1 .0.as_secs_f64()).sum();
+        eprintln!("{:<24} {:>10} {:>8} {:>10}", "op (SLIMC_PROFILE_OPS)", "seconds", "share", "calls");
+        for (op, (t, n)) in rows {
+            let t = t.as_secs_f64();
+            eprintln!("{op:<24} {t:>10.3} {:>7.1}% {n:>10}", 100.0 * t / total.max(1e-12));
+        }
+    }
 }
 
 impl CpuExecutable {
@@ -68,7 +86,8 @@ impl CpuExecutable {
             params[p.0] = Some(t.clone());
             names.insert(name.clone(), p);
         }
-        Ok(CpuExecutable { graph: g.clone(), params, names, plans: vec![], pool: vec![], col: vec![] })
+        let profile = std::env::var_os("SLIMC_PROFILE_OPS").map(|_| HashMap::new());
+        Ok(CpuExecutable { graph: g.clone(), params, names, plans: vec![], pool: vec![], scratch: vec![], profile })
     }
 
     /// The plan for inputs of these types, made on first use.
@@ -114,6 +133,23 @@ impl CpuExecutable {
     }
 }
 
+/// The row of an op in the op profile: convolutions by kernel, stride and kind.
+fn profile_key(op: &slimc_ir::Op, inputs: &[&TensorType]) -> String {
+    use slimc_ir::Op;
+    match op {
+        Op::Conv2d(c) | Op::Conv2dGradInput(c) | Op::Conv2dGradWeight(c) => {
+            let w = match op {
+                Op::Conv2dGradWeight(_) => inputs[2],
+                _ => inputs[1],
+            };
+            let k = w.shape.get(2).and_then(|d| d.fixed()).unwrap_or(0);
+            let kind = if c.groups > 1 { "dw" } else { "" };
+            format!("{} {k}x{k}/{}{kind}", op.name(), c.stride[0])
+        }
+        _ => op.name().to_string(),
+    }
+}
+
 /// Gives a dead value's buffer back to its slot.
 fn recycle(pool: &mut [Vec<f32>], slot: usize, t: Tensor) {
     if let TensorData::F32(v) = t.data {
@@ -134,7 +170,7 @@ impl Executable for CpuExecutable {
         self.check_inputs(inputs)?;
         let planned = self.planned(inputs)?;
         let (plan, types) = (&planned.plan, &planned.types);
-        let CpuExecutable { graph: g, params, pool, col, .. } = self;
+        let CpuExecutable { graph: g, params, pool, scratch, profile, .. } = self;
         if pool.len() < plan.slot_bytes.len() {
             pool.resize_with(plan.slot_bytes.len(), Vec::new);
         }
@@ -151,12 +187,19 @@ impl Executable for CpuExecutable {
                 n.outputs.iter().map(|&o| slot(o).map(|s| std::mem::take(&mut pool[s])).unwrap_or_default()).collect();
             let shapes: Vec<Vec<usize>> =
                 n.outputs.iter().map(|&o| types[o.0].fixed_shape().expect("inputs are concrete")).collect();
+            let started = profile.as_ref().map(|_| std::time::Instant::now());
             let outs = {
                 let args: Vec<&Tensor> =
                     n.inputs.iter().map(|v| env[v.0].as_deref().expect("topological order")).collect();
-                node::compute(&n.op, &args, &shapes, &mut bufs, col)
+                node::compute(&n.op, &args, &shapes, &mut bufs, scratch)
                     .map_err(|e| anyhow!("node {i} ({} @{}): {e}", n.op.name(), n.scope))?
             };
+            if let (Some(p), Some(t)) = (profile.as_mut(), started) {
+                let e =
+                    p.entry(profile_key(&n.op, &n.inputs.iter().map(|v| &types[v.0]).collect::<Vec<_>>())).or_default();
+                e.0 += t.elapsed();
+                e.1 += 1;
+            }
             // A result computed by the reference semantics brought its own allocation: the slot's
             // buffer it did not use is dropped, so a slot never holds two.
             drop(bufs);

@@ -8,12 +8,13 @@ use slimc_ir::{DType, Op, Tensor, TensorData};
 
 /// Computes `op` on `args`; `shapes` are its results' shapes (from shape inference) and `bufs`
 /// one reusable buffer per result: a kernel that writes into one takes it, leaving it empty.
+/// `scratch` is working memory kept between calls.
 pub(super) fn compute(
     op: &Op,
     args: &[&Tensor],
     shapes: &[Vec<usize>],
     bufs: &mut [Vec<f32>],
-    col: &mut Vec<f32>,
+    scratch: &mut Vec<f32>,
 ) -> Result<Vec<Tensor>> {
     let x = args[0];
     let take = |bufs: &mut [Vec<f32>], k: usize| Tensor {
@@ -24,7 +25,7 @@ pub(super) fn compute(
     match op {
         Op::Conv2d(c) => {
             let bias = args.get(2).map(|b| b.f32s()).transpose()?;
-            kernels::conv2d(&mut bufs[0], col, x.f32s()?, &x.shape, args[1].f32s()?, &args[1].shape, bias, c);
+            kernels::conv2d(&mut bufs[0], x.f32s()?, &x.shape, args[1].f32s()?, &args[1].shape, bias, c);
         }
         Op::BatchNorm { eps, .. } => {
             let p = |i: usize| args[i].f32s();
@@ -40,11 +41,11 @@ pub(super) fn compute(
         Op::MatMul => kernels::matmul(&mut bufs[0], x.f32s()?, &x.shape, args[1].f32s()?, &args[1].shape, &shapes[0]),
         Op::Conv2dGradInput(c) => {
             let (w, xs) = (args[1], &args[2].shape);
-            grad_kernels::conv2d_grad_input(&mut bufs[0], col, x.f32s()?, w.f32s()?, &w.shape, xs, c);
+            grad_kernels::conv2d_grad_input(&mut bufs[0], x.f32s()?, w.f32s()?, &w.shape, xs, c);
         }
         Op::Conv2dGradWeight(c) => {
             let (xv, ws) = (args[1], &args[2].shape);
-            grad_kernels::conv2d_grad_weight(&mut bufs[0], col, x.f32s()?, xv.f32s()?, &xv.shape, ws, c);
+            grad_kernels::conv2d_grad_weight(&mut bufs[0], scratch, x.f32s()?, xv.f32s()?, &xv.shape, ws, c);
         }
         Op::BatchNormTrain { eps, momentum } => {
             let p = |i: usize| args[i].f32s();
@@ -79,6 +80,16 @@ pub(super) fn compute(
             grad_kernels::max_pool2d_grad(&mut bufs[0], x.f32s()?, xv.f32s()?, &xv.shape, *kernel, *stride, *pad);
         }
         Op::SiluGrad => grad_kernels::silu_grad(&mut bufs[0], x.f32s()?, args[1].f32s()?),
+        Op::Concat { axis } if args.iter().all(|a| a.dtype() == DType::F32) => {
+            let parts = args.iter().map(|a| a.f32s()).collect::<Result<Vec<_>, _>>()?;
+            let widths: Vec<usize> = args.iter().map(|a| a.shape[*axis..].iter().product()).collect();
+            kernels::concat(&mut bufs[0], &parts, &widths);
+        }
+        Op::Split { axis, .. } if x.dtype() == DType::F32 => {
+            let widths: Vec<usize> = shapes.iter().map(|s| s[*axis..].iter().product()).collect();
+            kernels::split(bufs, x.f32s()?, &widths);
+            return Ok((0..shapes.len()).map(|k| take(bufs, k)).collect());
+        }
         _ => return Ok(eval(op, args)?),
     }
     Ok(vec![take(bufs, 0)])

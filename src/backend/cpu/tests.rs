@@ -27,16 +27,16 @@ fn agree(op: &Op, args: &[Tensor], tol: f32) {
     let types: Vec<_> = args.iter().map(|t| t.ty()).collect();
     let shapes: Vec<Vec<usize>> =
         infer_types(op, &types.iter().collect::<Vec<_>>()).unwrap().iter().map(|t| t.fixed_shape().unwrap()).collect();
-    let mut col = vec![];
+    let mut scratch = vec![];
     let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|_| vec![7.0; 3]).collect();
-    let first = compute(op, &refs, &shapes, &mut bufs, &mut col).unwrap();
+    let first = compute(op, &refs, &shapes, &mut bufs, &mut scratch).unwrap();
     let mut dirty: Vec<Vec<f32>> = first.iter().map(|t| t.f32s().unwrap().iter().map(|v| v + 1.0).collect()).collect();
-    let got = compute(op, &refs, &shapes, &mut dirty, &mut col).unwrap();
+    let got = compute(op, &refs, &shapes, &mut dirty, &mut scratch).unwrap();
     assert_eq!(got.len(), want.len(), "{}", op.name());
     for (k, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g.shape, w.shape, "{} result {k}", op.name());
         let (g, w) = (g.f32s().unwrap(), w.f32s().unwrap());
-        let scale = w.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let scale = w.iter().fold(1e-2f32, |m, v| m.max(v.abs()));
         let worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst <= tol * scale, "{} result {k}: off by {worst:e} (scale {scale:e})", op.name());
     }
@@ -47,7 +47,7 @@ fn conv(stride: usize, pad: [usize; 4], dilation: usize, groups: usize) -> Conv2
 }
 
 /// (input shape, weight shape, conv): pointwise, 3×3 stride 1 and 2, depthwise, grouped,
-/// dilated with asymmetric padding, a 1×1 with stride 2.
+/// dilated with asymmetric padding, a 1×1 with stride 2, a batch of 11.
 fn geometries() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
     vec![
         ([2, 6, 5, 7], [4, 6, 1, 1], conv(1, [0; 4], 1, 1)),
@@ -58,6 +58,8 @@ fn geometries() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
         ([1, 4, 6, 6], [6, 2, 3, 3], conv(1, [1; 4], 1, 2)),
         ([1, 3, 10, 9], [2, 3, 3, 2], conv(1, [0, 1, 2, 0], 2, 1)),
         ([1, 4, 7, 7], [3, 4, 1, 1], conv(2, [0; 4], 1, 1)),
+        // More images than the weight gradient's groups, not a multiple of them.
+        ([11, 3, 5, 6], [4, 3, 3, 3], conv(1, [1; 4], 1, 1)),
     ]
 }
 
@@ -115,4 +117,9 @@ fn pooling_activations_and_products_match_the_reference() {
     agree(&Op::SiluGrad, &[y, x], 1e-6);
     agree(&Op::MatMul, &[random(&[2, 3, 5, 4], 302), random(&[2, 3, 4, 6], 303)], 1e-5);
     agree(&Op::MatMul, &[random(&[2, 1, 5, 4], 304), random(&[3, 4, 6], 305)], 1e-5);
+    let parts = [random(&[2, 3, 4, 5], 306), random(&[2, 1, 4, 5], 307), random(&[2, 2, 4, 5], 308)];
+    agree(&Op::Concat { axis: 1 }, &parts, 0.0);
+    agree(&Op::Concat { axis: 3 }, &[random(&[2, 3, 4, 2], 309), random(&[2, 3, 4, 5], 310)], 0.0);
+    agree(&Op::Split { axis: 1, sizes: vec![1, 4, 1] }, &[random(&[2, 6, 3, 3], 311)], 0.0);
+    agree(&Op::Split { axis: 0, sizes: vec![1, 1] }, &[random(&[2, 6, 3, 3], 312)], 0.0);
 }
