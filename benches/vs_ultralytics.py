@@ -3,7 +3,7 @@ dataset and validates the result, timing what slimc's own figures time.
 
 Per epoch it records the training loop's seconds (data loading, augmentation, forward, backward,
 optimizer, EMA: from on_train_epoch_start to on_train_epoch_end) and the whole epoch's seconds
-(validation and checkpointing included: to on_fit_epoch_end). Then it times one `model.val()` on
+(validation and checkpointing included: between consecutive on_fit_epoch_end calls). Then it times one `model.val()` on
 the val split. Writes JSON to the path given as the last argument.
 """
 
@@ -26,7 +26,10 @@ def main(data, epochs, imgsz, batch, project, out):
     trainer = model.trainer
     images = len(trainer.train_loader.dataset)
     loop = [e - s for s, e in zip(marks["start"], marks["train_end"])]
-    epoch = [b - a for a, b in zip(marks["fit_end"][:-1], marks["fit_end"][1:])]
+    # on_fit_epoch_end also fires for the final validation after the last epoch: keep one mark
+    # per epoch.
+    ends = marks["fit_end"][:epochs]
+    epoch = [b - a for a, b in zip(ends[:-1], ends[1:])]
     best = YOLO(str(trainer.best))
     t0 = time.perf_counter()
     metrics = best.val(data=data, imgsz=imgsz, batch=16, device="cpu", workers=2, plots=False,

@@ -39,7 +39,10 @@ t1=$(date +%s.%N)
 echo "$t0 $t1" > "$OUT/slimc-val.time"
 
 echo "Ultralytics: training $EPOCHS epochs ..."
-(cd "$OUT" && OMP_NUM_THREADS=$threads "$VENV/bin/python" "$ROOT/benches/vs_ultralytics.py" "$DATA" "$EPOCHS" $IMGSZ $BATCH \
+# Ultralytics resolves the YAML's relative `path` against the working directory: give it the
+# dataset's absolute folder.
+sed "s|^path: .*|path: $ROOT/datasets/trees|" "$DATA" > "$OUT/trees.yaml"
+(cd "$OUT" && OMP_NUM_THREADS=$threads "$VENV/bin/python" "$ROOT/benches/vs_ultralytics.py" "$OUT/trees.yaml" "$EPOCHS" $IMGSZ $BATCH \
     "$OUT" "$OUT/ultralytics.json" > "$OUT/ultralytics.log" 2>&1)
 
 python3 - "$OUT" "$ROOT/datasets/trees/images/val" <<'PY'
