@@ -197,19 +197,34 @@ pub fn batch_norm_train(
         let c = channel(shape, i);
         ((v as f64 - mean[c]) * invstd[c] * gamma[c] as f64 + beta[c] as f64) as f32
     });
-    let count = x.len() / shape[1].max(1);
+    let [next_mean, next_var] =
+        running_update(running_mean, running_var, &mean, &var, x.len() / shape[1].max(1), momentum);
+    [
+        y.collect(),
+        mean.iter().map(|&v| v as f32).collect(),
+        invstd.iter().map(|&v| v as f32).collect(),
+        next_mean,
+        next_var,
+    ]
+}
+
+/// PyTorch's running-statistic update from a batch's per-channel `mean` and biased `var` over
+/// `count` elements per channel: `(1 − momentum)·running + momentum·batch`, the variance
+/// unbiased first. Returns the next running mean and variance.
+pub fn running_update(
+    running_mean: &[f32],
+    running_var: &[f32],
+    mean: &[f64],
+    var: &[f64],
+    count: usize,
+    momentum: f32,
+) -> [Vec<f32>; 2] {
     let unbiased = count as f64 / (count.max(2) - 1) as f64;
     let m = momentum as f64;
     let next = |r: &[f32], b: &[f64], k: f64| -> Vec<f32> {
         r.iter().zip(b).map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b * k) as f32).collect()
     };
-    [
-        y.collect(),
-        mean.iter().map(|&v| v as f32).collect(),
-        invstd.iter().map(|&v| v as f32).collect(),
-        next(running_mean, &mean, 1.0),
-        next(running_var, &var, unbiased),
-    ]
+    [next(running_mean, mean, 1.0), next(running_var, var, unbiased)]
 }
 
 /// The gradient of training-mode batch norm from the saved batch mean and `invstd`:

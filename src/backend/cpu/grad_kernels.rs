@@ -4,7 +4,7 @@
 use super::kernels::{each_image, gemm_into, im2col, inside, out_size, per_channel, sized, zeroed, Mat, CHUNK};
 use super::simd::{self, simd_fn};
 use rayon::prelude::*;
-use slimc_ir::eval::nn::{tap, ConvGeometry};
+use slimc_ir::eval::nn::{running_update, tap, ConvGeometry};
 use slimc_ir::Conv2d;
 
 /// The gradient of a convolution with respect to its input `[n, cin, h, w]`, into `dx`.
@@ -232,18 +232,9 @@ pub fn batch_norm_train(
         })
         .collect();
     per_channel(sized(y, x.len()), shape, x, None, &coef);
-    let unbiased = count / (count.max(2.0) - 1.0);
-    let m = momentum as f64;
-    BnStats {
-        mean: mean.iter().map(|&v| v as f32).collect(),
-        invstd,
-        running_mean: running_mean.iter().zip(&mean).map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b) as f32).collect(),
-        running_var: running_var
-            .iter()
-            .zip(&var)
-            .map(|(&r, &v)| ((1.0 - m) * r as f64 + m * v * unbiased) as f32)
-            .collect(),
-    }
+    let [running_mean, running_var] =
+        running_update(running_mean, running_var, &mean, &var, x.len() / shape[1].max(1), momentum);
+    BnStats { mean: mean.iter().map(|&v| v as f32).collect(), invstd, running_mean, running_var }
 }
 
 /// The gradient of training-mode batch norm: `dx` into its buffer, `(dgamma, dbeta)` returned.

@@ -3,6 +3,7 @@
 
 use super::simd::{self, simd_fn};
 use rayon::prelude::*;
+use slimc_ir::eval::nn::ConvGeometry;
 use slimc_ir::Conv2d;
 
 /// A matrix operand: data with a row stride and a column stride (a transpose swaps them).
@@ -128,27 +129,23 @@ pub fn conv2d(
     bias: Option<&[f32]>,
     c: &Conv2d,
 ) -> Vec<usize> {
-    let (n, cin, h, wi) = (xs[0], xs[1], xs[2], xs[3]);
-    let (cout, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
-    let g = c.groups;
-    let oh = out_size(h, kh, c.stride[0], c.dilation[0], c.pad[0], c.pad[2]);
-    let ow = out_size(wi, kw, c.stride[1], c.dilation[1], c.pad[1], c.pad[3]);
-    let (hw, ohw) = (h * wi, oh * ow);
-    let og = cout / g;
-    let out = sized(out, n * cout * ohw);
-    if g == cin && cg == 1 && og == 1 {
-        depthwise(x, w, c, [n, cin, h, wi], [kh, kw], [oh, ow], out);
+    let d = ConvGeometry::new(xs, ws, c);
+    let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
+    let out = sized(out, d.n * d.cout * ohw);
+    if d.depthwise() {
+        depthwise(x, w, c, [d.n, d.cin, d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], out);
     } else {
-        let kdim = cg * kh * kw;
-        let pointwise = kh == 1 && kw == 1 && c.stride == [1, 1] && c.pad == [0; 4];
-        each_image(out, n, cout * ohw, |b, out, col, par| {
+        let (og, cg) = (d.og, d.cg);
+        let kdim = cg * d.kh * d.kw;
+        let pointwise = d.pointwise(c);
+        each_image(out, d.n, d.cout * ohw, |b, out, col, par| {
             let col = sized(col, if pointwise { 0 } else { kdim * ohw });
-            for gi in 0..g {
-                let xg = &x[(b * cin + gi * cg) * hw..(b * cin + (gi + 1) * cg) * hw];
+            for gi in 0..d.g {
+                let xg = &x[(b * d.cin + gi * cg) * hw..(b * d.cin + (gi + 1) * cg) * hw];
                 let rhs: &[f32] = if pointwise {
                     xg
                 } else {
-                    im2col(xg, c, [h, wi], [kh, kw], [oh, ow], col, par);
+                    im2col(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], col, par);
                     col
                 };
                 let dst = &mut out[gi * og * ohw..(gi + 1) * og * ohw];
@@ -158,11 +155,11 @@ pub fn conv2d(
     }
     if let Some(bias) = bias {
         out.par_chunks_mut(ohw).enumerate().for_each(|(i, p)| {
-            let v = bias[i % cout];
+            let v = bias[i % d.cout];
             p.iter_mut().for_each(|o| *o += v);
         });
     }
-    vec![n, cout, oh, ow]
+    vec![d.n, d.cout, d.oh, d.ow]
 }
 
 /// The output positions `lo..hi` (of `n`) whose input index `o·stride + off` lies in `0..size`.
