@@ -1,8 +1,9 @@
 //! Training throughput of yolo11n (nc 1) on the CPU backend at imgsz 320, batch 8, on the bundled
 //! trees dataset: each iteration takes the next augmented batch from the loader (mosaic, affine,
-//! HSV, flip; decoded in parallel ahead of the step), runs forward and backward, and applies an
-//! AdamW update and the EMA — the work of one `slimc train` iteration. Criterion reports it as
-//! images per second.
+//! HSV, flip; decoded in parallel ahead of the step) and runs the whole training step program —
+//! forward, backward, clipping, an AdamW update and the EMA — the work of one `slimc train`
+//! iteration with the optimizer stepping every micro-batch. Criterion reports it as images per
+//! second.
 //!
 //! Run: `cargo bench --bench train`.
 
@@ -12,9 +13,9 @@ use slimc::data::augment::Hyp;
 use slimc::data::dataset::{load_dataset_spec, scan};
 use slimc::data::loader::Split;
 use slimc::load::{load_model, LoadOptions};
-use slimc::train::optim::{choose, clip_grad_norm, Ema, Optimizer};
+use slimc::train::optim::{choose, Optimizer};
 use slimc::train::step::Program;
-use std::collections::BTreeMap;
+use slimc_passes::OptimizerOptions;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +28,9 @@ fn train(c: &mut Criterion) {
     let split = Arc::new(Split::new(samples, imgsz, false).unwrap());
     let opts = LoadOptions { nc: Some(1), imgsz: Some([imgsz, imgsz]), ..Default::default() };
     let model = load_model("yolo11n.yaml", &opts).unwrap();
-    let mut program = Program::new(&model, &Cpu).unwrap();
     let mut opt = Optimizer::new(choose("AdamW", 0.002, 0.9, 0.0, 1, 1).unwrap(), 5e-4);
-    let mut state = BTreeMap::new();
-    let mut ema =
-        Ema { tensors: program.params.iter().map(|n| (n.clone(), model.tensors[n].clone())).collect(), updates: 0 };
+    let options = OptimizerOptions { rule: opt.rule(), weight_decay: 5e-4, ..Default::default() };
+    let mut program = Program::with_optimizer(&model, &Cpu, options).unwrap();
     let mut epoch = 0;
     let mut rx = split.train_epoch(batch, Hyp::default(), 0, epoch);
     let mut group = c.benchmark_group("yolo11n-train");
@@ -46,12 +45,9 @@ fn train(c: &mut Criterion) {
                     rx.recv().unwrap().unwrap()
                 }
             };
-            let mut r = program.step(&batch.images, &batch.targets).unwrap();
-            program.set_buffers(std::mem::take(&mut r.running)).unwrap();
-            clip_grad_norm(&mut r.grads, 10.0).unwrap();
-            opt.step(&mut program.model.tensors, &r.grads, &mut state, &program.groups, None).unwrap();
-            program.upload().unwrap();
-            ema.update(&program.model.tensors).unwrap();
+            opt.steps += 1;
+            let scalars = opt.scalars(true, true, 0.0, opt.steps);
+            program.train_step(&batch.images, &batch.targets, &scalars).unwrap();
         })
     });
     group.finish();

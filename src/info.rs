@@ -108,7 +108,8 @@ pub struct MemoryInfo {
     pub inference_arena: u64,
     /// The most bytes of inference values alive at once.
     pub inference_live_peak: u64,
-    /// The training step's arena (forward, backward and every gradient).
+    /// The whole training step's arena (forward, backward, every gradient, and the optimizer
+    /// step's results: SGD, as `train-step` builds it by default).
     pub train_arena: u64,
     /// The most bytes of training-step values alive at once.
     pub train_live_peak: u64,
@@ -134,7 +135,7 @@ pub fn memory_info(model: &Model, batch: usize, imgsz: [usize; 2]) -> Result<Mem
     let bytes_of = |kinds: &[ParamKind]| -> u64 { param_types(g, kinds).map(|t| value_bytes(t).unwrap_or(0)).sum() };
     let inference = planned(g)?;
     let mut train = model.clone();
-    slimc_passes::pipelines::TRAIN.manager().run(&mut train).map_err(|e| anyhow!("training program: {e}"))?;
+    slimc_passes::pipelines::TRAIN_STEP.manager().run(&mut train).map_err(|e| anyhow!("training program: {e}"))?;
     let training = planned(&train.graph)?;
     let trainable = bytes_of(&[ParamKind::Weight]);
     Ok(MemoryInfo {

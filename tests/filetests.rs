@@ -5,6 +5,8 @@
 //! ```text
 //! ; passes: group-channels,rewrite-widths
 //! ; ratio: 0.5            (also: policy seed|groups, min-channels N, round-to N)
+//! ; optimizer: adamw      (the `optimizer` pass: sgd or adamw; `; sr: subgradient|proximal`
+//!                          puts every BN gamma under the L1 term)
 //! ; tensor bn.weight = 1 0.001 0.5 0.002
 //! graph g(%x: f32[1,4,8,8]) { ... }
 //! ; expected:
@@ -13,7 +15,7 @@
 //! Parameters without a `; tensor` line get deterministic values in [0.5, 1.5).
 
 use slimc_ir::{parse_graph, print_graph, DType, Model, Tensor, ValueDef};
-use slimc_passes::{PassContext, PassManager, Policy, PruneOptions};
+use slimc_passes::{OptimizerOptions, PassContext, PassManager, Policy, PruneOptions, Sparsity, UpdateRule};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +25,7 @@ const EXPECTED: &str = "; expected:";
 struct Case {
     passes: String,
     prune: PruneOptions,
+    optimizer: OptimizerOptions,
     tensors: BTreeMap<String, Vec<f64>>,
     input: String,
     expected: String,
@@ -33,6 +36,7 @@ fn parse_case(text: &str) -> Result<Case, String> {
     let mut case = Case {
         passes: String::new(),
         prune: PruneOptions::default(),
+        optimizer: OptimizerOptions::default(),
         tensors: BTreeMap::new(),
         input: String::new(),
         expected: expected.to_string(),
@@ -52,6 +56,12 @@ fn parse_case(text: &str) -> Result<Case, String> {
             "min-channels" => case.prune.min_channels = num(value)? as usize,
             "round-to" => case.prune.round_to = num(value)? as usize,
             "policy" => case.prune.policy = if value == "seed" { Policy::Seed } else { Policy::Groups },
+            "optimizer" if value == "sgd" => case.optimizer.rule = UpdateRule::Sgd,
+            "optimizer" if value == "adamw" => case.optimizer.rule = UpdateRule::AdamW { beta1: 0.9 },
+            "sr" => {
+                let proximal = value == "proximal";
+                case.optimizer.sparsity = Some(Sparsity { gammas: None, proximal, keep: 0 });
+            }
             k if k.starts_with("tensor ") => {
                 let name = k["tensor ".len()..].trim().to_string();
                 let values = value.split_whitespace().map(num).collect::<Result<_, _>>()?;
@@ -127,7 +137,7 @@ fn describe(model: &Model, cx: &PassContext) -> String {
 
 fn run_case(case: &Case) -> Result<String, String> {
     let mut model = build_model(case)?;
-    let mut cx = PassContext { prune: case.prune.clone(), ..Default::default() };
+    let mut cx = PassContext { prune: case.prune.clone(), optimizer: case.optimizer.clone(), ..Default::default() };
     let pm = PassManager::parse(&case.passes).map_err(|e| e.to_string())?;
     if let Err(e) = pm.run_with(&mut model, &mut cx) {
         return Ok(format!("// error: {e}\n"));

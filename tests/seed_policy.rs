@@ -10,9 +10,8 @@ mod common;
 use onnx_protobuf::{Message, ModelProto};
 use slimc::export::{export_onnx, ExportOptions};
 use slimc::frontend::onnx::import_proto;
-use slimc::train::optim::{param_groups, ParamGroup};
 use slimc_ir::{Model, ParamKind, ValueDef};
-use slimc_passes::seed_unprunable;
+use slimc_passes::{param_groups, seed_unprunable, ParamGroup};
 use std::collections::{BTreeMap, BTreeSet};
 
 fn reference(scale: &str) -> BTreeSet<String> {

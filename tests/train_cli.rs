@@ -1,6 +1,7 @@
 //! `slimc train` / `slimc val` through the binary on a small synthetic dataset: bad data is
 //! reported as Ultralytics does (counted warnings naming file and line, or errors), and a run
-//! killed with SIGKILL mid-epoch resumes from its last completed epoch.
+//! killed with SIGKILL mid-epoch resumes from its last completed epoch and ends exactly where an
+//! uninterrupted run ends.
 
 mod common;
 
@@ -33,6 +34,15 @@ fn rows(csv: &Path) -> Vec<String> {
         .lines()
         .skip(1)
         .map(|l| l.split(',').next().unwrap().to_string())
+        .collect()
+}
+
+/// results.csv rows without the wall-time column.
+fn results_without_time(csv: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(csv).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != 1).map(|(_, c)| c).collect::<Vec<_>>().join(","))
         .collect()
 }
 
@@ -98,6 +108,12 @@ fn killed_run_resumes_from_its_last_completed_epoch() {
     assert!(out.status.success(), "{t}");
     assert!(t.contains(&format!("from epoch {} of 3", done + 1)), "{t}");
     assert_eq!(rows(&csv), vec!["1.000000", "2.000000", "3.000000"], "each epoch exactly once");
+    // The weights, optimizer moments, EMA and schedule all came back: every loss, metric and
+    // learning rate equals an uninterrupted run's.
+    let whole = d.join("whole");
+    let out = train(&yaml, &whole, 3).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(results_without_time(&csv), results_without_time(&whole.join("run/results.csv")));
     // A finished run has nothing to resume.
     let out = slimc().arg("train").arg(&last).arg("--resume").output().unwrap();
     assert!(!out.status.success() && text(&out).contains("no training state to resume"), "{}", text(&out));

@@ -1,5 +1,6 @@
 //! One training step of yolo11p (nc 2) against Ultralytics 8.3.253 (tests/fixtures/yolo11p-nc2-step):
-//! loss components, every parameter gradient (plain and with sr 0.01), BN running statistics.
+//! loss components, every parameter gradient (plain, and with sr 0.01 recovered from the whole
+//! training step's update), BN running statistics.
 
 mod common;
 
@@ -7,19 +8,32 @@ use common::{fixture, rel_err};
 use slimc::frontend::weights::read_safetensors;
 use slimc::load::{load_model, LoadOptions};
 use slimc::train::step::{read_targets, Program, StepResult};
-use slimc_ir::{parse_graph, print_graph, Tensor};
+use slimc_ir::{parse_graph, print_graph, step_scalars as s, Model, Tensor};
+use slimc_passes::{accumulator_name, ema_name, OptimizerOptions, Sparsity, UpdateRule};
 use std::collections::BTreeMap;
 
-fn program() -> Program {
+fn model() -> Model {
     let opts = LoadOptions { weights: Some(fixture("yolo11p-nc2/model.safetensors")), ..Default::default() };
-    let model = load_model(fixture("yolo11p-nc2/yolo11p.yaml").to_str().unwrap(), &opts).unwrap();
-    Program::new(&model, &slimc::backend::cpu::Cpu).unwrap()
+    load_model(fixture("yolo11p-nc2/yolo11p.yaml").to_str().unwrap(), &opts).unwrap()
+}
+
+fn program() -> Program {
+    Program::new(&model(), &slimc::backend::cpu::Cpu).unwrap()
+}
+
+fn batch() -> (Tensor, Tensor) {
+    let images = slimc::io::read_npy(&fixture("yolo11p-nc2-step/images.npy")).unwrap();
+    let targets = read_targets(&fixture("yolo11p-nc2-step/report.json")).unwrap();
+    (images, targets)
 }
 
 fn step(p: &mut Program) -> StepResult {
-    let images = slimc::io::read_npy(&fixture("yolo11p-nc2-step/images.npy")).unwrap();
-    let targets = read_targets(&fixture("yolo11p-nc2-step/report.json")).unwrap();
-    p.step(&images, &targets).unwrap()
+    let (images, targets) = batch();
+    p.gradients(&images, &targets).unwrap()
+}
+
+fn loss_report() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("yolo11p-nc2-step/report.json")).unwrap()).unwrap()
 }
 
 fn reference(file: &str) -> BTreeMap<String, Tensor> {
@@ -49,8 +63,7 @@ fn assert_grads_match(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Te
 fn loss_gradients_and_bn_statistics_match_ultralytics() {
     let mut p = program();
     let r = step(&mut p);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("yolo11p-nc2-step/report.json")).unwrap()).unwrap();
+    let report = loss_report();
     let want: Vec<f64> =
         report["loss_items_box_cls_dfl"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     for (k, (&got, &want)) in r.items.iter().zip(&want).enumerate() {
@@ -67,13 +80,62 @@ fn loss_gradients_and_bn_statistics_match_ultralytics() {
     }
 }
 
+/// The whole training step (the `optimizer` pass's program) with the seed recipe's subgradient
+/// L1 term, SGD at momentum 0, no decay or clipping and learning rate 1000: one micro-batch that
+/// steps moves each parameter by −1000·(g + sr·sign(γ)), so the gradient the update used is read
+/// back from the parameters and must match Ultralytics' sparse gradients (sr 0.01); the BN
+/// statistics are state updates of the program, and the EMA (d = 0.75) blends the old and new
+/// weights. A second micro-batch that does not step leaves the weights alone and accumulates.
 #[test]
-fn sparse_gradients_add_sr_sign_gamma_to_every_bn_gamma() {
-    let mut p = program();
-    let mut r = step(&mut p);
-    assert_eq!(p.gammas.len(), 81, "YOLO11 with one PSA block has 81 BatchNorms");
-    p.add_sparsity(&mut r.grads, &p.gammas, 0.01).unwrap();
-    assert_grads_match(&r.grads, &reference("grads_sparse.safetensors"));
+fn whole_step_updates_with_ultralytics_sparse_gradients() {
+    let m = model();
+    let opts = OptimizerOptions {
+        rule: UpdateRule::Sgd,
+        weight_decay: 0.0,
+        max_norm: 0.0,
+        sparsity: Some(Sparsity { gammas: None, proximal: false, keep: 0 }),
+        ema: true,
+    };
+    let mut p = Program::with_optimizer(&m, &slimc::backend::cpu::Cpu, opts).unwrap();
+    let lr = 1000.0f32;
+    let mut v = vec![0.0f32; s::LEN];
+    v[s::LR..s::LR + 3].fill(lr);
+    (v[s::SR], v[s::EMA_DECAY], v[s::EMA_REST], v[s::STEP], v[s::FRESH]) = (0.01, 0.75, 0.25, 1.0, 1.0);
+    let scalars = Tensor::from_f32(vec![s::LEN], v.clone()).unwrap();
+    let (images, targets) = batch();
+    let r = p.train_step(&images, &targets, &scalars).unwrap();
+    let want: Vec<f64> =
+        loss_report()["loss_items_box_cls_dfl"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    for (k, (&got, &want)) in r.items.iter().zip(&want).enumerate() {
+        assert!(((got as f64 - want) / want).abs() < 1e-5, "loss component {k}: {got} vs {want}");
+    }
+    let mut used = BTreeMap::new();
+    let mut sq = 0.0f64;
+    for name in &p.params {
+        let (before, after) = (&m.tensors[name], p.read(name).unwrap());
+        let g: Vec<f32> = before.f32s().unwrap().iter().zip(after.f32s().unwrap()).map(|(a, b)| (a - b) / lr).collect();
+        sq += g.iter().map(|&x| (x as f64).powi(2)).sum::<f64>();
+        let ema = p.read(&ema_name(name)).unwrap();
+        for ((&e, &a), &b) in ema.f32s().unwrap().iter().zip(before.f32s().unwrap()).zip(after.f32s().unwrap()) {
+            let want = 0.75 * a as f64 + 0.25 * b as f64;
+            assert!((e as f64 - want).abs() <= 1e-6 * want.abs().max(1.0), "{name}: EMA {e} vs {want}");
+        }
+        assert!(p.read(&accumulator_name(name)).unwrap().f32s().unwrap().iter().all(|&x| x == 0.0), "{name}");
+        used.insert(name.clone(), Tensor::from_f32(before.shape.clone(), g).unwrap());
+    }
+    assert_grads_match(&used, &reference("grads_sparse.safetensors"));
+    assert!(((r.grad_norm as f64 - sq.sqrt()) / sq.sqrt()).abs() < 1e-3, "norm {} vs {}", r.grad_norm, sq.sqrt());
+    for (name, want) in &reference("bn_after.safetensors") {
+        let err = rel_err(&p.read(name).unwrap(), want);
+        assert!(err < 1e-5, "{name}: running statistic off by {err:.3e}");
+    }
+    // No step: the weights stay, the accumulator takes the (plain) gradient.
+    let weights = p.params.iter().map(|n| (n.clone(), p.read(n).unwrap())).collect::<BTreeMap<_, _>>();
+    v[s::STEP] = 0.0;
+    p.train_step(&images, &targets, &Tensor::from_f32(vec![s::LEN], v).unwrap()).unwrap();
+    let name = &p.params[0];
+    assert_eq!(&p.read(name).unwrap(), &weights[name]);
+    assert!(p.read(&accumulator_name(name)).unwrap().f32s().unwrap().iter().any(|&x| x != 0.0));
 }
 
 #[test]

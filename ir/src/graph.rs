@@ -84,6 +84,10 @@ pub struct Node {
     pub scope: String,
 }
 
+/// The suffix of a state update's name: an output `<param>.next` is the parameter's next value
+/// (see [`Graph::state_updates`]).
+pub const NEXT_SUFFIX: &str = ".next";
+
 /// A dataflow graph in SSA form with nodes in topological order.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Graph {
@@ -120,6 +124,22 @@ impl Graph {
     /// Looks a value up by name.
     pub fn find(&self, name: &str) -> Option<ValueId> {
         self.values.iter().position(|v| v.name == name).map(ValueId)
+    }
+
+    /// The graph's state updates: each output named `<param>.next` after one of its parameters
+    /// (a BN running statistic, an optimizer's moment, a trained weight, an EMA), as (output
+    /// position, parameter). A backend replaces the parameter with that output after each run
+    /// and does not return it as a result.
+    pub fn state_updates(&self) -> Vec<(usize, ValueId)> {
+        let params: HashMap<&str, ValueId> = self.params.iter().map(|&p| (self.value(p).name.as_str(), p)).collect();
+        self.outputs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &o)| {
+                let base = self.value(o).name.strip_suffix(NEXT_SUFFIX)?;
+                params.get(base).map(|&p| (i, p))
+            })
+            .collect()
     }
 
     /// A name not used by any value, built from `base`.

@@ -352,6 +352,44 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             vec![TensorType { dtype: x.dtype, shape: like.shape.clone() }]
         }
+        Op::Sign => vec![x.clone()],
+        Op::Accumulate | Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => {
+            // Operands: the tensor, its gradient or model value, (for updates) the norm, the step
+            // scalars, then state shaped like the tensor.
+            let (second, scalars, state) = match op {
+                Op::Accumulate | Op::EmaUpdate => (inputs[1], inputs[2], &inputs[3..]),
+                _ => {
+                    if inputs[2].rank() != 0 || inputs[2].dtype != DType::F32 {
+                        return invalid(format!(
+                            "{}: the gradient norm must be an f32 scalar, found {}",
+                            op.name(),
+                            inputs[2]
+                        ));
+                    }
+                    (inputs[1], inputs[3], &inputs[4..])
+                }
+            };
+            if x.dtype != DType::F32 {
+                return invalid(format!("{}: expects f32 tensors, found {x}", op.name()));
+            }
+            for t in std::iter::once(&second).chain(state) {
+                same_shape(t, x, op.name())?;
+            }
+            if scalars.shape != [Dim::Fixed(crate::op::step_scalars::LEN)] || scalars.dtype != DType::F32 {
+                return invalid(format!(
+                    "{}: the step scalars must be f32[{}], found {scalars}",
+                    op.name(),
+                    crate::op::step_scalars::LEN
+                ));
+            }
+            vec![x.clone(); op.num_outputs()]
+        }
+        Op::GlobalNorm => {
+            if inputs.iter().any(|t| t.dtype != DType::F32) {
+                return invalid("global_norm: expects f32 tensors");
+            }
+            vec![f32t(vec![])]
+        }
         Op::DetectLoss { strides, reg_max, .. } | Op::DetectLossGrad { strides, reg_max, .. } => {
             let levels = &inputs[..strides.len()];
             for t in levels {

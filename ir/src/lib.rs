@@ -6,8 +6,8 @@
 //! The text form ([`print_graph`] / [`parse_graph`]) is stable and round-trips.
 //!
 //! This crate knows nothing of GPUs or of other file formats. It defines every op's meaning,
-//! the training ops included: batch norm in training mode, the gradient ops and the detection
-//! loss.
+//! the training ops included: batch norm in training mode, the gradient ops, the detection
+//! loss and the optimizer's update, accumulation, clipping and EMA.
 
 mod error;
 pub mod eval;
@@ -22,10 +22,10 @@ mod verify;
 
 pub use error::{IrError, Result};
 pub use graph::{infer_all, infer_node_types};
-pub use graph::{Graph, Node, NodeId, ParamKind, Value, ValueDef, ValueId};
+pub use graph::{Graph, Node, NodeId, ParamKind, Value, ValueDef, ValueId, NEXT_SUFFIX};
 pub use infer::infer_types;
 pub use model::{write_atomic, Metadata, Model};
-pub use op::{Conv2d, Op, OpKind, ReshapeDim, ALL_OP_KINDS};
+pub use op::{step_scalars, Conv2d, Op, OpKind, ReshapeDim, Update, ALL_OP_KINDS};
 pub use tensor::{checked_numel, DType, Dim, Tensor, TensorData, TensorType};
 pub use text::{parse_graph, print_graph};
 pub use verify::verify;

@@ -31,6 +31,51 @@ pub enum ReshapeDim {
     Infer,
 }
 
+/// The per-step scalars of the optimizer ops: one `f32` vector, the training step's
+/// `optimizer.scalars` input, which the host's schedule sets before each micro-batch. The
+/// constants are indices into it.
+pub mod step_scalars {
+    /// Learning rate of parameter group 0 (biases and BN shifts); groups 1 (weights) and 2 (BN
+    /// scales) follow at `LR + 1` and `LR + 2`.
+    pub const LR: usize = 0;
+    /// SGD momentum (ramped during warm-up).
+    pub const MOMENTUM: usize = 3;
+    /// The L1 rate on BN gammas (network slimming), after its decay schedule.
+    pub const SR: usize = 4;
+    /// The EMA decay `d` of this step.
+    pub const EMA_DECAY: usize = 5;
+    /// `1 − d`, computed by the host in double precision (d is close to 1).
+    pub const EMA_REST: usize = 6;
+    /// Nonzero when this micro-batch completes an accumulation and the optimizer steps.
+    pub const STEP: usize = 7;
+    /// Nonzero on an epoch's first micro-batch: the accumulator starts from zero.
+    pub const FRESH: usize = 8;
+    /// AdamW's bias corrections `1 − β1^t` and `1 − β2^t` for this step's count `t`.
+    pub const ADAM_C1: usize = 9;
+    /// See [`ADAM_C1`].
+    pub const ADAM_C2: usize = 10;
+    /// The vector's length.
+    pub const LEN: usize = 11;
+}
+
+/// Attributes of an optimizer update ([`Op::SgdUpdate`], [`Op::AdamWUpdate`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Update {
+    /// Parameter group (0 biases, 1 weights, 2 BN scales): which learning rate of the step
+    /// scalars applies.
+    pub group: usize,
+    /// Weight decay (L2 for SGD, decoupled for AdamW); 0 outside the weights' group.
+    pub weight_decay: f32,
+    /// The gradient is scaled by `max_norm / (norm + 1e-6)` when that is below 1 (PyTorch's
+    /// `clip_grad_norm_`); 0 turns clipping off.
+    pub max_norm: f32,
+    /// Proximal L1 step after the update (network slimming's `sr` on BN gammas): `None` off,
+    /// else the number of largest-magnitude entries left out of it.
+    pub prox: Option<usize>,
+    /// AdamW's β1 (β2 is 0.999 and ε 1e-8, PyTorch's defaults); unused by SGD.
+    pub beta1: f32,
+}
+
 /// An IR operation. Inputs and outputs are listed on each variant.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -112,6 +157,26 @@ pub enum Op {
     /// Gradient of [`Op::DetectLoss`]'s total with respect to every level map (seed 1). Inputs as
     /// `detect_loss`; one output per level map.
     DetectLossGrad { strides: Vec<f32>, gains: Vec<f32>, reg_max: usize },
+    /// Gradient accumulation to the nominal batch. Inputs: the accumulator, this micro-batch's
+    /// gradient, the [`step_scalars`]. Outputs: the sum (the gradient alone on an epoch's
+    /// first micro-batch) and the accumulator's next value (the sum, or zeros when the
+    /// optimizer steps).
+    Accumulate,
+    /// Elementwise sign, 0 at 0 (`torch.sign`).
+    Sign,
+    /// The L2 norm of all inputs taken together, a scalar (`clip_grad_norm_`'s total norm).
+    GlobalNorm,
+    /// SGD with Nesterov momentum (dampening 0) and L2 weight decay, PyTorch's update; see
+    /// [`Update`]. Inputs: parameter, gradient, gradient norm, [`step_scalars`], momentum
+    /// buffer. Outputs: the next parameter and buffer (the inputs when the step flag is 0).
+    SgdUpdate(Update),
+    /// AdamW with decoupled weight decay, PyTorch's update; see [`Update`]. Inputs: parameter,
+    /// gradient, gradient norm, [`step_scalars`], first and second moments. Outputs: the next
+    /// parameter and moments (the inputs when the step flag is 0).
+    AdamWUpdate(Update),
+    /// Ultralytics' model EMA. Inputs: the average, the model's tensor, [`step_scalars`].
+    /// Output: `d·ema + (1 − d)·x` when the step flag is set, else the average.
+    EmaUpdate,
 }
 
 /// The kind of an op, without attributes.
@@ -148,10 +213,16 @@ pub enum OpKind {
     SumTo,
     DetectLoss,
     DetectLossGrad,
+    Accumulate,
+    Sign,
+    GlobalNorm,
+    SgdUpdate,
+    AdamWUpdate,
+    EmaUpdate,
 }
 
 /// Every op kind, in the order the text form documents them.
-pub const ALL_OP_KINDS: [OpKind; 31] = [
+pub const ALL_OP_KINDS: [OpKind; 37] = [
     OpKind::Conv2d,
     OpKind::BatchNorm,
     OpKind::Silu,
@@ -183,6 +254,12 @@ pub const ALL_OP_KINDS: [OpKind; 31] = [
     OpKind::SumTo,
     OpKind::DetectLoss,
     OpKind::DetectLossGrad,
+    OpKind::Accumulate,
+    OpKind::Sign,
+    OpKind::GlobalNorm,
+    OpKind::SgdUpdate,
+    OpKind::AdamWUpdate,
+    OpKind::EmaUpdate,
 ];
 
 impl OpKind {
@@ -220,6 +297,12 @@ impl OpKind {
             OpKind::SumTo => "sum_to",
             OpKind::DetectLoss => "detect_loss",
             OpKind::DetectLossGrad => "detect_loss_grad",
+            OpKind::Accumulate => "accumulate",
+            OpKind::Sign => "sign",
+            OpKind::GlobalNorm => "global_norm",
+            OpKind::SgdUpdate => "sgd_update",
+            OpKind::AdamWUpdate => "adamw_update",
+            OpKind::EmaUpdate => "ema_update",
         }
     }
     /// Looks a kind up by its text name.
@@ -382,6 +465,12 @@ impl Op {
             Op::SumTo => OpKind::SumTo,
             Op::DetectLoss { .. } => OpKind::DetectLoss,
             Op::DetectLossGrad { .. } => OpKind::DetectLossGrad,
+            Op::Accumulate => OpKind::Accumulate,
+            Op::Sign => OpKind::Sign,
+            Op::GlobalNorm => OpKind::GlobalNorm,
+            Op::SgdUpdate(_) => OpKind::SgdUpdate,
+            Op::AdamWUpdate(_) => OpKind::AdamWUpdate,
+            Op::EmaUpdate => OpKind::EmaUpdate,
         }
     }
 
@@ -396,7 +485,8 @@ impl Op {
             Op::Split { sizes, .. } => sizes.len(),
             Op::Anchors { .. } | Op::DetectLoss { .. } => 2,
             Op::BatchNormTrain { .. } => 5,
-            Op::BatchNormGrad => 3,
+            Op::BatchNormGrad | Op::AdamWUpdate(_) => 3,
+            Op::Accumulate | Op::SgdUpdate(_) => 2,
             Op::DetectLossGrad { strides, .. } => strides.len(),
             _ => 1,
         }
@@ -452,6 +542,20 @@ impl Op {
                     ));
                 }
             }
+            Op::SgdUpdate(u) | Op::AdamWUpdate(u) => {
+                if u.group > 2 {
+                    return Err(format!("parameter group {} must be 0, 1 or 2", u.group));
+                }
+                if !(u.weight_decay.is_finite() && u.weight_decay >= 0.0) {
+                    return Err(format!("weight_decay {} must be finite and >= 0", u.weight_decay));
+                }
+                if !(u.max_norm.is_finite() && u.max_norm >= 0.0) {
+                    return Err(format!("max_norm {} must be finite and >= 0", u.max_norm));
+                }
+                if !(0.0..1.0).contains(&u.beta1) {
+                    return Err(format!("beta1 {} must be in [0, 1)", u.beta1));
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -471,7 +575,11 @@ impl Op {
             Op::BatchNormTrain { .. } | Op::BatchNormGrad => (5, 5),
             Op::SiluGrad | Op::SigmoidGrad | Op::SoftmaxGrad { .. } | Op::MaxPool2dGrad { .. } => (2, 2),
             Op::SliceGrad { .. } | Op::SumTo => (2, 2),
-            Op::UpsampleNearestGrad { .. } => (1, 1),
+            Op::UpsampleNearestGrad { .. } | Op::Sign => (1, 1),
+            Op::Accumulate | Op::EmaUpdate => (3, 3),
+            Op::GlobalNorm => (1, usize::MAX),
+            Op::SgdUpdate(_) => (5, 5),
+            Op::AdamWUpdate(_) => (6, 6),
             Op::DetectLoss { strides, .. } | Op::DetectLossGrad { strides, .. } => {
                 (strides.len() + 1, strides.len() + 1)
             }
@@ -492,6 +600,19 @@ impl Op {
             }
             Op::Silu | Op::Sigmoid | Op::Add | Op::Sub | Op::Mul | Op::Div | Op::MatMul => vec![],
             Op::BatchNormGrad | Op::SiluGrad | Op::SigmoidGrad | Op::SumTo => vec![],
+            Op::Accumulate | Op::Sign | Op::GlobalNorm | Op::EmaUpdate => vec![],
+            Op::SgdUpdate(u) | Op::AdamWUpdate(u) => {
+                let mut a = vec![
+                    ("group", Attr::Int(u.group as i64)),
+                    ("weight_decay", Attr::Float(u.weight_decay)),
+                    ("max_norm", Attr::Float(u.max_norm)),
+                    ("prox", Attr::Int(u.prox.map_or(-1, |k| k as i64))),
+                ];
+                if matches!(self, Op::AdamWUpdate(_)) {
+                    a.push(("beta1", Attr::Float(u.beta1)));
+                }
+                a
+            }
             Op::Concat { axis } => vec![("axis", Attr::Int(*axis as i64))],
             Op::Split { axis, sizes } => vec![("axis", Attr::Int(*axis as i64)), ("sizes", usizes(sizes))],
             Op::Slice { axes, starts, ends, steps } | Op::SliceGrad { axes, starts, ends, steps } => vec![
@@ -529,7 +650,22 @@ impl Op {
                 groups: r.usize("groups")?,
             })
         };
+        let update = |r: &mut AttrReader, adam: bool| -> Result<Update> {
+            let group = r.usize("group")?;
+            let weight_decay = r.float("weight_decay")?;
+            let max_norm = r.float("max_norm")?;
+            let prox = r.int("prox")?;
+            let prox = if prox < 0 { None } else { Some(prox as usize) };
+            let beta1 = if adam { r.float("beta1")? } else { 0.0 };
+            Ok(Update { group, weight_decay, max_norm, prox, beta1 })
+        };
         let op = match kind {
+            OpKind::Accumulate => Op::Accumulate,
+            OpKind::Sign => Op::Sign,
+            OpKind::GlobalNorm => Op::GlobalNorm,
+            OpKind::EmaUpdate => Op::EmaUpdate,
+            OpKind::SgdUpdate => Op::SgdUpdate(update(&mut r, false)?),
+            OpKind::AdamWUpdate => Op::AdamWUpdate(update(&mut r, true)?),
             OpKind::Conv2d => Op::Conv2d(conv(&mut r)?),
             OpKind::Conv2dGradInput => Op::Conv2dGradInput(conv(&mut r)?),
             OpKind::Conv2dGradWeight => Op::Conv2dGradWeight(conv(&mut r)?),

@@ -8,7 +8,8 @@ use std::collections::HashSet;
 /// Checks that `g` is well formed: unique names, every value defined once and before use
 /// (topological order), definitions consistent with the input/parameter lists, and every
 /// node's attributes valid and its recorded output types equal to what shape inference (which
-/// validates the attributes, [`crate::Op::validate`]) gives.
+/// validates the attributes, [`crate::Op::validate`]) gives; every state update
+/// ([`Graph::state_updates`]) typed as its parameter.
 pub fn verify(g: &Graph) -> Result<()> {
     let n = g.values.len();
     let mut names = HashSet::new();
@@ -81,6 +82,18 @@ pub fn verify(g: &Graph) -> Result<()> {
     for &o in &g.outputs {
         if o.0 >= n || !defined[o.0] {
             return invalid(format!("graph output #{} is not defined", o.0));
+        }
+    }
+    for (i, p) in g.state_updates() {
+        let o = g.outputs[i];
+        if g.ty(o) != g.ty(p) {
+            return invalid(format!(
+                "state update %{} is {} but its parameter %{} is {}",
+                g.value(o).name,
+                g.ty(o),
+                g.value(p).name,
+                g.ty(p)
+            ));
         }
     }
     Ok(())

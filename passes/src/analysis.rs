@@ -59,6 +59,8 @@ impl Analysis {
 pub struct PassContext {
     /// Pruning options.
     pub prune: PruneOptions,
+    /// What the `optimizer` pass appends.
+    pub optimizer: crate::OptimizerOptions,
     /// Cached [`Analysis::ChannelGroups`].
     pub groups: Option<ChannelGroups>,
     /// Cached [`Analysis::Selection`].

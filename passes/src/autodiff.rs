@@ -19,9 +19,10 @@ pub fn grad_name(param: &str) -> String {
     format!("{param}.grad")
 }
 
-/// The name of the output holding the next value of buffer `buffer` (a BN running statistic).
+/// The name of the output holding the next value of `buffer` (a state update: a BN running
+/// statistic, an optimizer's state, a parameter).
 pub fn next_name(buffer: &str) -> String {
-    format!("{buffer}.next")
+    format!("{buffer}{}", slimc_ir::NEXT_SUFFIX)
 }
 
 /// Turns an inference graph into one training step's program. If the graph has no

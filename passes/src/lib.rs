@@ -14,6 +14,7 @@ mod fold_bn;
 mod fold_constants;
 mod group_channels;
 mod manager;
+mod optimizer;
 pub mod pipelines;
 mod propagate_masks;
 mod pruning;
@@ -30,6 +31,10 @@ pub use fold_bn::FoldBn;
 pub use fold_constants::FoldConstants;
 pub use group_channels::ChannelGroups;
 pub use manager::{PassManager, PassReport};
+pub use optimizer::{
+    accumulator_name, bn_gammas, ema_name, param_groups, state_names, Optimizer, OptimizerOptions, ParamGroup,
+    Sparsity, UpdateRule, GRAD_NORM, SCALARS,
+};
 pub use propagate_masks::Masks;
 pub use pruning::{Importance, Policy, PruneOptions, PruneReport, Selection};
 pub use rewrite_widths::RewriteWidths;
@@ -74,5 +79,12 @@ pub trait Pass {
 /// Every registered pass, in the order `--list-passes` shows them (analyses are listed by
 /// [`Analysis::ALL`]).
 pub fn all_passes() -> Vec<Box<dyn Pass>> {
-    vec![Box::new(FoldConstants), Box::new(Dce), Box::new(FoldBn), Box::new(Autodiff), Box::new(RewriteWidths)]
+    vec![
+        Box::new(FoldConstants),
+        Box::new(Dce),
+        Box::new(FoldBn),
+        Box::new(Autodiff),
+        Box::new(Optimizer),
+        Box::new(RewriteWidths),
+    ]
 }

@@ -48,5 +48,13 @@ pub const TRAIN: Pipeline = Pipeline {
     passes: &["autodiff", "dce"],
 };
 
+/// The whole training step: the training program, then the optimizer's update, accumulation,
+/// clipping, sparsity term and EMA (options from the run's context).
+pub const TRAIN_STEP: Pipeline = Pipeline {
+    name: "train-step",
+    summary: "whole training step: detection loss, backward program, optimizer update and EMA, dead-code removal",
+    passes: &["autodiff", "optimizer", "dce"],
+};
+
 /// Every pipeline.
-pub const ALL: [Pipeline; 4] = [IMPORT, EXPORT, PRUNE, TRAIN];
+pub const ALL: [Pipeline; 5] = [IMPORT, EXPORT, PRUNE, TRAIN, TRAIN_STEP];

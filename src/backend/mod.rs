@@ -18,14 +18,18 @@ pub trait Backend {
     fn compile(&self, model: &Model) -> Result<Box<dyn Executable>>;
 }
 
-/// A compiled graph with its parameters and buffers.
+/// A compiled graph with its parameters and buffers. The graph's state updates (outputs named
+/// `<param>.next`, [`slimc_ir::Graph::state_updates`]: BN running statistics, the optimizer's
+/// accumulators and moments, the trained weights, the EMA) are applied by the executable to
+/// its own parameters after each run and are not returned: state stays where the program runs.
 pub trait Executable: Send {
     /// The graph's input names, in order.
     fn input_names(&self) -> Vec<String>;
-    /// The graph's output names, in the order [`Executable::run`] returns them.
+    /// The names of the graph's results (its outputs other than state updates), in the order
+    /// [`Executable::run`] returns them.
     fn output_names(&self) -> Vec<String>;
     /// Runs the graph on one tensor per input, in the order of [`Executable::input_names`];
-    /// returns the outputs in order.
+    /// applies the state updates and returns the results in order.
     fn run(&mut self, inputs: &[&Tensor]) -> Result<Vec<Tensor>>;
     /// A copy of the named parameter (weights, BN statistics, any state the graph holds).
     fn read(&self, name: &str) -> Result<Tensor>;

@@ -102,9 +102,17 @@ pub fn step(a: StepArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let backend = a.device.backend()?;
     let mut program = step::Program::new(&model, &*backend).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
-    let mut r = program.step(&x, &t).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
+    let mut r = program.gradients(&x, &t).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
     if a.sr != 0.0 {
-        program.add_sparsity(&mut r.grads, &program.gammas, a.sr)?;
+        // The subgradient term as the training step's IR computes it: g + sign(γ)·sr.
+        use slimc_ir::{eval::eval, Op, Tensor};
+        let sr = Tensor::from_f32(vec![1], vec![a.sr])?;
+        for name in &program.gammas {
+            let sign = eval(&Op::Sign, &[&program.read(name)?])?.remove(0);
+            let term = eval(&Op::Mul, &[&sign, &sr])?.remove(0);
+            let g = r.grads.get_mut(name).ok_or_else(|| anyhow!("no gradient for BN gamma {name}"))?;
+            *g = eval(&Op::Add, &[g, &term])?.remove(0);
+        }
     }
     let ms = start.elapsed().as_secs_f64() * 1e3;
     if let Some(p) = &a.dump_grads {

@@ -1,131 +1,124 @@
-//! One training step: the training program (the `autodiff` pass's output), compiled once on a
-//! backend, run on an image batch and its targets, giving the loss, every parameter gradient and
-//! the next BN running statistics.
+//! The training programs, compiled once on a backend: the gradient program (the `autodiff`
+//! pass's output: loss, every parameter gradient, the next BN running statistics), and the
+//! whole training step (`autodiff` then `optimizer`: the update, accumulation, clipping, the
+//! sparsity term and the EMA in the program, its state held by the executable).
 
 use crate::backend::{Backend, Executable};
-use crate::train::optim::{param_groups, ParamGroup};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
-use slimc_ir::{Model, Op, Tensor};
-use slimc_passes::{grad_name, next_name, pipelines, LOSS_ITEMS, LOSS_TOTAL};
+use slimc_ir::{Model, Op, ParamKind, Tensor, ValueDef};
+use slimc_passes::{grad_name, pipelines, OptimizerOptions, PassContext, GRAD_NORM, LOSS_ITEMS, LOSS_TOTAL};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// A model's training program and where its outputs go.
+/// A model's training program compiled on a backend, and the names of what it trains.
 pub struct Program {
-    /// The training graph and the host's copy of its tensors (which the optimizer updates; see
-    /// [`Program::upload`]).
+    /// The program: graph and initial tensors.
     pub model: Model,
-    /// The program compiled on its backend, with its own copy of the tensors.
+    /// The program compiled on its backend, holding the current tensors.
     exe: Box<dyn Executable>,
     /// Trainable parameters, in graph order.
     pub params: Vec<String>,
-    /// BN running statistics updated by each step, in graph order.
+    /// BN running statistics, in graph order.
     pub buffers: Vec<String>,
     /// The BN gammas (`batch_norm` scale parameters) of the inference graph, in graph order.
     pub gammas: Vec<String>,
-    /// Every trainable parameter's optimizer group, by its role in the graph.
-    pub groups: BTreeMap<String, ParamGroup>,
 }
 
-/// The names of the BN gammas of an inference graph, in graph order.
-pub fn bn_gammas(model: &Model) -> Vec<String> {
+/// The trainable parameters and the BN running statistics of an inference model, in graph
+/// order.
+fn trained_and_buffers(model: &Model) -> (Vec<String>, Vec<String>) {
     let g = &model.graph;
-    g.nodes
+    let params = g
+        .params
         .iter()
-        .filter(|n| matches!(n.op, Op::BatchNorm { .. } | Op::BatchNormTrain { .. }))
-        .map(|n| g.value(n.inputs[1]).name.clone())
-        .collect()
+        .filter(|&&p| g.value(p).def == ValueDef::Param(ParamKind::Weight))
+        .map(|&p| g.value(p).name.clone())
+        .collect();
+    let buffers = g
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
+        .flat_map(|n| [n.inputs[3], n.inputs[4]])
+        .map(|v| g.value(v).name.clone())
+        .collect();
+    (params, buffers)
 }
 
 impl Program {
-    /// Builds the training program of an inference model (YAML-built or a `.slim` file) and
-    /// compiles it on `backend`.
-    pub fn new(model: &Model, backend: &dyn Backend) -> Result<Program> {
-        let gammas = bn_gammas(model);
-        let groups = param_groups(&model.graph);
+    /// Builds `pipeline` on an inference model (YAML-built or a `.slim` file) with `cx` and
+    /// compiles the result on `backend`.
+    fn build(
+        model: &Model,
+        backend: &dyn Backend,
+        pipeline: pipelines::Pipeline,
+        cx: &mut PassContext,
+    ) -> Result<Program> {
+        let gammas = slimc_passes::bn_gammas(&model.graph);
+        let (params, buffers) = trained_and_buffers(model);
         let mut m = model.clone();
-        pipelines::TRAIN.manager().run(&mut m)?;
-        let g = &m.graph;
-        let mut params = vec![];
-        let mut buffers = vec![];
-        for &o in &g.outputs {
-            let name = &g.value(o).name;
-            if let Some(p) = name.strip_suffix(".grad") {
-                params.push(p.to_string());
-            } else if let Some(b) = name.strip_suffix(".next") {
-                buffers.push(b.to_string());
-            }
-        }
+        pipeline.manager().run_with(&mut m, cx)?;
         let exe = backend.compile(&m)?;
-        Ok(Program { model: m, exe, params, buffers, gammas, groups })
+        Ok(Program { model: m, exe, params, buffers, gammas })
     }
 
-    /// Copies the host's parameters and BN buffers into the compiled program (after an optimizer
-    /// update, or after loading saved weights).
-    pub fn upload(&mut self) -> Result<()> {
-        for n in self.params.iter().chain(&self.buffers) {
-            let t = self.model.tensors.get(n).ok_or_else(|| anyhow!("no tensor {n}"))?;
-            self.exe.write(n, t)?;
-        }
-        Ok(())
+    /// The gradient program: one forward and backward pass per run ([`Program::gradients`]).
+    pub fn new(model: &Model, backend: &dyn Backend) -> Result<Program> {
+        Program::build(model, backend, pipelines::TRAIN, &mut PassContext::default())
     }
 
-    /// Takes a step's next BN running statistics, on the host and in the compiled program.
-    pub fn set_buffers(&mut self, running: BTreeMap<String, Tensor>) -> Result<()> {
-        for (n, t) in running {
-            self.exe.write(&n, &t)?;
-            self.model.tensors.insert(n, t);
-        }
-        Ok(())
+    /// The whole training step with the optimizer `opts` describes ([`Program::train_step`]).
+    pub fn with_optimizer(model: &Model, backend: &dyn Backend, opts: OptimizerOptions) -> Result<Program> {
+        let mut cx = PassContext { optimizer: opts, ..Default::default() };
+        Program::build(model, backend, pipelines::TRAIN_STEP, &mut cx)
     }
 
-    /// Runs one forward and backward pass.
-    pub fn step(&mut self, images: &Tensor, targets: &Tensor) -> Result<StepResult> {
-        // The training program takes the model's image input, then the targets `autodiff` added.
-        let outs = self.exe.run(&[images, targets])?;
+    /// A copy of one of the program's tensors (a parameter, a BN statistic, optimizer state,
+    /// an EMA).
+    pub fn read(&self, name: &str) -> Result<Tensor> {
+        self.exe.read(name)
+    }
+
+    /// Replaces one of the program's tensors (same shape).
+    pub fn write(&mut self, name: &str, t: &Tensor) -> Result<()> {
+        self.exe.write(name, t)
+    }
+
+    /// Runs `inputs` and returns the results by name with the loss components and total taken
+    /// out.
+    fn run(&mut self, inputs: &[&Tensor]) -> Result<([f32; 3], f32, BTreeMap<String, Tensor>)> {
+        let outs = self.exe.run(inputs)?;
         let mut by_name: BTreeMap<String, Tensor> = self.exe.output_names().into_iter().zip(outs).collect();
         let items = by_name.remove(LOSS_ITEMS).ok_or_else(|| anyhow!("training program lacks {LOSS_ITEMS}"))?;
         let total = by_name.remove(LOSS_TOTAL).ok_or_else(|| anyhow!("training program lacks {LOSS_TOTAL}"))?;
         let items = items.f32s()?;
-        let mut r = StepResult {
-            items: [items[0], items[1], items[2]],
-            total: total.f32s()?[0],
-            grads: BTreeMap::new(),
-            running: BTreeMap::new(),
-        };
-        for p in &self.params {
-            r.grads.insert(p.clone(), by_name.remove(&grad_name(p)).expect("every parameter has a gradient output"));
-        }
-        for b in &self.buffers {
-            r.running.insert(b.clone(), by_name.remove(&next_name(b)).expect("every buffer has a next output"));
-        }
-        Ok(r)
+        Ok(([items[0], items[1], items[2]], total.f32s()?[0], by_name))
     }
 
-    /// Adds network slimming's L1 subgradient `sr·sign(γ)` to the gradients of the BN gammas
-    /// named in `scope`.
-    pub fn add_sparsity(&self, grads: &mut BTreeMap<String, Tensor>, scope: &[String], sr: f32) -> Result<()> {
-        for name in scope {
-            let gamma = self.model.tensors.get(name).ok_or_else(|| anyhow!("no BN gamma {name}"))?.f32s()?;
-            let g = grads.get_mut(name).ok_or_else(|| anyhow!("no gradient for BN gamma {name}"))?.f32s_mut()?;
-            for (d, &w) in g.iter_mut().zip(gamma) {
-                // torch.sign: 0 at 0.
-                *d += sr
-                    * if w > 0.0 {
-                        1.0
-                    } else if w < 0.0 {
-                        -1.0
-                    } else {
-                        0.0
-                    };
-            }
+    /// Runs one forward and backward pass of the gradient program; the BN running statistics
+    /// advance in the program.
+    pub fn gradients(&mut self, images: &Tensor, targets: &Tensor) -> Result<StepResult> {
+        // The training program takes the model's image input, then the targets `autodiff` added.
+        let (items, total, mut by_name) = self.run(&[images, targets])?;
+        let mut grads = BTreeMap::new();
+        for p in &self.params {
+            let g = by_name.remove(&grad_name(p)).ok_or_else(|| anyhow!("the program has no gradient of {p}"))?;
+            grads.insert(p.clone(), g);
         }
-        Ok(())
+        let running = self.buffers.iter().map(|b| Ok((b.clone(), self.exe.read(b)?))).collect::<Result<_>>()?;
+        Ok(StepResult { items, total, grads, running })
+    }
+
+    /// Runs one micro-batch of the whole training step with this step's scalars
+    /// ([`slimc_ir::step_scalars`]); returns the loss components and total and the gradient norm.
+    pub fn train_step(&mut self, images: &Tensor, targets: &Tensor, scalars: &Tensor) -> Result<StepLoss> {
+        let (items, total, by_name) = self.run(&[images, targets, scalars])?;
+        let norm = by_name.get(GRAD_NORM).ok_or_else(|| anyhow!("training program lacks {GRAD_NORM}"))?;
+        Ok(StepLoss { items, total, grad_norm: norm.f32s()?[0] })
     }
 }
 
-/// What one step produces.
+/// What one run of the gradient program produces.
 pub struct StepResult {
     /// Loss components: box, cls, dfl (after gains, per target-score sum).
     pub items: [f32; 3],
@@ -135,6 +128,17 @@ pub struct StepResult {
     pub grads: BTreeMap<String, Tensor>,
     /// Next BN running statistics.
     pub running: BTreeMap<String, Tensor>,
+}
+
+/// What one micro-batch of the training step reports to the host.
+pub struct StepLoss {
+    /// Loss components: box, cls, dfl.
+    pub items: [f32; 3],
+    /// The differentiated total.
+    pub total: f32,
+    /// The global norm of the gradient the update would use (accumulated, with the L1
+    /// subgradient, before clipping).
+    pub grad_norm: f32,
 }
 
 #[derive(Deserialize)]

@@ -1,8 +1,9 @@
-//! `slimc train`: Ultralytics' training loop on the CPU backend — warm-up, accumulation to the
-//! nominal batch, clipping, EMA, validation every epoch, results.csv / results.png, last.slim
-//! and best.slim written atomically, and `--resume` from the last completed epoch.
+//! `slimc train`: Ultralytics' training loop — the schedule (warm-up, accumulation to the
+//! nominal batch, learning-rate decay, the EMA decay) on the host, each micro-batch one run of
+//! the whole training step on the backend, validation every epoch, results.csv / results.png,
+//! last.slim and best.slim written atomically, and `--resume` from the last completed epoch.
 
-use super::optim::{choose, clip_grad_norm, interp, lr_factor, warmup_iterations, Ema, Optimizer, Prox, Rule, SrMode};
+use super::optim::{choose, interp, lr_factor, warmup_iterations, Optimizer, Rule, SrMode};
 use super::plot::{plot_results, save_batch};
 use super::step::Program;
 use crate::backend::Backend;
@@ -14,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use slimc_ir::{Model, Tensor};
+use slimc_passes::{accumulator_name, ema_name, state_names, OptimizerOptions, Sparsity};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -93,6 +95,11 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 0)]
     #[serde(default)]
     pub sr_keep: usize,
+    /// Clip the gradient's global norm at this value. Default 10 (Ultralytics), and off under
+    /// --sr: the seed recipe trains sparsely without clipping.
+    #[arg(long)]
+    #[serde(default)]
+    pub clip: Option<f32>,
     /// Run folder (from --project and --name).
     #[arg(skip)]
     pub save_dir: PathBuf,
@@ -137,10 +144,19 @@ impl TrainConfig {
         finite("warmup-momentum", self.warmup_momentum, 0.0, 1.0)?;
         finite("warmup-bias-lr", self.warmup_bias_lr, 0.0, 10.0)?;
         finite("sr", self.sr as f64, 0.0, 1e3)?;
+        if let Some(c) = self.clip {
+            finite("clip", c as f64, 0.0, 1e9)?;
+        }
         if !matches!(self.sr_scope.as_str(), "all" | "seed") {
             bail!("--sr-scope {}: expected all or seed", self.sr_scope);
         }
         Ok(())
+    }
+
+    /// The gradient-norm threshold in force: `--clip`, else 10 without the L1 term and none
+    /// with it.
+    pub fn max_norm(&self) -> f32 {
+        self.clip.unwrap_or(if self.sr > 0.0 { 0.0 } else { 10.0 })
     }
 }
 
@@ -239,12 +255,14 @@ pub struct Trainer {
     names: Vec<String>,
     /// The BN gammas under the L1 term and the sparsity share.
     sr_gammas: Vec<String>,
+    /// The whole training step, holding the weights, the optimizer state and the EMA.
     program: Program,
     /// The inference model whose tensors the EMA replaces for validation and saving.
     model: Model,
-    ema: Ema,
+    /// The host's schedule.
     opt: Optimizer,
-    opt_state: BTreeMap<String, Vec<f32>>,
+    /// EMA updates so far.
+    ema_updates: u64,
     train: Arc<Split>,
     val: Split,
     start_epoch: usize,
@@ -276,36 +294,49 @@ impl Trainer {
         eprintln!("{}", rep.summary("val"));
         let train = Arc::new(Split::new(train, cfg.imgsz, cfg.cache)?);
         let val = Split::new(val, cfg.imgsz, cfg.cache)?;
-        let program = Program::new(&model, &*backend).context("building the training program")?;
         let nb = train.samples.len().div_ceil(cfg.batch);
         let iterations = train.samples.len().div_ceil(cfg.batch.max(cfg.nbs)) * cfg.epochs;
         let choice = choose(&cfg.optimizer, cfg.lr0, cfg.momentum, cfg.warmup_bias_lr, iterations, nc)
             .map_err(|e| anyhow!(e))?;
         let accumulate = ((cfg.nbs as f64 / cfg.batch as f64).round() as usize).max(1);
         let decay = cfg.weight_decay * cfg.batch as f64 * accumulate as f64 / cfg.nbs as f64;
+        let clip = match cfg.max_norm() {
+            c if c > 0.0 => format!("clip {c}"),
+            _ => "no clipping".to_string(),
+        };
         eprintln!(
-            "optimizer: {:?}(lr={}, momentum={}) with parameter groups (no decay: biases, BN gammas; decay {decay}: weights); {nb} batches per epoch",
+            "optimizer: {:?}(lr={}, momentum={}) with parameter groups (no decay: biases, BN gammas; decay {decay}: weights), {clip}; {nb} batches per epoch",
             choice.rule, choice.lr, choice.momentum
         );
+        let gammas = slimc_passes::bn_gammas(&model.graph);
         let sr_gammas = match cfg.sr_scope.as_str() {
-            "all" => program.gammas.clone(),
+            "all" => gammas,
             "seed" => {
                 let keep = slimc_passes::seed_unprunable(&model.graph);
-                program.gammas.iter().filter(|g| !keep.contains(g.trim_end_matches(".weight"))).cloned().collect()
+                gammas.into_iter().filter(|g| !keep.contains(g.trim_end_matches(".weight"))).collect()
             }
             s => bail!("--sr-scope {s}: expected all or seed"),
         };
-        let ema_names: Vec<String> = program.params.iter().chain(&program.buffers).cloned().collect();
-        let ema =
-            Ema { tensors: ema_names.iter().map(|n| (n.clone(), model.tensors[n].clone())).collect(), updates: 0 };
+        let opt = Optimizer::new(choice, decay);
+        let options = OptimizerOptions {
+            rule: opt.rule(),
+            weight_decay: decay as f32,
+            max_norm: cfg.max_norm(),
+            sparsity: (cfg.sr > 0.0).then(|| Sparsity {
+                gammas: Some(sr_gammas.clone()),
+                proximal: cfg.sr_mode == SrMode::Proximal,
+                keep: cfg.sr_keep,
+            }),
+            ema: true,
+        };
+        let program = Program::with_optimizer(&model, &*backend, options).context("building the training program")?;
         Ok(Trainer {
             names: spec.names,
             sr_gammas,
             model,
             program,
-            ema,
-            opt: Optimizer::new(choice, decay),
-            opt_state: BTreeMap::new(),
+            opt,
+            ema_updates: 0,
             train,
             val,
             start_epoch: 0,
@@ -331,44 +362,82 @@ impl Trainer {
         }
         let mut model = saved.clone();
         model.training_state.clear();
-        for (n, t) in &raw {
-            model.tensors.insert(n.clone(), t.clone());
-        }
         let mut t = Trainer::new(model, state.config, backend)?;
-        t.ema.tensors = t.ema.tensors.keys().map(|n| (n.clone(), saved.tensors[n].clone())).collect();
-        t.ema.updates = state.ema_updates;
+        let p = &mut t.program;
+        for n in p.params.clone().iter().chain(&p.buffers.clone()) {
+            p.write(&ema_name(n), &saved.tensors[n])?;
+        }
+        for (n, v) in &raw {
+            p.write(n, v)?;
+        }
+        // Optimizer state as saved: SGD's momentum buffer, or AdamW's moments one after the other.
+        let rule = state.optimizer.rule();
+        for (n, v) in opt {
+            let slots = state_names(&n, rule);
+            let shape = raw
+                .get(&n)
+                .map(|t| t.shape.clone())
+                .ok_or_else(|| anyhow!("optimizer state for {n}, which is not trained"))?;
+            let len: usize = shape.iter().product();
+            if v.len() != len * slots.len() {
+                bail!(
+                    "{}: optimizer state of {n} has {} values, expected {}",
+                    last.display(),
+                    v.len(),
+                    len * slots.len()
+                );
+            }
+            for (slot, part) in slots.iter().zip(v.chunks_exact(len.max(1))) {
+                p.write(slot, &Tensor::from_f32(shape.clone(), part.to_vec())?)?;
+            }
+        }
+        t.ema_updates = state.ema_updates;
         t.opt = state.optimizer;
-        t.opt_state = opt;
         t.start_epoch = state.epoch + 1;
         t.best_fitness = state.best_fitness;
         t.last_opt_step = state.last_opt_step;
         t.results = state.results;
-        for (n, v) in raw {
-            t.program.model.tensors.insert(n, v);
-        }
-        t.program.upload()?;
         eprintln!("resuming {} from epoch {} of {}", t.cfg.save_dir.display(), t.start_epoch + 1, t.cfg.epochs);
         Ok(t)
+    }
+
+    /// The program's current tensors named `names`, by name.
+    fn read_all<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> Result<BTreeMap<String, Tensor>> {
+        names.into_iter().map(|n| Ok((n.clone(), self.program.read(n)?))).collect()
     }
 
     /// The share of the selected BN gammas (raw weights) with |gamma| below `t`.
     fn gamma_share_below(&self, t: f32) -> Result<f64> {
         let (mut below, mut all) = (0usize, 0usize);
         for g in &self.sr_gammas {
-            let v = self.program.model.tensors[g].f32s()?;
-            below += v.iter().filter(|x| x.abs() < t).count();
-            all += v.len();
+            let v = self.program.read(g)?;
+            below += v.f32s()?.iter().filter(|x| x.abs() < t).count();
+            all += v.numel();
         }
         Ok(below as f64 / all.max(1) as f64)
     }
 
     /// The EMA weights in the inference model, ready to validate or save.
-    fn ema_model(&self) -> Model {
+    fn ema_model(&self) -> Result<Model> {
         let mut m = self.model.clone();
-        for (n, t) in &self.ema.tensors {
-            m.tensors.insert(n.clone(), t.clone());
+        for n in self.program.params.iter().chain(&self.program.buffers) {
+            m.tensors.insert(n.clone(), self.program.read(&ema_name(n))?);
         }
-        m
+        Ok(m)
+    }
+
+    /// The optimizer state to save: per trained parameter, its state tensors one after the other.
+    fn optimizer_state(&self) -> Result<BTreeMap<String, Vec<f32>>> {
+        let rule = self.opt.rule();
+        let mut out = BTreeMap::new();
+        for n in &self.program.params {
+            let mut v = vec![];
+            for s in state_names(n, rule) {
+                v.extend_from_slice(self.program.read(&s)?.f32s()?);
+            }
+            out.insert(n.clone(), v);
+        }
+        Ok(out)
     }
 
     /// Runs the remaining epochs; returns the best fitness (mAP50-95).
@@ -410,9 +479,9 @@ impl Trainer {
             );
             pb.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
             let mut mean = [0.0f64; 3];
-            let mut grads: Option<BTreeMap<String, Tensor>> = None;
             let rx = self.train.train_epoch(cfg.batch, hyp, cfg.seed, epoch);
             let mut seen = 0;
+            let sr = if cfg.sr_decay { cfg.sr * (1.0 - 0.9 * epoch as f32 / cfg.epochs as f32) } else { cfg.sr };
             for (i, batch) in rx.iter().enumerate() {
                 let batch = batch?;
                 let ni = (i + nb * epoch) as i64;
@@ -434,7 +503,16 @@ impl Trainer {
                         eprintln!("WARNING {}: {e:#}", path.display());
                     }
                 }
-                let r = self.program.step(&batch.images, &batch.targets)?;
+                // Accumulated gradients do not carry over an epoch's end (Ultralytics zeroes them
+                // as each epoch starts); the optimizer steps once `accumulate` micro-batches
+                // have passed since its last step.
+                let steps = ni - self.last_opt_step >= accumulate as i64;
+                if steps {
+                    self.opt.steps += 1;
+                    self.ema_updates += 1;
+                }
+                let scalars = self.opt.scalars(steps, i == 0, sr, self.ema_updates);
+                let r = self.program.train_step(&batch.images, &batch.targets, &scalars)?;
                 // A non-finite loss or gradient stops the run: the weights of the last completed
                 // epoch stay in last.slim (Ultralytics reloads last.pt and retries up to three
                 // times; slimc's steps are deterministic, so a retry would meet the same values).
@@ -443,56 +521,24 @@ impl Trainer {
                     let (at, kept) = (at(), kept_weights(&cfg.save_dir));
                     bail!("{at}: the {} loss is {}; stopping ({kept})", ["box", "cls", "dfl"][k], r.items[k]);
                 }
-                let bad = non_finite(&r.grads);
-                if !bad.is_empty() {
+                if !r.grad_norm.is_finite() {
+                    // The accumulators hold the bad gradient unless this micro-batch stepped, in
+                    // which case it reached the parameters.
+                    let names: Vec<String> = if steps {
+                        self.program.params.clone()
+                    } else {
+                        self.program.params.iter().map(|p| accumulator_name(p)).collect()
+                    };
+                    let read = self.read_all(&names)?;
+                    let bad = non_finite(&read);
                     let (at, kept) = (at(), kept_weights(&cfg.save_dir));
-                    bail!("{at}: non-finite gradient of {}; stopping ({kept})", bad.join(", "));
+                    let which = bad.iter().map(|n| n.trim_end_matches(".grad_acc")).collect::<Vec<_>>().join(", ");
+                    bail!("{at}: non-finite gradient (norm {}) of {which}; stopping ({kept})", r.grad_norm);
                 }
                 for (k, m) in mean.iter_mut().enumerate() {
                     *m = (*m * i as f64 + r.items[k] as f64) / (i + 1) as f64;
                 }
-                self.program.set_buffers(r.running)?;
-                match grads.as_mut() {
-                    None => grads = Some(r.grads),
-                    Some(acc) => {
-                        for (n, g) in r.grads {
-                            let a = acc.get_mut(&n).expect("same parameters").f32s_mut()?;
-                            a.iter_mut().zip(g.f32s()?).for_each(|(x, y)| *x += y);
-                        }
-                    }
-                }
-                if ni - self.last_opt_step >= accumulate as i64 {
-                    let mut g = grads.take().expect("accumulated");
-                    let sr =
-                        if cfg.sr_decay { cfg.sr * (1.0 - 0.9 * epoch as f32 / cfg.epochs as f32) } else { cfg.sr };
-                    if sr > 0.0 && cfg.sr_mode == SrMode::Subgradient {
-                        self.program.add_sparsity(&mut g, &self.sr_gammas, sr)?;
-                    }
-                    let prox = (sr > 0.0 && cfg.sr_mode == SrMode::Proximal).then_some(Prox {
-                        gammas: &self.sr_gammas,
-                        sr: sr as f64,
-                        keep: cfg.sr_keep,
-                    });
-                    clip_grad_norm(&mut g, 10.0)?;
-                    self.opt.step(
-                        &mut self.program.model.tensors,
-                        &g,
-                        &mut self.opt_state,
-                        &self.program.groups,
-                        prox,
-                    )?;
-                    let bad = non_finite(&self.program.model.tensors);
-                    if !bad.is_empty() {
-                        let kept = kept_weights(&cfg.save_dir);
-                        bail!(
-                            "epoch {}, batch {}: the update made {} non-finite; stopping ({kept})",
-                            epoch + 1,
-                            i + 1,
-                            bad.join(", ")
-                        );
-                    }
-                    self.program.upload()?;
-                    self.ema.update(&self.program.model.tensors)?;
+                if steps {
                     self.last_opt_step = ni;
                 }
                 seen += batch.images.shape[0];
@@ -504,7 +550,13 @@ impl Trainer {
             }
             let train_secs = pb.elapsed().as_secs_f64();
             pb.finish_and_clear();
-            let ema_model = self.ema_model();
+            let raw = self.read_all(self.program.params.iter().chain(&self.program.buffers))?;
+            let bad = non_finite(&raw);
+            if !bad.is_empty() {
+                let kept = kept_weights(&cfg.save_dir);
+                bail!("epoch {}: the updates made {} non-finite; stopping ({kept})", epoch + 1, bad.join(", "));
+            }
+            let ema_model = self.ema_model()?;
             let v = validate(&*self.backend, &ema_model, &self.val, cfg.batch * 2, nc, false, true)?;
             let m = &v.metrics;
             let fitness = m.map;
@@ -553,17 +605,15 @@ impl Trainer {
                 epoch,
                 best_fitness: self.best_fitness,
                 optimizer: self.opt.clone(),
-                ema_updates: self.ema.updates,
+                ema_updates: self.ema_updates,
                 last_opt_step: self.last_opt_step,
                 results: self.results.clone(),
             };
-            let raw: BTreeMap<String, Tensor> =
-                self.ema.tensors.keys().map(|n| (n.clone(), self.program.model.tensors[n].clone())).collect();
             if improved {
                 last.save(&wdir.join("best.slim"))?;
             }
             if epoch + 1 < cfg.epochs {
-                last.training_state = pack_state(&state, &raw, &self.opt_state)?;
+                last.training_state = pack_state(&state, &raw, &self.optimizer_state()?)?;
             }
             last.save(&wdir.join("last.slim"))?;
             write_csv(&self.results)?;

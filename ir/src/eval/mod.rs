@@ -4,11 +4,12 @@
 //! the CPU backend uses it for every op it has no faster kernel for, and every backend's fast
 //! kernels are tested against it. Convolution, batch normalisation and max pooling (and their
 //! training forms) are plain loops in [`nn`]; the detection loss and its gradient, with the
-//! task-aligned assigner, are in [`detect_loss`] and [`assign`].
+//! task-aligned assigner, are in [`detect_loss`] and [`assign`]; the optimizer's ops in [`optim`].
 
 pub mod assign;
 pub mod detect_loss;
 pub mod nn;
+pub mod optim;
 
 use crate::error::{invalid, Result};
 use crate::infer::{infer_types, slice_range};
@@ -93,6 +94,11 @@ pub fn foldable(op: &Op) -> bool {
             | Op::MaxPool2dGrad { .. }
             | Op::DetectLoss { .. }
             | Op::DetectLossGrad { .. }
+            | Op::Accumulate
+            | Op::GlobalNorm
+            | Op::SgdUpdate(_)
+            | Op::AdamWUpdate(_)
+            | Op::EmaUpdate
     )
 }
 
@@ -146,6 +152,40 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
             let spec = detect_loss::LossSpec { strides, gains, reg_max: *reg_max };
             detect_loss::detect_loss_grad(&inputs[..strides.len()], inputs[strides.len()], &spec)
         }
+        Op::Sign => one(map_data(
+            x,
+            |v| {
+                v.iter()
+                    .map(|&a| {
+                        if a > 0.0 {
+                            1.0
+                        } else if a < 0.0 {
+                            -1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            },
+            |v| v.iter().map(|a| a.signum()).collect(),
+        )),
+        Op::Accumulate => {
+            let (sum, next) = optim::accumulate(x.f32s()?, arg(1)?, arg(2)?);
+            Ok(vec![f32_at(0, sum), f32_at(1, next)])
+        }
+        Op::GlobalNorm => {
+            let parts = inputs.iter().map(|t| t.f32s()).collect::<Result<Vec<_>>>()?;
+            Ok(vec![f32_at(0, vec![optim::global_norm(&parts)])])
+        }
+        Op::SgdUpdate(u) => {
+            let r = optim::sgd_update(x.f32s()?, arg(1)?, arg(2)?[0], arg(3)?, arg(4)?, u);
+            Ok(r.into_iter().enumerate().map(|(k, v)| f32_at(k, v)).collect())
+        }
+        Op::AdamWUpdate(u) => {
+            let r = optim::adamw_update(x.f32s()?, arg(1)?, arg(2)?[0], arg(3)?, [arg(4)?, arg(5)?], u);
+            Ok(r.into_iter().enumerate().map(|(k, v)| f32_at(k, v)).collect())
+        }
+        Op::EmaUpdate => one(TensorData::F32(optim::ema_update(x.f32s()?, arg(1)?, arg(2)?))),
         Op::SiluGrad => {
             let g = inputs[1].f32s()?.iter().zip(x.f32s()?).map(|(&v, &dy)| {
                 let s = sigmoid(v);

@@ -49,6 +49,8 @@ pub struct CpuExecutable {
     /// Parameter tensors by value index.
     params: Vec<Option<Tensor>>,
     names: HashMap<String, ValueId>,
+    /// The graph's state updates: (output position, parameter it replaces).
+    state: Vec<(usize, ValueId)>,
     /// Plans for the input shapes met so far, most recent last.
     plans: Vec<(Vec<Vec<usize>>, Arc<Planned>)>,
     /// One buffer per arena slot, grown to the largest value the slot has held.
@@ -87,7 +89,17 @@ impl CpuExecutable {
             names.insert(name.clone(), p);
         }
         let profile = std::env::var_os("SLIMC_PROFILE_OPS").map(|_| HashMap::new());
-        Ok(CpuExecutable { graph: g.clone(), params, names, plans: vec![], pool: vec![], scratch: vec![], profile })
+        let state = g.state_updates();
+        Ok(CpuExecutable {
+            graph: g.clone(),
+            params,
+            names,
+            state,
+            plans: vec![],
+            pool: vec![],
+            scratch: vec![],
+            profile,
+        })
     }
 
     /// The plan for inputs of these types, made on first use.
@@ -163,14 +175,16 @@ impl Executable for CpuExecutable {
     }
 
     fn output_names(&self) -> Vec<String> {
-        self.graph.outputs.iter().map(|&v| self.graph.value(v).name.clone()).collect()
+        let g = &self.graph;
+        let results = g.outputs.iter().enumerate().filter(|(i, _)| !self.state.iter().any(|s| s.0 == *i));
+        results.map(|(_, &v)| g.value(v).name.clone()).collect()
     }
 
     fn run(&mut self, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         self.check_inputs(inputs)?;
         let planned = self.planned(inputs)?;
         let (plan, types) = (&planned.plan, &planned.types);
-        let CpuExecutable { graph: g, params, pool, scratch, profile, .. } = self;
+        let CpuExecutable { graph: g, params, pool, scratch, profile, state, .. } = self;
         if pool.len() < plan.slot_bytes.len() {
             pool.resize_with(plan.slot_bytes.len(), Vec::new);
         }
@@ -212,11 +226,29 @@ impl Executable for CpuExecutable {
                 }
             }
         }
-        let outs: Vec<Tensor> =
-            g.outputs.iter().map(|o| env[o.0].as_deref().expect("outputs are computed").clone()).collect();
+        // State updates move into their parameters (whose old buffers go back to the arena);
+        // the other outputs are copied out.
+        let mut updates = vec![];
+        let mut outs = vec![];
+        for (i, &o) in g.outputs.iter().enumerate() {
+            match state.iter().find(|s| s.0 == i) {
+                Some(&(_, p)) => match env[o.0].take() {
+                    Some(Cow::Owned(t)) => updates.push((o, p, t)),
+                    other => updates.push((o, p, other.expect("outputs are computed").into_owned())),
+                },
+                None => outs.push(env[o.0].as_deref().expect("outputs are computed").clone()),
+            }
+        }
         for &o in &g.outputs {
             if let (Some(Cow::Owned(t)), Some(s)) = (env[o.0].take(), plan.slot[o.0]) {
                 recycle(pool, s, t);
+            }
+        }
+        drop(env);
+        for (o, p, t) in updates {
+            let old = std::mem::replace(params[p.0].as_mut().expect("every parameter has its tensor"), t);
+            if let Some(s) = plan.slot[o.0] {
+                recycle(pool, s, old);
             }
         }
         Ok(outs)
