@@ -53,6 +53,18 @@ pub fn value_bytes(t: &TensorType) -> Option<u64> {
 /// Each result takes the smallest free slot that holds it, else the largest free slot (grown),
 /// else a new one. None when a size overflows.
 pub fn plan(g: &Graph, types: &[TensorType]) -> Option<Plan> {
+    plan_in_place(g, types, &|_| None)
+}
+
+/// [`plan`], where a node for which `in_place(node)` names one of its operands computes its
+/// (single) result in that operand's slot, when this node is the operand's last reader and the
+/// two have the same size: the backend overwrites the operand (an elementwise op, or an op fused
+/// into the one that made the operand).
+pub fn plan_in_place(
+    g: &Graph,
+    types: &[TensorType],
+    in_place: &dyn Fn(usize) -> Option<crate::graph::ValueId>,
+) -> Option<Plan> {
     let mut last = last_uses(g);
     for &o in &g.outputs {
         last[o.0] = Some(usize::MAX);
@@ -61,7 +73,19 @@ pub fn plan(g: &Graph, types: &[TensorType]) -> Option<Plan> {
     let mut free: Vec<usize> = vec![];
     let mut live = 0u64;
     for (i, n) in g.nodes.iter().enumerate() {
+        // An operand whose slot this node's result takes over: not freed here.
+        let mut handed = None;
+        if let (Some(v), [o]) = (in_place(i), n.outputs.as_slice()) {
+            let same = value_bytes(types.get(v.0)?)? == value_bytes(types.get(o.0)?)?;
+            if same && p.slot[v.0].is_some() && last[v.0] == Some(i) && n.inputs.contains(&v) {
+                p.slot[o.0] = p.slot[v.0];
+                handed = Some(v.0);
+            }
+        }
         for &o in &n.outputs {
+            if handed.is_some() {
+                break;
+            }
             let need = value_bytes(types.get(o.0)?)?;
             live = live.checked_add(need)?;
             let fit =
@@ -84,6 +108,7 @@ pub fn plan(g: &Graph, types: &[TensorType]) -> Option<Plan> {
             .chain(&n.outputs)
             .map(|v| v.0)
             .filter(|&v| matches!(g.values[v].def, ValueDef::Node(..)) && last[v].is_none_or(|l| l == i))
+            .filter(|&v| Some(v) != handed)
             .collect();
         dying.sort_unstable();
         dying.dedup();

@@ -216,6 +216,9 @@ pub(crate) fn im2col(
     }
 }
 
+/// Depthwise convolution, one plane per task: each output row accumulates, tap by tap, a
+/// scaled input row over the output positions whose input lies inside the plane (a contiguous
+/// `axpy` at stride 1), so no bounds are tested per element.
 fn depthwise(
     x: &[f32],
     w: &[f32],
@@ -229,22 +232,31 @@ fn depthwise(
         let ci = plane % ch;
         let src = &x[plane * h * wi..(plane + 1) * h * wi];
         let k = &w[ci * kh * kw..(ci + 1) * kh * kw];
+        let (s, dil) = (c.stride[1], c.dilation[1]);
         for oy in 0..oh {
-            for ox in 0..ow {
-                let mut acc = 0.0f32;
-                for ky in 0..kh {
-                    let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.pad[0] as isize;
-                    if iy < 0 || iy >= h as isize {
+            let d = &mut dst[oy * ow..(oy + 1) * ow];
+            d.fill(0.0);
+            for ky in 0..kh {
+                let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.pad[0] as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let row = &src[iy as usize * wi..(iy as usize + 1) * wi];
+                for kx in 0..kw {
+                    let off = (kx * dil) as isize - c.pad[1] as isize;
+                    let (lo, hi) = inside(ow, s, off, wi);
+                    if lo >= hi {
                         continue;
                     }
-                    for kx in 0..kw {
-                        let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize - c.pad[1] as isize;
-                        if ix >= 0 && ix < wi as isize {
-                            acc += src[iy as usize * wi + ix as usize] * k[ky * kw + kx];
+                    let (a, first) = (k[ky * kw + kx], (lo * s) as isize + off);
+                    if s == 1 {
+                        simd::axpy(&mut d[lo..hi], &row[first as usize..first as usize + hi - lo], a);
+                    } else {
+                        for (j, o) in d[lo..hi].iter_mut().enumerate() {
+                            *o += a * row[first as usize + j * s];
                         }
                     }
                 }
-                dst[oy * ow + ox] = acc;
             }
         }
     });
@@ -262,13 +274,46 @@ pub fn batch_norm(
     var: &[f32],
     eps: f32,
 ) {
-    let coef: Vec<[f32; 3]> = (0..shape[1])
+    let coef = bn_coefficients(gamma, beta, mean, var, eps);
+    per_channel(sized(out, x.len()), shape, x, None, &coef);
+}
+
+/// Inference batch norm as per-channel `(a, 0, c)` of `a·x + c`.
+pub fn bn_coefficients(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f32) -> Vec<[f32; 3]> {
+    (0..gamma.len())
         .map(|ch| {
             let s = gamma[ch] / (var[ch] + eps).sqrt();
             [s, 0.0, beta[ch] - mean[ch] * s]
         })
-        .collect();
-    per_channel(sized(out, x.len()), shape, x, None, &coef);
+        .collect()
+}
+
+simd_fn! {
+    /// `o = a·o + c`, then `o = o·sigmoid(o)` with `silu`, in place.
+    fn epilogue_plane(o: &mut [f32], a: f32, c: f32, silu: bool) {
+        if silu {
+            for v in o.iter_mut() {
+                let y = a * *v + c;
+                *v = y / (1.0 + simd::exp(-y));
+            }
+        } else {
+            for v in o.iter_mut() {
+                *v = a * *v + c;
+            }
+        }
+    }
+}
+
+/// A convolution's epilogue on its `[n, c, …]` result, plane by plane in parallel: each
+/// channel's `coef` affine (the inference batch norm; `(1, 0, 0)` for none), then SiLU.
+pub fn epilogue(t: &mut slimc_ir::Tensor, coef: &[[f32; 3]], silu: bool) -> slimc_ir::Result<()> {
+    let c = t.shape[1];
+    let inner = t.shape[2..].iter().product::<usize>().max(1);
+    t.f32s_mut()?.par_chunks_mut(inner).enumerate().for_each(|(i, plane)| {
+        let [a, _, k] = coef[i % c];
+        epilogue_plane(plane, a, k, silu);
+    });
+    Ok(())
 }
 
 /// Applies `o = coef(ch)(x, y)` plane by plane, in parallel: `coef` gives each channel's

@@ -15,8 +15,8 @@ mod tests;
 
 use super::{memory::check_fits, Backend, Executable};
 use anyhow::{anyhow, bail, Result};
-use slimc_ir::memory::{plan, Plan};
-use slimc_ir::{infer_all, DType, Graph, Model, Tensor, TensorData, TensorType, ValueId};
+use slimc_ir::memory::{plan_in_place, Plan};
+use slimc_ir::{infer_all, DType, Graph, Model, Op, Tensor, TensorData, TensorType, ValueId};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +51,10 @@ pub struct CpuExecutable {
     names: HashMap<String, ValueId>,
     /// The graph's state updates: (output position, parameter it replaces).
     state: Vec<(usize, ValueId)>,
+    /// Convolutions that also apply the inference BN and SiLU reading only their result, by
+    /// node; `absorbed[n]`: node `n` is done by such a convolution.
+    fused: HashMap<usize, Epilogue>,
+    absorbed: Vec<bool>,
     /// Plans for the input shapes met so far, most recent last.
     plans: Vec<(Vec<Vec<usize>>, Arc<Planned>)>,
     /// One buffer per arena slot, grown to the largest value the slot has held.
@@ -90,11 +94,14 @@ impl CpuExecutable {
         }
         let profile = std::env::var_os("SLIMC_PROFILE_OPS").map(|_| HashMap::new());
         let state = g.state_updates();
+        let (fused, absorbed) = epilogues(g);
         Ok(CpuExecutable {
             graph: g.clone(),
             params,
             names,
             state,
+            fused,
+            absorbed,
             plans: vec![],
             pool: vec![],
             scratch: vec![],
@@ -111,7 +118,9 @@ impl CpuExecutable {
         } else {
             let types: Vec<TensorType> = inputs.iter().map(|t| t.ty()).collect();
             let all = infer_all(&self.graph, &types)?;
-            let p = plan(&self.graph, &all);
+            let g = &self.graph;
+            let absorbed = &self.absorbed;
+            let p = plan_in_place(g, &all, &|i| absorbed[i].then(|| g.nodes[i].inputs[0]));
             check_fits(p.as_ref().map(Plan::arena_bytes), &inputs[0].shape)?;
             let planned = Arc::new(Planned { plan: p.expect("check_fits refuses unaddressable plans"), types: all });
             if self.plans.len() == PLANS_KEPT {
@@ -143,6 +152,49 @@ impl CpuExecutable {
         }
         Ok(())
     }
+}
+
+/// What a convolution applies to its result before anyone reads it: an inference batch norm
+/// (the node, whose parameters it reads) and SiLU, ending in the value `out`.
+#[derive(Clone, Copy, Debug)]
+struct Epilogue {
+    bn: Option<usize>,
+    silu: bool,
+    out: ValueId,
+}
+
+/// Finds each `conv2d` whose result only a `batch_norm` reads (and whose BN result, or the
+/// convolution's own, only a `silu` reads), none of them a graph output: those nodes run as the
+/// convolution's epilogue, in place on its result, while it is fresh.
+fn epilogues(g: &Graph) -> (HashMap<usize, Epilogue>, Vec<bool>) {
+    let users = g.users();
+    let outputs: std::collections::HashSet<ValueId> = g.outputs.iter().copied().collect();
+    // The single node reading `v`, if `v` is not returned and has exactly one reader.
+    let only = |v: ValueId| match users[v.0].as_slice() {
+        [u] if !outputs.contains(&v) && g.nodes[u.0].inputs.iter().filter(|&&x| x == v).count() == 1 => Some(u.0),
+        _ => None,
+    };
+    let (mut fused, mut absorbed) = (HashMap::new(), vec![false; g.nodes.len()]);
+    for (i, n) in g.nodes.iter().enumerate() {
+        if !matches!(n.op, Op::Conv2d(_)) {
+            continue;
+        }
+        let mut e = Epilogue { bn: None, silu: false, out: n.outputs[0] };
+        if let Some(j) = only(e.out).filter(|&j| matches!(g.nodes[j].op, Op::BatchNorm { .. })) {
+            if g.nodes[j].inputs[0] == e.out {
+                (e.bn, e.out) = (Some(j), g.nodes[j].outputs[0]);
+                absorbed[j] = true;
+            }
+        }
+        if let Some(k) = only(e.out).filter(|&k| matches!(g.nodes[k].op, Op::Silu)) {
+            (e.silu, e.out) = (true, g.nodes[k].outputs[0]);
+            absorbed[k] = true;
+        }
+        if e.bn.is_some() || e.silu {
+            fused.insert(i, e);
+        }
+    }
+    (fused, absorbed)
 }
 
 /// The row of an op in the op profile: convolutions by kernel, stride and kind.
@@ -184,7 +236,7 @@ impl Executable for CpuExecutable {
         self.check_inputs(inputs)?;
         let planned = self.planned(inputs)?;
         let (plan, types) = (&planned.plan, &planned.types);
-        let CpuExecutable { graph: g, params, pool, scratch, profile, state, .. } = self;
+        let CpuExecutable { graph: g, params, pool, scratch, profile, state, fused, absorbed, .. } = self;
         if pool.len() < plan.slot_bytes.len() {
             pool.resize_with(plan.slot_bytes.len(), Vec::new);
         }
@@ -196,6 +248,9 @@ impl Executable for CpuExecutable {
             env[p.0] = params[p.0].as_ref().map(Cow::Borrowed);
         }
         for (i, n) in g.nodes.iter().enumerate() {
+            if absorbed[i] {
+                continue;
+            }
             let slot = |o: ValueId| plan.slot[o.0].filter(|_| types[o.0].dtype == DType::F32);
             let mut bufs: Vec<Vec<f32>> =
                 n.outputs.iter().map(|&o| slot(o).map(|s| std::mem::take(&mut pool[s])).unwrap_or_default()).collect();
@@ -217,8 +272,28 @@ impl Executable for CpuExecutable {
             // A result computed by the reference semantics brought its own allocation: the slot's
             // buffer it did not use is dropped, so a slot never holds two.
             drop(bufs);
-            for (&o, t) in n.outputs.iter().zip(outs) {
-                env[o.0] = Some(Cow::Owned(t));
+            match fused.get(&i) {
+                Some(e) => {
+                    let mut t = outs.into_iter().next().expect("a convolution has one result");
+                    let coef = match e.bn {
+                        Some(j) => {
+                            let p: Vec<&Tensor> = g.nodes[j].inputs[1..]
+                                .iter()
+                                .map(|v| env[v.0].as_deref().expect("parameters"))
+                                .collect();
+                            let Op::BatchNorm { eps, .. } = g.nodes[j].op else { unreachable!("epilogues") };
+                            kernels::bn_coefficients(p[0].f32s()?, p[1].f32s()?, p[2].f32s()?, p[3].f32s()?, eps)
+                        }
+                        None => vec![[1.0, 0.0, 0.0]; t.shape[1]],
+                    };
+                    kernels::epilogue(&mut t, &coef, e.silu)?;
+                    env[e.out.0] = Some(Cow::Owned(t));
+                }
+                None => {
+                    for (&o, t) in n.outputs.iter().zip(outs) {
+                        env[o.0] = Some(Cow::Owned(t));
+                    }
+                }
             }
             for &v in &plan.frees[i] {
                 if let (Some(Cow::Owned(t)), Some(s)) = (env[v].take(), plan.slot[v]) {

@@ -95,6 +95,15 @@ simd_fn! {
 }
 
 simd_fn! {
+    /// `o += a·x`.
+    pub fn axpy(o: &mut [f32], x: &[f32], a: f32) {
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o += a * v;
+        }
+    }
+}
+
+simd_fn! {
     /// `o = a·x + c`.
     pub fn affine(o: &mut [f32], x: &[f32], a: f32, c: f32) {
         for (o, &v) in o.iter_mut().zip(x) {

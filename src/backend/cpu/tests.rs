@@ -124,3 +124,70 @@ fn pooling_activations_and_products_match_the_reference() {
     agree(&Op::Split { axis: 1, sizes: vec![1, 4, 1] }, &[random(&[2, 6, 3, 3], 311)], 0.0);
     agree(&Op::Split { axis: 0, sizes: vec![1, 1] }, &[random(&[2, 6, 3, 3], 312)], 0.0);
 }
+
+/// Convolutions with their batch norm and SiLU run as one node's epilogue (in the slot the
+/// planner hands on) and give what the three ops give one by one; a BN result read twice, or a
+/// convolution whose result is returned, is not fused and still agrees.
+#[test]
+fn fused_convolution_epilogues_match_the_ops_one_by_one() {
+    use crate::backend::{cpu::Cpu, Backend};
+    use slimc_ir::{parse_graph, Model};
+    let text = "graph g(%x: f32[2,3,9,8]) {
+  weight %w: f32[5,3,3,3]
+  weight %g: f32[5]
+  weight %b: f32[5]
+  buffer %m: f32[5]
+  buffer %v: f32[5]
+  weight %w2: f32[5,5,1,1]
+  weight %w3: f32[4,5,3,3]
+  %c: f32[2,5,9,8] = conv2d(%x, %w) {stride=[1,1], pad=[1,1,1,1], dilation=[1,1], groups=1}
+  %n: f32[2,5,9,8] = batch_norm(%c, %g, %b, %m, %v) {eps=0.001, momentum=0.03}
+  %y: f32[2,5,9,8] = silu(%n)
+  %c2: f32[2,5,9,8] = conv2d(%y, %w2) {stride=[1,1], pad=[0,0,0,0], dilation=[1,1], groups=1}
+  %y2: f32[2,5,9,8] = silu(%c2)
+  %c3: f32[2,5,9,8] = conv2d(%y2, %w2) {stride=[1,1], pad=[0,0,0,0], dilation=[1,1], groups=1}
+  %n3: f32[2,5,9,8] = batch_norm(%c3, %g, %b, %m, %v) {eps=0.001, momentum=0.03}
+  %s3: f32[2,5,9,8] = silu(%n3)
+  %d3: f32[2,5,9,8] = add(%s3, %n3)
+  %c4: f32[2,4,5,4] = conv2d(%d3, %w3) {stride=[2,2], pad=[1,1,1,1], dilation=[1,1], groups=1}
+  %y4: f32[2,4,5,4] = silu(%c4)
+  return %y4, %c4
+}";
+    let graph = parse_graph(text).unwrap();
+    let mut tensors = std::collections::BTreeMap::new();
+    for (k, &p) in graph.params.iter().enumerate() {
+        let v = graph.value(p);
+        let shape = v.ty.fixed_shape().unwrap();
+        let t = if v.name == "v" { positive(&shape, k as u64) } else { random(&shape, k as u64) };
+        tensors.insert(v.name.clone(), t);
+    }
+    let model = Model { graph, tensors, meta: Default::default(), training_state: vec![] };
+    let x = random(&[2, 3, 9, 8], 99);
+    // The reference: every node through `eval`, in order.
+    let g = &model.graph;
+    let mut env: Vec<Option<Tensor>> = vec![None; g.values.len()];
+    env[g.inputs[0].0] = Some(x.clone());
+    for &p in &g.params {
+        env[p.0] = Some(model.tensors[&g.value(p).name].clone());
+    }
+    for n in &g.nodes {
+        let args: Vec<&Tensor> = n.inputs.iter().map(|v| env[v.0].as_ref().unwrap()).collect();
+        for (&o, t) in n.outputs.iter().zip(eval(&n.op, &args).unwrap()) {
+            env[o.0] = Some(t);
+        }
+    }
+    let mut exe = Cpu.compile(&model).unwrap();
+    for _ in 0..2 {
+        let got = exe.run_in_order(std::slice::from_ref(&x)).unwrap();
+        for (o, t) in g.outputs.iter().zip(&got) {
+            let want = env[o.0].as_ref().unwrap().f32s().unwrap();
+            let worst = t.f32s().unwrap().iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "{}: off by {worst:e}", g.value(*o).name);
+        }
+    }
+    let (fused, absorbed) = super::epilogues(g);
+    // c takes BN n and SiLU y; c2 takes y2; c3 takes n3 but not s3 (n3 is read twice); c4's
+    // result is returned, so nothing is fused into it.
+    assert_eq!(fused.len(), 3, "{fused:?}");
+    assert_eq!(absorbed.iter().filter(|&&a| a).count(), 4);
+}
