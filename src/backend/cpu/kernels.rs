@@ -138,18 +138,24 @@ pub fn conv2d(
         let (og, cg) = (d.og, d.cg);
         let kdim = cg * d.kh * d.kw;
         let pointwise = d.pointwise(c);
+        let tile = (!pointwise).then(|| column_tile(kdim, ohw)).flatten();
         each_image(out, d.n, d.cout * ohw, |b, out, col, par| {
-            let col = sized(col, if pointwise { 0 } else { kdim * ohw });
+            let col = sized(col, if pointwise || tile.is_some() { 0 } else { kdim * ohw });
             for gi in 0..d.g {
                 let xg = &x[(b * d.cin + gi * cg) * hw..(b * d.cin + (gi + 1) * cg) * hw];
+                let wg = &w[gi * og * kdim..(gi + 1) * og * kdim];
+                let dst = &mut out[gi * og * ohw..(gi + 1) * og * ohw];
+                if let Some(tile) = tile {
+                    conv_tiled(xg, wg, c, &d, tile, dst, par);
+                    continue;
+                }
                 let rhs: &[f32] = if pointwise {
                     xg
                 } else {
                     im2col(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], col, par);
                     col
                 };
-                let dst = &mut out[gi * og * ohw..(gi + 1) * og * ohw];
-                sgemm(og, ohw, kdim, &w[gi * og * kdim..(gi + 1) * og * kdim], rhs, dst, par);
+                sgemm(og, ohw, kdim, wg, rhs, dst, par);
             }
         });
     }
@@ -174,45 +180,134 @@ pub(crate) fn inside(n: usize, stride: usize, off: isize, size: usize) -> (usize
 
 /// Unfolds the input planes `x [cg × h·w]` into `col [cg·kh·kw × oh·ow]`, rows in parallel
 /// with `par`.
-pub(crate) fn im2col(
+pub(crate) fn im2col(x: &[f32], c: &Conv2d, hw: [usize; 2], k: [usize; 2], o: [usize; 2], col: &mut [f32], par: bool) {
+    let n = o[0] * o[1];
+    let row = |(row, dst): (usize, &mut [f32])| im2col_row(x, c, hw, k, o, row, 0, dst);
+    if par {
+        col.par_chunks_mut(n).enumerate().for_each(row);
+    } else {
+        col.chunks_mut(n).enumerate().for_each(row);
+    }
+}
+
+/// Row `row` of the unfolded input (input channel `row / (kh·kw)`, tap `row % (kh·kw)`) for the
+/// output positions `first..first + dst.len()` (row-major over `oh × ow`), into `dst`.
+#[allow(clippy::too_many_arguments)]
+fn im2col_row(
     x: &[f32],
     c: &Conv2d,
     [h, w]: [usize; 2],
     [kh, kw]: [usize; 2],
-    [oh, ow]: [usize; 2],
-    col: &mut [f32],
-    par: bool,
+    [_, ow]: [usize; 2],
+    row: usize,
+    first: usize,
+    dst: &mut [f32],
 ) {
-    let row = |(row, dst): (usize, &mut [f32])| {
-        let (ci, r) = (row / (kh * kw), row % (kh * kw));
-        let (ky, kx) = (r / kw, r % kw);
-        let plane = &x[ci * h * w..(ci + 1) * h * w];
-        for oy in 0..oh {
-            let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.pad[0] as isize;
-            let d = &mut dst[oy * ow..(oy + 1) * ow];
-            if iy < 0 || iy >= h as isize {
-                d.fill(0.0);
-                continue;
-            }
-            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-            let (stride, off) = (c.stride[1], (kx * c.dilation[1]) as isize - c.pad[1] as isize);
-            let (lo, hi) = inside(ow, stride, off, w);
-            d[..lo].fill(0.0);
-            d[hi..].fill(0.0);
-            let first = (lo * stride) as isize + off;
-            if stride == 1 {
-                d[lo..hi].copy_from_slice(&src[first as usize..first as usize + hi - lo]);
-            } else {
-                for (k, o) in d[lo..hi].iter_mut().enumerate() {
-                    *o = src[first as usize + k * stride];
-                }
+    let (ci, r) = (row / (kh * kw), row % (kh * kw));
+    let (ky, kx) = (r / kw, r % kw);
+    let plane = &x[ci * h * w..(ci + 1) * h * w];
+    let (stride, off) = (c.stride[1], (kx * c.dilation[1]) as isize - c.pad[1] as isize);
+    let (mut p, end) = (first, first + dst.len());
+    while p < end {
+        // One output row's stretch: positions p..q of output row oy, columns ox0..ox1.
+        let (oy, ox0) = (p / ow, p % ow);
+        let q = end.min((oy + 1) * ow);
+        let ox1 = ox0 + (q - p);
+        let d = &mut dst[p - first..q - first];
+        let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.pad[0] as isize;
+        p = q;
+        if iy < 0 || iy >= h as isize {
+            d.fill(0.0);
+            continue;
+        }
+        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+        let (lo, hi) = inside(ow, stride, off, w);
+        let (lo, hi) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1).max(lo.clamp(ox0, ox1)));
+        d[..lo - ox0].fill(0.0);
+        d[hi - ox0..].fill(0.0);
+        let at = (lo * stride) as isize + off;
+        let seg = &mut d[lo - ox0..hi - ox0];
+        if stride == 1 {
+            seg.copy_from_slice(&src[at as usize..at as usize + seg.len()]);
+        } else {
+            for (k, o) in seg.iter_mut().enumerate() {
+                *o = src[at as usize + k * stride];
             }
         }
+    }
+}
+
+/// Bytes of unfolded input per tile of a tiled convolution: about what a core's L2 holds.
+const TILE_BYTES: usize = 256 << 10;
+
+/// Output positions per tile when a convolution's unfolded input (`kdim × ohw`) is too large to
+/// stay in cache (over four tiles' worth); at least 256, so each tile's product is still a
+/// large one. None: unfold it whole.
+fn column_tile(kdim: usize, ohw: usize) -> Option<usize> {
+    (kdim * ohw * 4 > 4 * TILE_BYTES).then(|| (TILE_BYTES / (kdim * 4)).max(256))
+}
+
+thread_local! {
+    /// Per-thread scratch of the tiled convolution's unfolded tile.
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The output block of a tiled convolution, shared by tiles that write disjoint columns.
+#[derive(Clone, Copy)]
+struct Block(*mut f32);
+// SAFETY: each tile writes only its own columns of the block (see `conv_tiled`).
+unsafe impl Send for Block {}
+unsafe impl Sync for Block {}
+
+/// One group of one image of a convolution, by tiles of `tile` output positions: each tile
+/// unfolds its stretch of the input into a cache-sized scratch and multiplies it into its own
+/// columns of `dst [og × ohw]`; tiles run in parallel with `par`.
+fn conv_tiled(xg: &[f32], wg: &[f32], c: &Conv2d, d: &ConvGeometry, tile: usize, dst: &mut [f32], par: bool) {
+    let (og, ohw, kdim) = (d.og, d.oh * d.ow, d.cg * d.kh * d.kw);
+    assert!(dst.len() >= og * ohw && wg.len() >= og * kdim, "conv_tiled operand sizes");
+    let block = Block(dst.as_mut_ptr());
+    let run = |t: usize| {
+        let (n0, n1) = (t * tile, ohw.min((t + 1) * tile));
+        let nt = n1 - n0;
+        TILE.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let col = sized(&mut buf, kdim * nt);
+            for (row, r) in col.chunks_mut(nt).enumerate() {
+                im2col_row(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], row, n0, r);
+            }
+            let block = block;
+            // SAFETY: rows 0..og, columns n0..n1 of the og × ohw block `dst` checked above; no
+            // other tile writes these columns.
+            unsafe {
+                gemm::gemm(
+                    og,
+                    nt,
+                    kdim,
+                    block.0.add(n0),
+                    1,
+                    ohw as isize,
+                    false,
+                    wg.as_ptr(),
+                    1,
+                    kdim as isize,
+                    col.as_ptr(),
+                    1,
+                    nt as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
     };
+    let tiles = ohw.div_ceil(tile);
     if par {
-        col.par_chunks_mut(oh * ow).enumerate().for_each(row);
+        (0..tiles).into_par_iter().for_each(run);
     } else {
-        col.chunks_mut(oh * ow).enumerate().for_each(row);
+        (0..tiles).for_each(run);
     }
 }
 

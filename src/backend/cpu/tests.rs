@@ -48,7 +48,8 @@ fn conv(stride: usize, pad: [usize; 4], dilation: usize, groups: usize) -> Conv2
 }
 
 /// (input shape, weight shape, conv): pointwise, 3×3 stride 1 and 2, depthwise, grouped,
-/// dilated with asymmetric padding, a 1×1 with stride 2, a batch of 11.
+/// dilated with asymmetric padding, a 1×1 with stride 2, a batch of 11, and two large enough to
+/// be tiled.
 fn geometries() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
     vec![
         ([2, 6, 5, 7], [4, 6, 1, 1], conv(1, [0; 4], 1, 1)),
@@ -61,6 +62,10 @@ fn geometries() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
         ([1, 4, 7, 7], [3, 4, 1, 1], conv(2, [0; 4], 1, 1)),
         // More images than the weight gradient's groups, not a multiple of them.
         ([11, 3, 5, 6], [4, 3, 3, 3], conv(1, [1; 4], 1, 1)),
+        // Unfolded inputs too large for cache: tiled, tiles straddling output rows, in parallel
+        // (one image) and in sequence (two), stride 2 with padding.
+        ([1, 16, 64, 64], [8, 16, 3, 3], conv(1, [1; 4], 1, 1)),
+        ([2, 16, 130, 97], [6, 16, 3, 3], conv(2, [1, 1, 0, 1], 1, 1)),
     ]
 }
 
