@@ -252,10 +252,11 @@ thread_local! {
     static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The output block of a tiled convolution, shared by tiles that write disjoint columns.
+/// An output shared by parallel tasks that each write their own disjoint elements of it (the
+/// columns of a tiled convolution, the inner positions of a softmax).
 #[derive(Clone, Copy)]
 struct Block(*mut f32);
-// SAFETY: each tile writes only its own columns of the block (see `conv_tiled`).
+// SAFETY: every user writes only elements no other task touches (see its call sites).
 unsafe impl Send for Block {}
 unsafe impl Sync for Block {}
 
@@ -456,6 +457,65 @@ pub fn max_pool2d(
         }
     });
     vec![n, c, oh, ow]
+}
+
+/// Inner positions per task of [`softmax`].
+const SOFTMAX_BLOCK: usize = 512;
+
+/// Softmax along `axis` into `out`: each task takes one outer index and a block of inner
+/// positions and runs the max, the exponentials, the sum and the division across the block's
+/// positions at once (in the reference's order along the axis for each position).
+pub fn softmax(out: &mut Vec<f32>, x: &[f32], shape: &[usize], axis: usize) {
+    let n = shape[axis];
+    let inner = shape[axis + 1..].iter().product::<usize>();
+    let outer = shape[..axis].iter().product::<usize>();
+    let out = sized(out, x.len());
+    if n == 0 || inner == 0 {
+        return;
+    }
+    let dst = Block(out.as_mut_ptr());
+    let blocks = inner.div_ceil(SOFTMAX_BLOCK);
+    (0..outer * blocks).into_par_iter().for_each(|task| {
+        let (o, b) = (task / blocks, task % blocks);
+        let (i0, i1) = (b * SOFTMAX_BLOCK, inner.min((b + 1) * SOFTMAX_BLOCK));
+        let w = i1 - i0;
+        let base = o * n * inner + i0;
+        let dst = dst;
+        let mut m = vec![f32::NEG_INFINITY; w];
+        for k in 0..n {
+            let row = &x[base + k * inner..base + k * inner + w];
+            m.iter_mut().zip(row).for_each(|(m, &v)| *m = m.max(v));
+        }
+        let mut sum = vec![0.0f32; w];
+        // SAFETY: this task alone writes positions i0..i1 of outer index o, at every k.
+        let at = |k: usize| unsafe { std::slice::from_raw_parts_mut(dst.0.add(base + k * inner), w) };
+        for k in 0..n {
+            let row = &x[base + k * inner..base + k * inner + w];
+            exp_shifted(at(k), row, &m, &mut sum);
+        }
+        for k in 0..n {
+            divide(at(k), &sum);
+        }
+    });
+}
+
+simd_fn! {
+    /// `o = exp(x − m)` and `s += o`, elementwise.
+    fn exp_shifted(o: &mut [f32], x: &[f32], m: &[f32], s: &mut [f32]) {
+        for (((o, &v), &m), s) in o.iter_mut().zip(x).zip(m).zip(s.iter_mut()) {
+            *o = simd::exp(v - m);
+            *s += *o;
+        }
+    }
+}
+
+simd_fn! {
+    /// `o /= s`, elementwise.
+    fn divide(o: &mut [f32], s: &[f32]) {
+        for (o, &s) in o.iter_mut().zip(s) {
+            *o /= s;
+        }
+    }
 }
 
 /// Elements per parallel task of the elementwise kernels.

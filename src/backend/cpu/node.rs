@@ -35,6 +35,7 @@ pub(super) fn compute(
             kernels::max_pool2d(&mut bufs[0], x.f32s()?, &x.shape, *kernel, *stride, *pad);
         }
         Op::Silu => kernels::silu(&mut bufs[0], x.f32s()?),
+        Op::Softmax { axis } => kernels::softmax(&mut bufs[0], x.f32s()?, &x.shape, *axis),
         Op::Add if x.shape == args[1].shape && x.dtype() == DType::F32 => {
             kernels::add_same(&mut bufs[0], x.f32s()?, args[1].f32s()?)
         }

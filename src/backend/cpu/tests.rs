@@ -106,6 +106,11 @@ fn batch_norm_forms_match_the_reference() {
 
 #[test]
 fn pooling_activations_and_products_match_the_reference() {
+    // Softmax along the last axis, a middle one with many inner positions (several blocks, the
+    // last one partial), and the first.
+    for (shape, axis) in [(vec![3, 5, 7], 2), (vec![2, 16, 4, 300], 1), (vec![6, 9], 0)] {
+        agree(&Op::Softmax { axis }, &[random(&shape, 40)], 1e-5);
+    }
     for (i, (k, s, p)) in
         [([5, 5], [1, 1], [2; 4]), ([2, 2], [2, 2], [0; 4]), ([3, 2], [2, 1], [1, 0, 1, 1])].into_iter().enumerate()
     {
