@@ -205,7 +205,7 @@ impl Summary {
     /// summary.md.
     pub fn markdown(&self, cfg: &PipelineConfig) -> String {
         let mut s = format!(
-            "# slimc pipeline\n\nData `{}`, imgsz {}, batch {} (nominal {}, optimizer {}); epochs: train {}, sparse {} (sr {}, {:?} mode, scope {}, nominal batch {}, no warm-up, last epoch kept), fine-tune {}; prune ratio {:.4}{} ({:?} policy, {:?} importance).\n\n",
+            "# slimc pipeline\n\nData `{}`, imgsz {}, batch {} (nominal {}, optimizer {}); epochs: train {}, sparse {} (sr {}, {:?} mode, scope {}, nominal batch {}, {}, no warm-up, last epoch kept), fine-tune {}; prune ratio {:.4}{} ({:?} policy, {:?} importance).\n\n",
             cfg.train.data.as_deref().unwrap_or(Path::new("?")).display(),
             cfg.train.imgsz,
             cfg.train.batch,
@@ -217,6 +217,10 @@ impl Summary {
             cfg.train.sr_mode,
             cfg.train.sr_scope,
             cfg.sparse_nbs,
+            match cfg.train.clip {
+                Some(c) if c > 0.0 => format!("clip {c}"),
+                _ => "no clipping".to_string(),
+            },
             cfg.finetune_epochs,
             self.prune_ratio,
             cfg.budget.map_or(String::new(), |b| format!(", chosen for the budget {}", b.describe())),

@@ -1,5 +1,5 @@
 //! `slimc opt`'s pass-manager options, through the binary: `--time-passes`, `--print-after`,
-//! `--print-before`, `--disable-pass` and `--list-passes`.
+//! `--print-before`, `--disable-pass` and `--list-passes`, and the `optimizer` pass's options.
 
 use std::process::Command;
 
@@ -50,4 +50,23 @@ fn list_passes_names_passes_analyses_and_pipelines() {
     for name in ["fold-bn", "rewrite-widths", "group-channels", "propagate-masks", "prune", "train", "export"] {
         assert!(stdout.contains(name), "{name} missing from:\n{stdout}");
     }
+}
+
+/// `--passes autodiff,optimizer` prints the whole training step; `--optimizer` and `--sr-mode`
+/// choose what the `optimizer` pass appends (yolo11n has 81 BNs).
+#[test]
+fn the_optimizer_pass_prints_the_whole_step() {
+    let (ok, sgd, stderr) = opt(&["yolo11n.yaml", "--passes", "autodiff,optimizer", "--sr-mode", "subgradient"]);
+    assert!(ok, "{stderr}");
+    assert!(sgd.contains("%optimizer.scalars: f32[11]"), "the step scalars are an input");
+    assert_eq!(sgd.matches(" = sgd_update(").count(), sgd.matches(" = accumulate(").count());
+    assert_eq!(sgd.matches(" = sign(").count(), 81, "one L1 subgradient per BN gamma");
+    assert_eq!(sgd.matches(" = global_norm(").count(), 1);
+    assert!(sgd.contains("%ema.model.0.conv.weight.next"), "the EMA is a state update");
+    let (ok, adamw, stderr) =
+        opt(&["yolo11n.yaml", "--passes", "autodiff,optimizer", "--optimizer", "adamw", "--sr-mode", "proximal"]);
+    assert!(ok, "{stderr}");
+    assert!(!adamw.contains(" = sgd_update(") && !adamw.contains(" = sign("));
+    assert_eq!(adamw.matches(" = adamw_update(").count(), sgd.matches(" = sgd_update(").count());
+    assert_eq!(adamw.matches("prox=0").count(), 81, "the proximal step on every BN gamma only");
 }

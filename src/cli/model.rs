@@ -8,7 +8,7 @@ use slimc::backend::{run_once, Device};
 use slimc::load::{load_model, LoadOptions};
 use slimc::{export, info, io, verify};
 use slimc_ir::{print_graph, Tensor};
-use slimc_passes::{all_passes, pipelines, Analysis, PassManager};
+use slimc_passes::{all_passes, pipelines, Analysis, PassContext, PassManager, Sparsity, UpdateRule};
 use std::path::PathBuf;
 
 /// `slimc import`.
@@ -179,6 +179,13 @@ pub struct OptArgs {
     /// List the passes, analyses and pipelines, and exit.
     #[arg(long)]
     list_passes: bool,
+    /// The `optimizer` pass's update rule: sgd or adamw.
+    #[arg(long, default_value = "sgd", value_parser = ["sgd", "adamw"])]
+    optimizer: String,
+    /// The `optimizer` pass's L1 term on every BN gamma: subgradient or proximal (none if not
+    /// given).
+    #[arg(long, value_enum)]
+    sr_mode: Option<slimc::train::optim::SrMode>,
     /// Output .slim file.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -211,7 +218,13 @@ pub fn opt(a: OptArgs) -> Result<()> {
         refuse_overwrite(o, &[a.m.input_files()])?;
     }
     let mut model = a.m.load()?;
-    let reports = pm.run(&mut model)?;
+    let mut cx = PassContext::default();
+    if a.optimizer == "adamw" {
+        cx.optimizer.rule = UpdateRule::AdamW { beta1: 0.9 };
+    }
+    cx.optimizer.sparsity =
+        a.sr_mode.map(|m| Sparsity { gammas: None, proximal: m == slimc::train::optim::SrMode::Proximal, keep: 0 });
+    let reports = pm.run_with(&mut model, &mut cx)?;
     if !a.time_passes {
         for r in &reports {
             eprintln!(

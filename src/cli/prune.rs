@@ -221,6 +221,10 @@ pub struct PipelineArgs {
     /// Proximal mode: gammas per BN left out of the L1 step (no layer is zeroed whole).
     #[arg(long, default_value_t = 0)]
     sr_keep: usize,
+    /// Clip the gradient's global norm at this value in every stage (default: 10 in the train
+    /// and fine-tune stages, none in sparse training, as the seed recipe trains it).
+    #[arg(long)]
+    clip: Option<f32>,
     /// Prune ratio in (0, 1) (unless a --target-* budget is given).
     #[arg(long, default_value_t = 0.5)]
     ratio: f64,
@@ -274,6 +278,7 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
         sr_scope: a.sr_scope,
         sr_mode: a.sr_mode,
         sr_keep: a.sr_keep,
+        clip: a.clip,
         optimizer: a.optimizer,
         lr0: a.lr0,
         nbs: a.nbs,
