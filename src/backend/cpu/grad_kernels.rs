@@ -1,7 +1,9 @@
 //! CPU kernels of the training ops: convolution gradients (GEMM with transposed operands and
 //! col2im), training-mode batch norm and its gradient, max-pool and SiLU gradients.
 
-use super::kernels::{each_image, gemm_into, im2col, inside, out_size, per_channel, sized, zeroed, Mat, CHUNK};
+use super::kernels::{
+    column_tile, each_image, gemm_into, im2col, im2col_row, inside, out_size, per_channel, sized, zeroed, Mat, CHUNK,
+};
 use super::simd::{self, simd_fn};
 use rayon::prelude::*;
 use slimc_ir::eval::nn::{running_update, tap, ConvGeometry};
@@ -36,8 +38,9 @@ pub fn conv2d_grad_input(dx: &mut Vec<f32>, dy: &[f32], w: &[f32], ws: &[usize],
     let og = d.og;
     let kdim = d.cg * d.kh * d.kw;
     let pointwise = d.pointwise(c);
+    let tile = (!pointwise).then(|| column_tile(kdim, ohw)).flatten();
     each_image(dx, d.n, d.cin * hw, |b, dx, col, par| {
-        let col = sized(col, if pointwise { 0 } else { kdim * ohw });
+        let col = sized(col, if pointwise { 0 } else { kdim * tile.unwrap_or(ohw) });
         for gi in 0..d.g {
             let wg = &w[gi * og * kdim..(gi + 1) * og * kdim];
             let dyg = &dy[(b * d.cout + gi * og) * ohw..(b * d.cout + (gi + 1) * og) * ohw];
@@ -45,12 +48,58 @@ pub fn conv2d_grad_input(dx: &mut Vec<f32>, dy: &[f32], w: &[f32], ws: &[usize],
             // col[kdim×ohw] = wgᵀ[kdim×og] · dy[og×ohw]
             if pointwise {
                 gemm_into(kdim, ohw, og, Mat::transposed(wg, kdim), Mat::rows(dyg, ohw), dxg, false, par);
+            } else if let Some(tile) = tile {
+                // By cache-sized tiles of output positions, in order (tiles add into
+                // overlapping input positions).
+                for n0 in (0..ohw).step_by(tile) {
+                    let nt = tile.min(ohw - n0);
+                    let col = &mut col[..kdim * nt];
+                    let dyt = Mat { data: &dyg[n0..], rs: ohw, cs: 1 };
+                    gemm_into(kdim, nt, og, Mat::transposed(wg, kdim), dyt, col, false, par);
+                    for (row, r) in col.chunks(nt).enumerate() {
+                        col2im_row(r, c, &d, row, n0, dxg);
+                    }
+                }
             } else {
                 gemm_into(kdim, ohw, og, Mat::transposed(wg, kdim), Mat::rows(dyg, ohw), col, false, par);
                 col2im(col, c, &d, dxg, par);
             }
         }
     });
+}
+
+/// Adds row `row` of the columns (input channel `row / (kh·kw)`, tap `row % (kh·kw)`) for the
+/// output positions `first..first + src.len()` back into the input planes `dx [cg × h·w]`.
+fn col2im_row(src: &[f32], c: &Conv2d, d: &ConvGeometry, row: usize, first: usize, dx: &mut [f32]) {
+    let kk = d.kh * d.kw;
+    let (ci, r) = (row / kk, row % kk);
+    let (ky, kx) = (r / d.kw, r % d.kw);
+    let plane = &mut dx[ci * d.h * d.w..(ci + 1) * d.h * d.w];
+    let (stride, off) = (c.stride[1], (kx * c.dilation[1]) as isize - c.pad[1] as isize);
+    let (lo, hi) = inside(d.ow, stride, off, d.w);
+    let (mut p, end) = (first, first + src.len());
+    while p < end {
+        let (oy, ox0) = (p / d.ow, p % d.ow);
+        let q = end.min((oy + 1) * d.ow);
+        let ox1 = ox0 + (q - p);
+        let from = &src[p - first..q - first];
+        p = q;
+        let Some(iy) = tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else { continue };
+        let (a, b) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
+        if a >= b {
+            continue;
+        }
+        let at = ((a * stride) as isize + off) as usize;
+        let row = &mut plane[iy * d.w..(iy + 1) * d.w];
+        let from = &from[a - ox0..b - ox0];
+        if stride == 1 {
+            simd::add_into(&mut row[at..at + from.len()], from);
+        } else {
+            for (k, &v) in from.iter().enumerate() {
+                row[at + k * stride] += v;
+            }
+        }
+    }
 }
 
 /// Adds the columns `col [cg·kh·kw × oh·ow]` back into the input planes `dx [cg × h·w]`, planes
@@ -138,12 +187,27 @@ pub fn conv2d_grad_weight(
     let groups = d.n.clamp(1, WEIGHT_GRAD_GROUPS);
     let per_group = d.n.div_ceil(groups);
     // Group `k` sums images k·per_group.. into its partial.
+    let tile = (!pointwise).then(|| column_tile(kdim, ohw)).flatten();
     let group = |k: usize, dst: &mut [f32], col: &mut Vec<f32>, par: bool| {
-        let col = sized(col, if pointwise { 0 } else { kdim * ohw });
+        let col = sized(col, if pointwise { 0 } else { kdim * tile.unwrap_or(ohw) });
         for (j, b) in (k * per_group..((k + 1) * per_group).min(d.n)).enumerate() {
             for gi in 0..d.g {
                 let xg = &x[(b * d.cin + gi * d.cg) * hw..(b * d.cin + (gi + 1) * d.cg) * hw];
                 let dyg = &dy[(b * d.cout + gi * og) * ohw..(b * d.cout + (gi + 1) * og) * ohw];
+                if let Some(tile) = tile {
+                    // dw[og×kdim] (+)= dy[og×tile] · colᵀ[tile×kdim], tile by tile in order.
+                    let dst = &mut dst[gi * og * kdim..(gi + 1) * og * kdim];
+                    for (t, n0) in (0..ohw).step_by(tile).enumerate() {
+                        let nt = tile.min(ohw - n0);
+                        let col = &mut col[..kdim * nt];
+                        for (row, r) in col.chunks_mut(nt).enumerate() {
+                            im2col_row(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], row, n0, r);
+                        }
+                        let dyt = Mat { data: &dyg[n0..], rs: ohw, cs: 1 };
+                        gemm_into(og, kdim, nt, dyt, Mat::transposed(col, nt), dst, j > 0 || t > 0, par);
+                    }
+                    continue;
+                }
                 let rhs: &[f32] = if pointwise {
                     xg
                 } else {

@@ -193,7 +193,7 @@ pub(crate) fn im2col(x: &[f32], c: &Conv2d, hw: [usize; 2], k: [usize; 2], o: [u
 /// Row `row` of the unfolded input (input channel `row / (kh·kw)`, tap `row % (kh·kw)`) for the
 /// output positions `first..first + dst.len()` (row-major over `oh × ow`), into `dst`.
 #[allow(clippy::too_many_arguments)]
-fn im2col_row(
+pub(crate) fn im2col_row(
     x: &[f32],
     c: &Conv2d,
     [h, w]: [usize; 2],
@@ -243,7 +243,7 @@ const TILE_BYTES: usize = 256 << 10;
 /// Output positions per tile when a convolution's unfolded input (`kdim × ohw`) is too large to
 /// stay in cache (over four tiles' worth); at least 256, so each tile's product is still a
 /// large one. None: unfold it whole.
-fn column_tile(kdim: usize, ohw: usize) -> Option<usize> {
+pub(crate) fn column_tile(kdim: usize, ohw: usize) -> Option<usize> {
     (kdim * ohw * 4 > 4 * TILE_BYTES).then(|| (TILE_BYTES / (kdim * 4)).max(256))
 }
 
