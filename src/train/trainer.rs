@@ -406,13 +406,14 @@ impl Trainer {
         names.into_iter().map(|n| Ok((n.clone(), self.program.read(n)?))).collect()
     }
 
-    /// The share of the selected BN gammas (raw weights) with |gamma| below `t`.
-    fn gamma_share_below(&self, t: f32) -> Result<f64> {
+    /// The share of the selected BN gammas among `raw` (the trained weights) with |gamma| below
+    /// `t`.
+    fn gamma_share_below(&self, raw: &BTreeMap<String, Tensor>, t: f32) -> Result<f64> {
         let (mut below, mut all) = (0usize, 0usize);
         for g in &self.sr_gammas {
-            let v = self.program.read(g)?;
-            below += v.f32s()?.iter().filter(|x| x.abs() < t).count();
-            all += v.numel();
+            let v = raw.get(g).ok_or_else(|| anyhow!("no BN gamma {g}"))?.f32s()?;
+            below += v.iter().filter(|x| x.abs() < t).count();
+            all += v.len();
         }
         Ok(below as f64 / all.max(1) as f64)
     }
@@ -560,7 +561,7 @@ impl Trainer {
             let v = validate(&*self.backend, &ema_model, &self.val, cfg.batch * 2, nc, false, true)?;
             let m = &v.metrics;
             let fitness = m.map;
-            let sparse = self.gamma_share_below(1e-2)?;
+            let sparse = self.gamma_share_below(&raw, 1e-2)?;
             let lrs = self.opt.lr;
             let row = [
                 (epoch + 1) as f64,

@@ -56,8 +56,10 @@ pub fn conv2d_grad_input(dx: &mut Vec<f32>, dy: &[f32], w: &[f32], ws: &[usize],
                     let col = &mut col[..kdim * nt];
                     let dyt = Mat { data: &dyg[n0..], rs: ohw, cs: 1 };
                     gemm_into(kdim, nt, og, Mat::transposed(wg, kdim), dyt, col, false, par);
+                    let kk = d.kh * d.kw;
                     for (row, r) in col.chunks(nt).enumerate() {
-                        col2im_row(r, c, &d, row, n0, dxg);
+                        let plane = &mut dxg[row / kk * hw..(row / kk + 1) * hw];
+                        col2im_row(r, c, &d, row % kk, n0, plane);
                     }
                 }
             } else {
@@ -68,13 +70,10 @@ pub fn conv2d_grad_input(dx: &mut Vec<f32>, dy: &[f32], w: &[f32], ws: &[usize],
     });
 }
 
-/// Adds row `row` of the columns (input channel `row / (kh·kw)`, tap `row % (kh·kw)`) for the
-/// output positions `first..first + src.len()` back into the input planes `dx [cg × h·w]`.
-fn col2im_row(src: &[f32], c: &Conv2d, d: &ConvGeometry, row: usize, first: usize, dx: &mut [f32]) {
-    let kk = d.kh * d.kw;
-    let (ci, r) = (row / kk, row % kk);
+/// Adds one row of the columns, tap `r` (of `kh·kw`) for the output positions
+/// `first..first + src.len()` (row-major over `oh × ow`), back into its input plane `plane [h·w]`.
+fn col2im_row(src: &[f32], c: &Conv2d, d: &ConvGeometry, r: usize, first: usize, plane: &mut [f32]) {
     let (ky, kx) = (r / d.kw, r % d.kw);
-    let plane = &mut dx[ci * d.h * d.w..(ci + 1) * d.h * d.w];
     let (stride, off) = (c.stride[1], (kx * c.dilation[1]) as isize - c.pad[1] as isize);
     let (lo, hi) = inside(d.ow, stride, off, d.w);
     let (mut p, end) = (first, first + src.len());
@@ -108,23 +107,7 @@ fn col2im(col: &[f32], c: &Conv2d, d: &ConvGeometry, dx: &mut [f32], par: bool) 
     let (kk, ohw) = (d.kh * d.kw, d.oh * d.ow);
     let plane = |(ci, plane): (usize, &mut [f32])| {
         for r in 0..kk {
-            let (ky, kx) = (r / d.kw, r % d.kw);
-            let src = &col[(ci * kk + r) * ohw..(ci * kk + r + 1) * ohw];
-            let (stride, off) = (c.stride[1], (kx * c.dilation[1]) as isize - c.pad[1] as isize);
-            let (lo, hi) = inside(d.ow, stride, off, d.w);
-            let first = ((lo * stride) as isize + off) as usize;
-            for oy in 0..d.oh {
-                let Some(iy) = tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else { continue };
-                let row = &mut plane[iy * d.w..(iy + 1) * d.w];
-                let from = &src[oy * d.ow + lo..oy * d.ow + hi];
-                if stride == 1 {
-                    simd::add_into(&mut row[first..first + hi - lo], from);
-                } else {
-                    for (k, &v) in from.iter().enumerate() {
-                        row[first + k * stride] += v;
-                    }
-                }
-            }
+            col2im_row(&col[(ci * kk + r) * ohw..(ci * kk + r + 1) * ohw], c, d, r, 0, plane);
         }
     };
     if par {
