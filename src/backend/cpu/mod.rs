@@ -16,7 +16,7 @@ mod tests;
 use super::{memory::check_fits, Backend, Executable};
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::memory::{plan_in_place, Plan};
-use slimc_ir::{infer_all, DType, Graph, Model, Op, Tensor, TensorData, TensorType, ValueId};
+use slimc_ir::{infer_all, DType, Graph, Model, Op, Tensor, TensorData, TensorType, ValueDef, ValueId};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -163,8 +163,8 @@ struct Epilogue {
     out: ValueId,
 }
 
-/// Finds each `conv2d` whose result only a `batch_norm` reads (and whose BN result, or the
-/// convolution's own, only a `silu` reads), none of them a graph output: those nodes run as the
+/// Finds each `conv2d` whose result only a `batch_norm` with parameter statistics reads (and
+/// whose BN result, or the convolution's own, only a `silu` reads), none of them a graph output: those nodes run as the
 /// convolution's epilogue, in place on its result, while it is fresh.
 fn epilogues(g: &Graph) -> (HashMap<usize, Epilogue>, Vec<bool>) {
     let users = g.users();
@@ -181,7 +181,10 @@ fn epilogues(g: &Graph) -> (HashMap<usize, Epilogue>, Vec<bool>) {
         }
         let mut e = Epilogue { bn: None, silu: false, out: n.outputs[0] };
         if let Some(j) = only(e.out).filter(|&j| matches!(g.nodes[j].op, Op::BatchNorm { .. })) {
-            if g.nodes[j].inputs[0] == e.out {
+            // Its statistics must exist when the convolution runs: parameters, not results of
+            // nodes that may come later.
+            let params = g.nodes[j].inputs[1..].iter().all(|v| matches!(g.value(*v).def, ValueDef::Param(_)));
+            if g.nodes[j].inputs[0] == e.out && params {
                 (e.bn, e.out) = (Some(j), g.nodes[j].outputs[0]);
                 absorbed[j] = true;
             }
