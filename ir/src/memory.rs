@@ -3,7 +3,7 @@
 //! slot only when their lifetimes do not overlap, so a backend that keeps one buffer per slot
 //! allocates nothing per op once the buffers have grown to the plan.
 
-use crate::graph::{Graph, ValueDef};
+use crate::graph::{Graph, ValueDef, ValueId};
 use crate::tensor::{checked_numel, DType, TensorType};
 
 /// For each value, the index of the last node that reads it (None: no node does).
@@ -53,19 +53,36 @@ pub fn value_bytes(t: &TensorType) -> Option<u64> {
 /// Each result takes the smallest free slot that holds it, else the largest free slot (grown),
 /// else a new one. None when a size overflows.
 pub fn plan(g: &Graph, types: &[TensorType]) -> Option<Plan> {
-    plan_in_place(g, types, &|_| None)
+    plan_fused(g, types, &Fusions { in_place: &|_| None, deferred: &|_| None })
 }
 
-/// [`plan`], where a node for which `in_place(node)` names one of its operands computes its
-/// (single) result in that operand's slot, when this node is the operand's last reader and the
-/// two have the same size: the backend overwrites the operand (an elementwise op, or an op fused
-/// into the one that made the operand).
-pub fn plan_in_place(
-    g: &Graph,
-    types: &[TensorType],
-    in_place: &dyn Fn(usize) -> Option<crate::graph::ValueId>,
-) -> Option<Plan> {
+/// How a backend runs some nodes together with others, for [`plan_fused`].
+pub struct Fusions<'a> {
+    /// A node that computes its single result in the slot of the operand it names, when it is
+    /// that operand's last reader and the two have the same size: the backend overwrites the
+    /// operand (an elementwise op, or an op fused into the one that made the operand).
+    pub in_place: &'a dyn Fn(usize) -> Option<ValueId>,
+    /// A node the backend skips, its results never materialised: the later node named here
+    /// reads the skipped node's operands instead (a concatenation read by the convolution
+    /// that consumes it), so they live until that node.
+    pub deferred: &'a dyn Fn(usize) -> Option<usize>,
+}
+
+/// [`plan`] for a backend that fuses nodes as `fusions` says.
+pub fn plan_fused(g: &Graph, types: &[TensorType], fusions: &Fusions) -> Option<Plan> {
     let mut last = last_uses(g);
+    let mut virtual_value = vec![false; g.values.len()];
+    // Operands each node reads for a deferred node, besides its own.
+    let mut reads_for: Vec<Vec<ValueId>> = vec![vec![]; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        if let Some(j) = (fusions.deferred)(i) {
+            for &v in &n.inputs {
+                last[v.0] = last[v.0].max(Some(j));
+            }
+            n.outputs.iter().for_each(|o| virtual_value[o.0] = true);
+            reads_for.get_mut(j)?.extend(&n.inputs);
+        }
+    }
     for &o in &g.outputs {
         last[o.0] = Some(usize::MAX);
     }
@@ -75,7 +92,7 @@ pub fn plan_in_place(
     for (i, n) in g.nodes.iter().enumerate() {
         // An operand whose slot this node's result takes over: not freed here.
         let mut handed = None;
-        if let (Some(v), [o]) = (in_place(i), n.outputs.as_slice()) {
+        if let (Some(v), [o]) = ((fusions.in_place)(i), n.outputs.as_slice()) {
             let same = value_bytes(types.get(v.0)?)? == value_bytes(types.get(o.0)?)?;
             if same && p.slot[v.0].is_some() && last[v.0] == Some(i) && n.inputs.contains(&v) {
                 p.slot[o.0] = p.slot[v.0];
@@ -83,7 +100,7 @@ pub fn plan_in_place(
             }
         }
         for &o in &n.outputs {
-            if handed.is_some() {
+            if handed.is_some() || virtual_value[o.0] {
                 break;
             }
             let need = value_bytes(types.get(o.0)?)?;
@@ -106,9 +123,10 @@ pub fn plan_in_place(
             .inputs
             .iter()
             .chain(&n.outputs)
+            .chain(&reads_for[i])
             .map(|v| v.0)
             .filter(|&v| matches!(g.values[v].def, ValueDef::Node(..)) && last[v].is_none_or(|l| l == i))
-            .filter(|&v| Some(v) != handed)
+            .filter(|&v| Some(v) != handed && !virtual_value[v])
             .collect();
         dying.sort_unstable();
         dying.dedup();
@@ -150,5 +168,36 @@ mod tests {
         let last = |name: &str| g.values.iter().position(|v| v.name == name).unwrap();
         assert_eq!(p.frees[1], vec![last("a")]);
         assert_eq!(p.frees[3], vec![last("b"), last("c")]);
+    }
+
+    #[test]
+    fn a_deferred_node_keeps_its_operands_alive_until_its_reader() {
+        let g = parse_graph(
+            "graph g(%x: f32[1,4]) {
+  %a: f32[1,4] = silu(%x)
+  %b: f32[1,4] = silu(%x)
+  %k: f32[1,8] = concat(%a, %b) {axis=1}
+  %z: f32[1,4] = silu(%x)
+  %d: f32[1,8] = silu(%k)
+  %e: f32[1,4] = add(%z, %x)
+  return %d, %e
+}",
+        )
+        .unwrap();
+        let types = crate::infer_all(&g, &[TensorType::f32(&[1, 4])]).unwrap();
+        let id = |name: &str| g.values.iter().position(|v| v.name == name).unwrap();
+        let slot = |p: &Plan, name: &str| p.slot[id(name)];
+        // Planned plainly, z takes a's slot, freed by the concatenation.
+        let plain = plan(&g, &types).unwrap();
+        assert_eq!(slot(&plain, "z"), slot(&plain, "a"));
+        // With the concatenation (node 2) deferred to its reader (node 4): k has no slot, a and b
+        // live until node 4, so z gets a slot of its own.
+        let fused =
+            plan_fused(&g, &types, &Fusions { in_place: &|_| None, deferred: &|i| (i == 2).then_some(4) }).unwrap();
+        assert_eq!(slot(&fused, "k"), None);
+        assert!(fused.frees[2].is_empty());
+        assert_eq!(fused.frees[4], vec![id("a"), id("b")]);
+        let z = slot(&fused, "z").unwrap();
+        assert!(Some(z) != slot(&fused, "a") && Some(z) != slot(&fused, "b"));
     }
 }

@@ -50,6 +50,32 @@ pub fn strided_copy<T: Copy>(src: &[T], offset: isize, out_shape: &[usize], stri
     out
 }
 
+/// Where a slice of a tensor of `shape` starts and the strides that read it: the slice is
+/// `strided_copy(x, offset, out_shape, strides)`.
+pub fn slice_view(
+    shape: &[usize],
+    axes: &[usize],
+    starts: &[i64],
+    ends: &[i64],
+    steps: &[i64],
+) -> Result<(isize, Vec<isize>)> {
+    let st = strides_of(shape);
+    let mut strides: Vec<isize> = st.iter().map(|&s| s as isize).collect();
+    let mut off = 0isize;
+    for i in 0..axes.len() {
+        let (s, step, _) = slice_range(shape[axes[i]], starts[i], ends[i], steps[i])?;
+        off += s as isize * st[axes[i]] as isize;
+        strides[axes[i]] *= step as isize;
+    }
+    Ok((off, strides))
+}
+
+/// The strides that read a tensor of `shape` in the axis order `perm` (a transpose).
+pub fn transpose_strides(shape: &[usize], perm: &[usize]) -> Vec<isize> {
+    let st = strides_of(shape);
+    perm.iter().map(|&p| st[p] as isize).collect()
+}
+
 /// Strides that read a tensor of `shape` broadcast to `out` (0 on broadcast axes).
 pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<isize> {
     let st = strides_of(shape);
@@ -328,21 +354,13 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
             Ok(outs)
         }
         Op::Slice { axes, starts, ends, steps } => {
-            let st = strides_of(&x.shape);
-            let mut strides: Vec<isize> = st.iter().map(|&s| s as isize).collect();
-            let mut off = 0isize;
-            for i in 0..axes.len() {
-                let (s, step, _) = slice_range(x.shape[axes[i]], starts[i], ends[i], steps[i])?;
-                off += s as isize * st[axes[i]] as isize;
-                strides[axes[i]] *= step as isize;
-            }
+            let (off, strides) = slice_view(&x.shape, axes, starts, ends, steps)?;
             let out = shape(0);
             one(map_data(x, |v| strided_copy(v, off, &out, &strides), |v| strided_copy(v, off, &out, &strides)))
         }
         Op::Reshape { .. } => one(x.data.clone()),
         Op::Transpose { perm } => {
-            let st = strides_of(&x.shape);
-            let strides: Vec<isize> = perm.iter().map(|&p| st[p] as isize).collect();
+            let strides = transpose_strides(&x.shape, perm);
             let out = shape(0);
             one(map_data(x, |v| strided_copy(v, 0, &out, &strides), |v| strided_copy(v, 0, &out, &strides)))
         }

@@ -160,12 +160,44 @@ pub fn conv2d(
         });
     }
     if let Some(bias) = bias {
-        out.par_chunks_mut(ohw).enumerate().for_each(|(i, p)| {
-            let v = bias[i % d.cout];
-            p.iter_mut().for_each(|o| *o += v);
-        });
+        add_bias(out, bias, ohw);
     }
     vec![d.n, d.cout, d.oh, d.ow]
+}
+
+/// Adds each channel's bias to its planes of `out` (`[n, c, plane]`).
+fn add_bias(out: &mut [f32], bias: &[f32], plane: usize) {
+    out.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
+        let v = bias[i % bias.len()];
+        p.iter_mut().for_each(|o| *o += v);
+    });
+}
+
+/// A pointwise convolution of the concatenation of `parts` along channels (`channels[i]` of
+/// them in part `i`, all `[n, ·, h, w]`) into `out` of `shape` `[n, cout, h, w]`: the sum of
+/// each part times its columns of `w [cout, Σ channels]`, image by image.
+pub fn conv_pointwise_parts(
+    out: &mut Vec<f32>,
+    parts: &[&[f32]],
+    channels: &[usize],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    shape: &[usize],
+) {
+    let (n, cout, hw) = (shape[0], shape[1], shape[2] * shape[3]);
+    let cin: usize = channels.iter().sum();
+    let out = sized(out, n * cout * hw);
+    each_image(out, n, cout * hw, |b, dst, _, par| {
+        let mut k0 = 0;
+        for (p, &c) in parts.iter().zip(channels) {
+            let a = Mat { data: &w[k0..], rs: cin, cs: 1 };
+            gemm_into(cout, hw, c, a, Mat::rows(&p[b * c * hw..(b + 1) * c * hw], hw), dst, k0 > 0, par);
+            k0 += c;
+        }
+    });
+    if let Some(bias) = bias {
+        add_bias(out, bias, hw);
+    }
 }
 
 /// The output positions `lo..hi` (of `n`) whose input index `o·stride + off` lies in `0..size`.
@@ -427,7 +459,9 @@ pub(crate) fn per_channel(out: &mut [f32], shape: &[usize], x: &[f32], y: Option
     });
 }
 
-/// 2-D max pooling with -inf padding into `out`; returns the output shape.
+/// 2-D max pooling with -inf padding into `out`; returns the output shape. Separable, as the
+/// maximum is exact in any order: each plane's rows are pooled across their window first, then
+/// the pooled rows down theirs (whole rows at a time, vectorised).
 pub fn max_pool2d(
     out: &mut Vec<f32>,
     x: &[f32],
@@ -440,23 +474,42 @@ pub fn max_pool2d(
     let oh = out_size(h, k[0], s[0], 1, p[0], p[2]);
     let ow = out_size(w, k[1], s[1], 1, p[1], p[3]);
     let out = sized(out, n * c * oh * ow);
-    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
+    if out.is_empty() {
+        return vec![n, c, oh, ow];
+    }
+    // The window of output position `o` along an axis of `len` inputs, clamped to the input.
+    let window = |o: usize, k: usize, s: usize, p: usize, len: usize| {
+        let a = (o * s) as isize - p as isize;
+        (a.max(0) as usize, ((a + k as isize).max(0) as usize).min(len))
+    };
+    out.par_chunks_mut(oh * ow).enumerate().for_each_init(Vec::new, |rows, (plane, dst)| {
         let src = &x[plane * h * w..(plane + 1) * h * w];
-        for oy in 0..oh {
-            let y0 = (oy * s[0]) as isize - p[0] as isize;
-            for ox in 0..ow {
-                let x0 = (ox * s[1]) as isize - p[1] as isize;
-                let mut m = f32::NEG_INFINITY;
-                for iy in y0.max(0)..(y0 + k[0] as isize).min(h as isize) {
-                    for ix in x0.max(0)..(x0 + k[1] as isize).min(w as isize) {
-                        m = m.max(src[iy as usize * w + ix as usize]);
-                    }
-                }
-                dst[oy * ow + ox] = m;
+        rows.clear();
+        rows.resize(h * ow, f32::NEG_INFINITY);
+        for (row, pooled) in src.chunks(w).zip(rows.chunks_mut(ow)) {
+            for (ox, m) in pooled.iter_mut().enumerate() {
+                let (a, b) = window(ox, k[1], s[1], p[1], w);
+                *m = row[a.min(b)..b].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            }
+        }
+        for (oy, o) in dst.chunks_mut(ow).enumerate() {
+            o.fill(f32::NEG_INFINITY);
+            let (a, b) = window(oy, k[0], s[0], p[0], h);
+            for iy in a..b.max(a) {
+                max_into(o, &rows[iy * ow..(iy + 1) * ow]);
             }
         }
     });
     vec![n, c, oh, ow]
+}
+
+simd_fn! {
+    /// `o = max(o, x)`, elementwise.
+    fn max_into(o: &mut [f32], x: &[f32]) {
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = o.max(v);
+        }
+    }
 }
 
 /// Inner positions per task of [`softmax`].
@@ -471,6 +524,18 @@ pub fn softmax(out: &mut Vec<f32>, x: &[f32], shape: &[usize], axis: usize) {
     let outer = shape[..axis].iter().product::<usize>();
     let out = sized(out, x.len());
     if n == 0 || inner == 0 {
+        return;
+    }
+    if inner == 1 {
+        // Rows along the last axis: contiguous, several per task.
+        out.par_chunks_mut(n * (CHUNK / n).max(1)).zip(x.par_chunks(n * (CHUNK / n).max(1))).for_each(|(o, x)| {
+            for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
+                let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                exp_minus(o, x, m);
+                let sum: f32 = o.iter().sum();
+                divide_by(o, sum);
+            }
+        });
         return;
     }
     let dst = Block(out.as_mut_ptr());
@@ -510,6 +575,24 @@ simd_fn! {
 }
 
 simd_fn! {
+    /// `o = exp(x − m)`.
+    fn exp_minus(o: &mut [f32], x: &[f32], m: f32) {
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = simd::exp(v - m);
+        }
+    }
+}
+
+simd_fn! {
+    /// `o /= s`.
+    fn divide_by(o: &mut [f32], s: f32) {
+        for o in o.iter_mut() {
+            *o /= s;
+        }
+    }
+}
+
+simd_fn! {
     /// `o /= s`, elementwise.
     fn divide(o: &mut [f32], s: &[f32]) {
         for (o, &s) in o.iter_mut().zip(s) {
@@ -531,10 +614,10 @@ simd_fn! {
 }
 
 simd_fn! {
-    /// `o = a + b` on one chunk.
-    fn add_chunk(o: &mut [f32], a: &[f32], b: &[f32]) {
-        for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
-            *o = x + y;
+    /// `o = sigmoid(x)` on one chunk.
+    fn sigmoid_chunk(o: &mut [f32], x: &[f32]) {
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = simd::sigmoid(v);
         }
     }
 }
@@ -545,12 +628,66 @@ pub fn silu(out: &mut Vec<f32>, x: &[f32]) {
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| silu_chunk(o, x));
 }
 
-/// Elementwise sum of same-shaped operands into `out`, in parallel.
-pub fn add_same(out: &mut Vec<f32>, a: &[f32], b: &[f32]) {
-    let out = sized(out, a.len());
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(o, (a, b))| add_chunk(o, a, b));
+/// The logistic function into `out`, in parallel.
+pub fn sigmoid(out: &mut Vec<f32>, x: &[f32]) {
+    let out = sized(out, x.len());
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| sigmoid_chunk(o, x));
+}
+
+/// An elementwise arithmetic op.
+#[derive(Clone, Copy, Debug)]
+pub enum Arith {
+    /// `a + b`.
+    Add,
+    /// `a − b`.
+    Sub,
+    /// `a · b`.
+    Mul,
+    /// `a / b`.
+    Div,
+}
+
+/// `o[j] = a[j·sa] ∘ b[j·sb]` for one row; the strides are 0 (a broadcast operand) or 1 in the
+/// hot cases, which get loops the compiler vectorises.
+#[inline(always)]
+fn arith_row(o: &mut [f32], a: &[f32], sa: isize, b: &[f32], sb: isize, f: impl Fn(f32, f32) -> f32) {
+    match (sa, sb) {
+        (1, 1) => o.iter_mut().zip(a).zip(b).for_each(|((o, &x), &y)| *o = f(x, y)),
+        (1, 0) => o.iter_mut().zip(a).for_each(|(o, &x)| *o = f(x, b[0])),
+        (0, 1) => o.iter_mut().zip(b).for_each(|(o, &y)| *o = f(a[0], y)),
+        _ => o.iter_mut().enumerate().for_each(|(j, o)| *o = f(a[j * sa as usize], b[j * sb as usize])),
+    }
+}
+
+/// `a ∘ b` with NumPy broadcasting to `shape` into `out`, by runs of whole rows of the last
+/// axis in parallel; `sa`, `sb` are the operands' broadcast strides
+/// (`slimc_ir::eval::broadcast_strides`).
+pub fn arith(out: &mut Vec<f32>, op: Arith, a: &[f32], sa: &[isize], b: &[f32], sb: &[isize], shape: &[usize]) {
+    let n: usize = shape.iter().product();
+    let out = sized(out, n);
+    if n == 0 {
+        return;
+    }
+    let r = shape.len();
+    let last = shape.last().copied().unwrap_or(1);
+    let (la, lb) = (sa.last().copied().unwrap_or(0), sb.last().copied().unwrap_or(0));
+    let rows_per_task = (CHUNK / last).max(1);
+    out.par_chunks_mut(rows_per_task * last).enumerate().for_each(|(t, dst)| {
+        for (k, o) in dst.chunks_mut(last).enumerate() {
+            let (mut rest, mut ia, mut ib) = (t * rows_per_task + k, 0isize, 0isize);
+            for d in (0..r.saturating_sub(1)).rev() {
+                let i = (rest % shape[d]) as isize;
+                (ia, ib, rest) = (ia + i * sa[d], ib + i * sb[d], rest / shape[d]);
+            }
+            let (x, y) = (&a[ia as usize..], &b[ib as usize..]);
+            match op {
+                Arith::Add => arith_row(o, x, la, y, lb, |p, q| p + q),
+                Arith::Sub => arith_row(o, x, la, y, lb, |p, q| p - q),
+                Arith::Mul => arith_row(o, x, la, y, lb, |p, q| p * q),
+                Arith::Div => arith_row(o, x, la, y, lb, |p, q| p / q),
+            }
+        }
+    });
 }
 
 /// Batched matrix product over the last two axes with broadcast batch axes, into `out`.
@@ -566,39 +703,5 @@ pub fn matmul(out: &mut Vec<f32>, a: &[f32], sa: &[usize], b: &[f32], sb: &[usiz
     }
     for (i, dst) in out.chunks_mut(m * n).enumerate() {
         sgemm(m, n, k, &a[oa[i]..oa[i] + m * k], &b[ob[i]..ob[i] + k * n], dst, true);
-    }
-}
-
-/// Concatenation into `out`: each outer index (the axes before the concatenated one) takes, in
-/// order, `widths[i]` contiguous elements of part `i`.
-pub fn concat(out: &mut Vec<f32>, parts: &[&[f32]], widths: &[usize]) {
-    let row: usize = widths.iter().sum();
-    let outer =
-        if row == 0 { 0 } else { parts.iter().zip(widths).map(|(p, &w)| p.len() / w.max(1)).max().unwrap_or(0) };
-    let out = sized(out, outer * row);
-    if row == 0 {
-        return;
-    }
-    out.par_chunks_mut(row).enumerate().for_each(|(o, dst)| {
-        let mut at = 0;
-        for (p, &w) in parts.iter().zip(widths) {
-            dst[at..at + w].copy_from_slice(&p[o * w..(o + 1) * w]);
-            at += w;
-        }
-    });
-}
-
-/// The inverse of [`concat`]: `x`'s rows of `Σ widths` elements are cut into one buffer per
-/// width.
-pub fn split(outs: &mut [Vec<f32>], x: &[f32], widths: &[usize]) {
-    let row: usize = widths.iter().sum();
-    let outer = if row == 0 { 0 } else { x.len() / row };
-    let mut at = 0;
-    for (buf, &w) in outs.iter_mut().zip(widths) {
-        let dst = sized(buf, outer * w);
-        if w > 0 {
-            dst.par_chunks_mut(w).enumerate().for_each(|(o, d)| d.copy_from_slice(&x[o * row + at..o * row + at + w]));
-        }
-        at += w;
     }
 }

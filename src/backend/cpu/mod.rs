@@ -8,6 +8,7 @@
 
 pub mod grad_kernels;
 pub mod kernels;
+pub mod layout;
 mod node;
 mod simd;
 #[cfg(test)]
@@ -15,7 +16,7 @@ mod tests;
 
 use super::{memory::check_fits, Backend, Executable};
 use anyhow::{anyhow, bail, Result};
-use slimc_ir::memory::{plan_in_place, Plan};
+use slimc_ir::memory::{plan_fused, Fusions, Plan};
 use slimc_ir::{infer_all, DType, Graph, Model, Op, Tensor, TensorData, TensorType, ValueDef, ValueId};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -51,9 +52,9 @@ pub struct CpuExecutable {
     names: HashMap<String, ValueId>,
     /// The graph's state updates: (output position, parameter it replaces).
     state: Vec<(usize, ValueId)>,
-    /// Convolutions that also apply the inference BN and SiLU reading only their result, by
-    /// node; `absorbed[n]`: node `n` is done by such a convolution.
-    fused: HashMap<usize, Epilogue>,
+    /// Convolutions that also do the work of the nodes around them ([`fusions`]), by node;
+    /// `absorbed[n]`: node `n` is done by such a convolution.
+    fused: HashMap<usize, Fused>,
     absorbed: Vec<bool>,
     /// Plans for the input shapes met so far, most recent last.
     plans: Vec<(Vec<Vec<usize>>, Arc<Planned>)>,
@@ -94,7 +95,7 @@ impl CpuExecutable {
         }
         let profile = std::env::var_os("SLIMC_PROFILE_OPS").map(|_| HashMap::new());
         let state = g.state_updates();
-        let (fused, absorbed) = epilogues(g);
+        let (fused, absorbed) = fusions(g);
         Ok(CpuExecutable {
             graph: g.clone(),
             params,
@@ -119,8 +120,14 @@ impl CpuExecutable {
             let types: Vec<TensorType> = inputs.iter().map(|t| t.ty()).collect();
             let all = infer_all(&self.graph, &types)?;
             let g = &self.graph;
-            let absorbed = &self.absorbed;
-            let p = plan_in_place(g, &all, &|i| absorbed[i].then(|| g.nodes[i].inputs[0]));
+            let (absorbed, fused) = (&self.absorbed, &self.fused);
+            // The concatenation a convolution reads through, by its node.
+            let deferred: HashMap<usize, usize> = fused.iter().filter_map(|(&i, f)| Some((f.concat?, i))).collect();
+            let fusions = Fusions {
+                in_place: &|i| (absorbed[i] && !deferred.contains_key(&i)).then(|| g.nodes[i].inputs[0]),
+                deferred: &|i| deferred.get(&i).copied(),
+            };
+            let p = plan_fused(g, &all, &fusions);
             check_fits(p.as_ref().map(Plan::arena_bytes), &inputs[0].shape)?;
             let planned = Arc::new(Planned { plan: p.expect("check_fits refuses unaddressable plans"), types: all });
             if self.plans.len() == PLANS_KEPT {
@@ -154,19 +161,28 @@ impl CpuExecutable {
     }
 }
 
-/// What a convolution applies to its result before anyone reads it: an inference batch norm
-/// (the node, whose parameters it reads) and SiLU, ending in the value `out`.
+/// What a convolution does beyond itself: it may read the parts of the concatenation that
+/// made its input (a pointwise convolution, the concatenation node skipped), and apply an
+/// inference batch norm (the node, whose parameters it reads) and SiLU to its result, ending in
+/// the value `out`.
 #[derive(Clone, Copy, Debug)]
-struct Epilogue {
+struct Fused {
+    concat: Option<usize>,
     bn: Option<usize>,
     silu: bool,
     out: ValueId,
 }
 
-/// Finds each `conv2d` whose result only a `batch_norm` with parameter statistics reads (and
-/// whose BN result, or the convolution's own, only a `silu` reads), none of them a graph output: those nodes run as the
-/// convolution's epilogue, in place on its result, while it is fresh.
-fn epilogues(g: &Graph) -> (HashMap<usize, Epilogue>, Vec<bool>) {
+/// Finds the fusions of inference graphs, by convolution node:
+/// - a `concat` along channels whose result only a pointwise, ungrouped, unstrided `conv2d`
+///   reads: the convolution multiplies each part by its columns of the weight and sums, and the
+///   concatenation never runs;
+/// - a `batch_norm` with parameter statistics as the only reader of a convolution's result, and
+///   a `silu` as the only reader of that (or of the convolution's own result), none of them a
+///   graph output: they run as the convolution's epilogue, in place on its result.
+///
+/// Also returns, for every node, whether another node does its work.
+fn fusions(g: &Graph) -> (HashMap<usize, Fused>, Vec<bool>) {
     let users = g.users();
     let outputs: std::collections::HashSet<ValueId> = g.outputs.iter().copied().collect();
     // The single node reading `v`, if `v` is not returned and has exactly one reader.
@@ -176,10 +192,20 @@ fn epilogues(g: &Graph) -> (HashMap<usize, Epilogue>, Vec<bool>) {
     };
     let (mut fused, mut absorbed) = (HashMap::new(), vec![false; g.nodes.len()]);
     for (i, n) in g.nodes.iter().enumerate() {
-        if !matches!(n.op, Op::Conv2d(_)) {
-            continue;
+        let Op::Conv2d(c) = &n.op else { continue };
+        let mut e = Fused { concat: None, bn: None, silu: false, out: n.outputs[0] };
+        let pointwise = g.ty(n.inputs[1]).fixed_shape().is_some_and(|s| s.get(2..) == Some(&[1, 1][..]))
+            && c.stride == [1, 1]
+            && c.pad == [0; 4]
+            && c.groups == 1;
+        if let ValueDef::Node(k, _) = g.value(n.inputs[0]).def {
+            let cat = &g.nodes[k.0];
+            let parts_f32 = cat.inputs.iter().all(|&v| g.ty(v).dtype == DType::F32 && g.ty(v).rank() == 4);
+            if pointwise && matches!(cat.op, Op::Concat { axis: 1 }) && parts_f32 && only(n.inputs[0]) == Some(i) {
+                e.concat = Some(k.0);
+                absorbed[k.0] = true;
+            }
         }
-        let mut e = Epilogue { bn: None, silu: false, out: n.outputs[0] };
         if let Some(j) = only(e.out).filter(|&j| matches!(g.nodes[j].op, Op::BatchNorm { .. })) {
             // Its statistics must exist when the convolution runs: parameters, not results of
             // nodes that may come later.
@@ -193,7 +219,7 @@ fn epilogues(g: &Graph) -> (HashMap<usize, Epilogue>, Vec<bool>) {
             (e.silu, e.out) = (true, g.nodes[k].outputs[0]);
             absorbed[k] = true;
         }
-        if e.bn.is_some() || e.silu {
+        if e.concat.is_some() || e.bn.is_some() || e.silu {
             fused.insert(i, e);
         }
     }
@@ -261,10 +287,20 @@ impl Executable for CpuExecutable {
                 n.outputs.iter().map(|&o| types[o.0].fixed_shape().expect("inputs are concrete")).collect();
             let started = profile.as_ref().map(|_| std::time::Instant::now());
             let outs = {
-                let args: Vec<&Tensor> =
-                    n.inputs.iter().map(|v| env[v.0].as_deref().expect("topological order")).collect();
-                node::compute(&n.op, &args, &shapes, &mut bufs, scratch)
-                    .map_err(|e| anyhow!("node {i} ({} @{}): {e}", n.op.name(), n.scope))?
+                let arg = |v: &ValueId| env[v.0].as_deref().expect("topological order");
+                match fused.get(&i).and_then(|f| f.concat) {
+                    Some(k) => {
+                        // The concatenation never ran: its operands stand in for its result.
+                        let parts: Vec<&Tensor> = g.nodes[k].inputs.iter().map(arg).collect();
+                        let wb: Vec<&Tensor> = n.inputs[1..].iter().map(arg).collect();
+                        node::conv_concatenated(&parts, &wb, &shapes[0], &mut bufs[0])
+                    }
+                    None => {
+                        let args: Vec<&Tensor> = n.inputs.iter().map(arg).collect();
+                        node::compute(&n.op, &args, &shapes, &mut bufs, scratch)
+                    }
+                }
+                .map_err(|e| anyhow!("node {i} ({} @{}): {e}", n.op.name(), n.scope))?
             };
             if let (Some(p), Some(t)) = (profile.as_mut(), started) {
                 let e =
@@ -275,7 +311,7 @@ impl Executable for CpuExecutable {
             // A result computed by the reference semantics brought its own allocation: the slot's
             // buffer it did not use is dropped, so a slot never holds two.
             drop(bufs);
-            match fused.get(&i) {
+            match fused.get(&i).filter(|e| e.bn.is_some() || e.silu) {
                 Some(e) => {
                     let mut t = outs.into_iter().next().expect("a convolution has one result");
                     let coef = match e.bn {
@@ -284,7 +320,7 @@ impl Executable for CpuExecutable {
                                 .iter()
                                 .map(|v| env[v.0].as_deref().expect("parameters"))
                                 .collect();
-                            let Op::BatchNorm { eps, .. } = g.nodes[j].op else { unreachable!("epilogues") };
+                            let Op::BatchNorm { eps, .. } = g.nodes[j].op else { unreachable!("fusions") };
                             kernels::bn_coefficients(p[0].f32s()?, p[1].f32s()?, p[2].f32s()?, p[3].f32s()?, eps)
                         }
                         None => vec![[1.0, 0.0, 0.0]; t.shape[1]],

@@ -1,9 +1,10 @@
 //! One node on the CPU: the fast kernels for the heavy ops, writing into the arena's buffers,
 //! and the IR's reference semantics ([`slimc_ir::eval`]) for the rest.
 
-use super::{grad_kernels, kernels};
+use super::kernels::Arith;
+use super::{grad_kernels, kernels, layout};
 use anyhow::Result;
-use slimc_ir::eval::eval;
+use slimc_ir::eval::{broadcast_strides, eval, slice_view, transpose_strides};
 use slimc_ir::{DType, Op, Tensor, TensorData};
 
 /// Computes `op` on `args`; `shapes` are its results' shapes (from shape inference) and `bufs`
@@ -36,9 +37,26 @@ pub(super) fn compute(
         }
         Op::Silu => kernels::silu(&mut bufs[0], x.f32s()?),
         Op::Softmax { axis } => kernels::softmax(&mut bufs[0], x.f32s()?, &x.shape, *axis),
-        Op::Add if x.shape == args[1].shape && x.dtype() == DType::F32 => {
-            kernels::add_same(&mut bufs[0], x.f32s()?, args[1].f32s()?)
+        Op::Sigmoid => kernels::sigmoid(&mut bufs[0], x.f32s()?),
+        Op::Add | Op::Sub | Op::Mul | Op::Div if args.iter().all(|a| a.dtype() == DType::F32) => {
+            let f = match op {
+                Op::Add => Arith::Add,
+                Op::Sub => Arith::Sub,
+                Op::Mul => Arith::Mul,
+                _ => Arith::Div,
+            };
+            let y = args[1];
+            let (sa, sb) = (broadcast_strides(&x.shape, &shapes[0]), broadcast_strides(&y.shape, &shapes[0]));
+            kernels::arith(&mut bufs[0], f, x.f32s()?, &sa, y.f32s()?, &sb, &shapes[0]);
         }
+        Op::Transpose { perm } if x.dtype() == DType::F32 => {
+            layout::gather(&mut bufs[0], x.f32s()?, 0, &shapes[0], &transpose_strides(&x.shape, perm))
+        }
+        Op::Slice { axes, starts, ends, steps } if x.dtype() == DType::F32 => {
+            let (offset, strides) = slice_view(&x.shape, axes, starts, ends, steps)?;
+            layout::gather(&mut bufs[0], x.f32s()?, offset, &shapes[0], &strides)
+        }
+        Op::UpsampleNearest { scale } => layout::upsample_nearest(&mut bufs[0], x.f32s()?, &x.shape, *scale),
         Op::MatMul => kernels::matmul(&mut bufs[0], x.f32s()?, &x.shape, args[1].f32s()?, &args[1].shape, &shapes[0]),
         Op::Conv2dGradInput(c) => {
             let (w, xs) = (args[1], &args[2].shape);
@@ -84,14 +102,30 @@ pub(super) fn compute(
         Op::Concat { axis } if args.iter().all(|a| a.dtype() == DType::F32) => {
             let parts = args.iter().map(|a| a.f32s()).collect::<Result<Vec<_>, _>>()?;
             let widths: Vec<usize> = args.iter().map(|a| a.shape[*axis..].iter().product()).collect();
-            kernels::concat(&mut bufs[0], &parts, &widths);
+            layout::concat(&mut bufs[0], &parts, &widths);
         }
         Op::Split { axis, .. } if x.dtype() == DType::F32 => {
             let widths: Vec<usize> = shapes.iter().map(|s| s[*axis..].iter().product()).collect();
-            kernels::split(bufs, x.f32s()?, &widths);
+            layout::split(bufs, x.f32s()?, &widths);
             return Ok((0..shapes.len()).map(|k| take(bufs, k)).collect());
         }
         _ => return Ok(eval(op, args)?),
     }
     Ok(vec![take(bufs, 0)])
+}
+
+/// A pointwise convolution (weight and optional bias in `wb`) of the concatenation of `parts`
+/// along channels, without building it: each part is multiplied by its columns of the weight
+/// and the products summed. `shape` is the result's, `buf` its reusable buffer.
+pub(super) fn conv_concatenated(
+    parts: &[&Tensor],
+    wb: &[&Tensor],
+    shape: &[usize],
+    buf: &mut Vec<f32>,
+) -> Result<Vec<Tensor>> {
+    let data = parts.iter().map(|p| p.f32s()).collect::<Result<Vec<_>, _>>()?;
+    let channels: Vec<usize> = parts.iter().map(|p| p.shape[1]).collect();
+    let bias = wb.get(1).map(|b| b.f32s()).transpose()?;
+    kernels::conv_pointwise_parts(buf, &data, &channels, wb[0].f32s()?, bias, shape);
+    Ok(vec![Tensor { shape: shape.to_vec(), data: TensorData::F32(std::mem::take(buf)) }])
 }

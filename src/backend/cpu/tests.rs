@@ -108,7 +108,7 @@ fn batch_norm_forms_match_the_reference() {
 fn pooling_activations_and_products_match_the_reference() {
     // Softmax along the last axis, a middle one with many inner positions (several blocks, the
     // last one partial), and the first.
-    for (shape, axis) in [(vec![3, 5, 7], 2), (vec![2, 16, 4, 300], 1), (vec![6, 9], 0)] {
+    for (shape, axis) in [(vec![3, 5, 7], 2), (vec![2, 16, 4, 300], 1), (vec![6, 9], 0), (vec![1, 2, 50, 400], 3)] {
         agree(&Op::Softmax { axis }, &[random(&shape, 40)], 1e-5);
     }
     for (i, (k, s, p)) in
@@ -133,11 +133,46 @@ fn pooling_activations_and_products_match_the_reference() {
     agree(&Op::Concat { axis: 3 }, &[random(&[2, 3, 4, 2], 309), random(&[2, 3, 4, 5], 310)], 0.0);
     agree(&Op::Split { axis: 1, sizes: vec![1, 4, 1] }, &[random(&[2, 6, 3, 3], 311)], 0.0);
     agree(&Op::Split { axis: 0, sizes: vec![1, 1] }, &[random(&[2, 6, 3, 3], 312)], 0.0);
+    agree(&Op::Sigmoid, &[random(&[3, 5, 7000], 313)], 1e-6);
+}
+
+/// Copies with rows longer than one parallel piece (one image's concat and split), gathers
+/// (transposes, slices with negative steps), upsampling and broadcasting arithmetic: exact.
+#[test]
+fn data_movement_and_broadcasting_match_the_reference() {
+    let big = [random(&[1, 3, 150, 160], 400), random(&[1, 2, 150, 160], 401)];
+    agree(&Op::Concat { axis: 1 }, &big, 0.0);
+    agree(&Op::Split { axis: 1, sizes: vec![2, 3] }, &[random(&[1, 5, 150, 160], 402)], 0.0);
+    let x = random(&[2, 4, 16, 37], 403);
+    for perm in [vec![0, 2, 1, 3], vec![0, 1, 3, 2], vec![3, 1, 0, 2]] {
+        agree(&Op::Transpose { perm }, std::slice::from_ref(&x), 0.0);
+    }
+    let slice =
+        |axes: Vec<usize>, starts: Vec<i64>, ends: Vec<i64>, steps: Vec<i64>| Op::Slice { axes, starts, ends, steps };
+    agree(&slice(vec![1, 3], vec![1, -1], vec![3, 2], vec![1, -3]), std::slice::from_ref(&x), 0.0);
+    agree(&slice(vec![2], vec![0], vec![16], vec![2]), std::slice::from_ref(&x), 0.0);
+    agree(&Op::UpsampleNearest { scale: [2, 3] }, &[random(&[2, 3, 5, 4], 404)], 0.0);
+    let ops = [Op::Add, Op::Sub, Op::Mul, Op::Div];
+    let pairs = [
+        ([2, 3, 4, 5], vec![2, 3, 4, 5]),
+        ([2, 3, 4, 5], vec![1, 3, 1, 1]),
+        ([2, 3, 4, 5], vec![5]),
+        ([2, 3, 4, 1], vec![1, 3, 1, 7]),
+        ([1, 1, 4, 5], vec![2, 3, 1, 5]),
+    ];
+    for (i, (sa, sb)) in pairs.iter().enumerate() {
+        let (a, b) = (random(sa, 410 + i as u64), positive(sb, 420 + i as u64));
+        for op in &ops {
+            agree(op, &[a.clone(), b.clone()], 0.0);
+            agree(op, &[b.clone(), a.clone()], 0.0);
+        }
+    }
 }
 
 /// Convolutions with their batch norm and SiLU run as one node's epilogue (in the slot the
-/// planner hands on) and give what the three ops give one by one; a BN result read twice, or a
-/// convolution whose result is returned, is not fused and still agrees.
+/// planner hands on), and a pointwise convolution of a concatenation reads its parts; each gives
+/// what the ops give one by one. A BN result read twice, a convolution whose result is
+/// returned, or a 3×3 convolution of a concatenation is not fused and still agrees.
 #[test]
 fn fused_convolution_epilogues_match_the_ops_one_by_one() {
     use crate::backend::{cpu::Cpu, Backend};
@@ -150,6 +185,9 @@ fn fused_convolution_epilogues_match_the_ops_one_by_one() {
   buffer %v: f32[5]
   weight %w2: f32[5,5,1,1]
   weight %w3: f32[4,5,3,3]
+  weight %w5: f32[4,10,1,1]
+  weight %b5: f32[4]
+  weight %w6: f32[4,10,3,3]
   %c: f32[2,5,9,8] = conv2d(%x, %w) {stride=[1,1], pad=[1,1,1,1], dilation=[1,1], groups=1}
   %n: f32[2,5,9,8] = batch_norm(%c, %g, %b, %m, %v) {eps=0.001, momentum=0.03}
   %y: f32[2,5,9,8] = silu(%n)
@@ -161,7 +199,11 @@ fn fused_convolution_epilogues_match_the_ops_one_by_one() {
   %d3: f32[2,5,9,8] = add(%s3, %n3)
   %c4: f32[2,4,5,4] = conv2d(%d3, %w3) {stride=[2,2], pad=[1,1,1,1], dilation=[1,1], groups=1}
   %y4: f32[2,4,5,4] = silu(%c4)
-  return %y4, %c4
+  %k: f32[2,10,9,8] = concat(%y, %y2) {axis=1}
+  %c5: f32[2,4,9,8] = conv2d(%k, %w5, %b5) {stride=[1,1], pad=[0,0,0,0], dilation=[1,1], groups=1}
+  %k6: f32[2,10,9,8] = concat(%y, %d3) {axis=1}
+  %c6: f32[2,4,9,8] = conv2d(%k6, %w6) {stride=[1,1], pad=[1,1,1,1], dilation=[1,1], groups=1}
+  return %y4, %c4, %c5, %c6
 }";
     let graph = parse_graph(text).unwrap();
     let mut tensors = std::collections::BTreeMap::new();
@@ -195,9 +237,10 @@ fn fused_convolution_epilogues_match_the_ops_one_by_one() {
             assert!(worst < 1e-4, "{}: off by {worst:e}", g.value(*o).name);
         }
     }
-    let (fused, absorbed) = super::epilogues(g);
+    let (fused, absorbed) = super::fusions(g);
     // c takes BN n and SiLU y; c2 takes y2; c3 takes n3 but not s3 (n3 is read twice); c4's
-    // result is returned, so nothing is fused into it.
-    assert_eq!(fused.len(), 3, "{fused:?}");
-    assert_eq!(absorbed.iter().filter(|&&a| a).count(), 4);
+    // result is returned, so nothing is fused into it; the pointwise c5 reads k's parts; the
+    // 3×3 c6 reads k6 itself.
+    assert_eq!(fused.len(), 4, "{fused:?}");
+    assert_eq!(absorbed.iter().filter(|&&a| a).count(), 5);
 }

@@ -1,0 +1,124 @@
+//! Data-movement kernels: concatenation and split, strided gathers (transpose, slice) and
+//! nearest upsampling, into the arena's buffers. Work is cut into pieces of about
+//! [`PIECE`] elements, so one image's copies run in parallel too.
+
+use super::kernels::sized;
+use rayon::prelude::*;
+
+/// Elements per parallel piece of a copy.
+const PIECE: usize = 1 << 15;
+
+/// A destination shared by parallel tasks that each write their own disjoint elements of it.
+#[derive(Clone, Copy)]
+struct Dst(*mut f32);
+// SAFETY: every user writes only elements no other task touches (see its call sites).
+unsafe impl Send for Dst {}
+unsafe impl Sync for Dst {}
+
+/// For `o` in `0..outer`: `dst[o·dst_row + dst_at ..][..w] = src[o·src_row + src_at ..][..w]`,
+/// by pieces of at most [`PIECE`] elements in parallel.
+#[allow(clippy::too_many_arguments)]
+fn copy_rows(
+    dst: &mut [f32],
+    (dst_row, dst_at): (usize, usize),
+    src: &[f32],
+    (src_row, src_at): (usize, usize),
+    w: usize,
+    outer: usize,
+) {
+    if w == 0 || outer == 0 {
+        return;
+    }
+    assert!((outer - 1) * dst_row + dst_at + w <= dst.len() && (outer - 1) * src_row + src_at + w <= src.len());
+    let per_row = w.div_ceil(PIECE);
+    let out = Dst(dst.as_mut_ptr());
+    (0..outer * per_row).into_par_iter().for_each(|task| {
+        let (o, j0) = (task / per_row, (task % per_row) * PIECE);
+        let n = PIECE.min(w - j0);
+        let from = &src[o * src_row + src_at + j0..][..n];
+        let out = out;
+        // SAFETY: in bounds by the assertion; piece (o, j0) alone writes these elements.
+        let to = unsafe { std::slice::from_raw_parts_mut(out.0.add(o * dst_row + dst_at + j0), n) };
+        to.copy_from_slice(from);
+    });
+}
+
+/// Concatenation into `out`: each outer index (the axes before the concatenated one) takes, in
+/// order, `widths[i]` contiguous elements of part `i`.
+pub fn concat(out: &mut Vec<f32>, parts: &[&[f32]], widths: &[usize]) {
+    let row: usize = widths.iter().sum();
+    let outer =
+        if row == 0 { 0 } else { parts.iter().zip(widths).map(|(p, &w)| p.len() / w.max(1)).max().unwrap_or(0) };
+    let out = sized(out, outer * row);
+    let mut at = 0;
+    for (p, &w) in parts.iter().zip(widths) {
+        copy_rows(out, (row, at), p, (w, 0), w, outer);
+        at += w;
+    }
+}
+
+/// The inverse of [`concat`]: `x`'s rows of `Σ widths` elements are cut into one buffer per
+/// width.
+pub fn split(outs: &mut [Vec<f32>], x: &[f32], widths: &[usize]) {
+    let row: usize = widths.iter().sum();
+    let outer = if row == 0 { 0 } else { x.len() / row };
+    let mut at = 0;
+    for (buf, &w) in outs.iter_mut().zip(widths) {
+        copy_rows(sized(buf, outer * w), (w, 0), x, (row, at), w, outer);
+        at += w;
+    }
+}
+
+/// `out[idx] = src[offset + Σ idx[i]·strides[i]]` for every index of `shape` (a transpose or a
+/// slice, as `slimc_ir::eval::strided_copy`), by runs of whole rows of the last axis in parallel.
+pub fn gather(out: &mut Vec<f32>, src: &[f32], offset: isize, shape: &[usize], strides: &[isize]) {
+    let n: usize = shape.iter().product();
+    let out = sized(out, n);
+    if n == 0 {
+        return;
+    }
+    let (r, last) = (shape.len(), shape.last().copied().unwrap_or(1));
+    let step = strides.last().copied().unwrap_or(1);
+    let rows_per_task = (PIECE / last).max(1);
+    out.par_chunks_mut(rows_per_task * last).enumerate().for_each(|(t, dst)| {
+        for (k, row) in dst.chunks_mut(last).enumerate() {
+            // The row's start: its index over the leading axes, decomposed.
+            let (mut rest, mut pos) = (t * rows_per_task + k, offset);
+            for d in (0..r.saturating_sub(1)).rev() {
+                pos += (rest % shape[d]) as isize * strides[d];
+                rest /= shape[d];
+            }
+            if step == 1 {
+                row.copy_from_slice(&src[pos as usize..pos as usize + last]);
+            } else {
+                for (j, o) in row.iter_mut().enumerate() {
+                    *o = src[(pos + j as isize * step) as usize];
+                }
+            }
+        }
+    });
+}
+
+/// Nearest upsampling of `x [n, c, h, w]` by `scale` into `out`, plane by plane in parallel:
+/// each source row is widened once and repeated `scale[0]` times.
+pub fn upsample_nearest(out: &mut Vec<f32>, x: &[f32], xs: &[usize], scale: [usize; 2]) {
+    let (planes, h, w) = (xs[0] * xs[1], xs[2], xs[3]);
+    let (oh, ow) = (h * scale[0], w * scale[1]);
+    let out = sized(out, planes * oh * ow);
+    if out.is_empty() {
+        return;
+    }
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, dst)| {
+        let src = &x[p * h * w..(p + 1) * h * w];
+        for (iy, rows) in dst.chunks_mut(scale[0] * ow).enumerate() {
+            let (first, rest) = rows.split_at_mut(ow);
+            let row = &src[iy * w..(iy + 1) * w];
+            for (ox, o) in first.iter_mut().enumerate() {
+                *o = row[ox / scale[1]];
+            }
+            for copy in rest.chunks_mut(ow) {
+                copy.copy_from_slice(first);
+            }
+        }
+    });
+}
