@@ -60,7 +60,7 @@ impl Img {
             };
             let top = px(x0, y0) * (1.0 - fx) + px(x0 + 1, y0) * fx;
             let bot = px(x0, y0 + 1) * (1.0 - fx) + px(x0 + 1, y0 + 1) * fx;
-            out[c] = (top * (1.0 - fy) + bot * fy).round().clamp(0.0, 255.0) as u8;
+            out[c] = to_u8(top * (1.0 - fy) + bot * fy);
         }
     }
 
@@ -166,7 +166,7 @@ impl Img {
             };
             let m = vv - c;
             for (o, val) in px.iter_mut().zip([r1 + m, g1 + m, b1 + m]) {
-                *o = val.round().clamp(0.0, 255.0) as u8;
+                *o = to_u8(val);
             }
         }
     }
@@ -196,6 +196,12 @@ pub fn letterbox(img: &Img, [th, tw]: [usize; 2], scaleup: bool) -> (Img, f64, [
     let mut out = Img::filled(th, tw, PAD);
     out.paste(&resized, [0, 0], [left, top], [nw.min(tw - left), nh.min(th - top)]);
     (out, r, [left, top])
+}
+
+/// A channel value rounded to the nearest byte (halves up) and clamped to 0..=255; `as u8`
+/// saturates, so this needs no library `round` call per pixel.
+fn to_u8(v: f32) -> u8 {
+    (v + 0.5) as u8
 }
 
 /// Python's `round`: halves go to the even neighbour.

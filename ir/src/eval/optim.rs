@@ -9,13 +9,59 @@ use rayon::prelude::*;
 /// Elements per parallel chunk.
 const CHUNK: usize = 1 << 14;
 
+/// `out` holding `n` elements, reusing its allocation (values unspecified until written).
+fn sized(out: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    out.resize(n, 0.0);
+    out
+}
+
+/// `out = x`, in parallel chunks, reusing `out`'s allocation.
+fn copy_into(out: &mut Vec<f32>, x: &[f32]) {
+    sized(out, x.len()).par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| o.copy_from_slice(x));
+}
+
 /// [`crate::Op::Accumulate`]: the sum (`g` alone when `FRESH` is set) and the accumulator's next
 /// value (zeros when `STEP` is set).
 pub fn accumulate(acc: &[f32], g: &[f32], scalars: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let sum: Vec<f32> =
-        if scalars[s::FRESH] != 0.0 { g.to_vec() } else { acc.iter().zip(g).map(|(a, b)| a + b).collect() };
-    let next = if scalars[s::STEP] != 0.0 { vec![0.0; sum.len()] } else { sum.clone() };
+    let (mut sum, mut next) = (vec![], vec![]);
+    accumulate_into(acc, g, scalars, [&mut sum, &mut next]);
     (sum, next)
+}
+
+/// [`accumulate`] into reused buffers.
+pub fn accumulate_into(acc: &[f32], g: &[f32], scalars: &[f32], [sum, next]: [&mut Vec<f32>; 2]) {
+    let (fresh, step) = (scalars[s::FRESH] != 0.0, scalars[s::STEP] != 0.0);
+    if fresh {
+        copy_into(sum, g);
+    } else {
+        let dst = sized(sum, g.len());
+        dst.par_chunks_mut(CHUNK).zip(acc.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
+            o.iter_mut().zip(a).zip(b).for_each(|((o, a), b)| *o = a + b);
+        });
+    }
+    if step {
+        sized(next, g.len()).par_chunks_mut(CHUNK).for_each(|o| o.fill(0.0));
+    } else {
+        copy_into(next, sum);
+    }
+}
+
+/// For an update whose step flag is off (operands `inputs`), the operand each result equals:
+/// the update leaves the parameter and its state as they are, so a backend may hand the
+/// operands on instead of computing. None for other ops, or when the update steps.
+pub fn idle_results<'a>(
+    op: &crate::Op,
+    inputs: impl Fn(usize) -> Option<&'a crate::Tensor>,
+) -> Option<&'static [usize]> {
+    use crate::Op;
+    let (scalars, results): (usize, &'static [usize]) = match op {
+        Op::SgdUpdate(_) => (3, &[0, 4]),
+        Op::AdamWUpdate(_) => (3, &[0, 4, 5]),
+        Op::EmaUpdate => (2, &[0]),
+        _ => return None,
+    };
+    let step = inputs(scalars)?.f32s().ok()?.get(s::STEP)?;
+    (*step == 0.0).then_some(results)
 }
 
 /// [`crate::Op::GlobalNorm`]: `sqrt(Σ x²)` over every part, each part summed in order in f64 and
@@ -56,8 +102,9 @@ struct Common<'a> {
     lr: f64,
     g: &'a [f32],
     coef: Option<f64>,
-    /// The L1 rate where the proximal step applies, per element (`None`: it does not).
+    /// The L1 rate where the proximal step applies (`None`: it does not).
     sr: Option<f64>,
+    /// The elements the proximal step leaves alone (empty without it).
     kept: Vec<bool>,
 }
 
@@ -68,7 +115,7 @@ impl Common<'_> {
             g,
             coef: clip_coef(norm, u.max_norm),
             sr: u.prox.map(|_| scalars[s::SR] as f64),
-            kept: kept_largest(p, u.prox.unwrap_or(0)),
+            kept: u.prox.map(|keep| kept_largest(p, keep)).unwrap_or_default(),
         }
     }
     /// The gradient of element `i` after clipping (rounded to f32 as the clipped gradient is
@@ -89,12 +136,12 @@ impl Common<'_> {
     }
 }
 
-/// Runs `f(i, outs)` for every element, in parallel chunks, writing element `i` of each output.
-fn each_element<const K: usize>(n: usize, f: impl Fn(usize) -> [f32; K] + Sync) -> [Vec<f32>; K] {
-    let mut outs: [Vec<f32>; K] = std::array::from_fn(|_| vec![0.0f32; n]);
+/// Runs `f(i)` for every element, in parallel chunks, writing element `i` of each output (each
+/// resized to `n`).
+fn each_element<const K: usize>(outs: [&mut Vec<f32>; K], n: usize, f: impl Fn(usize) -> [f32; K] + Sync) {
     let mut chunks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(CHUNK)).map(|_| Vec::with_capacity(K)).collect();
-    for o in outs.iter_mut() {
-        for (c, part) in o.chunks_mut(CHUNK).enumerate() {
+    for o in outs {
+        for (c, part) in sized(o, n).chunks_mut(CHUNK).enumerate() {
             chunks[c].push(part);
         }
     }
@@ -106,19 +153,42 @@ fn each_element<const K: usize>(n: usize, f: impl Fn(usize) -> [f32; K] + Sync) 
             }
         }
     });
-    outs
+}
+
+/// Buffers for the results of an op computed by allocation.
+fn fresh<const K: usize>() -> [Vec<f32>; K] {
+    std::array::from_fn(|_| vec![])
 }
 
 /// [`crate::Op::SgdUpdate`]: PyTorch's SGD with Nesterov momentum (dampening 0; the buffer
 /// starts at zero, so the first step's buffer is the gradient) and L2 decay, then the proximal
 /// step with step size lr. Returns the next parameter and buffer.
 pub fn sgd_update(p: &[f32], g: &[f32], norm: f32, scalars: &[f32], buf: &[f32], u: &Update) -> [Vec<f32>; 2] {
+    let mut outs = fresh();
+    let [a, b] = &mut outs;
+    sgd_update_into(p, g, norm, scalars, buf, u, [a, b]);
+    outs
+}
+
+/// [`sgd_update`] into reused buffers.
+pub fn sgd_update_into(
+    p: &[f32],
+    g: &[f32],
+    norm: f32,
+    scalars: &[f32],
+    buf: &[f32],
+    u: &Update,
+    outs: [&mut Vec<f32>; 2],
+) {
     if scalars[s::STEP] == 0.0 {
-        return [p.to_vec(), buf.to_vec()];
+        let [op, ob] = outs;
+        copy_into(op, p);
+        copy_into(ob, buf);
+        return;
     }
     let c = Common::new(p, g, norm, scalars, u);
     let (mu, wd) = (scalars[s::MOMENTUM] as f64, u.weight_decay as f64);
-    each_element(p.len(), |i| {
+    each_element(outs, p.len(), |i| {
         let d = c.grad(i) + wd * p[i] as f64;
         let b = mu * buf[i] as f64 + d;
         let w = p[i] as f64 - c.lr * (d + mu * b);
@@ -138,31 +208,57 @@ pub fn adamw_update(
     moments: [&[f32]; 2],
     u: &Update,
 ) -> [Vec<f32>; 3] {
-    let [m, v] = moments;
+    let mut outs = fresh();
+    let [a, b, c] = &mut outs;
+    adamw_update_into(p, g, norm, scalars, moments, u, [a, b, c]);
+    outs
+}
+
+/// [`adamw_update`] into reused buffers.
+pub fn adamw_update_into(
+    p: &[f32],
+    g: &[f32],
+    norm: f32,
+    scalars: &[f32],
+    [m, v]: [&[f32]; 2],
+    u: &Update,
+    outs: [&mut Vec<f32>; 3],
+) {
     if scalars[s::STEP] == 0.0 {
-        return [p.to_vec(), m.to_vec(), v.to_vec()];
+        let [op, om, ov] = outs;
+        copy_into(op, p);
+        copy_into(om, m);
+        copy_into(ov, v);
+        return;
     }
     let c = Common::new(p, g, norm, scalars, u);
     let (b1, b2, eps, wd) = (u.beta1 as f64, 0.999f64, 1e-8, u.weight_decay as f64);
-    let (c1, c2) = (scalars[s::ADAM_C1] as f64, scalars[s::ADAM_C2] as f64);
-    each_element(p.len(), |i| {
+    // The bias corrections' reciprocals: one division per element fewer each.
+    let (r1, r2) = (1.0 / scalars[s::ADAM_C1] as f64, 1.0 / scalars[s::ADAM_C2] as f64);
+    each_element(outs, p.len(), |i| {
         let gi = c.grad(i);
         let mi = b1 * m[i] as f64 + (1.0 - b1) * gi;
         let vi = b2 * v[i] as f64 + (1.0 - b2) * gi * gi;
-        let eta = c.lr / ((vi / c2).sqrt() + eps);
-        let w = p[i] as f64 * (1.0 - c.lr * wd) - eta * (mi / c1);
+        let eta = c.lr / ((vi * r2).sqrt() + eps);
+        let w = p[i] as f64 * (1.0 - c.lr * wd) - eta * (mi * r1);
         [c.prox(i, w, eta), mi as f32, vi as f32]
     })
 }
 
 /// [`crate::Op::EmaUpdate`]: `d·ema + (1 − d)·x` when `STEP` is set.
 pub fn ema_update(ema: &[f32], x: &[f32], scalars: &[f32]) -> Vec<f32> {
+    let mut out = vec![];
+    ema_update_into(ema, x, scalars, &mut out);
+    out
+}
+
+/// [`ema_update`] into a reused buffer.
+pub fn ema_update_into(ema: &[f32], x: &[f32], scalars: &[f32], out: &mut Vec<f32>) {
     if scalars[s::STEP] == 0.0 {
-        return ema.to_vec();
+        return copy_into(out, ema);
     }
     let (d, rest) = (scalars[s::EMA_DECAY] as f64, scalars[s::EMA_REST] as f64);
-    let [out] = each_element(ema.len(), |i| [(d * ema[i] as f64 + rest * x[i] as f64) as f32]);
-    out
+    each_element([out], ema.len(), |i| [(d * ema[i] as f64 + rest * x[i] as f64) as f32]);
 }
 
 #[cfg(test)]

@@ -262,9 +262,7 @@ pub(crate) fn im2col_row(
         if stride == 1 {
             seg.copy_from_slice(&src[at as usize..at as usize + seg.len()]);
         } else {
-            for (k, o) in seg.iter_mut().enumerate() {
-                *o = src[at as usize + k * stride];
-            }
+            seg.iter_mut().zip(src[at as usize..].iter().step_by(stride)).for_each(|(o, &v)| *o = v);
         }
     }
 }

@@ -16,6 +16,7 @@ mod tests;
 
 use super::{memory::check_fits, Backend, Executable};
 use anyhow::{anyhow, bail, Result};
+use slimc_ir::eval::optim;
 use slimc_ir::memory::{plan_fused, Fusions, Plan};
 use slimc_ir::{infer_all, DType, Graph, Model, Op, Tensor, TensorData, TensorType, ValueDef, ValueId};
 use std::borrow::Cow;
@@ -73,10 +74,11 @@ impl Drop for CpuExecutable {
         let mut rows: Vec<_> = p.iter().collect();
         rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
         let total: f64 = rows.iter().map(|r| r.1 .0.as_secs_f64()).sum();
-        eprintln!("{:<24} {:>10} {:>8} {:>10}", "op (SLIMC_PROFILE_OPS)", "seconds", "share", "calls");
+        let width = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max(24);
+        eprintln!("{:<width$} {:>10} {:>8} {:>10}", "op (SLIMC_PROFILE_OPS)", "seconds", "share", "calls");
         for (op, (t, n)) in rows {
             let t = t.as_secs_f64();
-            eprintln!("{op:<24} {t:>10.3} {:>7.1}% {n:>10}", 100.0 * t / total.max(1e-12));
+            eprintln!("{op:<width$} {t:>10.3} {:>7.1}% {n:>10}", 100.0 * t / total.max(1e-12));
         }
     }
 }
@@ -226,9 +228,15 @@ fn fusions(g: &Graph) -> (HashMap<usize, Fused>, Vec<bool>) {
     (fused, absorbed)
 }
 
-/// The row of an op in the op profile: convolutions by kernel, stride and kind.
+/// The row of an op in the op profile: convolutions by kernel, stride and kind; with
+/// `SLIMC_PROFILE_OPS=shapes`, every op by its operands' shapes too.
 fn profile_key(op: &slimc_ir::Op, inputs: &[&TensorType]) -> String {
     use slimc_ir::Op;
+    static SHAPES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *SHAPES.get_or_init(|| std::env::var("SLIMC_PROFILE_OPS").is_ok_and(|v| v == "shapes")) {
+        let shapes: Vec<String> = inputs.iter().take(2).map(|t| t.to_string()).collect();
+        return format!("{} {}", op.name(), shapes.join(" "));
+    }
     match op {
         Op::Conv2d(c) | Op::Conv2dGradInput(c) | Op::Conv2dGradWeight(c) => {
             let w = match op {
@@ -240,6 +248,16 @@ fn profile_key(op: &slimc_ir::Op, inputs: &[&TensorType]) -> String {
             format!("{} {k}x{k}/{}{kind}", op.name(), c.stride[0])
         }
         _ => op.name().to_string(),
+    }
+}
+
+/// Takes the values `dead` out of `env`, giving the buffers of those computed here back to their
+/// slots.
+fn release(dead: &[usize], env: &mut [Option<Cow<Tensor>>], pool: &mut [Vec<f32>], plan: &Plan) {
+    for &v in dead {
+        if let (Some(Cow::Owned(t)), Some(s)) = (env[v].take(), plan.slot[v]) {
+            recycle(pool, s, t);
+        }
     }
 }
 
@@ -278,6 +296,17 @@ impl Executable for CpuExecutable {
         }
         for (i, n) in g.nodes.iter().enumerate() {
             if absorbed[i] {
+                continue;
+            }
+            // An update that does not step hands its operands on (when they are the program's own
+            // tensors, so nothing is copied).
+            let idle = optim::idle_results(&n.op, |k| n.inputs.get(k).and_then(|v| env[v.0].as_deref()))
+                .filter(|same| same.iter().all(|&k| matches!(env[n.inputs[k].0], Some(Cow::Borrowed(_)))));
+            if let Some(same) = idle {
+                for (&o, &k) in n.outputs.iter().zip(same) {
+                    env[o.0] = env[n.inputs[k].0].clone();
+                }
+                release(&plan.frees[i], &mut env, pool, plan);
                 continue;
             }
             let slot = |o: ValueId| plan.slot[o.0].filter(|_| types[o.0].dtype == DType::F32);
@@ -334,11 +363,7 @@ impl Executable for CpuExecutable {
                     }
                 }
             }
-            for &v in &plan.frees[i] {
-                if let (Some(Cow::Owned(t)), Some(s)) = (env[v].take(), plan.slot[v]) {
-                    recycle(pool, s, t);
-                }
-            }
+            release(&plan.frees[i], &mut env, pool, plan);
         }
         // State updates move into their parameters (whose old buffers go back to the arena);
         // the other outputs are copied out.
@@ -348,6 +373,8 @@ impl Executable for CpuExecutable {
             match state.iter().find(|s| s.0 == i) {
                 Some(&(_, p)) => match env[o.0].take() {
                     Some(Cow::Owned(t)) => updates.push((o, p, t)),
+                    // The update did not step: the tensor stays as it is.
+                    Some(Cow::Borrowed(t)) if params[p.0].as_ref().is_some_and(|q| std::ptr::eq(t, q)) => {}
                     other => updates.push((o, p, other.expect("outputs are computed").into_owned())),
                 },
                 None => outs.push(env[o.0].as_deref().expect("outputs are computed").clone()),

@@ -4,7 +4,7 @@
 use super::kernels::Arith;
 use super::{grad_kernels, kernels, layout};
 use anyhow::Result;
-use slimc_ir::eval::{broadcast_strides, eval, slice_view, transpose_strides};
+use slimc_ir::eval::{broadcast_strides, eval, optim, slice_view, transpose_strides};
 use slimc_ir::{DType, Op, Tensor, TensorData};
 
 /// Computes `op` on `args`; `shapes` are its results' shapes (from shape inference) and `bufs`
@@ -109,6 +109,24 @@ pub(super) fn compute(
             layout::split(bufs, x.f32s()?, &widths);
             return Ok((0..shapes.len()).map(|k| take(bufs, k)).collect());
         }
+        Op::Accumulate => {
+            let [sum, next] = bufs else { unreachable!("accumulate has two results") };
+            optim::accumulate_into(x.f32s()?, args[1].f32s()?, args[2].f32s()?, [sum, next]);
+            return Ok(vec![take(bufs, 0), take(bufs, 1)]);
+        }
+        Op::SgdUpdate(u) => {
+            let [p, b] = bufs else { unreachable!("sgd_update has two results") };
+            let a = |i: usize| args[i].f32s();
+            optim::sgd_update_into(x.f32s()?, a(1)?, a(2)?[0], a(3)?, a(4)?, u, [p, b]);
+            return Ok(vec![take(bufs, 0), take(bufs, 1)]);
+        }
+        Op::AdamWUpdate(u) => {
+            let [p, m, v] = bufs else { unreachable!("adamw_update has three results") };
+            let a = |i: usize| args[i].f32s();
+            optim::adamw_update_into(x.f32s()?, a(1)?, a(2)?[0], a(3)?, [a(4)?, a(5)?], u, [p, m, v]);
+            return Ok(vec![take(bufs, 0), take(bufs, 1), take(bufs, 2)]);
+        }
+        Op::EmaUpdate => optim::ema_update_into(x.f32s()?, args[1].f32s()?, args[2].f32s()?, &mut bufs[0]),
         _ => return Ok(eval(op, args)?),
     }
     Ok(vec![take(bufs, 0)])

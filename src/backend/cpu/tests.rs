@@ -136,6 +136,31 @@ fn pooling_activations_and_products_match_the_reference() {
     agree(&Op::Sigmoid, &[random(&[3, 5, 7000], 313)], 1e-6);
 }
 
+/// The optimizer's ops into reused buffers, stepping and not, on a fresh epoch and not.
+#[test]
+fn optimizer_ops_match_the_reference() {
+    use slimc_ir::{step_scalars as s, Update};
+    let shape = [3, 7000];
+    let (p, g, m) = (random(&shape, 500), random(&shape, 501), random(&shape, 502));
+    let v = positive(&shape, 503);
+    let norm = Tensor::from_f32(vec![], vec![35.0]).unwrap();
+    for (step, fresh) in [(1.0, 0.0), (0.0, 1.0), (0.0, 0.0)] {
+        let mut sc = vec![0.0f32; s::LEN];
+        sc[s::LR..s::LR + 3].copy_from_slice(&[0.01, 0.02, 0.03]);
+        (sc[s::MOMENTUM], sc[s::SR], sc[s::EMA_DECAY], sc[s::EMA_REST]) = (0.9, 1e-2, 0.7, 0.3);
+        (sc[s::STEP], sc[s::FRESH], sc[s::ADAM_C1], sc[s::ADAM_C2]) = (step, fresh, 0.19, 0.002);
+        let sc = Tensor::from_f32(vec![s::LEN], sc).unwrap();
+        agree(&Op::Accumulate, &[m.clone(), g.clone(), sc.clone()], 0.0);
+        agree(&Op::EmaUpdate, &[m.clone(), p.clone(), sc.clone()], 0.0);
+        for (group, prox) in [(1, None), (2, Some(3))] {
+            let u = Update { group, weight_decay: 5e-4, max_norm: 10.0, prox, beta1: 0.9 };
+            let common = [p.clone(), g.clone(), norm.clone(), sc.clone()];
+            agree(&Op::SgdUpdate(u.clone()), &[&common[..], &[m.clone()]].concat(), 0.0);
+            agree(&Op::AdamWUpdate(u), &[&common[..], &[m.clone(), v.clone()]].concat(), 0.0);
+        }
+    }
+}
+
 /// Copies with rows longer than one parallel piece (one image's concat and split), gathers
 /// (transposes, slices with negative steps), upsampling and broadcasting arithmetic: exact.
 #[test]
