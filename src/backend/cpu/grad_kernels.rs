@@ -15,23 +15,19 @@ pub fn conv2d_grad_input(dx: &mut Vec<f32>, dy: &[f32], w: &[f32], ws: &[usize],
     let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
     let dx = zeroed(dx, d.n * d.cin * hw);
     if d.depthwise() {
+        // The forward's row-by-row taps, transposed: each tap adds its weight times a stretch of
+        // an output-gradient row into the input-gradient row it read.
         dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dst)| {
-            let ci = plane % d.cin;
+            let k = &w[plane % d.cin * d.kh * d.kw..][..d.kh * d.kw];
             let src = &dy[plane * ohw..(plane + 1) * ohw];
-            let k = &w[ci * d.kh * d.kw..(ci + 1) * d.kh * d.kw];
-            for oy in 0..d.oh {
-                for ky in 0..d.kh {
-                    let Some(iy) = tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else { continue };
-                    for ox in 0..d.ow {
-                        let g = src[oy * d.ow + ox];
-                        for kx in 0..d.kw {
-                            if let Some(ix) = tap(ox, kx, c.stride[1], c.dilation[1], c.pad[1], d.w) {
-                                dst[iy * d.w + ix] += g * k[ky * d.kw + kx];
-                            }
-                        }
-                    }
+            each_tap(c, &d, |oy, iy, r, lo, hi, first| {
+                let (g, row) = (&src[oy * d.ow + lo..oy * d.ow + hi], &mut dst[iy * d.w..(iy + 1) * d.w]);
+                if c.stride[1] == 1 {
+                    simd::axpy(&mut row[first..first + g.len()], g, k[r]);
+                } else {
+                    row[first..].iter_mut().step_by(c.stride[1]).zip(g).for_each(|(o, &v)| *o += k[r] * v);
                 }
-            }
+            });
         });
         return;
     }
@@ -68,6 +64,24 @@ pub fn conv2d_grad_input(dx: &mut Vec<f32>, dy: &[f32], w: &[f32], ws: &[usize],
             }
         }
     });
+}
+
+/// Calls `f(oy, iy, tap, lo, hi, first)` for every output row `oy` and every tap
+/// (`ky·kw + kx`) that reads input row `iy`: output columns `lo..hi` read input columns
+/// `first + (j − lo)·stride` of that row (the forward depthwise kernel's stretches).
+fn each_tap(c: &Conv2d, d: &ConvGeometry, mut f: impl FnMut(usize, usize, usize, usize, usize, usize)) {
+    for oy in 0..d.oh {
+        for ky in 0..d.kh {
+            let Some(iy) = tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else { continue };
+            for kx in 0..d.kw {
+                let off = (kx * c.dilation[1]) as isize - c.pad[1] as isize;
+                let (lo, hi) = inside(d.ow, c.stride[1], off, d.w);
+                if lo < hi {
+                    f(oy, iy, ky * d.kw + kx, lo, hi, ((lo * c.stride[1]) as isize + off) as usize);
+                }
+            }
+        }
+    }
 }
 
 /// Adds one row of the columns, tap `r` (of `kh·kw`) for the output positions
@@ -138,27 +152,21 @@ pub fn conv2d_grad_weight(
     let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
     let kk = d.kh * d.kw;
     if d.depthwise() {
+        // Each tap's weight gradient: dot products of output-gradient rows with the input rows
+        // the tap read, over the batch.
         let dw = zeroed(dw, d.cout * kk);
         dw.par_chunks_mut(kk).enumerate().for_each(|(ci, k)| {
             for b in 0..d.n {
                 let plane = b * d.cin + ci;
-                let src = &x[plane * hw..(plane + 1) * hw];
-                let g = &dy[plane * ohw..(plane + 1) * ohw];
-                for (r, kv) in k.iter_mut().enumerate() {
-                    let (ky, kx) = (r / d.kw, r % d.kw);
-                    let mut acc = 0.0f32;
-                    for oy in 0..d.oh {
-                        let Some(iy) = tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else {
-                            continue;
-                        };
-                        for ox in 0..d.ow {
-                            if let Some(ix) = tap(ox, kx, c.stride[1], c.dilation[1], c.pad[1], d.w) {
-                                acc += g[oy * d.ow + ox] * src[iy * d.w + ix];
-                            }
-                        }
-                    }
-                    *kv += acc;
-                }
+                let (src, g) = (&x[plane * hw..(plane + 1) * hw], &dy[plane * ohw..(plane + 1) * ohw]);
+                each_tap(c, &d, |oy, iy, r, lo, hi, first| {
+                    let (g, row) = (&g[oy * d.ow + lo..oy * d.ow + hi], &src[iy * d.w..(iy + 1) * d.w]);
+                    k[r] += if c.stride[1] == 1 {
+                        simd::dot(g, &row[first..first + g.len()])
+                    } else {
+                        g.iter().zip(row[first..].iter().step_by(c.stride[1])).map(|(a, b)| a * b).sum()
+                    };
+                });
             }
         });
         return;

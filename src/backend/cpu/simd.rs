@@ -86,6 +86,21 @@ simd_fn! {
 }
 
 simd_fn! {
+    /// `Σ a·b` in f32, in [`LANES`] partial sums.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut s = [0.0f32; LANES];
+        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        for (x, y) in ca.zip(cb) {
+            for k in 0..LANES {
+                s[k] += x[k] * y[k];
+            }
+        }
+        s.iter().sum::<f32>() + tail
+    }
+}
+
+simd_fn! {
     /// `o += x`.
     pub fn add_into(o: &mut [f32], x: &[f32]) {
         for (o, &v) in o.iter_mut().zip(x) {
