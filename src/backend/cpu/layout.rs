@@ -1,5 +1,5 @@
-//! Data-movement kernels: concatenation and split, strided gathers (transpose, slice) and
-//! nearest upsampling, into the arena's buffers. Work is cut into pieces of about
+//! Data-movement kernels: copies (reshape), concatenation and split, strided gathers
+//! (transpose, slice) and nearest upsampling, into the arena's buffers. Work is cut into pieces of about
 //! [`PIECE`] elements, so one image's copies run in parallel too.
 
 use super::kernels::sized;
@@ -41,6 +41,11 @@ fn copy_rows(
         let to = unsafe { std::slice::from_raw_parts_mut(out.0.add(o * dst_row + dst_at + j0), n) };
         to.copy_from_slice(from);
     });
+}
+
+/// `out = x` (a reshape's data), by pieces in parallel.
+pub fn copy(out: &mut Vec<f32>, x: &[f32]) {
+    copy_rows(sized(out, x.len()), (0, 0), x, (0, 0), x.len(), 1);
 }
 
 /// Concatenation into `out`: each outer index (the axes before the concatenated one) takes, in
