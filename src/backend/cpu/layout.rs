@@ -1,5 +1,5 @@
 //! Data-movement kernels: copies (reshape), concatenation and split, strided gathers
-//! (transpose, slice) and nearest upsampling, into the arena's buffers. Work is cut into pieces of about
+//! (transpose, slice), nearest upsampling and its gradient, into the arena's buffers. Work is cut into pieces of about
 //! [`PIECE`] elements, so one image's copies run in parallel too.
 
 use super::kernels::sized;
@@ -123,6 +123,27 @@ pub fn upsample_nearest(out: &mut Vec<f32>, x: &[f32], xs: &[usize], scale: [usi
             }
             for copy in rest.chunks_mut(ow) {
                 copy.copy_from_slice(first);
+            }
+        }
+    });
+}
+
+/// The gradient of [`upsample_nearest`]: each `scale` block of `dy [n, c, oh, ow]` summed into
+/// its source element of `dx`, plane by plane in parallel (rows in the reference's order).
+pub fn upsample_nearest_grad(dx: &mut Vec<f32>, dy: &[f32], dys: &[usize], scale: [usize; 2]) {
+    let (planes, oh, ow) = (dys[0] * dys[1], dys[2], dys[3]);
+    let (h, w) = (oh / scale[0], ow / scale[1]);
+    let dx = sized(dx, planes * h * w);
+    if dx.is_empty() {
+        return;
+    }
+    dx.par_chunks_mut(h * w).enumerate().for_each(|(p, dst)| {
+        dst.fill(0.0);
+        let src = &dy[p * oh * ow..(p + 1) * oh * ow];
+        for (y, row) in src.chunks(ow).enumerate() {
+            let out = &mut dst[(y / scale[0]) * w..(y / scale[0] + 1) * w];
+            for (x, &g) in row.iter().enumerate() {
+                out[x / scale[1]] += g;
             }
         }
     });

@@ -57,6 +57,7 @@ pub(super) fn compute(
             layout::gather(&mut bufs[0], x.f32s()?, offset, &shapes[0], &strides)
         }
         Op::Reshape { .. } if x.dtype() == DType::F32 => layout::copy(&mut bufs[0], x.f32s()?),
+        Op::UpsampleNearestGrad { scale } => layout::upsample_nearest_grad(&mut bufs[0], x.f32s()?, &x.shape, *scale),
         Op::UpsampleNearest { scale } => layout::upsample_nearest(&mut bufs[0], x.f32s()?, &x.shape, *scale),
         Op::MatMul => kernels::matmul(&mut bufs[0], x.f32s()?, &x.shape, args[1].f32s()?, &args[1].shape, &shapes[0]),
         Op::Conv2dGradInput(c) => {

@@ -177,6 +177,7 @@ fn data_movement_and_broadcasting_match_the_reference() {
     agree(&slice(vec![1, 3], vec![1, -1], vec![3, 2], vec![1, -3]), std::slice::from_ref(&x), 0.0);
     agree(&slice(vec![2], vec![0], vec![16], vec![2]), std::slice::from_ref(&x), 0.0);
     agree(&Op::UpsampleNearest { scale: [2, 3] }, &[random(&[2, 3, 5, 4], 404)], 0.0);
+    agree(&Op::UpsampleNearestGrad { scale: [2, 3] }, &[random(&[2, 3, 10, 12], 406)], 0.0);
     let flat = Op::Reshape { shape: vec![ReshapeDim::Of { input: 0, axis: 0 }, ReshapeDim::Infer] };
     agree(&flat, &[random(&[2, 3, 150, 160], 405)], 0.0);
     let ops = [Op::Add, Op::Sub, Op::Mul, Op::Div];
