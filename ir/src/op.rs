@@ -48,7 +48,8 @@ pub mod step_scalars {
     pub const EMA_REST: usize = 6;
     /// Nonzero when this micro-batch completes an accumulation and the optimizer steps.
     pub const STEP: usize = 7;
-    /// Nonzero on an epoch's first micro-batch: the accumulator starts from zero.
+    /// Nonzero on a run's first micro-batch: the accumulator starts from zero (gradients
+    /// otherwise accumulate across epoch ends, as Ultralytics zeroes them once, before training).
     pub const FRESH: usize = 8;
     /// AdamW's bias corrections `1 − β1^t` and `1 − β2^t` for this step's count `t`.
     pub const ADAM_C1: usize = 9;

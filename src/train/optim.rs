@@ -131,7 +131,7 @@ impl Optimizer {
 
     /// The step scalars ([`slimc_ir::step_scalars`]) of one micro-batch: the current learning
     /// rates and momentum, the L1 rate `sr`, whether this micro-batch steps (then `steps` and
-    /// `ema_updates` already count this step) and whether it is its epoch's first.
+    /// `ema_updates` already count this step) and whether the accumulator starts afresh (the run's first micro-batch).
     pub fn scalars(&self, step: bool, fresh: bool, sr: f32, ema_updates: u64) -> Tensor {
         let mut v = vec![0.0f32; s::LEN];
         for g in 0..3 {

@@ -213,10 +213,18 @@ pub const RESULT_COLUMNS: [&str; 16] = [
     "sparsity/gamma<1e-2",
 ];
 
-fn pack_state(state: &RunState, model: &BTreeMap<String, Tensor>, opt: &BTreeMap<String, Vec<f32>>) -> Result<Vec<u8>> {
+fn pack_state(
+    state: &RunState,
+    model: &BTreeMap<String, Tensor>,
+    acc: &BTreeMap<String, Tensor>,
+    opt: &BTreeMap<String, Vec<f32>>,
+) -> Result<Vec<u8>> {
     let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
-    for (n, t) in model {
-        bytes.push((format!("model/{n}"), t.shape.clone(), t.f32s()?.iter().flat_map(|v| v.to_le_bytes()).collect()));
+    for (prefix, tensors) in [("model", model), ("acc", acc)] {
+        for (n, t) in tensors {
+            let data = t.f32s()?.iter().flat_map(|v| v.to_le_bytes()).collect();
+            bytes.push((format!("{prefix}/{n}"), t.shape.clone(), data));
+        }
     }
     for (n, v) in opt {
         bytes.push((format!("opt/{n}"), vec![v.len()], v.iter().flat_map(|v| v.to_le_bytes()).collect()));
@@ -229,23 +237,27 @@ fn pack_state(state: &RunState, model: &BTreeMap<String, Tensor>, opt: &BTreeMap
     Ok(safetensors::serialize(views, Some(meta))?)
 }
 
-type Unpacked = (RunState, BTreeMap<String, Tensor>, BTreeMap<String, Vec<f32>>);
+/// A run's saved state: the run, the raw weights and buffers, the gradient accumulators (empty in
+/// files written before they were saved) and the optimizer state.
+type Unpacked = (RunState, BTreeMap<String, Tensor>, BTreeMap<String, Tensor>, BTreeMap<String, Vec<f32>>);
 
 fn unpack_state(bytes: &[u8]) -> Result<Unpacked> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)?;
     let run = meta.metadata().as_ref().and_then(|m| m.get("run")).ok_or_else(|| anyhow!("no run state"))?;
     let state: RunState = serde_json::from_str(run)?;
     let st = safetensors::SafeTensors::deserialize(bytes)?;
-    let (mut model, mut opt) = (BTreeMap::new(), BTreeMap::new());
+    let (mut model, mut acc, mut opt) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for (name, view) in st.tensors() {
         let v: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         if let Some(n) = name.strip_prefix("model/") {
             model.insert(n.to_string(), Tensor::from_f32(view.shape().to_vec(), v)?);
+        } else if let Some(n) = name.strip_prefix("acc/") {
+            acc.insert(n.to_string(), Tensor::from_f32(view.shape().to_vec(), v)?);
         } else if let Some(n) = name.strip_prefix("opt/") {
             opt.insert(n.to_string(), v);
         }
     }
-    Ok((state, model, opt))
+    Ok((state, model, acc, opt))
 }
 
 /// A training run.
@@ -269,6 +281,9 @@ pub struct Trainer {
     best_fitness: f64,
     last_opt_step: i64,
     results: Vec<String>,
+    /// Whether the accumulators hold this run's gradients (false until the first micro-batch,
+    /// and after resuming a file that did not save them).
+    accumulating: bool,
 }
 
 impl Trainer {
@@ -343,6 +358,7 @@ impl Trainer {
             best_fitness: f64::NEG_INFINITY,
             last_opt_step: -1,
             results: vec![],
+            accumulating: false,
             cfg,
             backend,
         })
@@ -355,7 +371,7 @@ impl Trainer {
         if saved.training_state.is_empty() {
             bail!("{}: no training state to resume (it is not a last.slim of an unfinished run)", last.display());
         }
-        let (state, raw, opt) =
+        let (state, raw, acc, opt) =
             unpack_state(&saved.training_state).with_context(|| format!("{}: training state", last.display()))?;
         if state.epoch + 1 >= state.config.epochs {
             bail!("{}: the run already finished all {} epochs", last.display(), state.config.epochs);
@@ -369,6 +385,10 @@ impl Trainer {
         }
         for (n, v) in &raw {
             p.write(n, v)?;
+        }
+        // Gradients accumulated since the last step carry on, as in an uninterrupted run.
+        for (n, v) in &acc {
+            p.write(&accumulator_name(n), v)?;
         }
         // Optimizer state as saved: SGD's momentum buffer, or AdamW's moments one after the other.
         let rule = state.optimizer.rule();
@@ -397,6 +417,7 @@ impl Trainer {
         t.best_fitness = state.best_fitness;
         t.last_opt_step = state.last_opt_step;
         t.results = state.results;
+        t.accumulating = !acc.is_empty();
         eprintln!("resuming {} from epoch {} of {}", t.cfg.save_dir.display(), t.start_epoch + 1, t.cfg.epochs);
         Ok(t)
     }
@@ -504,15 +525,16 @@ impl Trainer {
                         eprintln!("WARNING {}: {e:#}", path.display());
                     }
                 }
-                // Accumulated gradients do not carry over an epoch's end (Ultralytics zeroes them
-                // as each epoch starts); the optimizer steps once `accumulate` micro-batches
-                // have passed since its last step.
+                // Accumulated gradients carry over an epoch's end (Ultralytics 8.3.253 zeroes them
+                // once, before its epoch loop); the optimizer steps once `accumulate`
+                // micro-batches have passed since its last step.
                 let steps = ni - self.last_opt_step >= accumulate as i64;
                 if steps {
                     self.opt.steps += 1;
                     self.ema_updates += 1;
                 }
-                let scalars = self.opt.scalars(steps, i == 0, sr, self.ema_updates);
+                let scalars = self.opt.scalars(steps, !self.accumulating, sr, self.ema_updates);
+                self.accumulating = true;
                 let r = self.program.train_step(&batch.images, &batch.targets, &scalars)?;
                 // A non-finite loss or gradient stops the run: the weights of the last completed
                 // epoch stay in last.slim (Ultralytics reloads last.pt and retries up to three
@@ -614,7 +636,9 @@ impl Trainer {
                 last.save(&wdir.join("best.slim"))?;
             }
             if epoch + 1 < cfg.epochs {
-                last.training_state = pack_state(&state, &raw, &self.optimizer_state()?)?;
+                let acc = self.program.params.iter().map(|n| Ok((n.clone(), self.program.read(&accumulator_name(n))?)));
+                let acc = acc.collect::<Result<BTreeMap<_, _>>>()?;
+                last.training_state = pack_state(&state, &raw, &acc, &self.optimizer_state()?)?;
             }
             last.save(&wdir.join("last.slim"))?;
             write_csv(&self.results)?;
