@@ -19,6 +19,14 @@ pub struct Conv2d {
     pub groups: usize,
 }
 
+impl Conv2d {
+    /// With a `kernel` (kh, kw) of 1×1: stride 1 and no padding, so each group is a plain matrix
+    /// product of the weight and the input planes.
+    pub fn pointwise(&self, kernel: [usize; 2]) -> bool {
+        kernel == [1, 1] && self.stride == [1, 1] && self.pad == [0; 4]
+    }
+}
+
 /// One target dimension of a [`Op::Reshape`]: sizes may come from the inputs so the op works at
 /// any image size.
 #[derive(Clone, Debug, PartialEq)]

@@ -70,7 +70,7 @@ impl ConvGeometry {
 
     /// A 1×1 kernel with stride 1 and no padding: the conv is a plain matrix product.
     pub fn pointwise(&self, c: &Conv2d) -> bool {
-        self.kh == 1 && self.kw == 1 && c.stride == [1, 1] && c.pad == [0; 4]
+        c.pointwise([self.kh, self.kw])
     }
 
     /// Calls `f(x index, w index, y index)` for every product term of the convolution.

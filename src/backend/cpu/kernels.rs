@@ -1,6 +1,7 @@
 //! CPU kernels for the heavy ops: convolution (im2col + GEMM), batch norm, max pooling,
 //! batched matmul and the hot elementwise ops. Parallel with rayon; GEMM from the `gemm` crate.
 
+use super::layout::row_start;
 use super::simd::{self, simd_fn};
 use rayon::prelude::*;
 use slimc_ir::eval::nn::ConvGeometry;
@@ -666,17 +667,13 @@ pub fn arith(out: &mut Vec<f32>, op: Arith, a: &[f32], sa: &[isize], b: &[f32], 
     if n == 0 {
         return;
     }
-    let r = shape.len();
     let last = shape.last().copied().unwrap_or(1);
     let (la, lb) = (sa.last().copied().unwrap_or(0), sb.last().copied().unwrap_or(0));
     let rows_per_task = (CHUNK / last).max(1);
     out.par_chunks_mut(rows_per_task * last).enumerate().for_each(|(t, dst)| {
         for (k, o) in dst.chunks_mut(last).enumerate() {
-            let (mut rest, mut ia, mut ib) = (t * rows_per_task + k, 0isize, 0isize);
-            for d in (0..r.saturating_sub(1)).rev() {
-                let i = (rest % shape[d]) as isize;
-                (ia, ib, rest) = (ia + i * sa[d], ib + i * sb[d], rest / shape[d]);
-            }
+            let row = t * rows_per_task + k;
+            let (ia, ib) = (row_start(row, shape, sa), row_start(row, shape, sb));
             let (x, y) = (&a[ia as usize..], &b[ib as usize..]);
             match op {
                 Arith::Add => arith_row(o, x, la, y, lb, |p, q| p + q),

@@ -82,17 +82,12 @@ pub fn gather(out: &mut Vec<f32>, src: &[f32], offset: isize, shape: &[usize], s
     if n == 0 {
         return;
     }
-    let (r, last) = (shape.len(), shape.last().copied().unwrap_or(1));
+    let last = shape.last().copied().unwrap_or(1);
     let step = strides.last().copied().unwrap_or(1);
     let rows_per_task = (PIECE / last).max(1);
     out.par_chunks_mut(rows_per_task * last).enumerate().for_each(|(t, dst)| {
         for (k, row) in dst.chunks_mut(last).enumerate() {
-            // The row's start: its index over the leading axes, decomposed.
-            let (mut rest, mut pos) = (t * rows_per_task + k, offset);
-            for d in (0..r.saturating_sub(1)).rev() {
-                pos += (rest % shape[d]) as isize * strides[d];
-                rest /= shape[d];
-            }
+            let pos = offset + row_start(t * rows_per_task + k, shape, strides);
             if step == 1 {
                 row.copy_from_slice(&src[pos as usize..pos as usize + last]);
             } else {
@@ -102,6 +97,17 @@ pub fn gather(out: &mut Vec<f32>, src: &[f32], offset: isize, shape: &[usize], s
             }
         }
     });
+}
+
+/// Where row `row` of a tensor of `shape` (rows: every index but the last axis's, row-major)
+/// starts in a source read with `strides`: the row index decomposed over the leading axes.
+pub(crate) fn row_start(row: usize, shape: &[usize], strides: &[isize]) -> isize {
+    let (mut rest, mut pos) = (row, 0isize);
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        pos += (rest % shape[d]) as isize * strides[d];
+        rest /= shape[d];
+    }
+    pos
 }
 
 /// Nearest upsampling of `x [n, c, h, w]` by `scale` into `out`, plane by plane in parallel:

@@ -196,10 +196,8 @@ fn fusions(g: &Graph) -> (HashMap<usize, Fused>, Vec<bool>) {
     for (i, n) in g.nodes.iter().enumerate() {
         let Op::Conv2d(c) = &n.op else { continue };
         let mut e = Fused { concat: None, bn: None, silu: false, out: n.outputs[0] };
-        let pointwise = g.ty(n.inputs[1]).fixed_shape().is_some_and(|s| s.get(2..) == Some(&[1, 1][..]))
-            && c.stride == [1, 1]
-            && c.pad == [0; 4]
-            && c.groups == 1;
+        let kernel = g.ty(n.inputs[1]).fixed_shape().and_then(|s| Some([*s.get(2)?, *s.get(3)?]));
+        let pointwise = kernel.is_some_and(|k| c.pointwise(k)) && c.groups == 1;
         if let ValueDef::Node(k, _) = g.value(n.inputs[0]).def {
             let cat = &g.nodes[k.0];
             let parts_f32 = cat.inputs.iter().all(|&v| g.ty(v).dtype == DType::F32 && g.ty(v).rank() == 4);
