@@ -3,11 +3,14 @@
 //! reference every other backend is tested against.
 
 pub mod cpu;
+pub mod fusion;
+pub mod gpu;
 pub mod memory;
 
 use anyhow::{anyhow, bail, Result};
-use slimc_ir::{Model, Tensor};
+use slimc_ir::{Graph, Model, Tensor, TensorType};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Something that runs IR graphs.
 pub trait Backend {
@@ -67,36 +70,69 @@ pub trait Executable: Send {
 pub enum Device {
     /// The CPU backend.
     Cpu,
-    /// The wgpu backend (not built yet).
+    /// The wgpu backend on the best adapter there is, a software one (lavapipe) included.
     Gpu,
-    /// The GPU when slimc has a backend for it, else the CPU.
+    /// The wgpu backend when there is a hardware GPU, else the CPU; a graph the GPU backend has
+    /// no kernels for yet runs on the CPU.
     #[default]
     Auto,
 }
 
 impl Device {
-    /// The concrete device: `auto` picks one; `gpu` is an error until slimc has a GPU backend.
+    /// The concrete device: `auto` picks the GPU only when there is a hardware adapter; `gpu` is
+    /// an error when there is no adapter at all.
     pub fn resolve(self) -> Result<Device> {
         match self {
-            Device::Cpu | Device::Auto => Ok(Device::Cpu),
-            Device::Gpu => bail!("--device gpu: the wgpu backend is not built yet; use --device cpu"),
+            Device::Cpu => Ok(Device::Cpu),
+            Device::Gpu => gpu::Context::get().map(|_| Device::Gpu),
+            Device::Auto if gpu::hardware_present() => Ok(Device::Gpu),
+            Device::Auto => Ok(Device::Cpu),
         }
     }
 
-    /// What runs, for a status line: the backend's name, and for `auto` why it was picked.
+    /// What runs, for a status line: the backend and adapter, and for `auto` why it was picked.
     pub fn describe(self) -> String {
+        let adapter = || gpu::Context::get().map(|c| format!("gpu ({}, {})", c.adapter.name, c.adapter.backend));
         match (self, self.resolve()) {
-            (Device::Auto, Ok(d)) => format!("{d:?} (auto: slimc has no GPU backend yet)").to_lowercase(),
-            (_, Ok(d)) => format!("{d:?}").to_lowercase(),
             (_, Err(e)) => e.to_string(),
+            (Device::Cpu, _) => "cpu".into(),
+            (Device::Gpu, _) => adapter().unwrap_or_else(|e| e.to_string()),
+            (_, Ok(Device::Gpu)) => match adapter() {
+                Ok(a) => format!("{a} (auto: a hardware GPU; graphs it has no kernels for yet run on the cpu)"),
+                Err(e) => e.to_string(),
+            },
+            _ => "cpu (auto: no hardware GPU; a software adapter such as lavapipe only with --device gpu)".into(),
         }
     }
 
     /// The backend for this device (resolved first).
     pub fn backend(self) -> Result<Box<dyn Backend>> {
-        match self.resolve()? {
-            Device::Cpu => Ok(Box::new(cpu::Cpu)),
-            other => bail!("no backend for --device {other:?}"),
+        match (self, self.resolve()?) {
+            (_, Device::Cpu) => Ok(Box::new(cpu::Cpu)),
+            (Device::Auto, _) => Ok(Box::new(Auto { gpu: gpu::Gpu::new()? })),
+            _ => Ok(Box::new(gpu::Gpu::new()?)),
+        }
+    }
+}
+
+/// `--device auto` on a machine with a hardware GPU: the GPU for every graph it has kernels
+/// for, the CPU for the rest (saying so).
+struct Auto {
+    gpu: gpu::Gpu,
+}
+
+impl Backend for Auto {
+    fn name(&self) -> &'static str {
+        "auto"
+    }
+
+    fn compile(&self, model: &Model) -> Result<Box<dyn Executable>> {
+        match gpu::runs(&model.graph) {
+            Ok(()) => self.gpu.compile(model),
+            Err(e) => {
+                eprintln!("device: cpu for this graph ({e})");
+                cpu::Cpu.compile(model)
+            }
         }
     }
 }
@@ -104,4 +140,67 @@ impl Device {
 /// Compiles `model` on `backend` and runs it once on `inputs` (in input order).
 pub fn run_once(backend: &dyn Backend, model: &Model, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
     backend.compile(model)?.run_in_order(inputs)
+}
+
+/// Checks the inputs' count and types against the graph's (an image input's height and width
+/// may differ from the graph's).
+pub fn check_inputs(g: &Graph, inputs: &[&Tensor]) -> Result<()> {
+    if inputs.len() != g.inputs.len() {
+        bail!("the model takes {} input(s), given {}", g.inputs.len(), inputs.len());
+    }
+    for (&v, t) in g.inputs.iter().zip(inputs) {
+        let ty = g.ty(v);
+        let ok = ty.rank() == t.shape.len()
+            && ty
+                .shape
+                .iter()
+                .zip(&t.shape)
+                .enumerate()
+                .all(|(i, (d, &n))| d.fixed().is_none_or(|f| f == n || (i >= 2 && ty.rank() == 4)));
+        if !ok || t.dtype() != ty.dtype {
+            bail!("input %{} is {}, the model takes {}", g.value(v).name, t.ty(), ty);
+        }
+    }
+    Ok(())
+}
+
+/// What an executable made for each set of input shapes it met (a memory plan, a lowered
+/// program), the most recently used last, at most [`ByShape::KEPT`] of them.
+pub struct ByShape<T> {
+    entries: Vec<(Vec<Vec<usize>>, Arc<T>)>,
+}
+
+impl<T> Default for ByShape<T> {
+    fn default() -> Self {
+        ByShape { entries: vec![] }
+    }
+}
+
+impl<T> ByShape<T> {
+    /// How many are kept (training and validation use one or two).
+    pub const KEPT: usize = 4;
+
+    /// The entry for `inputs`' shapes, made by `make` from their types on first use.
+    pub fn get(&mut self, inputs: &[&Tensor], make: impl FnOnce(&[TensorType]) -> Result<T>) -> Result<Arc<T>> {
+        let key: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape.clone()).collect();
+        if let Some(at) = self.entries.iter().position(|(k, _)| *k == key) {
+            let entry = self.entries.remove(at);
+            self.entries.push(entry);
+        } else {
+            let types: Vec<TensorType> = inputs.iter().map(|t| t.ty()).collect();
+            let made = Arc::new(make(&types)?);
+            if self.entries.len() == Self::KEPT {
+                self.entries.remove(0);
+            }
+            self.entries.push((key, made));
+        }
+        Ok(self.entries.last().expect("just pushed").1.clone())
+    }
+}
+
+/// The names of `g`'s results: its outputs other than the state updates `state` (output
+/// position, parameter).
+pub fn result_names(g: &Graph, state: &[(usize, slimc_ir::ValueId)]) -> Vec<String> {
+    let results = g.outputs.iter().enumerate().filter(|(i, _)| !state.iter().any(|s| s.0 == *i));
+    results.map(|(_, &v)| g.value(v).name.clone()).collect()
 }

@@ -34,7 +34,10 @@ pub fn import(a: ImportArgs) -> Result<()> {
 #[derive(Args)]
 pub struct InfoArgs {
     #[command(flatten)]
-    m: ModelArgs,
+    m: Option<ModelArgs>,
+    /// List the GPU adapters wgpu finds (backend, type, key limits) instead of a model.
+    #[arg(long, conflicts_with_all = ["model", "memory"])]
+    devices: bool,
     /// Also print the planned memory of inference and of one training step.
     #[arg(long)]
     memory: bool,
@@ -61,13 +64,17 @@ fn thousands(n: usize) -> String {
 
 /// Prints the model summary.
 pub fn info(a: InfoArgs) -> Result<()> {
-    let model = a.m.load()?;
-    let i = info::model_info(&model, a.m.imgsz)?;
+    if a.devices {
+        return print_devices(a.json);
+    }
+    let Some(m) = &a.m else { bail!("slimc info needs a model, or --devices") };
+    let model = m.load()?;
+    let i = info::model_info(&model, m.imgsz)?;
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
     let mem =
-        if a.memory { Some(info::memory_info(&model, a.batch, a.m.imgsz.unwrap_or(model.meta.imgsz))?) } else { None };
+        if a.memory { Some(info::memory_info(&model, a.batch, m.imgsz.unwrap_or(model.meta.imgsz))?) } else { None };
     if a.json {
         let j = serde_json::json!({ "model": i, "memory": mem });
         println!("{}", serde_json::to_string_pretty(if mem.is_some() { &j } else { &j["model"] })?);
@@ -91,6 +98,54 @@ pub fn info(a: InfoArgs) -> Result<()> {
     if let Some(m) = mem {
         print_memory(&m);
     }
+    Ok(())
+}
+
+/// The GPU adapters, best first (the one `--device gpu` takes), and what `--device auto` picks.
+fn print_devices(json: bool) -> Result<()> {
+    let all = slimc::backend::gpu::adapters();
+    if json {
+        let rows: Vec<_> = all
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "name": a.name, "backend": a.backend, "type": a.kind, "driver": a.driver, "hardware": a.hardware,
+                    "max_storage_binding": a.max_binding, "max_buffer": a.max_buffer,
+                    "max_workgroups_per_dimension": a.max_workgroups, "workgroup_memory": a.workgroup_memory,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no GPU adapter found (Vulkan, Metal, DX12 or GL): --device gpu is unavailable, auto runs on the cpu");
+        return Ok(());
+    }
+    let mb = |b: u64| format!("{} MB", b >> 20);
+    println!(
+        "{:<3} {:<36} {:<7} {:<14} {:>12} {:>12} {:>10} {:>9}  driver",
+        "#", "adapter", "backend", "type", "max binding", "max buffer", "workgroups", "wg memory"
+    );
+    for (k, a) in all.iter().enumerate() {
+        println!(
+            "{:<3} {:<36} {:<7} {:<14} {:>12} {:>12} {:>10} {:>6} KB  {}",
+            k,
+            a.name,
+            a.backend,
+            a.kind,
+            mb(a.max_binding),
+            mb(a.max_buffer),
+            a.max_workgroups,
+            a.workgroup_memory / 1024,
+            a.driver
+        );
+    }
+    let auto = match all.iter().find(|a| a.hardware) {
+        Some(a) => format!("auto picks {}", a.name),
+        None => "auto picks the cpu (no hardware GPU; software adapters only with --device gpu)".into(),
+    };
+    println!("--device gpu takes #0; {auto}");
     Ok(())
 }
 

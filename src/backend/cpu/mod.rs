@@ -14,11 +14,12 @@ mod simd;
 #[cfg(test)]
 mod tests;
 
-use super::{memory::check_fits, Backend, Executable};
+use super::fusion::{fusions, Fused};
+use super::{memory::check_fits, Backend, ByShape, Executable};
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::eval::optim;
 use slimc_ir::memory::{plan_fused, Fusions, Plan};
-use slimc_ir::{infer_all, DType, Graph, Model, Op, Tensor, TensorData, TensorType, ValueDef, ValueId};
+use slimc_ir::{infer_all, DType, Graph, Model, Op, Tensor, TensorData, TensorType, ValueId};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,9 +43,6 @@ struct Planned {
     types: Vec<TensorType>,
 }
 
-/// How many input-shape plans an executable keeps (training and validation use one or two).
-const PLANS_KEPT: usize = 4;
-
 /// A graph compiled for the CPU: the graph, its parameters, and the arena's buffers.
 pub struct CpuExecutable {
     graph: Graph,
@@ -58,7 +56,7 @@ pub struct CpuExecutable {
     fused: HashMap<usize, Fused>,
     absorbed: Vec<bool>,
     /// Plans for the input shapes met so far, most recent last.
-    plans: Vec<(Vec<Vec<usize>>, Arc<Planned>)>,
+    plans: ByShape<Planned>,
     /// One buffer per arena slot, grown to the largest value the slot has held.
     pool: Vec<Vec<f32>>,
     /// Kernels' working memory (the weight gradient's partial sums).
@@ -97,7 +95,7 @@ impl CpuExecutable {
         }
         let profile = std::env::var_os("SLIMC_PROFILE_OPS").map(|_| HashMap::new());
         let state = g.state_updates();
-        let (fused, absorbed) = fusions(g);
+        let (fused, absorbed) = fusions(g, true);
         Ok(CpuExecutable {
             graph: g.clone(),
             params,
@@ -105,7 +103,7 @@ impl CpuExecutable {
             state,
             fused,
             absorbed,
-            plans: vec![],
+            plans: ByShape::default(),
             pool: vec![],
             scratch: vec![],
             profile,
@@ -114,15 +112,9 @@ impl CpuExecutable {
 
     /// The plan for inputs of these types, made on first use.
     fn planned(&mut self, inputs: &[&Tensor]) -> Result<Arc<Planned>> {
-        let key: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape.clone()).collect();
-        if let Some(at) = self.plans.iter().position(|(k, _)| *k == key) {
-            let entry = self.plans.remove(at);
-            self.plans.push(entry);
-        } else {
-            let types: Vec<TensorType> = inputs.iter().map(|t| t.ty()).collect();
-            let all = infer_all(&self.graph, &types)?;
-            let g = &self.graph;
-            let (absorbed, fused) = (&self.absorbed, &self.fused);
+        let (g, absorbed, fused) = (&self.graph, &self.absorbed, &self.fused);
+        self.plans.get(inputs, |types| {
+            let all = infer_all(g, types)?;
             // The concatenation a convolution reads through, by its node.
             let deferred: HashMap<usize, usize> = fused.iter().filter_map(|(&i, f)| Some((f.concat?, i))).collect();
             let fusions = Fusions {
@@ -131,99 +123,9 @@ impl CpuExecutable {
             };
             let p = plan_fused(g, &all, &fusions);
             check_fits(p.as_ref().map(Plan::arena_bytes), &inputs[0].shape)?;
-            let planned = Arc::new(Planned { plan: p.expect("check_fits refuses unaddressable plans"), types: all });
-            if self.plans.len() == PLANS_KEPT {
-                self.plans.remove(0);
-            }
-            self.plans.push((key, planned));
-        }
-        Ok(self.plans.last().expect("just pushed").1.clone())
+            Ok(Planned { plan: p.expect("check_fits refuses unaddressable plans"), types: all })
+        })
     }
-
-    /// Checks the inputs' count and types against the graph's.
-    fn check_inputs(&self, inputs: &[&Tensor]) -> Result<()> {
-        let g = &self.graph;
-        if inputs.len() != g.inputs.len() {
-            bail!("the model takes {} input(s), given {}", g.inputs.len(), inputs.len());
-        }
-        for (&v, t) in g.inputs.iter().zip(inputs) {
-            let ty = g.ty(v);
-            let ok = ty.rank() == t.shape.len()
-                && ty
-                    .shape
-                    .iter()
-                    .zip(&t.shape)
-                    .enumerate()
-                    .all(|(i, (d, &n))| d.fixed().is_none_or(|f| f == n || (i >= 2 && ty.rank() == 4)));
-            if !ok || t.dtype() != ty.dtype {
-                bail!("input %{} is {}, the model takes {}", g.value(v).name, t.ty(), ty);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What a convolution does beyond itself: it may read the parts of the concatenation that
-/// made its input (a pointwise convolution, the concatenation node skipped), and apply an
-/// inference batch norm (the node, whose parameters it reads) and SiLU to its result, ending in
-/// the value `out`.
-#[derive(Clone, Copy, Debug)]
-struct Fused {
-    concat: Option<usize>,
-    bn: Option<usize>,
-    silu: bool,
-    out: ValueId,
-}
-
-/// Finds the fusions of inference graphs, by convolution node:
-/// - a `concat` along channels whose result only a pointwise, ungrouped, unstrided `conv2d`
-///   reads: the convolution multiplies each part by its columns of the weight and sums, and the
-///   concatenation never runs;
-/// - a `batch_norm` with parameter statistics as the only reader of a convolution's result, and
-///   a `silu` as the only reader of that (or of the convolution's own result), none of them a
-///   graph output: they run as the convolution's epilogue, in place on its result.
-///
-/// Also returns, for every node, whether another node does its work.
-fn fusions(g: &Graph) -> (HashMap<usize, Fused>, Vec<bool>) {
-    let users = g.users();
-    let outputs: std::collections::HashSet<ValueId> = g.outputs.iter().copied().collect();
-    // The single node reading `v`, if `v` is not returned and has exactly one reader.
-    let only = |v: ValueId| match users[v.0].as_slice() {
-        [u] if !outputs.contains(&v) && g.nodes[u.0].inputs.iter().filter(|&&x| x == v).count() == 1 => Some(u.0),
-        _ => None,
-    };
-    let (mut fused, mut absorbed) = (HashMap::new(), vec![false; g.nodes.len()]);
-    for (i, n) in g.nodes.iter().enumerate() {
-        let Op::Conv2d(c) = &n.op else { continue };
-        let mut e = Fused { concat: None, bn: None, silu: false, out: n.outputs[0] };
-        let kernel = g.ty(n.inputs[1]).fixed_shape().and_then(|s| Some([*s.get(2)?, *s.get(3)?]));
-        let pointwise = kernel.is_some_and(|k| c.pointwise(k)) && c.groups == 1;
-        if let ValueDef::Node(k, _) = g.value(n.inputs[0]).def {
-            let cat = &g.nodes[k.0];
-            let parts_f32 = cat.inputs.iter().all(|&v| g.ty(v).dtype == DType::F32 && g.ty(v).rank() == 4);
-            if pointwise && matches!(cat.op, Op::Concat { axis: 1 }) && parts_f32 && only(n.inputs[0]) == Some(i) {
-                e.concat = Some(k.0);
-                absorbed[k.0] = true;
-            }
-        }
-        if let Some(j) = only(e.out).filter(|&j| matches!(g.nodes[j].op, Op::BatchNorm { .. })) {
-            // Its statistics must exist when the convolution runs: parameters, not results of
-            // nodes that may come later.
-            let params = g.nodes[j].inputs[1..].iter().all(|v| matches!(g.value(*v).def, ValueDef::Param(_)));
-            if g.nodes[j].inputs[0] == e.out && params {
-                (e.bn, e.out) = (Some(j), g.nodes[j].outputs[0]);
-                absorbed[j] = true;
-            }
-        }
-        if let Some(k) = only(e.out).filter(|&k| matches!(g.nodes[k].op, Op::Silu)) {
-            (e.silu, e.out) = (true, g.nodes[k].outputs[0]);
-            absorbed[k] = true;
-        }
-        if e.concat.is_some() || e.bn.is_some() || e.silu {
-            fused.insert(i, e);
-        }
-    }
-    (fused, absorbed)
 }
 
 /// The row of an op in the op profile: convolutions by kernel, stride and kind; with
@@ -272,13 +174,11 @@ impl Executable for CpuExecutable {
     }
 
     fn output_names(&self) -> Vec<String> {
-        let g = &self.graph;
-        let results = g.outputs.iter().enumerate().filter(|(i, _)| !self.state.iter().any(|s| s.0 == *i));
-        results.map(|(_, &v)| g.value(v).name.clone()).collect()
+        super::result_names(&self.graph, &self.state)
     }
 
     fn run(&mut self, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
-        self.check_inputs(inputs)?;
+        super::check_inputs(&self.graph, inputs)?;
         let planned = self.planned(inputs)?;
         let (plan, types) = (&planned.plan, &planned.types);
         let CpuExecutable { graph: g, params, pool, scratch, profile, state, fused, absorbed, .. } = self;

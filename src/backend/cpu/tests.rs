@@ -265,7 +265,7 @@ fn fused_convolution_epilogues_match_the_ops_one_by_one() {
             assert!(worst < 1e-4, "{}: off by {worst:e}", g.value(*o).name);
         }
     }
-    let (fused, absorbed) = super::fusions(g);
+    let (fused, absorbed) = crate::backend::fusion::fusions(g, true);
     // c takes BN n and SiLU y; c2 takes y2; c3 takes n3 but not s3 (n3 is read twice); c4's
     // result is returned, so nothing is fused into it; the pointwise c5 reads k's parts; the
     // 3×3 c6 reads k6 itself.

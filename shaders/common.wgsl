@@ -1,0 +1,41 @@
+// Prepended to every shader file: the element an invocation owns on a grid that may have been
+// split into 2-D (a dispatch may not exceed 65,535 workgroups per dimension) and the strided view
+// of a tensor of rank at most 8.
+
+const WG: u32 = 256u;
+
+// The flat index of this invocation over a grid of `WG`-wide workgroups, laid out x then y.
+fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.y * nwg.x + wg.x) * WG + lid;
+}
+
+// A view of up to 8 dimensions: sizes (row-major, outermost first) and per-operand element
+// strides, which may be negative (reversed slices) or zero (broadcast axes).
+struct View {
+    numel: u32,
+    rank: u32,
+    a_offset: i32,
+    b_offset: i32,
+    out_offset: i32,
+    code: u32,
+    pad0: u32,
+    pad1: u32,
+    shape: array<vec4<u32>, 2>,
+    a_strides: array<vec4<i32>, 2>,
+    b_strides: array<vec4<i32>, 2>,
+    out_strides: array<vec4<i32>, 2>,
+}
+
+// Element offsets of flat index `i` of `v`'s shape in operands a, b and the output.
+fn view_offsets(v: View, i: u32) -> vec3<i32> {
+    var rest = i;
+    var off = vec3<i32>(v.a_offset, v.b_offset, v.out_offset);
+    for (var k = i32(v.rank) - 1; k >= 0; k--) {
+        let d = u32(k);
+        let size = v.shape[d / 4u][d % 4u];
+        let idx = i32(rest % size);
+        rest = rest / size;
+        off += idx * vec3<i32>(v.a_strides[d / 4u][d % 4u], v.b_strides[d / 4u][d % 4u], v.out_strides[d / 4u][d % 4u]);
+    }
+    return off;
+}

@@ -1,0 +1,296 @@
+//! The WGSL kernels (`shaders/`, one op family per file, each with `common.wgsl` in front) and
+//! the uniform blocks they read, laid out as WGSL lays them out.
+
+use anyhow::{bail, Result};
+use bytemuck::{Pod, Zeroable};
+
+/// The shader files by name.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("activation", include_str!("../../../shaders/activation.wgsl")),
+    ("anchors", include_str!("../../../shaders/anchors.wgsl")),
+    ("batch_norm", include_str!("../../../shaders/batch_norm.wgsl")),
+    ("conv", include_str!("../../../shaders/conv.wgsl")),
+    ("elementwise", include_str!("../../../shaders/elementwise.wgsl")),
+    ("layout", include_str!("../../../shaders/layout.wgsl")),
+    ("matmul", include_str!("../../../shaders/matmul.wgsl")),
+    ("optimizer", include_str!("../../../shaders/optimizer.wgsl")),
+    ("pooling", include_str!("../../../shaders/pooling.wgsl")),
+    ("softmax", include_str!("../../../shaders/softmax.wgsl")),
+];
+
+const COMMON: &str = include_str!("../../../shaders/common.wgsl");
+
+/// The source of shader file `file`, `common.wgsl` first.
+pub fn source(file: &str) -> String {
+    let body = SHADERS.iter().find(|(n, _)| *n == file).map(|(_, s)| *s).expect("a shader file of SHADERS");
+    format!("{COMMON}\n{body}")
+}
+
+/// Invocations per workgroup of the flat (one element per invocation) kernels.
+pub const WG: u64 = 256;
+
+/// Most dimensions a [`View`] holds.
+pub const MAX_RANK: usize = 8;
+
+/// `View` of `common.wgsl`: a strided view over up to 8 dimensions, for operands a, b and the
+/// output.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct View {
+    numel: u32,
+    rank: u32,
+    a_offset: i32,
+    b_offset: i32,
+    out_offset: i32,
+    /// What the kernel does with the elements (the arithmetic op).
+    pub code: u32,
+    pad: [u32; 2],
+    shape: [u32; MAX_RANK],
+    a_strides: [i32; MAX_RANK],
+    b_strides: [i32; MAX_RANK],
+    out_strides: [i32; MAX_RANK],
+}
+
+/// An operand's place in a [`View`]: its first element and its stride per view dimension.
+pub struct Strided<'a> {
+    /// Offset of the view's first element.
+    pub offset: isize,
+    /// Element strides, one per view dimension.
+    pub strides: &'a [isize],
+}
+
+/// Row-major strides of a contiguous tensor of `shape`.
+pub fn contiguous(shape: &[usize]) -> Vec<isize> {
+    slimc_ir::eval::strides_of(shape).into_iter().map(|s| s as isize).collect()
+}
+
+fn small(v: isize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| anyhow::anyhow!("{what} {v} exceeds the GPU kernels' 32-bit indexing"))
+}
+
+impl View {
+    /// The view of `shape` with operands `a`, `b` (absent: unused) and `out`.
+    pub fn new(shape: &[usize], a: &Strided, b: Option<&Strided>, out: &Strided) -> Result<View> {
+        if shape.len() > MAX_RANK {
+            bail!("a view of rank {} (the GPU kernels take at most {MAX_RANK})", shape.len());
+        }
+        let numel: usize = shape.iter().product();
+        let mut v = View::zeroed();
+        v.numel = u32::try_from(numel).map_err(|_| anyhow::anyhow!("{numel} elements exceed 32-bit indexing"))?;
+        v.rank = shape.len() as u32;
+        v.a_offset = small(a.offset, "offset")?;
+        v.out_offset = small(out.offset, "offset")?;
+        for (d, &n) in shape.iter().enumerate() {
+            v.shape[d] = n as u32;
+            v.a_strides[d] = small(a.strides[d], "stride")?;
+            v.out_strides[d] = small(out.strides[d], "stride")?;
+        }
+        if let Some(b) = b {
+            v.b_offset = small(b.offset, "offset")?;
+            for d in 0..shape.len() {
+                v.b_strides[d] = small(b.strides[d], "stride")?;
+            }
+        }
+        Ok(v)
+    }
+
+    /// A copy of the view of `shape` from `src` into `dst`.
+    pub fn copy(shape: &[usize], src: &Strided, dst: &Strided) -> Result<View> {
+        View::new(shape, src, None, dst)
+    }
+}
+
+/// `Conv` of `conv.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct ConvParams {
+    pub n: u32,
+    pub cin: u32,
+    pub h: u32,
+    pub w: u32,
+    pub cout: u32,
+    pub cg: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub og: u32,
+    pub m_tiles: u32,
+    pub sh: u32,
+    pub sw: u32,
+    pub ph: u32,
+    pub pw: u32,
+    pub dh: u32,
+    pub dw: u32,
+    pub act: u32,
+    pub mode: u32,
+    pub gm: u32,
+    pub gn: u32,
+    pub gk: u32,
+    pub chunk: u32,
+}
+
+/// `Fold` of `conv.wgsl`: where a convolution's epilogue coefficients come from.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct FoldParams {
+    pub cout: u32,
+    pub has_bias: u32,
+    pub has_bn: u32,
+    pub eps: f32,
+}
+
+/// `Pool` of `pooling.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct PoolParams {
+    pub n_planes: u32,
+    pub h: u32,
+    pub w: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub sh: u32,
+    pub sw: u32,
+    pub ph: u32,
+    pub pw: u32,
+    pub pad0: u32,
+}
+
+/// `Norm` of `batch_norm.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct NormParams {
+    pub numel: u32,
+    pub channels: u32,
+    pub plane: u32,
+    pub eps: f32,
+}
+
+/// `Mm` of `matmul.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct MatMulParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub batches: u32,
+}
+
+/// `Lines` of `softmax.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct LineParams {
+    pub outer: u32,
+    pub n: u32,
+    pub inner: u32,
+    pub pad0: u32,
+}
+
+/// `Count` of `activation.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct CountParams {
+    pub n: u32,
+    pub pad: [u32; 3],
+}
+
+/// `Chunks` of `conv.wgsl`: the weight gradient's partial sums.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct ChunkParams {
+    pub numel: u32,
+    pub chunks: u32,
+    pub pad: [u32; 2],
+}
+
+/// `Train` of `batch_norm.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct TrainParams {
+    pub n: u32,
+    pub channels: u32,
+    pub plane: u32,
+    pub eps: f32,
+    pub momentum: f32,
+    pub unbias: f32,
+    pub pad: [u32; 2],
+}
+
+/// `Fill` of `layout.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct FillParams {
+    pub n: u32,
+    pub value: f32,
+    pub pad: [u32; 2],
+}
+
+/// `Blocks` of `layout.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct BlockParams {
+    pub n_planes: u32,
+    pub h: u32,
+    pub w: u32,
+    pub sy: u32,
+    pub sx: u32,
+    pub pad: [u32; 3],
+}
+
+/// `Update` of `optimizer.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct UpdateParams {
+    pub n: u32,
+    pub group: u32,
+    pub weight_decay: f32,
+    pub max_norm: f32,
+    pub prox: u32,
+    pub keep: u32,
+    pub beta1: f32,
+    pub pad0: u32,
+}
+
+/// `Squares` of `optimizer.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct SquaresParams {
+    pub n: u32,
+    pub first: u32,
+    pub total: u32,
+    pub pad0: u32,
+}
+
+/// `Level` of `anchors.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct LevelParams {
+    pub h: u32,
+    pub w: u32,
+    pub first: u32,
+    pub total: u32,
+    pub offset: f32,
+    pub stride: f32,
+    pub pad: [u32; 2],
+}
+
+/// Lays `groups` workgroups out on a grid whose dimensions hold at most `limit` each: x, and y
+/// when x would exceed it (the kernels index `y · x_count + x`).
+pub fn grid(groups: u64, limit: u32) -> Result<[u32; 3]> {
+    let limit = limit as u64;
+    if groups <= limit {
+        return Ok([groups as u32, 1, 1]);
+    }
+    let rows = groups.div_ceil(limit);
+    if rows > limit {
+        bail!("{groups} workgroups exceed a {limit}×{limit} grid");
+    }
+    Ok([limit as u32, rows as u32, 1])
+}
+
+/// The grid of a flat kernel over `n` elements.
+pub fn flat_grid(n: usize, limit: u32) -> Result<[u32; 3]> {
+    grid((n as u64).div_ceil(WG), limit)
+}

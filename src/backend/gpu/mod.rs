@@ -1,0 +1,241 @@
+//! The GPU backend: WGSL compute shaders (`shaders/`) through wgpu, on any Vulkan, Metal, DX12
+//! or GL adapter (lavapipe without a GPU).
+//!
+//! Compiling uploads the parameters once; they stay on the device, and the graph's state
+//! updates are copied into them on the device after each run. Each set of input shapes is
+//! lowered once ([`lower`]) to buffers from the liveness plan and a list of dispatches; a run
+//! uploads the inputs, records every dispatch into one compute pass, submits once and reads back
+//! only the results.
+
+mod device;
+mod kernels;
+mod lower;
+
+pub use device::{adapters, hardware_present, AdapterSummary, Context};
+
+use super::fusion::{fusions, Fused};
+use super::{check_inputs, memory::check_fits, Backend, ByShape, Executable};
+use anyhow::{anyhow, bail, Result};
+use lower::{Graphs, Loc, Program};
+use slimc_ir::memory::{plan_fused, Fusions, Plan};
+use slimc_ir::{infer_all, DType, Graph, Model, Tensor, ValueId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The wgpu backend on the process's device.
+pub struct Gpu {
+    ctx: Arc<Context>,
+}
+
+impl Gpu {
+    /// The backend on the best adapter ([`Context::get`]).
+    pub fn new() -> Result<Gpu> {
+        Ok(Gpu { ctx: Context::get()? })
+    }
+
+    /// The adapter it runs on.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.ctx.adapter
+    }
+}
+
+impl Backend for Gpu {
+    fn name(&self) -> &'static str {
+        "gpu"
+    }
+
+    fn compile(&self, model: &Model) -> Result<Box<dyn Executable>> {
+        Ok(Box::new(GpuExecutable::new(self.ctx.clone(), model)?))
+    }
+}
+
+/// Whether the GPU backend has a kernel for every op of `g`.
+pub fn runs(g: &Graph) -> Result<()> {
+    match g.nodes.iter().find(|n| !lower::supported(&n.op)) {
+        Some(n) => bail!("the GPU backend has no kernel for {} yet (@{})", n.op.name(), n.scope),
+        None => Ok(()),
+    }
+}
+
+/// A graph compiled for the GPU.
+pub struct GpuExecutable {
+    ctx: Arc<Context>,
+    graph: Graph,
+    /// Parameter buffers (on the device) and shapes, by value index.
+    params: Vec<Option<wgpu::Buffer>>,
+    names: HashMap<String, ValueId>,
+    /// State updates: (output position, parameter).
+    state: Vec<(usize, ValueId)>,
+    fused: HashMap<usize, Fused>,
+    absorbed: Vec<bool>,
+    /// Programs for the input shapes met so far, most recent last.
+    programs: ByShape<Program>,
+    /// Bound where a kernel's optional operand is absent.
+    dummy: wgpu::Buffer,
+}
+
+impl GpuExecutable {
+    /// Compiles `model`: checks every op has a kernel and uploads the parameters.
+    pub fn new(ctx: Arc<Context>, model: &Model) -> Result<GpuExecutable> {
+        let g = &model.graph;
+        runs(g)?;
+        let (fused, absorbed) = fusions(g, false);
+        let mut params = vec![None; g.values.len()];
+        let mut names = HashMap::new();
+        let uploaded = ctx.checked("uploading the parameters", || {
+            for &p in &g.params {
+                let name = &g.value(p).name;
+                let t = model.tensors.get(name).ok_or_else(|| anyhow!("parameter %{name} has no tensor"))?;
+                lower::check_binding(&ctx, name, &t.ty())?;
+                let buf = lower::storage(&ctx, t.numel() as u64 * 4, name);
+                ctx.queue.write_buffer(&buf, 0, bytemuck::cast_slice(t.f32s()?));
+                params[p.0] = Some(buf);
+                names.insert(name.clone(), p);
+            }
+            Ok(())
+        });
+        uploaded?;
+        let dummy = lower::storage(&ctx, 16, "absent operand");
+        Ok(GpuExecutable {
+            state: g.state_updates(),
+            graph: g.clone(),
+            ctx,
+            params,
+            names,
+            fused,
+            absorbed,
+            programs: ByShape::default(),
+            dummy,
+        })
+    }
+
+    /// The program for inputs of these shapes, lowered on first use.
+    fn program(&mut self, inputs: &[&Tensor]) -> Result<Arc<Program>> {
+        let (ctx, dummy) = (&self.ctx, &self.dummy);
+        let graphs = Graphs { graph: &self.graph, params: &self.params, fused: &self.fused, absorbed: &self.absorbed };
+        self.programs.get(inputs, |types| {
+            let (g, absorbed) = (graphs.graph, graphs.absorbed);
+            let all = infer_all(g, types)?;
+            let fusions = Fusions { in_place: &|i| absorbed[i].then(|| g.nodes[i].inputs[0]), deferred: &|_| None };
+            let plan = plan_fused(g, &all, &fusions);
+            check_fits(plan.as_ref().map(Plan::arena_bytes), &inputs[0].shape)?;
+            let plan = plan.expect("check_fits refuses unaddressable plans");
+            ctx.checked("building the GPU program", || lower::lower(ctx, &graphs, &all, &plan, dummy))
+        })
+    }
+
+    fn buffer<'a>(&'a self, program: &'a Program, loc: Loc) -> &'a wgpu::Buffer {
+        match loc {
+            Loc::Input(k) => &program.inputs[k],
+            Loc::Param(p) => self.params[p.0].as_ref().expect("every parameter has its buffer"),
+            Loc::Slot(s) => &program.slots[s],
+        }
+    }
+
+    /// Copies `bytes` of `buf` back to the host.
+    fn download(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
+        if bytes == 0 {
+            return Ok(vec![]);
+        }
+        let slice = staging.slice(..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| drop(tx.send(r)));
+        self.ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
+        rx.recv()?.map_err(|e| anyhow!("reading back from the GPU: {e}"))?;
+        let data = bytemuck::pod_collect_to_vec::<u8, f32>(&slice.get_mapped_range()?);
+        staging.unmap();
+        Ok(data)
+    }
+}
+
+impl Executable for GpuExecutable {
+    fn input_names(&self) -> Vec<String> {
+        self.graph.inputs.iter().map(|&v| self.graph.value(v).name.clone()).collect()
+    }
+
+    fn output_names(&self) -> Vec<String> {
+        super::result_names(&self.graph, &self.state)
+    }
+
+    fn run(&mut self, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        check_inputs(&self.graph, inputs)?;
+        if let Some(t) = inputs.iter().find(|t| t.dtype() != DType::F32) {
+            bail!("the GPU backend takes f32 inputs, given {}", t.ty());
+        }
+        let program = self.program(inputs)?;
+        let ctx = self.ctx.clone();
+        ctx.checked("running the graph", || {
+            for (buf, t) in program.inputs.iter().zip(inputs) {
+                if t.numel() > 0 {
+                    ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(t.f32s()?));
+                }
+            }
+            let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+            program.record(&mut enc);
+            // Results first (a result that is also a parameter is read before its update), then
+            // the state updates into their parameters.
+            let mut at = 0;
+            let mut results = vec![];
+            for (k, (loc, shape, bytes)) in program.outputs.iter().enumerate() {
+                if self.state.iter().any(|s| s.0 == k) {
+                    continue;
+                }
+                if *bytes > 0 {
+                    enc.copy_buffer_to_buffer(self.buffer(&program, *loc), 0, &program.staging, at, *bytes);
+                }
+                results.push((shape.clone(), at, *bytes));
+                at += bytes;
+            }
+            for &(k, p) in &self.state {
+                let (loc, _, bytes) = &program.outputs[k];
+                if *loc != Loc::Param(p) && *bytes > 0 {
+                    let dst = self.params[p.0].as_ref().expect("every parameter has its buffer");
+                    enc.copy_buffer_to_buffer(self.buffer(&program, *loc), 0, dst, 0, *bytes);
+                }
+            }
+            ctx.queue.submit([enc.finish()]);
+            let data = self.download(&program.staging, at)?;
+            results
+                .into_iter()
+                .map(|(shape, at, bytes)| {
+                    let (a, b) = (at as usize / 4, (at + bytes) as usize / 4);
+                    Ok(Tensor::from_f32(shape, data[a..b].to_vec())?)
+                })
+                .collect()
+        })
+    }
+
+    fn read(&self, name: &str) -> Result<Tensor> {
+        let v = *self.names.get(name).ok_or_else(|| anyhow!("the program has no tensor named {name}"))?;
+        let shape = self.graph.ty(v).fixed_shape().ok_or_else(|| anyhow!("%{name} has no fixed shape"))?;
+        let bytes = shape.iter().product::<usize>() as u64 * 4;
+        self.ctx.checked(&format!("reading %{name}"), || {
+            let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("read"),
+                size: bytes.max(4),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut enc =
+                self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read") });
+            if bytes > 0 {
+                enc.copy_buffer_to_buffer(self.params[v.0].as_ref().expect("a parameter"), 0, &staging, 0, bytes);
+            }
+            self.ctx.queue.submit([enc.finish()]);
+            Ok(Tensor::from_f32(shape, self.download(&staging, bytes)?)?)
+        })
+    }
+
+    fn write(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        let v = *self.names.get(name).ok_or_else(|| anyhow!("the program has no tensor named {name}"))?;
+        let ty = self.graph.ty(v);
+        if ty.fixed_shape().as_deref() != Some(&value.shape[..]) || value.dtype() != DType::F32 {
+            bail!("{name} is {ty}, cannot write {}", value.ty());
+        }
+        let buf = self.params[v.0].as_ref().expect("a parameter");
+        self.ctx.checked(&format!("writing %{name}"), || {
+            self.ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(value.f32s()?));
+            Ok(())
+        })
+    }
+}
