@@ -56,7 +56,7 @@ fn named_inputs_and_named_tensors() {
 fn devices_resolve_or_say_why_not() {
     assert_eq!(Device::Cpu.backend().unwrap().name(), "cpu");
     // `auto` takes a hardware GPU only; lavapipe (all CI has) is used when asked for.
-    let auto = if gpu::hardware_present() { "auto" } else { "cpu" };
+    let auto = if gpu::hardware_present() { "gpu" } else { "cpu" };
     assert_eq!(Device::Auto.backend().unwrap().name(), auto);
     assert_eq!(Device::Gpu.backend().expect("scripts/setup.sh installs lavapipe").name(), "gpu");
     assert!(Device::Gpu.describe().starts_with("gpu ("), "{}", Device::Gpu.describe());

@@ -1,10 +1,12 @@
 //! One training step of yolo11p (nc 2) against Ultralytics 8.3.253 (tests/fixtures/yolo11p-nc2-step):
 //! loss components, every parameter gradient (plain, and with sr 0.01 recovered from the whole
-//! training step's update), BN running statistics.
+//! training step's update), BN running statistics; on the CPU backend and on the GPU backend
+//! (lavapipe where there is no GPU), at the same tolerances.
 
 mod common;
 
 use common::{fixture, rel_err};
+use slimc::backend::{cpu::Cpu, gpu::Gpu, Backend};
 use slimc::frontend::weights::read_safetensors;
 use slimc::load::{load_model, LoadOptions};
 use slimc::train::step::{read_targets, Program, StepResult};
@@ -17,8 +19,8 @@ fn model() -> Model {
     load_model(fixture("yolo11p-nc2/yolo11p.yaml").to_str().unwrap(), &opts).unwrap()
 }
 
-fn program() -> Program {
-    Program::new(&model(), &slimc::backend::cpu::Cpu).unwrap()
+fn gpu() -> Gpu {
+    Gpu::new().expect("a GPU adapter: scripts/setup.sh installs lavapipe where there is no GPU")
 }
 
 fn batch() -> (Tensor, Tensor) {
@@ -61,7 +63,16 @@ fn assert_grads_match(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Te
 
 #[test]
 fn loss_gradients_and_bn_statistics_match_ultralytics() {
-    let mut p = program();
+    loss_gradients_and_bn_statistics(&Cpu);
+}
+
+#[test]
+fn loss_gradients_and_bn_statistics_match_ultralytics_on_the_gpu() {
+    loss_gradients_and_bn_statistics(&gpu());
+}
+
+fn loss_gradients_and_bn_statistics(backend: &dyn Backend) {
+    let mut p = Program::new(&model(), backend).unwrap();
     let r = step(&mut p);
     let report = loss_report();
     let want: Vec<f64> =
@@ -88,6 +99,15 @@ fn loss_gradients_and_bn_statistics_match_ultralytics() {
 /// weights. A second micro-batch that does not step leaves the weights alone and accumulates.
 #[test]
 fn whole_step_updates_with_ultralytics_sparse_gradients() {
+    whole_step(&Cpu);
+}
+
+#[test]
+fn whole_step_updates_with_ultralytics_sparse_gradients_on_the_gpu() {
+    whole_step(&gpu());
+}
+
+fn whole_step(backend: &dyn Backend) {
     let m = model();
     let opts = OptimizerOptions {
         rule: UpdateRule::Sgd,
@@ -96,7 +116,7 @@ fn whole_step_updates_with_ultralytics_sparse_gradients() {
         sparsity: Some(Sparsity { gammas: None, proximal: false, keep: 0 }),
         ema: true,
     };
-    let mut p = Program::with_optimizer(&m, &slimc::backend::cpu::Cpu, opts).unwrap();
+    let mut p = Program::with_optimizer(&m, backend, opts).unwrap();
     let lr = 1000.0f32;
     let mut v = vec![0.0f32; s::LEN];
     v[s::LR..s::LR + 3].fill(lr);
@@ -140,7 +160,7 @@ fn whole_step_updates_with_ultralytics_sparse_gradients() {
 
 #[test]
 fn training_program_prints_and_parses_back() {
-    let p = program();
+    let p = Program::new(&model(), &Cpu).unwrap();
     let text = print_graph(&p.model.graph);
     assert!(text.contains("detect_loss_grad(") && text.contains("batch_norm_grad("));
     assert_eq!(parse_graph(&text).unwrap(), p.model.graph);

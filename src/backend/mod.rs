@@ -72,8 +72,7 @@ pub enum Device {
     Cpu,
     /// The wgpu backend on the best adapter there is, a software one (lavapipe) included.
     Gpu,
-    /// The wgpu backend when there is a hardware GPU, else the CPU; a graph the GPU backend has
-    /// no kernels for yet runs on the CPU.
+    /// The wgpu backend when there is a hardware GPU, else the CPU.
     #[default]
     Auto,
 }
@@ -98,7 +97,7 @@ impl Device {
             (Device::Cpu, _) => "cpu".into(),
             (Device::Gpu, _) => adapter().unwrap_or_else(|e| e.to_string()),
             (_, Ok(Device::Gpu)) => match adapter() {
-                Ok(a) => format!("{a} (auto: a hardware GPU; graphs it has no kernels for yet run on the cpu)"),
+                Ok(a) => format!("{a} (auto: a hardware GPU)"),
                 Err(e) => e.to_string(),
             },
             _ => "cpu (auto: no hardware GPU; a software adapter such as lavapipe only with --device gpu)".into(),
@@ -107,32 +106,9 @@ impl Device {
 
     /// The backend for this device (resolved first).
     pub fn backend(self) -> Result<Box<dyn Backend>> {
-        match (self, self.resolve()?) {
-            (_, Device::Cpu) => Ok(Box::new(cpu::Cpu)),
-            (Device::Auto, _) => Ok(Box::new(Auto { gpu: gpu::Gpu::new()? })),
+        match self.resolve()? {
+            Device::Cpu => Ok(Box::new(cpu::Cpu)),
             _ => Ok(Box::new(gpu::Gpu::new()?)),
-        }
-    }
-}
-
-/// `--device auto` on a machine with a hardware GPU: the GPU for every graph it has kernels
-/// for, the CPU for the rest (saying so).
-struct Auto {
-    gpu: gpu::Gpu,
-}
-
-impl Backend for Auto {
-    fn name(&self) -> &'static str {
-        "auto"
-    }
-
-    fn compile(&self, model: &Model) -> Result<Box<dyn Executable>> {
-        match gpu::runs(&model.graph) {
-            Ok(()) => self.gpu.compile(model),
-            Err(e) => {
-                eprintln!("device: cpu for this graph ({e})");
-                cpu::Cpu.compile(model)
-            }
         }
     }
 }

@@ -41,6 +41,19 @@ struct Prepared {
     score_sum: f32,
 }
 
+/// Refuses a target row whose image index or class is not a whole number in range.
+pub fn check_targets(targets: &Tensor, batch: usize, nc: usize) -> Result<()> {
+    for r in targets.f32s()?.chunks(6) {
+        if r[0] < 0.0 || r[0] as usize >= batch || r[0].fract() != 0.0 {
+            return invalid(format!("target row {r:?}: batch index out of range for a batch of {batch}"));
+        }
+        if r[1] < 0.0 || r[1] as usize >= nc || r[1].fract() != 0.0 {
+            return invalid(format!("target row {r:?}: class out of range for {nc} classes"));
+        }
+    }
+    Ok(())
+}
+
 fn prepare(levels: &[&Tensor], targets: &Tensor, spec: &LossSpec) -> Result<Prepared> {
     let s0 = &levels[0].shape;
     let (batch, no) = (s0[0], s0[1]);
@@ -61,15 +74,9 @@ fn prepare(levels: &[&Tensor], targets: &Tensor, spec: &LossSpec) -> Result<Prep
     let na = points.len();
     let img = [s0[3] as f32 * spec.strides[0], s0[2] as f32 * spec.strides[0]];
     let mut gts: Vec<Vec<Gt>> = vec![vec![]; batch];
-    let rows = targets.f32s()?;
-    for r in rows.chunks(6) {
+    check_targets(targets, batch, nc)?;
+    for r in targets.f32s()?.chunks(6) {
         let b = r[0] as usize;
-        if r[0] < 0.0 || b >= batch || r[0].fract() != 0.0 {
-            return invalid(format!("target row {r:?}: batch index out of range for a batch of {batch}"));
-        }
-        if r[1] < 0.0 || r[1] as usize >= nc || r[1].fract() != 0.0 {
-            return invalid(format!("target row {r:?}: class out of range for {nc} classes"));
-        }
         let (cx, cy, w, h) = (r[2] * img[0], r[3] * img[1], r[4] * img[0], r[5] * img[1]);
         let bbox = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0];
         gts[b].push(Gt { cls: r[1] as usize, bbox });

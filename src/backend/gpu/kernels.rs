@@ -10,6 +10,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("anchors", include_str!("../../../shaders/anchors.wgsl")),
     ("batch_norm", include_str!("../../../shaders/batch_norm.wgsl")),
     ("conv", include_str!("../../../shaders/conv.wgsl")),
+    ("detect_loss", include_str!("../../../shaders/detect_loss.wgsl")),
     ("elementwise", include_str!("../../../shaders/elementwise.wgsl")),
     ("layout", include_str!("../../../shaders/layout.wgsl")),
     ("matmul", include_str!("../../../shaders/matmul.wgsl")),
@@ -261,6 +262,32 @@ pub struct SquaresParams {
     pub first: u32,
     pub total: u32,
     pub pad0: u32,
+}
+
+/// `Loss` of `detect_loss.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct LossParams {
+    pub batch: u32,
+    pub na: u32,
+    pub nc: u32,
+    pub reg_max: u32,
+    pub rows: u32,
+    pub levels: u32,
+    pub dec: u32,
+    pub ov: u32,
+    pub al: u32,
+    pub pos: u32,
+    pub asg: u32,
+    pub row_max: u32,
+    pub part: u32,
+    pub sums: u32,
+    pub img_w: f32,
+    pub img_h: f32,
+    pub gains: [f32; 4],
+    pub level_first: [u32; 4],
+    pub level_w: [u32; 4],
+    pub level_stride: [f32; 4],
 }
 
 /// `Level` of `anchors.wgsl`.
