@@ -180,3 +180,37 @@ pub fn result_names(g: &Graph, state: &[(usize, slimc_ir::ValueId)]) -> Vec<Stri
     let results = g.outputs.iter().enumerate().filter(|(i, _)| !state.iter().any(|s| s.0 == *i));
     results.map(|(_, &v)| g.value(v).name.clone()).collect()
 }
+
+/// Time and calls per op (`SLIMC_PROFILE_OPS`), printed as a table when dropped.
+#[derive(Default)]
+pub struct OpProfile {
+    rows: std::collections::HashMap<String, (std::time::Duration, usize)>,
+}
+
+impl OpProfile {
+    /// A profile when `SLIMC_PROFILE_OPS` is set.
+    pub fn from_env() -> Option<OpProfile> {
+        std::env::var_os("SLIMC_PROFILE_OPS").map(|_| OpProfile::default())
+    }
+
+    /// Counts one call of `op` taking `t`.
+    pub fn add(&mut self, op: &str, t: std::time::Duration) {
+        let e = self.rows.entry(op.to_string()).or_default();
+        e.0 += t;
+        e.1 += 1;
+    }
+}
+
+impl Drop for OpProfile {
+    fn drop(&mut self) {
+        let mut rows: Vec<_> = self.rows.iter().collect();
+        rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+        let total: f64 = rows.iter().map(|r| r.1 .0.as_secs_f64()).sum();
+        let width = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max(24);
+        eprintln!("{:<width$} {:>10} {:>8} {:>10}", "op (SLIMC_PROFILE_OPS)", "seconds", "share", "calls");
+        for (op, (t, n)) in rows {
+            let t = t.as_secs_f64();
+            eprintln!("{op:<width$} {t:>10.3} {:>7.1}% {n:>10}", 100.0 * t / total.max(1e-12));
+        }
+    }
+}

@@ -15,7 +15,7 @@ mod simd;
 mod tests;
 
 use super::fusion::{fusions, Fused};
-use super::{memory::check_fits, Backend, ByShape, Executable};
+use super::{memory::check_fits, Backend, ByShape, Executable, OpProfile};
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::eval::optim;
 use slimc_ir::memory::{plan_fused, Fusions, Plan};
@@ -61,24 +61,8 @@ pub struct CpuExecutable {
     pool: Vec<Vec<f32>>,
     /// Kernels' working memory (the weight gradient's partial sums).
     scratch: Vec<f32>,
-    /// Time and calls per op, when `SLIMC_PROFILE_OPS` is set; printed when the executable is
-    /// dropped.
-    profile: Option<HashMap<String, (std::time::Duration, usize)>>,
-}
-
-impl Drop for CpuExecutable {
-    fn drop(&mut self) {
-        let Some(p) = &self.profile else { return };
-        let mut rows: Vec<_> = p.iter().collect();
-        rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
-        let total: f64 = rows.iter().map(|r| r.1 .0.as_secs_f64()).sum();
-        let width = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max(24);
-        eprintln!("{:<width$} {:>10} {:>8} {:>10}", "op (SLIMC_PROFILE_OPS)", "seconds", "share", "calls");
-        for (op, (t, n)) in rows {
-            let t = t.as_secs_f64();
-            eprintln!("{op:<width$} {t:>10.3} {:>7.1}% {n:>10}", 100.0 * t / total.max(1e-12));
-        }
-    }
+    /// Time and calls per op, when `SLIMC_PROFILE_OPS` is set.
+    profile: Option<OpProfile>,
 }
 
 impl CpuExecutable {
@@ -93,7 +77,7 @@ impl CpuExecutable {
             params[p.0] = Some(t.clone());
             names.insert(name.clone(), p);
         }
-        let profile = std::env::var_os("SLIMC_PROFILE_OPS").map(|_| HashMap::new());
+        let profile = OpProfile::from_env();
         let state = g.state_updates();
         let (fused, absorbed) = fusions(g, true);
         Ok(CpuExecutable {
@@ -230,10 +214,7 @@ impl Executable for CpuExecutable {
                 .map_err(|e| anyhow!("node {i} ({} @{}): {e}", n.op.name(), n.scope))?
             };
             if let (Some(p), Some(t)) = (profile.as_mut(), started) {
-                let e =
-                    p.entry(profile_key(&n.op, &n.inputs.iter().map(|v| &types[v.0]).collect::<Vec<_>>())).or_default();
-                e.0 += t.elapsed();
-                e.1 += 1;
+                p.add(&profile_key(&n.op, &n.inputs.iter().map(|v| &types[v.0]).collect::<Vec<_>>()), t.elapsed());
             }
             // A result computed by the reference semantics brought its own allocation: the slot's
             // buffer it did not use is dropped, so a slot never holds two.

@@ -32,6 +32,8 @@ pub struct Step {
     pipeline: Arc<wgpu::ComputePipeline>,
     bind: wgpu::BindGroup,
     grid: [u32; 3],
+    /// The op and kernel, for the op profile.
+    pub label: String,
 }
 
 /// A graph lowered for one set of input shapes.
@@ -51,11 +53,11 @@ pub struct Program {
 }
 
 impl Program {
-    /// Records the dispatches into one compute pass.
-    pub fn record(&self, enc: &mut wgpu::CommandEncoder) {
+    /// Records the dispatches `steps` into one compute pass.
+    pub fn record(&self, enc: &mut wgpu::CommandEncoder, steps: std::ops::Range<usize>) {
         let mut pass =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("slimc"), timestamp_writes: None });
-        for s in &self.steps {
+        for s in &self.steps[steps] {
             pass.set_pipeline(&s.pipeline);
             pass.set_bind_group(0, &s.bind, &[]);
             pass.dispatch_workgroups(s.grid[0], s.grid[1], s.grid[2]);
@@ -114,6 +116,8 @@ struct Builder<'a> {
     dummy: &'a wgpu::Buffer,
     steps: Vec<Step>,
     scratch: Vec<wgpu::Buffer>,
+    /// The op being lowered.
+    op: &'static str,
 }
 
 /// Lowers `g` for values of `types` placed by `plan`.
@@ -129,11 +133,13 @@ pub fn lower(ctx: &Context, g: &Graphs, types: &[TensorType], plan: &Plan, dummy
         graph.inputs.iter().map(|&v| storage(ctx, bytes(v), &graph.value(v).name)).collect();
     let slots: Vec<wgpu::Buffer> =
         plan.slot_bytes.iter().enumerate().map(|(s, &b)| storage(ctx, b, &format!("slot {s}"))).collect();
-    let mut b = Builder { ctx, g, types, plan, inputs: &inputs, slots: &slots, dummy, steps: vec![], scratch: vec![] };
+    let mut b =
+        Builder { ctx, g, types, plan, inputs: &inputs, slots: &slots, dummy, steps: vec![], scratch: vec![], op: "" };
     for (i, n) in graph.nodes.iter().enumerate() {
         if g.absorbed[i] {
             continue;
         }
+        b.op = n.op.name();
         b.node(i).map_err(|e| anyhow!("node {i} ({} @{}): {e}", n.op.name(), n.scope))?;
     }
     let outputs: Vec<(Loc, Vec<usize>, u64)> =
@@ -205,7 +211,8 @@ impl Builder<'_> {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        self.steps.push(Step { pipeline, bind, grid });
+        let label = format!("{} ({entry})", self.op);
+        self.steps.push(Step { pipeline, bind, grid, label });
     }
 
     fn limit(&self) -> u32 {

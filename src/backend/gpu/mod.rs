@@ -14,7 +14,7 @@ mod lower;
 pub use device::{adapters, hardware_present, AdapterSummary, Context};
 
 use super::fusion::{fusions, Fused};
-use super::{check_inputs, memory::check_fits, Backend, ByShape, Executable};
+use super::{check_inputs, memory::check_fits, Backend, ByShape, Executable, OpProfile};
 use anyhow::{anyhow, bail, Result};
 use lower::{Graphs, Loc, Program};
 use slimc_ir::memory::{plan_fused, Fusions, Plan};
@@ -64,6 +64,8 @@ pub struct GpuExecutable {
     programs: ByShape<Program>,
     /// Bound where a kernel's optional operand is absent.
     dummy: wgpu::Buffer,
+    /// Time per kernel, when `SLIMC_PROFILE_OPS` is set (dispatches then run one at a time).
+    profile: Option<OpProfile>,
 }
 
 impl GpuExecutable {
@@ -97,6 +99,7 @@ impl GpuExecutable {
             absorbed,
             programs: ByShape::default(),
             dummy,
+            profile: OpProfile::from_env(),
         })
     }
 
@@ -162,7 +165,25 @@ impl Executable for GpuExecutable {
                 }
             }
             let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
-            program.record(&mut enc);
+            match &mut self.profile {
+                None => program.record(&mut enc, 0..program.steps.len()),
+                // Each dispatch alone, waited for and timed.
+                Some(profile) => {
+                    ctx.queue.submit([enc.finish()]);
+                    for (k, s) in program.steps.iter().enumerate() {
+                        let t = std::time::Instant::now();
+                        let mut one =
+                            ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+                        program.record(&mut one, k..k + 1);
+                        ctx.queue.submit([one.finish()]);
+                        ctx.device
+                            .poll(wgpu::PollType::wait_indefinitely())
+                            .map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
+                        profile.add(&s.label, t.elapsed());
+                    }
+                    enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+                }
+            }
             // Results first (a result that is also a parameter is read before its update), then
             // the state updates into their parameters.
             let mut at = 0;
