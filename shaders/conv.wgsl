@@ -56,34 +56,43 @@ const TK: u32 = 16u;
 var<workgroup> atile: array<f32, 1024>;
 var<workgroup> btile: array<f32, 1024>;
 
-// The input element at reduction index `r` (group-local channel, tap) for output pixel `p` of
-// group `g`; zero in the padding.
-fn x_at(r: u32, p: u32, g: u32) -> f32 {
-    let taps = P.kh * P.kw;
-    let cl = r / taps;
-    let t = r % taps;
+// Index decompositions, made once where the tiled loop holds one side fixed:
+// an output pixel: (image, the input row and column its window starts at);
+fn out_pixel(p: u32) -> vec3<i32> {
     let ohw = P.oh * P.ow;
-    let b = p / ohw;
     let q = p % ohw;
-    let iy = i32((q / P.ow) * P.sh + (t / P.kw) * P.dh) - i32(P.ph);
-    let ix = i32((q % P.ow) * P.sw + (t % P.kw) * P.dw) - i32(P.pw);
+    return vec3<i32>(i32(p / ohw), i32((q / P.ow) * P.sh) - i32(P.ph), i32((q % P.ow) * P.sw) - i32(P.pw));
+}
+
+// a reduction index over (channel, tap): (channel, the tap's row and column offsets);
+fn tap(r: u32) -> vec3<i32> {
+    let taps = P.kh * P.kw;
+    let t = r % taps;
+    return vec3<i32>(i32(r / taps), i32((t / P.kw) * P.dh), i32((t % P.kw) * P.dw));
+}
+
+// an input pixel: (image, its row and column plus the padding).
+fn in_pixel(p: u32) -> vec3<i32> {
+    let hw = P.h * P.w;
+    let q = p % hw;
+    return vec3<i32>(i32(p / hw), i32(q / P.w + P.ph), i32(q % P.w + P.pw));
+}
+
+// The input at tap `t` of the window of output pixel `o` in group `g`; zero in the padding.
+fn x_at(t: vec3<i32>, o: vec3<i32>, g: u32) -> f32 {
+    let iy = o.y + t.y;
+    let ix = o.z + t.z;
     if (iy < 0 || ix < 0 || iy >= i32(P.h) || ix >= i32(P.w)) {
         return 0.0;
     }
-    return src[((b * P.cin + g * P.cg + cl) * P.h + u32(iy)) * P.w + u32(ix)];
+    return src[((u32(o.x) * P.cin + g * P.cg + u32(t.x)) * P.h + u32(iy)) * P.w + u32(ix)];
 }
 
-// The output gradient that tap (output channel, tap) of input pixel `p` receives; zero when no
-// output pixel reads this input pixel through that tap.
-fn dy_at(k: u32, p: u32, g: u32) -> f32 {
-    let taps = P.kh * P.kw;
-    let co = k / taps;
-    let t = k % taps;
-    let hw = P.h * P.w;
-    let b = p / hw;
-    let q = p % hw;
-    let ty = i32(q / P.w) + i32(P.ph) - i32((t / P.kw) * P.dh);
-    let tx = i32(q % P.w) + i32(P.pw) - i32((t % P.kw) * P.dw);
+// The output gradient that input pixel `i` receives through tap `t` (whose channel is the
+// output channel); zero when no output pixel reads it through that tap.
+fn dy_at(t: vec3<i32>, i: vec3<i32>, g: u32) -> f32 {
+    let ty = i.y - t.y;
+    let tx = i.z - t.z;
     if (ty < 0 || tx < 0 || ty % i32(P.sh) != 0 || tx % i32(P.sw) != 0) {
         return 0.0;
     }
@@ -92,35 +101,56 @@ fn dy_at(k: u32, p: u32, g: u32) -> f32 {
     if (oy >= P.oh || ox >= P.ow) {
         return 0.0;
     }
-    return src[((b * P.cout + g * P.og + co) * P.oh + oy) * P.ow + ox];
+    return src[((u32(i.x) * P.cout + g * P.og + u32(t.x)) * P.oh + oy) * P.ow + ox];
 }
 
-fn a_at(m: u32, k: u32, g: u32) -> f32 {
-    let taps = P.kh * P.kw;
+// B's fixed side for column n (modes 0, 1: the pixel; mode 2: the tap) and its side for
+// reduction index k.
+fn b_column(n: u32) -> vec3<i32> {
     switch P.mode {
-        case 0u: {
-            return aux[(g * P.og + m) * P.cg * taps + k];
-        }
-        case 1u: {
-            return aux[((g * P.og + k / taps) * P.cg + m) * taps + k % taps];
-        }
-        default: {
-            let ohw = P.oh * P.ow;
-            return aux[((k / ohw) * P.cout + g * P.og + m) * ohw + k % ohw];
-        }
+        case 0u: { return out_pixel(n); }
+        case 1u: { return in_pixel(n); }
+        default: { return tap(n); }
     }
 }
 
-fn b_at(k: u32, n: u32, g: u32) -> f32 {
+fn b_row(k: u32) -> vec3<i32> {
+    if (P.mode == 2u) {
+        return out_pixel(k);
+    }
+    return tap(k);
+}
+
+fn b_at(row: vec3<i32>, column: vec3<i32>, g: u32) -> f32 {
+    switch P.mode {
+        case 0u: { return x_at(row, column, g); }
+        case 1u: { return dy_at(row, column, g); }
+        default: { return x_at(column, row, g); }
+    }
+}
+
+// A's reduction index k split as its layout needs (mode 1: output channel and tap; mode 2:
+// image and pixel).
+fn a_split(k: u32) -> vec2<u32> {
+    switch P.mode {
+        case 0u: { return vec2<u32>(k, 0u); }
+        case 1u: { return vec2<u32>(k / (P.kh * P.kw), k % (P.kh * P.kw)); }
+        default: { return vec2<u32>(k / (P.oh * P.ow), k % (P.oh * P.ow)); }
+    }
+}
+
+fn a_at(m: u32, k: vec2<u32>, g: u32) -> f32 {
+    let taps = P.kh * P.kw;
     switch P.mode {
         case 0u: {
-            return x_at(k, n, g);
+            return aux[(g * P.og + m) * P.cg * taps + k.x];
         }
         case 1u: {
-            return dy_at(k, n, g);
+            return aux[((g * P.og + k.x) * P.cg + m) * taps + k.y];
         }
         default: {
-            return x_at(n, k, g);
+            let ohw = P.oh * P.ow;
+            return aux[(k.x * P.cout + g * P.og + m) * ohw + k.y];
         }
     }
 }
@@ -172,24 +202,26 @@ fn conv_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
         return;
     }
     let ks = k_range(z);
+    // This invocation loads A at one reduction offset and B in one column, every tile.
+    let a_k = tid % TK;
+    let b_n = n0 + tid % TN;
+    let column = b_column(b_n);
     var acc: array<vec4<f32>, 4>;
     for (var k0 = ks.x; k0 < ks.y; k0 += TK) {
+        let ka = a_split(k0 + a_k);
         for (var i = 0u; i < 4u; i++) {
-            let e = tid + i * 256u;
-            let mm = e / TK;
-            let kk = e % TK;
+            let mm = tid / TK + i * 16u;
             var av = 0.0;
-            if (m0 + mm < P.gm && k0 + kk < ks.y) {
-                av = a_at(m0 + mm, k0 + kk, g);
+            if (m0 + mm < P.gm && k0 + a_k < ks.y) {
+                av = a_at(m0 + mm, ka, g);
             }
-            atile[kk * TM + mm] = av;
-            let kb = e / TN;
-            let nn = e % TN;
+            atile[a_k * TM + mm] = av;
+            let kb = tid / TN + i * 4u;
             var bv = 0.0;
-            if (n0 + nn < P.gn && k0 + kb < ks.y) {
-                bv = b_at(k0 + kb, n0 + nn, g);
+            if (b_n < P.gn && k0 + kb < ks.y) {
+                bv = b_at(b_row(k0 + kb), column, g);
             }
-            btile[kb * TN + nn] = bv;
+            btile[kb * TN + tid % TN] = bv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
@@ -232,9 +264,10 @@ fn conv_direct(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let g = (i / (P.gn * P.gm)) % groups;
     let z = i / per_chunk;
     let ks = k_range(z);
+    let column = b_column(n);
     var acc = 0.0;
     for (var k = ks.x; k < ks.y; k++) {
-        acc += a_at(m, k, g) * b_at(k, n, g);
+        acc += a_at(m, a_split(k), g) * b_at(b_row(k), column, g);
     }
     store(m, n, g, z, acc);
 }

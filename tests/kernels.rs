@@ -7,10 +7,10 @@
 //! matches every op kind exhaustively, so a new op does not compile without its kernel).
 
 use rand::{Rng, SeedableRng};
-use slimc::backend::{cpu::Cpu, gpu, run_once, Backend};
+use slimc::backend::{cpu::Cpu, gpu, run_once, single_op, Backend};
 use slimc_ir::eval::eval;
 use slimc_ir::step_scalars as ss;
-use slimc_ir::{Conv2d, Graph, Model, Op, OpKind, ReshapeDim, Tensor, TensorType, Update, ALL_OP_KINDS};
+use slimc_ir::{Conv2d, Model, Op, OpKind, ReshapeDim, Tensor, Update, ALL_OP_KINDS};
 
 /// One op on its operands.
 struct Case {
@@ -230,14 +230,7 @@ fn cases() -> Vec<Case> {
 
 /// A one-node program: every operand an input, every result an output.
 fn program(case: &Case) -> Model {
-    let mut g = Graph::new(&case.name);
-    let inputs: Vec<_> =
-        case.args.iter().enumerate().map(|(k, t)| g.add_input(&format!("a{k}"), TensorType::f32(&t.shape))).collect();
-    let n = slimc_ir::infer_node_types(&g, &case.op, &inputs).unwrap().len();
-    let names: Vec<String> = (0..n).map(|k| format!("r{k}")).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    g.outputs = g.add_node(case.op.clone(), &inputs, &names, "case").unwrap();
-    Model { graph: g, tensors: Default::default(), meta: Default::default(), training_state: vec![] }
+    single_op(&case.op, &case.args.iter().map(Tensor::ty).collect::<Vec<_>>()).unwrap()
 }
 
 /// Runs every case on `backend`, compares with `reference` (relative to each result's largest

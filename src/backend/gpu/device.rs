@@ -93,7 +93,6 @@ pub struct Context {
     pub adapter: AdapterSummary,
     /// The device's limits (the adapter's own).
     pub limits: wgpu::Limits,
-
     pipelines: Mutex<HashMap<&'static str, Arc<wgpu::ComputePipeline>>>,
 }
 
