@@ -14,6 +14,9 @@
 // `src` holds the input (modes 0, 2) or the output gradient (mode 1); `aux` the weight (modes 0,
 // 1) or the output gradient (mode 2).
 
+// The mode, fixed when the pipeline is made, so the driver compiles each mode's loads alone.
+override MODE: u32 = 0u;
+
 struct Conv {
     n: u32,
     cin: u32,
@@ -34,7 +37,7 @@ struct Conv {
     dh: u32,
     dw: u32,
     act: u32,
-    mode: u32,
+    pad0: u32,
     // The GEMM's sizes per group.
     gm: u32,
     gn: u32,
@@ -107,7 +110,7 @@ fn dy_at(t: vec3<i32>, i: vec3<i32>, g: u32) -> f32 {
 // B's fixed side for column n (modes 0, 1: the pixel; mode 2: the tap) and its side for
 // reduction index k.
 fn b_column(n: u32) -> vec3<i32> {
-    switch P.mode {
+    switch MODE {
         case 0u: { return out_pixel(n); }
         case 1u: { return in_pixel(n); }
         default: { return tap(n); }
@@ -115,14 +118,14 @@ fn b_column(n: u32) -> vec3<i32> {
 }
 
 fn b_row(k: u32) -> vec3<i32> {
-    if (P.mode == 2u) {
+    if (MODE == 2u) {
         return out_pixel(k);
     }
     return tap(k);
 }
 
 fn b_at(row: vec3<i32>, column: vec3<i32>, g: u32) -> f32 {
-    switch P.mode {
+    switch MODE {
         case 0u: { return x_at(row, column, g); }
         case 1u: { return dy_at(row, column, g); }
         default: { return x_at(column, row, g); }
@@ -132,7 +135,7 @@ fn b_at(row: vec3<i32>, column: vec3<i32>, g: u32) -> f32 {
 // A's reduction index k split as its layout needs (mode 1: output channel and tap; mode 2:
 // image and pixel).
 fn a_split(k: u32) -> vec2<u32> {
-    switch P.mode {
+    switch MODE {
         case 0u: { return vec2<u32>(k, 0u); }
         case 1u: { return vec2<u32>(k / (P.kh * P.kw), k % (P.kh * P.kw)); }
         default: { return vec2<u32>(k / (P.oh * P.ow), k % (P.oh * P.ow)); }
@@ -141,7 +144,7 @@ fn a_split(k: u32) -> vec2<u32> {
 
 fn a_at(m: u32, k: vec2<u32>, g: u32) -> f32 {
     let taps = P.kh * P.kw;
-    switch P.mode {
+    switch MODE {
         case 0u: {
             return aux[(g * P.og + m) * P.cg * taps + k.x];
         }
@@ -156,7 +159,7 @@ fn a_at(m: u32, k: vec2<u32>, g: u32) -> f32 {
 }
 
 fn store(m: u32, n: u32, g: u32, z: u32, v: f32) {
-    switch P.mode {
+    switch MODE {
         case 0u: {
             let ohw = P.oh * P.ow;
             let c = g * P.og + m;
@@ -178,7 +181,7 @@ fn store(m: u32, n: u32, g: u32, z: u32, v: f32) {
 
 // The reduction range of chunk `z` (all of k outside mode 2).
 fn k_range(z: u32) -> vec2<u32> {
-    if (P.mode == 2u) {
+    if (MODE == 2u) {
         return vec2<u32>(z * P.chunk, min(P.gk, (z + 1u) * P.chunk));
     }
     return vec2<u32>(0u, P.gk);
@@ -194,7 +197,7 @@ fn conv_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let m0 = (wg.y % P.m_tiles) * TM;
     var z = 0u;
     var n0 = (wg.z * nwg.x + wg.x) * TN;
-    if (P.mode == 2u) {
+    if (MODE == 2u) {
         z = wg.z;
         n0 = wg.x * TN;
     }
@@ -255,7 +258,7 @@ fn conv_direct(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let groups = P.cout / P.og;
     let per_chunk = groups * P.gm * P.gn;
     var chunks = 1u;
-    if (P.mode == 2u) {
+    if (MODE == 2u) {
         chunks = (P.gk + P.chunk - 1u) / P.chunk;
     }
     if (i >= chunks * per_chunk) { return; }

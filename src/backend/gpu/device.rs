@@ -93,7 +93,7 @@ pub struct Context {
     pub adapter: AdapterSummary,
     /// The device's limits (the adapter's own).
     pub limits: wgpu::Limits,
-    pipelines: Mutex<HashMap<&'static str, Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<(&'static str, u32), Arc<wgpu::ComputePipeline>>>,
 }
 
 impl Context {
@@ -125,26 +125,30 @@ impl Context {
         Ok(Context { device, queue, adapter: summary(&adapter), limits, pipelines: Mutex::new(HashMap::new()) })
     }
 
-    /// The compute pipeline of `entry` in shader file `file` (one of [`super::kernels::SHADERS`]),
-    /// built on first use.
-    pub fn pipeline(&self, file: &'static str, entry: &'static str) -> Arc<wgpu::ComputePipeline> {
+    /// The compute pipeline of `entry` in shader file `file` (one of [`super::kernels::SHADERS`])
+    /// with its `MODE` override constant set to `mode` when the file declares one, built on first
+    /// use.
+    pub fn pipeline(&self, file: &'static str, entry: &'static str, mode: u32) -> Arc<wgpu::ComputePipeline> {
         let mut cache = self.pipelines.lock().expect("pipeline cache");
-        if let Some(p) = cache.get(entry) {
+        if let Some(p) = cache.get(&(entry, mode)) {
             return p.clone();
         }
+        let source = super::kernels::source(file);
+        let constants = [("MODE", mode as f64)];
+        let constants: &[(&str, f64)] = if source.contains("override MODE") { &constants } else { &[] };
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(file),
-            source: wgpu::ShaderSource::Wgsl(super::kernels::source(file).into()),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
         });
         let p = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
             layout: None,
             module: &module,
             entry_point: Some(entry),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
             cache: None,
         }));
-        cache.insert(entry, p.clone());
+        cache.insert((entry, mode), p.clone());
         p
     }
 

@@ -124,7 +124,7 @@ pub struct ConvParams {
     pub dh: u32,
     pub dw: u32,
     pub act: u32,
-    pub mode: u32,
+    pub pad0: u32,
     pub gm: u32,
     pub gn: u32,
     pub gk: u32,

@@ -118,6 +118,8 @@ struct Builder<'a> {
     scratch: Vec<wgpu::Buffer>,
     /// The op being lowered.
     op: &'static str,
+    /// The `MODE` override constant of the next pipelines (the convolution's GEMM mode).
+    mode: u32,
 }
 
 /// Lowers `g` for values of `types` placed by `plan`.
@@ -133,8 +135,19 @@ pub fn lower(ctx: &Context, g: &Graphs, types: &[TensorType], plan: &Plan, dummy
         graph.inputs.iter().map(|&v| storage(ctx, bytes(v), &graph.value(v).name)).collect();
     let slots: Vec<wgpu::Buffer> =
         plan.slot_bytes.iter().enumerate().map(|(s, &b)| storage(ctx, b, &format!("slot {s}"))).collect();
-    let mut b =
-        Builder { ctx, g, types, plan, inputs: &inputs, slots: &slots, dummy, steps: vec![], scratch: vec![], op: "" };
+    let mut b = Builder {
+        ctx,
+        g,
+        types,
+        plan,
+        inputs: &inputs,
+        slots: &slots,
+        dummy,
+        steps: vec![],
+        scratch: vec![],
+        op: "",
+        mode: 0,
+    };
     for (i, n) in graph.nodes.iter().enumerate() {
         if g.absorbed[i] {
             continue;
@@ -188,7 +201,7 @@ impl Builder<'_> {
         if grid.contains(&0) {
             return;
         }
-        let pipeline = self.ctx.pipeline(file, entry);
+        let pipeline = self.ctx.pipeline(file, entry, self.mode);
         let made: Vec<(u32, wgpu::Buffer)> = uniforms
             .iter()
             .map(|&(k, bytes)| {
@@ -757,7 +770,7 @@ impl Builder<'_> {
             dh: u(c.dilation[0])?,
             dw: u(c.dilation[1])?,
             act: silu as u32,
-            mode,
+            pad0: 0,
             gm: u(gm)?,
             gn: u(gn)?,
             gk: u(gk)?,
@@ -783,7 +796,9 @@ impl Builder<'_> {
             ("conv_tiled", g)
         };
         let bindings = [(1, src), (2, aux), (3, coef), (4, dst)];
+        self.mode = mode;
         self.step(("conv", entry), &[(0, bytemuck::bytes_of(&p))], &bindings, g);
+        self.mode = 0;
         Ok(())
     }
 
