@@ -116,3 +116,16 @@ fn the_gpu_backend_runs_yolo11n_as_the_cpu_does() {
         got[0].f32s().unwrap().iter().zip(want[0].f32s().unwrap()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(worst < 1e-3, "after writing {name}: off by {worst}");
 }
+
+/// A tensor larger than the adapter's largest storage binding is refused before anything runs,
+/// naming the tensor and the limit.
+#[test]
+fn the_gpu_refuses_a_tensor_beyond_its_largest_binding() {
+    let gpu = gpu::Gpu::new().expect("scripts/setup.sh installs lavapipe");
+    let n = (gpu.adapter().max_binding / 4 + 1) as usize;
+    let m = slimc::backend::single_op(&slimc_ir::Op::Silu, &[slimc_ir::TensorType::f32(&[n])]).unwrap();
+    let x = slimc_ir::Tensor::full(&[n], 0.5);
+    let err = run_once(&gpu, &m, &[x]).unwrap_err().to_string();
+    let limit = slimc::backend::memory::human(gpu.adapter().max_binding);
+    assert!(err.contains("%a0") && err.contains("largest storage binding") && err.contains(&limit), "{err}");
+}
