@@ -12,10 +12,6 @@ struct Count {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-fn sigmoid1(x: f32) -> f32 {
-    return 1.0 / (1.0 + exp(-x));
-}
-
 @compute @workgroup_size(256)
 fn silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {

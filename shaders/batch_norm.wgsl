@@ -49,23 +49,6 @@ struct Train {
 @group(0) @binding(16) var<storage, read_write> next_mean: array<f32>;
 @group(0) @binding(17) var<storage, read_write> next_var: array<f32>;
 
-var<workgroup> partial: array<f32, 256>;
-
-// The sum over the workgroup of every invocation's `v`, in a fixed order.
-fn workgroup_sum(lid: u32, v: f32) -> f32 {
-    partial[lid] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            partial[lid] += partial[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
-}
-
 // Element `j` of channel `c`'s N·H·W elements.
 fn channel_at(c: u32, j: u32) -> u32 {
     return ((j / T.plane) * T.channels + c) * T.plane + j % T.plane;

@@ -1,6 +1,6 @@
 // Prepended to every shader file: the element an invocation owns on a grid that may have been
-// split into 2-D (a dispatch may not exceed 65,535 workgroups per dimension) and the strided view
-// of a tensor of rank at most 8.
+// split into 2-D (a dispatch may not exceed 65,535 workgroups per dimension), the strided view
+// of a tensor of rank at most 8, the logistic function and a fixed-order workgroup sum.
 
 const WG: u32 = 256u;
 
@@ -38,4 +38,27 @@ fn view_offsets(v: View, i: u32) -> vec3<i32> {
         off += idx * vec3<i32>(v.a_strides[d / 4u][d % 4u], v.b_strides[d / 4u][d % 4u], v.out_strides[d / 4u][d % 4u]);
     }
     return off;
+}
+
+// The logistic function.
+fn sigmoid1(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-x));
+}
+
+var<workgroup> wg_sum: array<f32, 256>;
+
+// The sum over a 256-invocation workgroup of every invocation's `v`, in a fixed order (a tree),
+// the same for every invocation.
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+    wg_sum[lid] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            wg_sum[lid] += wg_sum[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = wg_sum[0];
+    workgroupBarrier();
+    return total;
 }

@@ -92,10 +92,6 @@ fn gt_class(j: u32) -> u32 {
     return u32(targets[j * 6u + 1u]);
 }
 
-fn sigmoid1(x: f32) -> f32 {
-    return 1.0 / (1.0 + exp(-x));
-}
-
 fn logit(b: u32, a: u32, c: u32) -> f32 {
     return pred[(b * L.na + a) * no() + 4u * L.reg_max + c];
 }

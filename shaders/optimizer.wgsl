@@ -168,20 +168,6 @@ struct Squares {
 @group(0) @binding(23) var<storage, read> q_partial_in: array<f32>;
 @group(0) @binding(24) var<storage, read_write> q_norm: array<f32>;
 
-var<workgroup> red: array<f32, 256>;
-
-fn tree_sum(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    return red[0];
-}
-
 // Pass 1: each workgroup sums the squares of its 4096-element block of one tensor.
 @compute @workgroup_size(256)
 fn sum_squares(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -190,7 +176,7 @@ fn sum_squares(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     for (var j = start + lid; j < min(start + 4096u, Q.n); j += 256u) {
         s += q_in[j] * q_in[j];
     }
-    let total = tree_sum(lid, s);
+    let total = workgroup_sum(lid, s);
     if (lid == 0u) {
         q_partial[Q.first + wg.x] = total;
     }
@@ -203,7 +189,7 @@ fn norm_of_partials(@builtin(local_invocation_index) lid: u32) {
     for (var j = lid; j < Q.total; j += 256u) {
         s += q_partial_in[j];
     }
-    let total = tree_sum(lid, s);
+    let total = workgroup_sum(lid, s);
     if (lid == 0u) {
         q_norm[0] = sqrt(total);
     }

@@ -158,6 +158,20 @@ fn whole_step(backend: &dyn Backend) {
     assert!(p.read(&accumulator_name(name)).unwrap().f32s().unwrap().iter().any(|&x| x != 0.0));
 }
 
+/// A target row naming a class the model does not have is refused by both backends with the
+/// same message (the GPU checks the rows on the host, before its kernels index with them).
+#[test]
+fn a_target_of_an_unknown_class_is_refused_on_both_backends() {
+    let (images, mut targets) = batch();
+    targets.f32s_mut().unwrap()[1] = 5.0;
+    for backend in [&Cpu as &dyn Backend, &gpu()] {
+        let Err(err) = Program::new(&model(), backend).unwrap().gradients(&images, &targets) else {
+            panic!("{}: a target of class 5 in a 2-class model was accepted", backend.name());
+        };
+        assert!(format!("{err:#}").contains("class out of range for 2 classes"), "{}: {err:#}", backend.name());
+    }
+}
+
 #[test]
 fn training_program_prints_and_parses_back() {
     let p = Program::new(&model(), &Cpu).unwrap();

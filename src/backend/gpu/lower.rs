@@ -48,6 +48,9 @@ pub struct Program {
     pub outputs: Vec<(Loc, Vec<usize>, u64)>,
     /// Where the readback lands.
     pub staging: wgpu::Buffer,
+    /// Graph inputs that are detect-loss targets, with the batch and class count their rows
+    /// must fit: checked on the host before upload, as the kernels cannot refuse a row.
+    pub targets: Vec<(usize, usize, usize)>,
     /// Buffers only the dispatches use (epilogue coefficients), kept with the program.
     _scratch: Vec<wgpu::Buffer>,
 }
@@ -116,6 +119,7 @@ struct Builder<'a> {
     dummy: &'a wgpu::Buffer,
     steps: Vec<Step>,
     scratch: Vec<wgpu::Buffer>,
+    targets: Vec<(usize, usize, usize)>,
     /// The op being lowered.
     op: &'static str,
     /// The `MODE` override constant of the next pipelines (the convolution's GEMM mode).
@@ -145,6 +149,7 @@ pub fn lower(ctx: &Context, g: &Graphs, types: &[TensorType], plan: &Plan, dummy
         dummy,
         steps: vec![],
         scratch: vec![],
+        targets: vec![],
         op: "",
         mode: 0,
     };
@@ -164,8 +169,8 @@ pub fn lower(ctx: &Context, g: &Graphs, types: &[TensorType], plan: &Plan, dummy
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let Builder { steps, scratch, .. } = b;
-    Ok(Program { inputs, slots, steps, outputs, staging, _scratch: scratch })
+    let Builder { steps, scratch, targets, .. } = b;
+    Ok(Program { inputs, slots, steps, outputs, staging, targets, _scratch: scratch })
 }
 
 impl Builder<'_> {
@@ -816,6 +821,11 @@ impl Builder<'_> {
         let nc = no - 4 * reg_max;
         let na: usize = shapes.iter().map(|s| s[2] * s[3]).sum();
         let rows = self.shape(targets[0])[0];
+        if let Loc::Input(k) = self.loc(targets[0]) {
+            if !self.targets.contains(&(k, batch, nc)) {
+                self.targets.push((k, batch, nc));
+            }
+        }
         let mut p = kernels::LossParams::zeroed();
         let mut at = 0usize;
         let mut region = |len: usize| -> Result<u32> {

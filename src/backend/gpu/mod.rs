@@ -157,6 +157,9 @@ impl Executable for GpuExecutable {
             bail!("the GPU backend takes f32 inputs, given {}", t.ty());
         }
         let program = self.program(inputs)?;
+        for &(k, batch, nc) in &program.targets {
+            slimc_ir::eval::detect_loss::check_targets(inputs[k], batch, nc)?;
+        }
         let ctx = self.ctx.clone();
         ctx.checked("running the graph", || {
             for (buf, t) in program.inputs.iter().zip(inputs) {
