@@ -243,14 +243,17 @@ pub fn ort_latency_ms(models: &[&Model], rounds: usize) -> Result<Vec<f64>> {
     let Some(first) = models.first() else { return Ok(vec![]) };
     let dir = std::env::temp_dir().join(format!("slimc-latency-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
-    let mut paths = vec![];
-    for (i, m) in models.iter().enumerate() {
-        let path = dir.join(format!("model{i}.onnx"));
-        let onnx = export_onnx(m, &ExportOptions { imgsz: Some(m.meta.imgsz), ..Default::default() })?;
-        std::fs::write(&path, onnx).with_context(|| format!("{}", path.display()))?;
-        paths.push(path);
-    }
-    let times = ort_latencies(&paths, first.meta.imgsz, rounds);
+    let times = (|| {
+        let mut paths = vec![];
+        for (i, m) in models.iter().enumerate() {
+            let path = dir.join(format!("model{i}.onnx"));
+            let onnx = export_onnx(m, &ExportOptions { imgsz: Some(m.meta.imgsz), ..Default::default() })?;
+            std::fs::write(&path, onnx).with_context(|| format!("{}", path.display()))?;
+            paths.push(path);
+        }
+        ort_latencies(&paths, first.meta.imgsz, rounds)
+    })();
+    // Removed on failure too: the exports are this call's alone.
     let _ = std::fs::remove_dir_all(&dir);
     times
 }

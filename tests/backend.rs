@@ -61,8 +61,7 @@ fn devices_resolve_or_say_why_not() {
     assert_eq!(Device::Gpu.backend().expect("scripts/setup.sh installs lavapipe").name(), "gpu");
     assert!(Device::Gpu.describe().starts_with("gpu ("), "{}", Device::Gpu.describe());
     // With no adapter at all, `--device gpu` is a one-line error.
-    let dir = std::env::temp_dir().join(format!("slimc-devices-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("devices");
     let input = dir.join("x.npy");
     slimc::io::write_npy(&input, &image(1, 32, 32, 0)).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_slimc"))

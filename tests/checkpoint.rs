@@ -41,7 +41,8 @@ fn reproduces(dir: &str, file: &str, reference: &str) -> Model {
     assert!(err <= 1e-5, "{file}: output off Ultralytics' by {err:.2e} (relative to max)");
     eprintln!("{file}: max abs diff to Ultralytics' output {err:.2e} of its max");
     let hw = [x.shape[2], x.shape[3]];
-    let path = scratch("ckpt-export").join(format!("{file}.onnx"));
+    let dir = scratch("ckpt-export");
+    let path = dir.join(format!("{file}.onnx"));
     std::fs::write(&path, export_onnx(&model, &ExportOptions { imgsz: Some(hw), ..Default::default() }).unwrap())
         .unwrap();
     let rows = slimc::verify::verify_onnx(&path, &x, &got, 1e-4).unwrap();

@@ -13,7 +13,8 @@ const TOL: f32 = 1e-4;
 fn export_and_verify(name: &str, nc: usize, imgsz: usize, opts: ExportOptions, check_size: [usize; 2]) {
     let mut m = common::yaml_model(name, Some(nc), imgsz);
     common::randomize_bn(&mut m, 7);
-    let path = common::scratch("export").join(format!("{name}-{nc}-{}-{}.onnx", opts.dynamic, opts.keep_bn));
+    let dir = common::scratch("export");
+    let path = dir.join(format!("{name}-{nc}-{}-{}.onnx", opts.dynamic, opts.keep_bn));
     std::fs::write(&path, export_onnx(&m, &opts).unwrap()).unwrap();
     let x = common::image(1, check_size[0], check_size[1], 3);
     let want = run_once(&Cpu, &m, std::slice::from_ref(&x)).unwrap();
@@ -54,7 +55,8 @@ fn yolo11s_nc1_dynamic_at_another_size() {
 fn export_layout_matches_ultralytics() {
     let m = common::yaml_model("yolo11n.yaml", Some(1), 320);
     let bytes = export_onnx(&m, &ExportOptions::default()).unwrap();
-    let p = common::scratch("layout").join("n.onnx");
+    let dir = common::scratch("layout");
+    let p = dir.join("n.onnx");
     std::fs::write(&p, &bytes).unwrap();
     // Re-import our own export: input images [1,3,320,320], output0 [1,5,2100].
     let back = slimc::load::load_model(p.to_str().unwrap(), &Default::default()).unwrap();
@@ -73,8 +75,9 @@ fn exports_at_opsets_13_to_22_import_back_and_compute_the_same() {
     common::randomize_bn(&mut m, 11);
     let x = common::image(1, 128, 128, 4);
     let want = run_once(&Cpu, &m, std::slice::from_ref(&x)).unwrap();
+    let dir = common::scratch("opsets");
     for (opset, keep_bn) in [(13, true), (18, false), (22, true)] {
-        let p = common::scratch("opsets").join(format!("o{opset}.onnx"));
+        let p = dir.join(format!("o{opset}.onnx"));
         std::fs::write(&p, export_onnx(&m, &ExportOptions { opset, keep_bn, ..Default::default() }).unwrap()).unwrap();
         let back = slimc::load::load_model(p.to_str().unwrap(), &Default::default()).unwrap();
         let got = run_once(&Cpu, &back, std::slice::from_ref(&x)).unwrap();

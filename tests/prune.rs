@@ -36,6 +36,7 @@ fn check_scale(yaml: &str, seed: u64) {
     randomize_bn(&mut m, seed);
     let x = image(1, 64, 64, seed);
     let params = |m: &Model| m.graph.params.iter().map(|&p| m.tensors[&m.graph.value(p).name].numel()).sum::<usize>();
+    let dir = scratch("prune");
     for policy in [Policy::Seed, Policy::Groups] {
         for ratio in [0.1, 0.3, 0.5, 0.7] {
             let (p, cx) = prune(&m, ratio, policy);
@@ -46,7 +47,7 @@ fn check_scale(yaml: &str, seed: u64) {
             let got = run_once(&Cpu, &p, std::slice::from_ref(&x)).unwrap();
             let err = rel_err(&got[0], &want[0]);
             assert!(err < 1e-5, "{yaml} {policy:?} ratio {ratio}: rewritten graph off by {err:.2e}");
-            let path = scratch("prune").join(format!("{yaml}-{policy:?}-{ratio}.onnx"));
+            let path = dir.join(format!("{yaml}-{policy:?}-{ratio}.onnx"));
             std::fs::write(
                 &path,
                 export_onnx(&p, &ExportOptions { imgsz: Some([64, 64]), ..Default::default() }).unwrap(),

@@ -70,7 +70,8 @@ fn extreme_ratios_leave_every_value_its_floor() {
     }
     let x = image(1, 64, 64, 3);
     let y = run_once(&Cpu, &p, std::slice::from_ref(&x)).unwrap();
-    let path = scratch("extreme").join("p.onnx");
+    let dir = scratch("extreme");
+    let path = dir.join("p.onnx");
     let onnx =
         slimc::export::export_onnx(&p, &slimc::export::ExportOptions { imgsz: Some([64, 64]), ..Default::default() });
     std::fs::write(&path, onnx.unwrap()).unwrap();
