@@ -1,4 +1,5 @@
-//! Convolution throughput of the GPU backend against the CPU backend, side by side in one run:
+//! Convolution throughput of the GPU backend, with each of its convolution lowerings (tiled
+//! implicit GEMM, packed im2col + GEMM), against the CPU backend, side by side in one run:
 //! forward, input gradient and weight gradient on yolo11n's layer shapes (imgsz 320, batch 1),
 //! in GFLOP/s (2·MACs over the median of 3 timed runs after a warm-up run; each run includes
 //! uploading the operands and reading the result back, as a one-node program does).
@@ -6,7 +7,11 @@
 //! Run: `cargo bench --bench gpu` (the GPU is the best adapter: lavapipe where there is no GPU;
 //! `. scripts/setup.sh` first). Prints a table; nothing is asserted.
 
-use slimc::backend::{cpu::Cpu, gpu::Gpu, single_op, Backend};
+use slimc::backend::{
+    cpu::Cpu,
+    gpu::{ConvLowering, Gpu},
+    single_op, Backend,
+};
 use slimc_ir::{Conv2d, Op, Tensor};
 use std::time::Instant;
 
@@ -39,11 +44,21 @@ fn seconds(backend: &dyn Backend, op: &Op, args: &[Tensor]) -> f64 {
 fn main() {
     let gpu = Gpu::new().expect("a GPU adapter (scripts/setup.sh installs lavapipe)");
     let name = format!("{} ({})", gpu.adapter().name, gpu.adapter().backend);
-    println!("GFLOP/s, CPU backend vs GPU backend on {name}, {} CPU threads", rayon::current_num_threads());
     println!(
-        "{:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "layer", "GFLOP", "fwd cpu", "fwd gpu", "dx cpu", "dx gpu", "dw cpu", "dw gpu"
+        "GFLOP/s, CPU backend vs GPU backend on {name} (its default: {:?}), {} CPU threads",
+        gpu.conv(),
+        rayon::current_num_threads()
     );
+    let tiled = gpu.clone().with_conv(ConvLowering::Tiled);
+    let packed = gpu.with_conv(ConvLowering::packed());
+    let backends = [&Cpu as &dyn Backend, &tiled, &packed];
+    let mut header = format!("{:<22} {:>8}", "layer", "GFLOP");
+    for what in ["fwd", "dx", "dw"] {
+        for backend in ["cpu", "tiled", "packed"] {
+            header += &format!(" {:>10}", format!("{what} {backend}"));
+        }
+    }
+    println!("{header}");
     for &(what, xs, ws, stride, pad, groups) in LAYERS {
         let c = Conv2d { stride: [stride; 2], pad: [pad; 4], dilation: [1; 2], groups };
         let (x, w) = (Tensor::full(&xs, 0.5), Tensor::full(&ws, 0.1));
@@ -56,10 +71,10 @@ fn main() {
             (Op::Conv2dGradInput(c.clone()), vec![dy.clone(), w.clone(), x.clone()]),
             (Op::Conv2dGradWeight(c.clone()), vec![dy, x, w]),
         ];
-        let mut row = format!("{what:<22} {gflop:>10.3}");
+        let mut row = format!("{what:<22} {gflop:>8.3}");
         for (op, args) in &ops {
-            for backend in [&Cpu as &dyn Backend, &gpu] {
-                row += &format!(" {:>9.2}", gflop / seconds(backend, op, args));
+            for backend in backends {
+                row += &format!(" {:>10.2}", gflop / seconds(backend, op, args));
             }
         }
         println!("{row}");

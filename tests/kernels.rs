@@ -236,9 +236,9 @@ fn program(case: &Case) -> Model {
 /// Runs every case on `backend`, compares with `reference` (relative to each result's largest
 /// magnitude, at least 1e-2: forward ops to 1e-5, gradients and the loss to 1e-4), and returns
 /// the failures.
-fn suite(backend: &dyn Backend, reference: &dyn Fn(&Case) -> Vec<Tensor>) -> Vec<String> {
+fn suite(backend: &dyn Backend, reference: &dyn Fn(&Case) -> Vec<Tensor>, only: &[OpKind]) -> Vec<String> {
     let mut failures = vec![];
-    for case in cases() {
+    for case in cases().into_iter().filter(|c| only.is_empty() || only.contains(&c.op.kind())) {
         let tol = match case.op.kind() {
             k if k.name().ends_with("_grad") || matches!(k, OpKind::DetectLoss | OpKind::SumTo) => 1e-4,
             _ => 1e-5,
@@ -277,14 +277,38 @@ fn every_op_kind_has_a_case() {
 
 #[test]
 fn the_cpu_backend_matches_the_reference_semantics() {
-    let failures = suite(&Cpu, &|c| eval(&c.op, &c.args.iter().collect::<Vec<_>>()).unwrap());
+    let failures = suite(&Cpu, &|c| eval(&c.op, &c.args.iter().collect::<Vec<_>>()).unwrap(), &[]);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn gpu() -> gpu::Gpu {
+    gpu::Gpu::new().expect("a GPU adapter: scripts/setup.sh installs lavapipe where there is no GPU")
 }
 
 #[test]
 fn the_gpu_backend_matches_the_cpu_backend() {
-    let gpu = gpu::Gpu::new().expect("a GPU adapter: scripts/setup.sh installs lavapipe where there is no GPU");
-    eprintln!("GPU kernels on {} ({}, {})", gpu.adapter().name, gpu.adapter().backend, gpu.adapter().kind);
-    let failures = suite(&gpu, &|c| run_once(&Cpu, &program(c), &c.args).unwrap());
+    let gpu = gpu();
+    let a = gpu.adapter();
+    eprintln!("GPU kernels on {} ({}, {}), convolutions {:?}", a.name, a.backend, a.kind, gpu.conv());
+    let failures = suite(&gpu, &|c| run_once(&Cpu, &program(c), &c.args).unwrap(), &[]);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Both convolution lowerings, whichever the adapter takes: the tiled implicit GEMM and the
+/// packed one, the latter also with matrices so small that every batch runs in several chunks
+/// (the weight gradient adding up across them) and some convolutions fall back to the tiled
+/// kernel (one image's windows over the budget).
+#[test]
+fn every_convolution_lowering_matches_the_cpu_backend() {
+    let conv = [OpKind::Conv2d, OpKind::Conv2dGradInput, OpKind::Conv2dGradWeight];
+    let mut failures = vec![];
+    // 1500 floats: the 70-channel case runs one image per chunk and the batch of 3 falls back;
+    // 4100: the batch of 3 runs in three chunks and the stem falls back.
+    let small = |matrix_floats| gpu::ConvLowering::Packed { matrix_floats };
+    for lowering in [gpu::ConvLowering::Tiled, gpu::ConvLowering::packed(), small(1500), small(4100)] {
+        let gpu = gpu().with_conv(lowering);
+        let f = suite(&gpu, &|c| run_once(&Cpu, &program(c), &c.args).unwrap(), &conv);
+        failures.extend(f.into_iter().map(|f| format!("{lowering:?}: {f}")));
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -1,8 +1,10 @@
 //! The WGSL kernels (`shaders/`, one op family per file, each with `common.wgsl` in front) and
 //! the uniform blocks they read, laid out as WGSL lays them out.
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use bytemuck::{Pod, Zeroable};
+use slimc_ir::eval::nn::ConvGeometry;
+use slimc_ir::Conv2d;
 
 /// The shader files by name.
 pub const SHADERS: &[(&str, &str)] = &[
@@ -10,6 +12,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("anchors", include_str!("../../../shaders/anchors.wgsl")),
     ("batch_norm", include_str!("../../../shaders/batch_norm.wgsl")),
     ("conv", include_str!("../../../shaders/conv.wgsl")),
+    ("conv_packed", include_str!("../../../shaders/conv_packed.wgsl")),
     ("detect_loss", include_str!("../../../shaders/detect_loss.wgsl")),
     ("elementwise", include_str!("../../../shaders/elementwise.wgsl")),
     ("layout", include_str!("../../../shaders/layout.wgsl")),
@@ -101,6 +104,41 @@ impl View {
     }
 }
 
+/// `v` as a kernel's 32-bit size, or an error saying it is too large.
+pub fn size32(v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| anyhow!("size {v} exceeds the kernels' 32-bit indexing"))
+}
+
+/// A convolution's sizes as the kernels read them: batch, input channels, height, width, output
+/// channels, input and output channels per group, kernel height and width, output height and
+/// width, strides, leading paddings, dilations.
+pub fn conv_sizes(geo: &ConvGeometry, c: &Conv2d) -> Result<[u32; 17]> {
+    let v = [
+        geo.n,
+        geo.cin,
+        geo.h,
+        geo.w,
+        geo.cout,
+        geo.cg,
+        geo.og,
+        geo.kh,
+        geo.kw,
+        geo.oh,
+        geo.ow,
+        c.stride[0],
+        c.stride[1],
+        c.pad[0],
+        c.pad[1],
+        c.dilation[0],
+        c.dilation[1],
+    ];
+    let mut out = [0; 17];
+    for (o, v) in out.iter_mut().zip(v) {
+        *o = size32(v)?;
+    }
+    Ok(out)
+}
+
 /// `Conv` of `conv.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -129,6 +167,48 @@ pub struct ConvParams {
     pub gn: u32,
     pub gk: u32,
     pub chunk: u32,
+}
+
+/// `Packed` of `conv_packed.wgsl`: the convolution, then what one packing, GEMM or col2im
+/// dispatch does (see the shader).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct PackedParams {
+    pub n: u32,
+    pub cin: u32,
+    pub h: u32,
+    pub w: u32,
+    pub cout: u32,
+    pub cg: u32,
+    pub og: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub sh: u32,
+    pub sw: u32,
+    pub ph: u32,
+    pub pw: u32,
+    pub dh: u32,
+    pub dw: u32,
+    pub act: u32,
+    pub group: u32,
+    pub n0: u32,
+    pub cols: u32,
+    pub rows: u32,
+    pub valid_cols: u32,
+    pub rows_p: u32,
+    pub cols_p: u32,
+    pub transposed: u32,
+    pub source: u32,
+    pub off: u32,
+    pub rs: u32,
+    pub cs: u32,
+    pub gm: u32,
+    pub gn: u32,
+    pub gk: u32,
+    pub accumulate: u32,
+    pub pad: [u32; 2],
 }
 
 /// `Fold` of `conv.wgsl`: where a convolution's epilogue coefficients come from.

@@ -3,6 +3,10 @@
 //! their uniforms and bind groups made once, so a run only uploads inputs, records the
 //! dispatches into one pass and reads back the results.
 
+mod packed;
+
+pub use packed::ConvLowering;
+
 use super::device::Context;
 use super::kernels::{self, contiguous, flat_grid, grid, Strided, View};
 use crate::backend::fusion::Fused;
@@ -107,6 +111,8 @@ pub struct Graphs<'a> {
     pub fused: &'a HashMap<usize, Fused>,
     /// Nodes done by a fused convolution.
     pub absorbed: &'a [bool],
+    /// How convolutions are lowered.
+    pub conv: ConvLowering,
 }
 
 struct Builder<'a> {
@@ -124,6 +130,8 @@ struct Builder<'a> {
     op: &'static str,
     /// The `MODE` override constant of the next pipelines (the convolution's GEMM mode).
     mode: u32,
+    /// The packed convolutions' shared matrices (packed lowering only).
+    work: Option<packed::Workspace>,
 }
 
 /// Lowers `g` for values of `types` placed by `plan`.
@@ -152,7 +160,10 @@ pub fn lower(ctx: &Context, g: &Graphs, types: &[TensorType], plan: &Plan, dummy
         targets: vec![],
         op: "",
         mode: 0,
+        work: None,
     };
+    let nodes: Vec<usize> = (0..graph.nodes.len()).filter(|&i| !g.absorbed[i]).collect();
+    b.work = packed::workspace(ctx, g.conv, graph, types, &nodes);
     for (i, n) in graph.nodes.iter().enumerate() {
         if g.absorbed[i] {
             continue;
@@ -459,17 +470,22 @@ impl Builder<'_> {
             Op::Conv2dGradInput(c) => {
                 let geo = ConvGeometry::new(&self.shape(n.inputs[2]), &self.shape(n.inputs[1]), c);
                 let (dy, w, dummy) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone(), self.dummy.clone());
-                self.conv_gemm(1, &geo, c, false, [&dy, &w, &dummy, &out], 1)?;
+                if !self.conv_packed(packed::Pass::GradInput, &geo, c, [&dy, &w, &dummy, &out])? {
+                    self.conv_gemm(1, &geo, c, false, [&dy, &w, &dummy, &out], 1)?;
+                }
             }
             Op::Conv2dGradWeight(c) => {
                 let geo = ConvGeometry::new(&self.shape(n.inputs[1]), &self.shape(n.inputs[2]), c);
+                let (dy, xv, dummy) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone(), self.dummy.clone());
+                if self.conv_packed(packed::Pass::GradWeight, &geo, c, [&xv, &dy, &dummy, &out])? {
+                    return Ok(());
+                }
                 let numel = geo.cout * geo.cg * geo.kh * geo.kw;
                 let k = geo.n * geo.oh * geo.ow;
                 // Chunks of the reduction: enough to fill the device, their partial sums at most
                 // 4M floats.
                 let chunks = k.div_ceil(2048).clamp(1, (4 << 20) / numel.max(1)).clamp(1, 256);
                 let partial = storage(self.ctx, (chunks * numel) as u64 * 4, "weight-gradient partial sums");
-                let (dy, xv, dummy) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone(), self.dummy.clone());
                 self.conv_gemm(2, &geo, c, false, [&xv, &dy, &dummy, &partial], chunks)?;
                 let p = kernels::ChunkParams { numel: numel as u32, chunks: chunks as u32, pad: [0; 2] };
                 self.step(
@@ -731,7 +747,10 @@ impl Builder<'_> {
         );
         let out = fused.map_or(n.outputs[0], |f| f.out);
         let (x, w, y) = (self.buf(n.inputs[0]).clone(), self.buf(n.inputs[1]).clone(), self.buf(out).clone());
-        self.conv_gemm(0, &geo, c, fused.is_some_and(|f| f.silu), [&x, &w, &coef, &y], 1)?;
+        let silu = fused.is_some_and(|f| f.silu);
+        if !self.conv_packed(packed::Pass::Forward { silu }, &geo, c, [&x, &w, &coef, &y])? {
+            self.conv_gemm(0, &geo, c, silu, [&x, &w, &coef, &y], 1)?;
+        }
         self.scratch.push(coef);
         Ok(())
     }
@@ -754,26 +773,27 @@ impl Builder<'_> {
             1 => (geo.cg, geo.n * geo.h * geo.w, geo.og * taps),
             _ => (geo.og, geo.cg * taps, geo.n * geo.oh * geo.ow),
         };
-        let u = |v: usize| u32::try_from(v).map_err(|_| anyhow!("convolution size {v} exceeds 32-bit indexing"));
+        let u = kernels::size32;
+        let [n, cin, h, w, cout, cg, og, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw] = kernels::conv_sizes(geo, c)?;
         let p = kernels::ConvParams {
-            n: u(geo.n)?,
-            cin: u(geo.cin)?,
-            h: u(geo.h)?,
-            w: u(geo.w)?,
-            cout: u(geo.cout)?,
-            cg: u(geo.cg)?,
-            kh: u(geo.kh)?,
-            kw: u(geo.kw)?,
-            oh: u(geo.oh)?,
-            ow: u(geo.ow)?,
-            og: u(geo.og)?,
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            cg,
+            kh,
+            kw,
+            oh,
+            ow,
+            og,
             m_tiles: u(gm.div_ceil(64))?,
-            sh: u(c.stride[0])?,
-            sw: u(c.stride[1])?,
-            ph: u(c.pad[0])?,
-            pw: u(c.pad[1])?,
-            dh: u(c.dilation[0])?,
-            dw: u(c.dilation[1])?,
+            sh,
+            sw,
+            ph,
+            pw,
+            dh,
+            dw,
             act: silu as u32,
             pad0: 0,
             gm: u(gm)?,

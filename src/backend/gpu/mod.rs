@@ -12,6 +12,7 @@ mod kernels;
 mod lower;
 
 pub use device::{adapters, hardware_present, AdapterSummary, Context};
+pub use lower::ConvLowering;
 
 use super::fusion::{fusions, Fused};
 use super::{check_inputs, memory::check_fits, Backend, ByShape, Executable, OpProfile};
@@ -23,14 +24,29 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The wgpu backend on the process's device.
+#[derive(Clone)]
 pub struct Gpu {
     ctx: Arc<Context>,
+    conv: ConvLowering,
 }
 
 impl Gpu {
-    /// The backend on the best adapter ([`Context::get`]).
+    /// The backend on the best adapter ([`Context::get`]), lowering convolutions as suits it
+    /// ([`ConvLowering::for_adapter`]).
     pub fn new() -> Result<Gpu> {
-        Ok(Gpu { ctx: Context::get()? })
+        let ctx = Context::get()?;
+        let conv = ConvLowering::for_adapter(&ctx.adapter)?;
+        Ok(Gpu { ctx, conv })
+    }
+
+    /// The same backend lowering convolutions as `conv` says.
+    pub fn with_conv(self, conv: ConvLowering) -> Gpu {
+        Gpu { conv, ..self }
+    }
+
+    /// How it lowers convolutions.
+    pub fn conv(&self) -> ConvLowering {
+        self.conv
     }
 
     /// The adapter it runs on.
@@ -45,7 +61,7 @@ impl Backend for Gpu {
     }
 
     fn compile(&self, model: &Model) -> Result<Box<dyn Executable>> {
-        Ok(Box::new(GpuExecutable::new(self.ctx.clone(), model)?))
+        Ok(Box::new(GpuExecutable::new(self.ctx.clone(), model, self.conv)?))
     }
 }
 
@@ -66,11 +82,12 @@ pub struct GpuExecutable {
     dummy: wgpu::Buffer,
     /// Time per kernel, when `SLIMC_PROFILE_OPS` is set (dispatches then run one at a time).
     profile: Option<OpProfile>,
+    conv: ConvLowering,
 }
 
 impl GpuExecutable {
-    /// Compiles `model`: uploads the parameters.
-    pub fn new(ctx: Arc<Context>, model: &Model) -> Result<GpuExecutable> {
+    /// Compiles `model`, its convolutions to be lowered as `conv` says: uploads the parameters.
+    pub fn new(ctx: Arc<Context>, model: &Model, conv: ConvLowering) -> Result<GpuExecutable> {
         let g = &model.graph;
         let (fused, absorbed) = fusions(g, false);
         let mut params = vec![None; g.values.len()];
@@ -100,13 +117,20 @@ impl GpuExecutable {
             programs: ByShape::default(),
             dummy,
             profile: OpProfile::from_env(),
+            conv,
         })
     }
 
     /// The program for inputs of these shapes, lowered on first use.
     fn program(&mut self, inputs: &[&Tensor]) -> Result<Arc<Program>> {
         let (ctx, dummy) = (&self.ctx, &self.dummy);
-        let graphs = Graphs { graph: &self.graph, params: &self.params, fused: &self.fused, absorbed: &self.absorbed };
+        let graphs = Graphs {
+            graph: &self.graph,
+            params: &self.params,
+            fused: &self.fused,
+            absorbed: &self.absorbed,
+            conv: self.conv,
+        };
         self.programs.get(inputs, |types| {
             let (g, absorbed) = (graphs.graph, graphs.absorbed);
             let all = infer_all(g, types)?;
