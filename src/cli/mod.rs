@@ -35,7 +35,7 @@ enum Cmd {
     ///
     /// Example: slimc dump yolo11n.yaml > yolo11n.slimir
     Dump(args::ModelArgs),
-    /// Run the model on the CPU interpreter: .npy in, .npy out.
+    /// Run the model (on --device cpu, gpu or auto): .npy in, .npy out.
     ///
     /// Example: slimc run model.slim --input x.npy -o y.npy
     Run(model::RunArgs),
@@ -65,8 +65,8 @@ enum Cmd {
     /// Budget:  slimc prune sparse.slim --target-gflops 60% -o pruned.slim   (also --target-params, --target-latency)
     /// Sweep:   slimc prune sparse.slim --sweep 0.1:0.9:0.1 --data trees.yaml  (table, sweep.csv, sweep.png)
     Prune(prune::PruneArgs),
-    /// Train a detector as Ultralytics does (CPU backend): validation every epoch, results.csv,
-    /// results.png, weights/last.slim and weights/best.slim.
+    /// Train a detector as Ultralytics does (on --device cpu, gpu or auto): validation every
+    /// epoch, results.csv, results.png, weights/last.slim and weights/best.slim.
     ///
     /// Example: slimc train yolo11n.yaml --data trees.yaml --epochs 60 --imgsz 320 --batch 8
     /// Resume:  slimc train runs/detect/train/weights/last.slim --resume

@@ -56,8 +56,8 @@ impl ConvLowering {
 }
 
 /// The most pixels of one chunk: its GEMM's column workgroups (64 columns each) stay within one
-/// grid dimension.
-const CHUNK_PIXELS: usize = 4 << 20;
+/// grid dimension (65,535 workgroups).
+const CHUNK_PIXELS: usize = 65_535 * 64;
 
 /// How one convolution is packed.
 #[derive(Clone, Copy, Debug)]
