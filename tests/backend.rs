@@ -5,6 +5,7 @@
 mod common;
 use common::{image, randomize_bn, yaml_model};
 use slimc::backend::{cpu::Cpu, gpu, run_once, Backend, Device};
+use slimc_ir::Tensor;
 
 #[test]
 fn a_reused_executable_matches_fresh_runs_across_sizes() {
@@ -80,8 +81,9 @@ fn devices_resolve_or_say_why_not() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
-/// yolo11n on the GPU backend (lavapipe in CI): the fused convolution + batch norm + SiLU path,
-/// the attention block, the head's decoding, at two input sizes and batch 2 on one executable.
+/// yolo11n on the GPU backend (lavapipe in CI), under the convolution lowering the adapter takes:
+/// the fused convolution + batch norm + SiLU path, the attention block, the head's decoding, at
+/// two input sizes and batch 2 on one executable.
 #[test]
 fn the_gpu_backend_runs_yolo11n_as_the_cpu_does() {
     let mut m = yaml_model("yolo11n.yaml", Some(3), 64);
@@ -90,15 +92,7 @@ fn the_gpu_backend_runs_yolo11n_as_the_cpu_does() {
     for (k, shape) in [[1, 3, 64, 64], [2, 3, 96, 64], [1, 3, 64, 64]].iter().enumerate() {
         let x = image(shape[0], shape[2], shape[3], 10 + k as u64);
         let want = run_once(&Cpu, &m, std::slice::from_ref(&x)).unwrap();
-        let got = exe.run_in_order(std::slice::from_ref(&x)).unwrap();
-        for (g, w) in got.iter().zip(&want) {
-            assert_eq!(g.shape, w.shape);
-            let (g, w) = (g.f32s().unwrap(), w.f32s().unwrap());
-            let scale = w.iter().fold(1e-2f32, |m, v| m.max(v.abs()));
-            let worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-            eprintln!("{shape:?}: worst {worst:e} of scale {scale:e}");
-            assert!(worst <= 1e-5 * scale, "{shape:?}: off by {worst:e} (scale {scale:e})");
-        }
+        assert_close(&exe.run_in_order(std::slice::from_ref(&x)).unwrap(), &want, &format!("{shape:?}"));
     }
     // Parameters live on the device: reading gives them back, writing changes what runs.
     let name = "model.0.conv.weight";
@@ -114,6 +108,31 @@ fn the_gpu_backend_runs_yolo11n_as_the_cpu_does() {
     let worst =
         got[0].f32s().unwrap().iter().zip(want[0].f32s().unwrap()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(worst < 1e-3, "after writing {name}: off by {worst}");
+}
+
+/// Each result of `got` within 1e-5 of `want`'s largest magnitude.
+fn assert_close(got: &[Tensor], want: &[Tensor], what: &str) {
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.shape, w.shape);
+        let (g, w) = (g.f32s().unwrap(), w.f32s().unwrap());
+        let scale = w.iter().fold(1e-2f32, |m, v| m.max(v.abs()));
+        let worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("{what}: worst {worst:e} of scale {scale:e}");
+        assert!(worst <= 1e-5 * scale, "{what}: off by {worst:e} (scale {scale:e})");
+    }
+}
+
+/// The whole of yolo11n under each convolution lowering, whichever the adapter takes by default.
+#[test]
+fn yolo11n_runs_alike_under_both_convolution_lowerings() {
+    let mut m = yaml_model("yolo11n.yaml", Some(3), 64);
+    randomize_bn(&mut m, 4);
+    let x = image(2, 64, 96, 20);
+    let want = run_once(&Cpu, &m, std::slice::from_ref(&x)).unwrap();
+    for conv in [gpu::ConvLowering::Tiled, gpu::ConvLowering::packed()] {
+        let gpu = gpu::Gpu::new().expect("scripts/setup.sh installs lavapipe").with_conv(conv);
+        assert_close(&run_once(&gpu, &m, std::slice::from_ref(&x)).unwrap(), &want, &format!("{conv:?}"));
+    }
 }
 
 /// A tensor larger than the adapter's largest storage binding is refused before anything runs,
