@@ -8,7 +8,8 @@
 //! (10 on the CPU, 3 on the GPU: a step takes about a minute on lavapipe) and prints images per
 //! second.
 //!
-//! Run: `cargo bench --bench train` (`. scripts/setup.sh` first, for lavapipe).
+//! Run: `cargo bench --bench train` (`. scripts/setup.sh` first, for lavapipe). Under `cargo
+//! test` (no `--bench` argument) it only checks that one step runs on each backend, at imgsz 64.
 
 use slimc::backend::cpu::Cpu;
 use slimc::backend::gpu::Gpu;
@@ -24,9 +25,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Images per second of `steps` training steps of yolo11n on `backend`, after one warm-up step.
-fn images_per_second(backend: &dyn Backend, steps: usize) -> f64 {
-    let (imgsz, batch) = (320, 8);
+/// Images per second of `steps` training steps of yolo11n at `imgsz` on `backend`, after one
+/// warm-up step.
+fn images_per_second(backend: &dyn Backend, imgsz: usize, steps: usize) -> f64 {
+    let batch = 8;
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/trees/trees.yaml");
     let spec = load_dataset_spec(&data).unwrap();
     let (samples, _) = scan(&spec.train, 1, "train").unwrap();
@@ -62,8 +64,13 @@ fn images_per_second(backend: &dyn Backend, steps: usize) -> f64 {
 fn main() {
     let gpu = Gpu::new().expect("a GPU adapter (scripts/setup.sh installs lavapipe)");
     let name = format!("{} ({}, convolutions {:?})", gpu.adapter().name, gpu.adapter().backend, gpu.conv());
-    let cpu = images_per_second(&Cpu, 10);
-    println!("yolo11n train step, imgsz 320, batch 8: CPU backend {cpu:.2} img/s");
-    let g = images_per_second(&gpu, 3);
-    println!("yolo11n train step, imgsz 320, batch 8: GPU backend on {name} {g:.2} img/s ({:.3}x the CPU)", g / cpu);
+    let (imgsz, cpu_steps, gpu_steps) =
+        if std::env::args().any(|a| a == "--bench") { (320, 10, 3) } else { (64, 1, 1) };
+    let cpu = images_per_second(&Cpu, imgsz, cpu_steps);
+    println!("yolo11n train step, imgsz {imgsz}, batch 8: CPU backend {cpu:.2} img/s");
+    let g = images_per_second(&gpu, imgsz, gpu_steps);
+    println!(
+        "yolo11n train step, imgsz {imgsz}, batch 8: GPU backend on {name} {g:.2} img/s ({:.3}x the CPU)",
+        g / cpu
+    );
 }
