@@ -1,7 +1,7 @@
 //! `slimc bn-hist`: the distribution of BN |gamma| (what sparse training moves toward zero), as
 //! an overlay histogram of one or two models and a per-layer grid, with the numbers as JSON.
 
-use crate::train::plot::register_font;
+use crate::plot::register_font;
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;

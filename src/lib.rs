@@ -13,6 +13,8 @@ pub mod info;
 pub mod io;
 pub mod load;
 pub mod pipeline;
+pub mod plot;
+pub mod predict;
 pub mod prune;
 pub mod train;
 pub mod val;

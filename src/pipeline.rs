@@ -7,11 +7,14 @@ use crate::data::dataset::{load_dataset_spec, scan};
 use crate::data::loader::Split;
 use crate::export::{export_onnx, ExportOptions};
 use crate::info::model_info;
+use crate::plot::annotate::{mosaic, save_image, side_by_side};
+use crate::plot::curves::{plot_lines, pr_mean, Line};
 use crate::prune::{prune, prune_to_budget, Budget};
 use crate::train::trainer::{TrainConfig, Trainer};
-use crate::val::validate::validate;
+use crate::val::validate::{validate, ValOptions, ValResult};
 use crate::verify::{ort_latencies, verify_onnx};
 use anyhow::{Context, Result};
+use plotters::style::{RGBColor, BLUE};
 use serde::Serialize;
 use slimc_ir::{Model, Tensor};
 use slimc_passes::PruneOptions;
@@ -109,9 +112,9 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     let (samples, _) = scan(&spec.val, nc, "val")?;
     let val = Split::new(samples, imgsz, true)?;
     let (mut rows, mut exports) = (vec![], vec![]);
-    let mut row = |stage: &str, path: &Path, m: &Model| -> Result<()> {
+    let mut row = |stage: &str, path: &Path, m: &Model| -> Result<ValResult> {
         let info = model_info(m, Some([imgsz, imgsz]))?;
-        let v = validate(&*backend, m, &val, 16, nc, false, false)?;
+        let v = validate(&*backend, m, &val, nc, &ValOptions { plot_batches: 1, ..ValOptions::quiet(16) })?;
         let onnx = path.with_extension("onnx");
         slimc_ir::write_atomic(
             &onnx,
@@ -131,7 +134,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
         });
         exports.push(onnx);
         eprintln!("pipeline: {stage}: mAP50 {:.3}, {} parameters", v.metrics.map50, info.parameters);
-        Ok(())
+        Ok(v)
     };
     let save = |m: &Model, name: &str| -> Result<PathBuf> {
         let p = cfg.dir.join(name);
@@ -147,7 +150,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
         }
         None => train_stage(model, stage_dir(cfg, "1-train", cfg.train.epochs), false, device)?,
     };
-    row("train", &save(&trained, "trained.slim")?, &trained)?;
+    let trained_val = row("train", &save(&trained, "trained.slim")?, &trained)?;
     // 2. Sparse training continues a trained model: no warm-up (a ramp from lr 0 would spend a
     // short run with the L1 term barely acting), and its last epoch is kept, the sparsest, rather
     // than the one with the best mAP.
@@ -178,7 +181,10 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     // 5. Fine-tune the narrower graph.
     let tuned = train_stage(pruned.model, stage_dir(cfg, "3-finetune", cfg.finetune_epochs), false, device)?;
     let final_path = save(&tuned, "final.slim")?;
-    row("fine-tuned", &final_path, &tuned)?;
+    let final_val = row("fine-tuned", &final_path, &tuned)?;
+    if let Err(e) = compare(&trained_val, &final_val, &spec.names, &cfg.dir) {
+        eprintln!("WARNING before/after pictures: {e:#}");
+    }
     // 6. Verify the final export.
     let x = Tensor::full(&[1, 3, imgsz, imgsz], 0.5);
     let want = run_once(&*backend, &tuned, std::slice::from_ref(&x))?;
@@ -199,6 +205,28 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
         anyhow::bail!("the final ONNX export differs from the interpreter beyond 1e-4: {checks:?}");
     }
     Ok(summary)
+}
+
+/// The trained and the final model side by side: `compare_val.jpg` (their detections on the
+/// first val batch) and `compare_PR.png` (their all-classes PR curves).
+fn compare(trained: &ValResult, tuned: &ValResult, names: &[String], dir: &Path) -> Result<()> {
+    if let (Some((_, a)), Some((_, b))) = (trained.batch_tiles.first(), tuned.batch_tiles.first()) {
+        let titles = [
+            format!("trained: mAP50 {:.3}", trained.metrics.map50),
+            format!("final: mAP50 {:.3}", tuned.metrics.map50),
+        ];
+        let img = side_by_side(&mosaic(a, names, 0.25)?, &mosaic(b, names, 0.25)?, [&titles[0], &titles[1]])?;
+        save_image(&img, &dir.join("compare_val.jpg"))?;
+    }
+    let line = |v: &ValResult, name: &str, color| Line {
+        y: pr_mean(&v.metrics),
+        color,
+        width: 8,
+        label: Some(format!("{name} {:.3} mAP@0.5", v.metrics.map50)),
+    };
+    let lines = [line(trained, "trained", BLUE), line(tuned, "final", RGBColor(255, 127, 14))];
+    let title = "Precision-Recall Curve, all classes";
+    plot_lines(&dir.join("compare_PR.png"), title, "Recall", "Precision", &trained.metrics.curves.px, &lines)
 }
 
 impl Summary {
@@ -253,6 +281,7 @@ impl Summary {
         for c in &self.clamped {
             s += &format!("- clamped: {c}\n");
         }
+        s += "\nBefore and after: [compare_val.jpg](compare_val.jpg) (the trained and the final model's detections on the first val batch) and [compare_PR.png](compare_PR.png) (their precision-recall curves); each training stage's folder holds its validation plots (BoxPR_curve.png, confusion_matrix.png, val_batch0_pred.jpg, ...).\n";
         s += &format!("\nTotal time {:.1} min. Files: gamma.png, gamma_layers.png, prune.txt, */results.csv, */results.png, *.slim, *.onnx.\n", self.seconds / 60.0);
         s
     }

@@ -384,7 +384,7 @@ pub fn sweep_csv(rows: &[SweepRow]) -> String {
 /// sweep.png: GFLOPs (left axis) and, with a dataset, mAP50 (right axis) against the ratio.
 pub fn plot_sweep(rows: &[SweepRow], out: &Path) -> Result<()> {
     use plotters::prelude::*;
-    crate::train::plot::register_font();
+    crate::plot::register_font();
     let e = |e: &dyn std::fmt::Debug| anyhow!("{}: {e:?}", out.display());
     let tmp = out.with_extension("tmp.png");
     {

@@ -8,7 +8,7 @@ use slimc::data::loader::Split;
 use slimc::load::{check_finite, format_of, load_model, LoadOptions, ModelFormat};
 use slimc::prune::{Budget, Metric};
 use slimc::train::trainer::MAX_IMGSZ;
-use slimc::val::validate::validate;
+use slimc::val::validate::{validate, ValOptions};
 use slimc_ir::Model;
 use slimc_passes::{Importance, Policy};
 use std::path::{Path, PathBuf};
@@ -177,7 +177,7 @@ pub fn val_scorer(data: &Path, imgsz: usize, device: Device) -> Result<impl FnMu
     let nc = spec.names.len();
     let backend = device.backend()?;
     Ok(move |m: &Model| {
-        let r = validate(&*backend, m, &split, 16, nc, false, false)?;
+        let r = validate(&*backend, m, &split, nc, &ValOptions::quiet(16))?;
         Ok((r.metrics.map50, r.metrics.map))
     })
 }

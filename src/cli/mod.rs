@@ -3,6 +3,7 @@
 
 mod args;
 mod model;
+mod predict;
 mod prune;
 mod train;
 
@@ -84,6 +85,12 @@ enum Cmd {
     ///
     /// Example: slimc val runs/detect/train/weights/best.slim --data trees.yaml --save-json preds.json
     Val(train::ValArgs),
+    /// Run a model on images: annotated images, YOLO-format labels and JSON, as Ultralytics'
+    /// predict writes them.
+    ///
+    /// Example: slimc predict best.slim --source datasets/trees/images/val --save-txt
+    /// Compare: slimc predict final.slim --source imgs/ --compare trained.slim
+    Predict(predict::PredictArgs),
     /// Check an ONNX file with tract and onnxruntime against slimc's interpreter.
     ///
     /// Example: slimc verify model.onnx --against model.slim --input x.npy
@@ -111,6 +118,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Train(a) => train::train(a),
         Cmd::Pipeline(a) => prune::pipeline(a),
         Cmd::Val(a) => train::val(a),
+        Cmd::Predict(a) => predict::predict(a),
         Cmd::Verify(a) => model::verify(a),
     }
 }

@@ -9,7 +9,7 @@ use slimc::frontend::weights::write_safetensors;
 use slimc::io;
 use slimc::train::step;
 use slimc::train::trainer::{TrainConfig, Trainer};
-use slimc::val::validate::validate;
+use slimc::val::validate::{validate, ValOptions};
 use std::path::{Path, PathBuf};
 
 /// `slimc train`.
@@ -164,6 +164,19 @@ pub struct ValArgs {
     /// Machine-readable metrics.
     #[arg(long)]
     json: bool,
+    /// Write Ultralytics' validation plots into the run folder (PR, F1, P, R curves with their
+    /// CSV numbers, confusion matrices, val_batchN_labels/pred.jpg); --no-plots to skip.
+    #[arg(long, overrides_with = "no_plots")]
+    plots: bool,
+    /// Skip the plots.
+    #[arg(long)]
+    no_plots: bool,
+    /// Parent folder of runs (for the plots).
+    #[arg(long, default_value = "runs/detect")]
+    project: PathBuf,
+    /// Run name (a number is appended if it exists).
+    #[arg(long, default_value = "val")]
+    name: String,
 }
 
 /// Validates a model and prints Ultralytics' table.
@@ -178,7 +191,19 @@ pub fn val(a: ValArgs) -> Result<()> {
     let imgsz = a.m.imgsz.map(|s| s[0].max(s[1])).unwrap_or(model.meta.imgsz[0].max(model.meta.imgsz[1]));
     let (spec, split) = val_split(&a.data, imgsz)?;
     let backend = a.device.backend()?;
-    let r = validate(&*backend, &model, &split, a.batch, spec.names.len(), a.save_json.is_some(), !a.json)?;
+    let plots = !a.no_plots;
+    let opts = ValOptions {
+        batch: a.batch,
+        keep_predictions: a.save_json.is_some(),
+        bar: !a.json,
+        plot_batches: if plots { 3 } else { 0 },
+    };
+    let r = validate(&*backend, &model, &split, spec.names.len(), &opts)?;
+    if plots {
+        let dir = run_dir(&a.project, &a.name)?;
+        let files = r.save_plots(&spec.names, &dir)?;
+        eprintln!("wrote {} plots and tables to {}", files.len(), dir.display());
+    }
     if let Some(p) = &a.save_json {
         slimc_ir::write_atomic(p, serde_json::to_string_pretty(&r.predictions)?.as_bytes())?;
         eprintln!("wrote {} detections to {}", r.predictions.len(), p.display());

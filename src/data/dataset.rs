@@ -84,7 +84,8 @@ pub fn load_dataset_spec(file: &Path) -> Result<DatasetSpec> {
     })
 }
 
-fn is_image(p: &Path) -> bool {
+/// Whether a path names an image file Ultralytics reads (by its extension).
+pub fn is_image(p: &Path) -> bool {
     p.extension().map(|e| e.to_string_lossy().to_lowercase()).is_some_and(|e| IMAGE_SUFFIXES.contains(&e.as_str()))
 }
 

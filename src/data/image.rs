@@ -184,17 +184,34 @@ impl Img {
 
 /// Ultralytics' `LetterBox(shape, auto=False, scaleup)`: scales to fit `[h, w]`, pads with grey
 /// centred. Returns the image, the gain and the (left, top) padding.
-pub fn letterbox(img: &Img, [th, tw]: [usize; 2], scaleup: bool) -> (Img, f64, [usize; 2]) {
+pub fn letterbox(img: &Img, shape: [usize; 2], scaleup: bool) -> (Img, f64, [usize; 2]) {
+    letterbox_stride(img, shape, scaleup, None)
+}
+
+/// [`letterbox`], or with `stride` Ultralytics' `auto=True` (predict's minimum rectangle): each
+/// side is padded only up to the next multiple of `stride`, so the result can be smaller than
+/// `[h, w]`.
+pub fn letterbox_stride(
+    img: &Img,
+    [th, tw]: [usize; 2],
+    scaleup: bool,
+    stride: Option<usize>,
+) -> (Img, f64, [usize; 2]) {
     let mut r = (th as f64 / img.h as f64).min(tw as f64 / img.w as f64);
     if !scaleup {
         r = r.min(1.0);
     }
     let (nw, nh) = (round_half_even(img.w as f64 * r) as usize, round_half_even(img.h as f64 * r) as usize);
-    let (dw, dh) = ((tw - nw) as f64 / 2.0, (th - nh) as f64 / 2.0);
+    let (pw, ph) = match stride {
+        Some(s) => ((tw - nw) % s, (th - nh) % s),
+        None => (tw - nw, th - nh),
+    };
+    let (oh, ow) = (nh + ph, nw + pw);
+    let (dw, dh) = (pw as f64 / 2.0, ph as f64 / 2.0);
     let resized = if (nh, nw) != (img.h, img.w) { img.resize(nh, nw) } else { img.clone() };
     let (top, left) = (round_half_even(dh - 0.1) as usize, round_half_even(dw - 0.1) as usize);
-    let mut out = Img::filled(th, tw, PAD);
-    out.paste(&resized, [0, 0], [left, top], [nw.min(tw - left), nh.min(th - top)]);
+    let mut out = Img::filled(oh, ow, PAD);
+    out.paste(&resized, [0, 0], [left, top], [nw.min(ow - left), nh.min(oh - top)]);
     (out, r, [left, top])
 }
 
@@ -228,6 +245,19 @@ mod tests {
         // No upscaling: a small image is padded only.
         let (_, r, pad) = letterbox(&Img::filled(100, 100, 0), [352, 352], false);
         assert_eq!((r, pad), (1.0, [126, 126]));
+    }
+
+    #[test]
+    fn letterbox_with_a_stride_pads_to_the_minimum_rectangle() {
+        // 400×600 at 640: scaled by 16/15 to 427×640; 213 rows of padding mod 32 = 21, split
+        // round(10.5 - 0.1) = 10 above and 11 below, as Ultralytics' LetterBox(auto=True).
+        let (out, r, [left, top]) = letterbox_stride(&Img::filled(400, 600, 7), [640, 640], true, Some(32));
+        assert_eq!((out.h, out.w, left, top), (448, 640, 0, 10));
+        assert!((r - 640.0 / 600.0).abs() < 1e-12);
+        assert_eq!(out.data[(9 * 640) * 3], PAD);
+        assert_eq!(out.data[(10 * 640) * 3], 7);
+        assert_eq!(out.data[(436 * 640) * 3], 7);
+        assert_eq!(out.data[(437 * 640) * 3], PAD);
     }
 
     #[test]

@@ -3,6 +3,5 @@
 //! its meaning is in `slimc_ir::eval::detect_loss`.)
 
 pub mod optim;
-pub mod plot;
 pub mod step;
 pub mod trainer;

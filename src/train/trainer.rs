@@ -4,13 +4,14 @@
 //! last.slim and best.slim written atomically, and `--resume` from the last completed epoch.
 
 use super::optim::{choose, interp, lr_factor, warmup_iterations, Optimizer, Rule, SrMode};
-use super::plot::{plot_results, save_batch};
 use super::step::Program;
 use crate::backend::Backend;
 use crate::data::augment::Hyp;
 use crate::data::dataset::{load_dataset_spec, scan};
 use crate::data::loader::Split;
-use crate::val::validate::validate;
+use crate::plot::annotate::save_train_batch;
+use crate::plot::results::plot_results;
+use crate::val::validate::{validate, ValOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -100,6 +101,11 @@ pub struct TrainConfig {
     #[arg(long)]
     #[serde(default)]
     pub clip: Option<f32>,
+    /// Skip the validation plots of the final model (PR, F1, P and R curves, confusion
+    /// matrices, val_batchN mosaics in the run folder).
+    #[arg(long)]
+    #[serde(default)]
+    pub no_plots: bool,
     /// Run folder (from --project and --name).
     #[arg(skip)]
     pub save_dir: PathBuf,
@@ -521,7 +527,7 @@ impl Trainer {
                 }
                 if epoch == self.start_epoch && i < 3 {
                     let path = cfg.save_dir.join(format!("train_batch{i}.jpg"));
-                    if let Err(e) = save_batch(&batch.images, &batch.targets, &path) {
+                    if let Err(e) = save_train_batch(&batch.images, &batch.targets, &self.names, &path) {
                         eprintln!("WARNING {}: {e:#}", path.display());
                     }
                 }
@@ -580,7 +586,13 @@ impl Trainer {
                 bail!("epoch {}: the updates made {} non-finite; stopping ({kept})", epoch + 1, bad.join(", "));
             }
             let ema_model = self.ema_model()?;
-            let v = validate(&*self.backend, &ema_model, &self.val, cfg.batch * 2, nc, false, true)?;
+            let v = validate(
+                &*self.backend,
+                &ema_model,
+                &self.val,
+                nc,
+                &ValOptions { bar: true, ..ValOptions::quiet(cfg.batch * 2) },
+            )?;
             let m = &v.metrics;
             let fitness = m.map;
             let sparse = self.gamma_share_below(&raw, 1e-2)?;
@@ -652,6 +664,15 @@ impl Trainer {
             t0.elapsed().as_secs_f64() / 3600.0,
             cfg.save_dir.display()
         );
+        if !cfg.no_plots {
+            // As Ultralytics' final evaluation: best.slim validated once more, with its plots.
+            let best = Model::load(&wdir.join("best.slim"))?;
+            let opts = ValOptions { plot_batches: 3, ..ValOptions::quiet(cfg.batch * 2) };
+            let v = validate(&*self.backend, &best, &self.val, nc, &opts)?;
+            if let Err(e) = v.save_plots(&self.names, &cfg.save_dir) {
+                eprintln!("WARNING validation plots: {e:#}");
+            }
+        }
         Ok(self.best_fitness)
     }
 }

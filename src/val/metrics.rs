@@ -66,18 +66,43 @@ pub fn interp(x: f64, xp: &[f64], fp: &[f64], left: f64, right: f64) -> f64 {
 /// Average precision from a recall/precision curve: precision envelope, sampled at 101 recall
 /// points, integrated with the trapezoid rule (Ultralytics' `compute_ap`, method "interp").
 pub fn compute_ap(recall: &[f64], precision: &[f64]) -> f64 {
-    let mut mrec = vec![0.0];
-    mrec.extend_from_slice(recall);
-    mrec.push(1.0);
-    let mut mpre = vec![1.0];
-    mpre.extend_from_slice(precision);
-    mpre.push(0.0);
-    for i in (0..mpre.len() - 1).rev() {
-        mpre[i] = mpre[i].max(mpre[i + 1]);
+    Envelope::new(recall, precision).ap()
+}
+
+/// The precision envelope of a recall/precision curve with Ultralytics' sentinels: recall
+/// `[0, r…, 1]`, precision `[1, p…, 0]` made non-increasing from the right.
+pub struct Envelope {
+    /// Recall with the sentinels.
+    pub mrec: Vec<f64>,
+    /// The precision envelope.
+    pub mpre: Vec<f64>,
+}
+
+impl Envelope {
+    /// The envelope of `recall`/`precision`.
+    pub fn new(recall: &[f64], precision: &[f64]) -> Envelope {
+        let mut mrec = vec![0.0];
+        mrec.extend_from_slice(recall);
+        mrec.push(1.0);
+        let mut mpre = vec![1.0];
+        mpre.extend_from_slice(precision);
+        mpre.push(0.0);
+        for i in (0..mpre.len() - 1).rev() {
+            mpre[i] = mpre[i].max(mpre[i + 1]);
+        }
+        Envelope { mrec, mpre }
     }
-    let y: Vec<f64> =
-        (0..=100).map(|i| interp(i as f64 / 100.0, &mrec, &mpre, mpre[0], mpre[mpre.len() - 1])).collect();
-    y.windows(2).map(|w| (w[0] + w[1]) / 2.0 * 0.01).sum()
+
+    /// The envelope's precision at recall `x` (`np.interp(x, mrec, mpre)`).
+    pub fn at(&self, x: f64) -> f64 {
+        interp(x, &self.mrec, &self.mpre, self.mpre[0], self.mpre[self.mpre.len() - 1])
+    }
+
+    /// The 101-point trapezoidal AP.
+    pub fn ap(&self) -> f64 {
+        let y: Vec<f64> = (0..=100).map(|i| self.at(i as f64 / 100.0)).collect();
+        y.windows(2).map(|w| (w[0] + w[1]) / 2.0 * 0.01).sum()
+    }
 }
 
 /// Per-class and mean results.
@@ -101,16 +126,50 @@ pub struct DetMetrics {
     pub map50: f64,
     /// mAP over IoU 0.5:0.95.
     pub map: f64,
+    /// The curves behind the validation plots.
+    #[serde(skip)]
+    pub curves: Curves,
+}
+
+/// The curves behind Ultralytics' validation plots, sampled at 1000 points.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Curves {
+    /// `np.linspace(0, 1, 1000)`: recall for the PR curve, confidence for the others.
+    pub px: Vec<f64>,
+    /// The classes of the PR curve's rows: those with labels and detections, ascending.
+    pub pr_classes: Vec<usize>,
+    /// Precision envelope at recall `px` at IoU 0.5, one row per class of `pr_classes`
+    /// (Ultralytics' `prec_values`, the `py` of `plot_pr_curve`).
+    pub py: Vec<Vec<f64>>,
+    /// Precision at confidence `px`, one row per class of [`DetMetrics::classes`].
+    pub precision: Vec<Vec<f64>>,
+    /// Recall at confidence `px`, likewise.
+    pub recall: Vec<Vec<f64>>,
+    /// F1 at confidence `px`, likewise.
+    pub f1: Vec<Vec<f64>>,
+}
+
+/// `np.linspace(0, 1, n)`: `i · (1/(n−1))`, the last point exactly 1.
+fn linspace01(n: usize) -> Vec<f64> {
+    let step = 1.0 / (n - 1) as f64;
+    let mut x: Vec<f64> = (0..n).map(|i| i as f64 * step).collect();
+    x[n - 1] = 1.0;
+    x
 }
 
 /// Ultralytics' `smooth`: a box filter of `round(len·2f)//2 + 1` taps with edge replication.
-fn smooth(y: &[f64], f: f64) -> Vec<f64> {
+pub fn smooth(y: &[f64], f: f64) -> Vec<f64> {
     let nf = ((y.len() as f64 * f * 2.0).round() as usize) / 2 + 1;
     let pad = nf / 2;
     let mut yp = vec![y[0]; pad];
     yp.extend_from_slice(y);
     yp.extend(std::iter::repeat_n(y[y.len() - 1], pad));
     yp.windows(nf).map(|w| w.iter().sum::<f64>() / nf as f64).collect()
+}
+
+/// The mean of each column of `rows` (every row `n` long); zeros without rows.
+pub fn column_mean(rows: &[Vec<f64>], n: usize) -> Vec<f64> {
+    (0..n).map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / rows.len().max(1) as f64).collect()
 }
 
 /// Ultralytics' `ap_per_class`: `tp` per detection and threshold, detection confidences and
@@ -123,10 +182,11 @@ pub fn ap_per_class(tp: &[[bool; 10]], conf: &[f32], pred_cls: &[usize], target_
     classes.sort();
     classes.dedup();
     let labels: Vec<usize> = classes.iter().map(|c| target_cls.iter().filter(|t| *t == c).count()).collect();
-    let xs: Vec<f64> = (0..1000).map(|i| i as f64 / 999.0).collect();
+    let xs = linspace01(1000);
     let mut ap = vec![[0.0; 10]; classes.len()];
     let mut p_curve = vec![vec![0.0; 1000]; classes.len()];
     let mut r_curve = vec![vec![0.0; 1000]; classes.len()];
+    let (mut pr_classes, mut py) = (vec![], vec![]);
     for (ci, &c) in classes.iter().enumerate() {
         let idx: Vec<usize> = order.iter().copied().filter(|&i| pred_cls[i] == c).collect();
         if idx.is_empty() {
@@ -145,23 +205,23 @@ pub fn ap_per_class(tp: &[[bool; 10]], conf: &[f32], pred_cls: &[usize], target_
                 recall.push(tpc / (labels[ci] as f64 + eps));
                 precision.push(tpc / (tpc + fpc));
             }
+            let env = Envelope::new(&recall, &precision);
             if t == 0 {
                 let last = |v: &[f64]| v[v.len() - 1];
                 r_curve[ci] = xs.iter().map(|&x| interp(-x, &neg_conf, &recall, 0.0, last(&recall))).collect();
                 p_curve[ci] = xs.iter().map(|&x| interp(-x, &neg_conf, &precision, 1.0, last(&precision))).collect();
+                pr_classes.push(c);
+                py.push(xs.iter().map(|&x| env.at(x)).collect());
             }
-            ap[ci][t] = compute_ap(&recall, &precision);
+            ap[ci][t] = env.ap();
         }
     }
-    let k = classes.len().max(1) as f64;
-    let f1_mean: Vec<f64> = (0..1000)
-        .map(|j| {
-            (0..classes.len())
-                .map(|c| 2.0 * p_curve[c][j] * r_curve[c][j] / (p_curve[c][j] + r_curve[c][j] + eps))
-                .sum::<f64>()
-                / k
-        })
+    let f1: Vec<Vec<f64>> = p_curve
+        .iter()
+        .zip(&r_curve)
+        .map(|(p, r)| p.iter().zip(r).map(|(p, r)| 2.0 * p * r / (p + r + eps)).collect())
         .collect();
+    let f1_mean = column_mean(&f1, 1000);
     let sm = smooth(&f1_mean, 0.1);
     let i = (0..sm.len()).fold(0, |b, j| if sm[j] > sm[b] { j } else { b });
     let p: Vec<f64> = p_curve.iter().map(|c| c[i]).collect();
@@ -177,6 +237,7 @@ pub fn ap_per_class(tp: &[[bool; 10]], conf: &[f32], pred_cls: &[usize], target_
         ap,
         p,
         r,
+        curves: Curves { px: xs, pr_classes, py, precision: p_curve, recall: r_curve, f1 },
     }
 }
 

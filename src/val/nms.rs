@@ -12,7 +12,7 @@ pub struct Detection {
 }
 
 /// NMS settings; the defaults are Ultralytics' validation ones.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct NmsOptions {
     /// Minimum score.
     pub conf: f32,
@@ -24,11 +24,23 @@ pub struct NmsOptions {
     pub max_nms: usize,
     /// Every (anchor, class) pair above `conf` is a candidate (else only the best class).
     pub multi_label: bool,
+    /// Keep only candidates of these classes (predict's `--classes`); `None` keeps all.
+    pub classes: Option<Vec<usize>>,
+    /// Suppress across classes (class-agnostic NMS).
+    pub agnostic: bool,
 }
 
 impl Default for NmsOptions {
     fn default() -> Self {
-        NmsOptions { conf: 0.001, iou: 0.7, max_det: 300, max_nms: 30000, multi_label: true }
+        NmsOptions {
+            conf: 0.001,
+            iou: 0.7,
+            max_det: 300,
+            max_nms: 30000,
+            multi_label: true,
+            classes: None,
+            agnostic: false,
+        }
     }
 }
 
@@ -71,9 +83,13 @@ pub fn non_max_suppression(pred: &[f32], nc: usize, anchors: usize, opts: &NmsOp
             cands.push(Detection { xyxy, score: best, class: c });
         }
     }
+    if let Some(keep) = &opts.classes {
+        cands.retain(|d| keep.contains(&d.class));
+    }
     cands.sort_by(|a, b| b.score.total_cmp(&a.score));
     cands.truncate(opts.max_nms);
-    let shifted: Vec<[f32; 4]> = cands.iter().map(|d| d.xyxy.map(|v| v + d.class as f32 * MAX_WH)).collect();
+    let offset = if opts.agnostic { 0.0 } else { MAX_WH };
+    let shifted: Vec<[f32; 4]> = cands.iter().map(|d| d.xyxy.map(|v| v + d.class as f32 * offset)).collect();
     let mut keep: Vec<usize> = vec![];
     let mut removed = vec![false; cands.len()];
     for i in 0..cands.len() {

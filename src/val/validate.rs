@@ -1,14 +1,20 @@
 //! A validation run over a split: rect batches through the inference graph, NMS, matching and
 //! Ultralytics' metrics, with the per-class table it prints.
 
+use super::confusion::ConfusionMatrix;
 use super::metrics::{ap_per_class, box_iou, match_predictions, DetMetrics};
 use super::nms::{non_max_suppression, NmsOptions};
 use crate::backend::Backend;
 use crate::data::loader::Split;
+use crate::plot::annotate::{batch_image, Mark, Tile};
+use crate::plot::annotate::{mosaic, save_image};
+use crate::plot::confusion::plot_confusion;
+use crate::plot::curves::plot_val_curves;
 use anyhow::{anyhow, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use slimc_ir::Model;
+use std::path::{Path, PathBuf};
 
 /// One detection in the letterboxed input's pixels.
 #[derive(Clone, Debug, Serialize)]
@@ -40,6 +46,38 @@ pub struct ValResult {
     /// Mean detection loss components (box, cls, dfl) over the batches; None for a model
     /// without a Detect head to attach the loss to (an ONNX file, whose anchors are constants).
     pub loss: Option<[f32; 3]>,
+    /// Ultralytics' confusion matrix of the run (detections above 0.25, IoU 0.45).
+    pub confusion: ConfusionMatrix,
+    /// The first [`ValOptions::plot_batches`] batches as mosaic tiles: each image as the network
+    /// saw it, with its labels, and with its detections (letterboxed pixels).
+    pub batch_tiles: Vec<(Vec<Tile>, Vec<Tile>)>,
+}
+
+/// How a validation run goes.
+#[derive(Clone, Copy, Debug)]
+pub struct ValOptions {
+    /// Images per rect batch.
+    pub batch: usize,
+    /// Keep every detection in original-image pixels ([`ValResult::predictions`]).
+    pub keep_predictions: bool,
+    /// Show a progress bar.
+    pub bar: bool,
+    /// Keep this many first batches as mosaic tiles (Ultralytics plots 3).
+    pub plot_batches: usize,
+}
+
+impl ValOptions {
+    /// Batches of `batch`, nothing kept, no bar.
+    pub fn quiet(batch: usize) -> ValOptions {
+        ValOptions { batch, keep_predictions: false, bar: false, plot_batches: 0 }
+    }
+}
+
+/// The image `k` of `b` as a mosaic tile named by its file, with `marks`.
+fn tile(b: &crate::data::loader::Batch, split: &Split, k: usize, marks: Vec<Mark>) -> Result<Tile> {
+    let path = &split.samples[b.indices[k]].path;
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(Tile { image: batch_image(&b.images, k)?, name, marks })
 }
 
 /// The inference graph with the detection loss beside it: outputs are the predictions and the
@@ -52,17 +90,16 @@ fn with_loss(model: &Model) -> Result<Model> {
     Ok(m)
 }
 
-/// Validates `model` (its inference graph, compiled once on `backend`) on `split` in rect
-/// batches of `batch`.
+/// Validates `model` (its inference graph, compiled once on `backend`) on `split`, a dataset of
+/// `nc` classes.
 pub fn validate(
     backend: &dyn Backend,
     model: &Model,
     split: &Split,
-    batch: usize,
     nc: usize,
-    keep_predictions: bool,
-    bar: bool,
+    opts: &ValOptions,
 ) -> Result<ValResult> {
+    let ValOptions { batch, keep_predictions, bar, plot_batches } = *opts;
     let nms = NmsOptions { multi_label: nc > 1, ..Default::default() };
     if model.graph.inputs.len() != 1 {
         return Err(anyhow!(
@@ -79,6 +116,8 @@ pub fn validate(
     let (mut tp, mut conf, mut pcls, mut tcls) = (vec![], vec![], vec![], vec![]);
     let mut images_per_class = vec![0; nc];
     let mut predictions = vec![];
+    let mut confusion = ConfusionMatrix::new(nc);
+    let mut batch_tiles = vec![];
     // A graph with a Detect head runs at any size, in rect batches, with the loss beside the
     // predictions; one whose anchors were folded (an ONNX file) runs at its own input size and
     // batch only, as Ultralytics validates exported models.
@@ -103,7 +142,7 @@ pub fn validate(
     let mut exe = backend.compile(&program)?;
     let mut loss = [0.0f32; 3];
     let start = std::time::Instant::now();
-    for idx in &batches {
+    for (ni, idx) in batches.iter().enumerate() {
         let b = match shape {
             Some(s) => split.val_batch_at(idx, s)?,
             None => split.val_batch(idx)?,
@@ -121,8 +160,16 @@ pub fn validate(
             return Err(anyhow!("the model predicts {} classes, the dataset has {nc}", rows - 4));
         }
         let data = o.f32s()?;
+        let (mut label_tiles, mut pred_tiles) = (vec![], vec![]);
         for (k, objs) in b.objects.iter().enumerate() {
             let dets = non_max_suppression(&data[k * rows * anchors..(k + 1) * rows * anchors], nc, anchors, &nms);
+            confusion.add_image(&dets, objs);
+            if ni < plot_batches {
+                let labels = objs.iter().map(|o| Mark { xyxy: o.xyxy, class: o.cls, conf: None }).collect();
+                label_tiles.push(tile(&b, split, k, labels)?);
+                let preds = dets.iter().map(|d| Mark { xyxy: d.xyxy, class: d.class, conf: Some(d.score) }).collect();
+                pred_tiles.push(tile(&b, split, k, preds)?);
+            }
             let true_cls: Vec<usize> = objs.iter().map(|o| o.cls).collect();
             let pred_cls: Vec<usize> = dets.iter().map(|d| d.class).collect();
             let iou: Vec<Vec<f32>> = objs
@@ -159,6 +206,9 @@ pub fn validate(
                 }
             }
         }
+        if ni < plot_batches {
+            batch_tiles.push((label_tiles, pred_tiles));
+        }
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -171,10 +221,37 @@ pub fn validate(
         ms_per_image: start.elapsed().as_secs_f64() * 1e3 / n.max(1) as f64,
         predictions,
         loss: has_head.then_some(loss),
+        confusion,
+        batch_tiles,
     })
 }
 
 impl ValResult {
+    /// Writes Ultralytics' validation plots into `dir`: the PR, F1, P and R curves, both
+    /// confusion matrices (each with its numbers as CSV) and the `val_batchN_labels.jpg` /
+    /// `val_batchN_pred.jpg` mosaics. Returns the files written.
+    pub fn save_plots(&self, names: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+        plot_val_curves(&self.metrics, names, dir)?;
+        plot_confusion(&self.confusion, names, dir)?;
+        let mut files: Vec<PathBuf> = ["BoxPR_curve", "BoxF1_curve", "BoxP_curve", "BoxR_curve"]
+            .iter()
+            .flat_map(|s| [dir.join(format!("{s}.png")), dir.join(format!("{s}.csv"))])
+            .chain(
+                ["confusion_matrix.png", "confusion_matrix_normalized.png", "confusion_matrix.csv"]
+                    .map(|f| dir.join(f)),
+            )
+            .collect();
+        for (ni, (labels, preds)) in self.batch_tiles.iter().enumerate() {
+            for (tiles, kind) in [(labels, "labels"), (preds, "pred")] {
+                let f = dir.join(format!("val_batch{ni}_{kind}.jpg"));
+                save_image(&mosaic(tiles, names, 0.25)?, &f)?;
+                files.push(f);
+            }
+        }
+        Ok(files)
+    }
+
     /// Ultralytics' validation table: the `all` row, then one row per class when there are
     /// several.
     pub fn table(&self, names: &[String]) -> String {

@@ -1,21 +1,10 @@
 //! results.png: Ultralytics' grid of loss and metric curves, drawn from results.csv.
 
+use super::{register_font, replace_atomic};
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
-use std::sync::Once;
-
-/// DejaVu Sans (free licence, see assets/fonts), so plots need no system fonts.
-static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
-
-/// Makes the bundled font the `sans-serif` family of plotters.
-pub fn register_font() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    });
-}
 
 /// The panels, in Ultralytics' order: column name and title.
 const PANELS: [&str; 10] = [
@@ -44,15 +33,13 @@ pub fn plot_results(csv: &Path, out: &Path) -> Result<()> {
     if rows.is_empty() {
         bail!("{}: no epochs yet", csv.display());
     }
-    let tmp = out.with_extension(format!("tmp.{}", out.extension().and_then(|e| e.to_str()).unwrap_or("png")));
-    let drawn = if out.extension().is_some_and(|e| e == "svg") {
-        draw(SVGBackend::new(&tmp, (2000, 800)).into_drawing_area(), &header, &rows)
-    } else {
-        draw(BitMapBackend::new(&tmp, (2000, 800)).into_drawing_area(), &header, &rows)
-    };
-    drawn.with_context(|| format!("cannot draw {}", out.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("{}", out.display()))?;
-    Ok(())
+    replace_atomic(out, |tmp| {
+        if out.extension().is_some_and(|e| e == "svg") {
+            draw(SVGBackend::new(tmp, (2000, 800)).into_drawing_area(), &header, &rows)
+        } else {
+            draw(BitMapBackend::new(tmp, (2000, 800)).into_drawing_area(), &header, &rows)
+        }
+    })
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, header: &[&str], rows: &[Vec<f64>]) -> Result<()> {
@@ -84,45 +71,5 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, header: &[&str], rows:
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 2, BLUE.filled()))).map_err(|e| anyhow!("{e:?}"))?;
     }
     root.present().map_err(|e| anyhow!("{e:?}"))?;
-    Ok(())
-}
-
-/// Ultralytics' `train_batch*.jpg`: the batch's images tiled in a grid with their target boxes
-/// drawn, to check what the network is fed.
-pub fn save_batch(images: &slimc_ir::Tensor, targets: &slimc_ir::Tensor, out: &Path) -> Result<()> {
-    let (n, h, w) = (images.shape[0], images.shape[2], images.shape[3]);
-    let cols = (n as f64).sqrt().ceil() as usize;
-    let rows = n.div_ceil(cols);
-    let mut canvas = image::RgbImage::new((cols * w) as u32, (rows * h) as u32);
-    let px = images.f32s()?;
-    for k in 0..n {
-        let (ox, oy) = ((k % cols) * w, (k / cols) * h);
-        for y in 0..h {
-            for x in 0..w {
-                let c = |ch: usize| (px[((k * 3 + ch) * h + y) * w + x] * 255.0).round().clamp(0.0, 255.0) as u8;
-                canvas.put_pixel((ox + x) as u32, (oy + y) as u32, image::Rgb([c(0), c(1), c(2)]));
-            }
-        }
-    }
-    for r in targets.f32s()?.chunks(6) {
-        let k = r[0] as usize;
-        let (ox, oy) = ((k % cols) * w, (k / cols) * h);
-        let x1 = ((r[2] - r[4] / 2.0) * w as f32).clamp(0.0, w as f32 - 1.0) as usize + ox;
-        let x2 = ((r[2] + r[4] / 2.0) * w as f32).clamp(0.0, w as f32 - 1.0) as usize + ox;
-        let y1 = ((r[3] - r[5] / 2.0) * h as f32).clamp(0.0, h as f32 - 1.0) as usize + oy;
-        let y2 = ((r[3] + r[5] / 2.0) * h as f32).clamp(0.0, h as f32 - 1.0) as usize + oy;
-        let red = image::Rgb([255, 40, 40]);
-        for x in x1..=x2 {
-            canvas.put_pixel(x as u32, y1 as u32, red);
-            canvas.put_pixel(x as u32, y2 as u32, red);
-        }
-        for y in y1..=y2 {
-            canvas.put_pixel(x1 as u32, y as u32, red);
-            canvas.put_pixel(x2 as u32, y as u32, red);
-        }
-    }
-    let tmp = out.with_extension("tmp.jpg");
-    canvas.save(&tmp).with_context(|| format!("{}", out.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("{}", out.display()))?;
     Ok(())
 }
