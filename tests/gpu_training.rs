@@ -49,6 +49,7 @@ fn val(model: &Path, imgsz: usize, device: &str) -> [f64; 2] {
         "--device",
         device,
         "--json",
+        "--no-plots",
     ]));
     let json: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     [json["map50"].as_f64().unwrap(), json["map"].as_f64().unwrap()]

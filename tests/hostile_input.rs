@@ -451,7 +451,7 @@ fn onnx_files_validate_and_verify_at_their_own_size() {
     let slim = saved(&dir, "m.slim", &common::yaml_model("yolo11n.yaml", Some(1), 64));
     let onnx = dir.join("m.onnx").display().to_string();
     assert!(slimc(&["export", &slim, "--imgsz", "96", "-o", &onnx]).status.success());
-    let out = slimc(&["val", &onnx, "--data", &yaml]);
+    let out = slimc(&["val", &onnx, "--data", &yaml, "--no-plots"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("all"));
     // The reference model was built at 64; the default input takes the ONNX file's own 96x96.

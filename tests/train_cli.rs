@@ -126,6 +126,8 @@ fn killed_run_resumes_from_its_last_completed_epoch() {
         .arg(&yaml)
         .arg("--save-json")
         .arg(&json)
+        .arg("--project")
+        .arg(&*d)
         .output()
         .unwrap();
     let t = text(&out);
@@ -133,6 +135,12 @@ fn killed_run_resumes_from_its_last_completed_epoch() {
     assert!(t.contains("Box(P") && t.contains("mAP50-95)") && t.contains("all"), "{t}");
     assert!(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&json).unwrap()).unwrap().is_array());
     assert!(run.join("results.png").exists());
+    // Training's final validation of best.slim wrote Ultralytics' plots beside results.png.
+    for f in
+        ["BoxPR_curve.png", "BoxF1_curve.csv", "confusion_matrix.png", "val_batch0_labels.jpg", "val_batch0_pred.jpg"]
+    {
+        assert!(run.join(f).exists(), "{f}");
+    }
 }
 
 #[test]
@@ -165,6 +173,13 @@ fn pipeline_writes_every_stage_and_a_verified_narrower_export() {
     for f in ["summary.md", "gamma.png", "gamma_layers.png", "prune.txt", "final.onnx", "2-sparse/results.csv"] {
         assert!(dir.join(f).exists(), "{f}");
     }
+    // Before and after: the trained and final models' detections side by side (two 2x2 mosaics
+    // of the four 64-pixel val images under a title band) and their PR curves in one plot.
+    let (w, h) = image::image_dimensions(dir.join("compare_val.jpg")).unwrap();
+    assert!(w == 2 * 128 + 10 && h > 128, "{w}x{h}");
+    assert_eq!(image::image_dimensions(dir.join("compare_PR.png")).unwrap(), (2250, 1500));
+    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(md.contains("(compare_val.jpg)") && md.contains("(compare_PR.png)"), "{md}");
     // The sparse stage logs the share of small gammas.
     let csv = std::fs::read_to_string(dir.join("2-sparse/results.csv")).unwrap();
     assert!(csv.lines().next().unwrap().ends_with("sparsity/gamma<1e-2"));

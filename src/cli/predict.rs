@@ -96,7 +96,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         let r = match main.predict_file(path) {
             Ok(r) => r,
             Err(e) => {
-                pb.println(format!("WARNING image {}/{} skipped: {e:#}", i + 1, sources.len()));
+                pb.suspend(|| eprintln!("WARNING image {}/{} skipped: {e:#}", i + 1, sources.len()));
                 failed.push(path.clone());
                 pb.inc(1);
                 continue;
@@ -119,7 +119,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         if let Some(o) = &extra {
             line += &format!(" | compare: {}", o.counts(&main.names));
         }
-        pb.println(line);
+        pb.suspend(|| println!("{line}"));
         for (t, v) in total_ms.iter_mut().zip(r.ms) {
             *t += v;
         }

@@ -1,0 +1,187 @@
+"""Ultralytics' side of benches/vs_ultralytics_predict.sh: runs Ultralytics 8.3.253 on the same
+checkpoint and images as slimc and compares, printing a Markdown report.
+
+  python vs_ultralytics_predict.py train DATA IMGSZ EPOCHS OUT   trains yolo11n (seed 0) -> OUT/train/weights/best.pt
+  python vs_ultralytics_predict.py compare MODEL DATA IMGSZ SLIMC_DIR REPORT
+
+compare checks, against slimc's files in SLIMC_DIR (predict/predictions.json, val/*.csv,
+val.json):
+  1. predict: every box of YOLO(MODEL).predict (conf 0.25, IoU 0.7) matched to slimc's box of the
+     same class at IoU >= 0.99 with |conf difference| <= 1e-3, and no box left over on either side;
+  2. val, each tool on its own run: the confusion matrix counts (ConfusionMatrix.matrix) and the
+     PR curve (metrics.box.px, prec_values) against slimc's confusion_matrix.csv and
+     BoxPR_curve.csv;
+  3. val, the same predictions: slimc's own detections (val.json, original-image pixels) through
+     Ultralytics' ConfusionMatrix.process_batch, match_predictions and ap_per_class, against
+     slimc's matrix and curve.
+"""
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def train(data, imgsz, epochs, out):
+    from ultralytics import YOLO
+
+    YOLO("yolo11n.yaml").train(data=data, epochs=epochs, imgsz=imgsz, batch=8, device="cpu", workers=2,
+                               project=out, name="train", exist_ok=True, amp=False, plots=False, seed=0,
+                               verbose=False)
+
+
+def iou(a, b):
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter + 1e-12)
+
+
+def compare_predict(model, source, imgsz, slimc_json, lines):
+    from ultralytics import YOLO
+
+    res = YOLO(model).predict(source=source, imgsz=imgsz, conf=0.25, iou=0.7, device="cpu", verbose=False)
+    mine = {}
+    for d in json.load(open(slimc_json)):
+        mine.setdefault(os.path.basename(d["image"]), []).append(d)
+    matched = total_u = total_s = 0
+    worst_iou, worst_conf, unmatched = 1.0, 0.0, []
+    for r in res:
+        name = os.path.basename(r.path)
+        theirs = [(b.tolist(), float(c), int(k)) for b, c, k in zip(r.boxes.xyxy, r.boxes.conf, r.boxes.cls)]
+        ours = [(d["bbox"], d["score"], d["class"]) for d in mine.get(name, [])]
+        total_u += len(theirs)
+        total_s += len(ours)
+        free = list(range(len(ours)))
+        for box, conf, cls in theirs:
+            cands = [(iou(box, ours[j][0]), j) for j in free if ours[j][2] == cls]
+            best = max(cands, default=(0.0, None))
+            if best[1] is None or best[0] < 0.99 or abs(ours[best[1]][1] - conf) > 1e-3:
+                unmatched.append((name, box, conf, best[0], None if best[1] is None else ours[best[1]][1]))
+                continue
+            free.remove(best[1])
+            matched += 1
+            worst_iou = min(worst_iou, best[0])
+            worst_conf = max(worst_conf, abs(ours[best[1]][1] - conf))
+        unmatched += [(name, ours[j][0], None, None, ours[j][1]) for j in free]
+    lines += [
+        "## 1. predict",
+        f"{len(res)} images; Ultralytics {total_u} boxes, slimc {total_s}; matched (IoU >= 0.99, |dconf| <= 1e-3): "
+        f"{matched}; lowest IoU of a match {worst_iou:.6f}, largest |dconf| {worst_conf:.2e}; unmatched: {len(unmatched)}",
+    ]
+    lines += [f"- unmatched {u}" for u in unmatched[:20]]
+    return not unmatched and total_u == total_s
+
+
+def slimc_matrix(path):
+    rows = list(csv.reader(open(path)))
+    return np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+
+
+def slimc_pr(path):
+    rows = list(csv.reader(open(path)))
+    data = np.array([[float(v) for v in r] for r in rows[1:]])
+    return data[:, 0], data[:, 1:-1].T  # px, py per class (the last column is the mean)
+
+
+def compare_val_runs(model, data, imgsz, slimc_dir, lines):
+    from ultralytics import YOLO
+
+    m = YOLO(model).val(data=data, imgsz=imgsz, batch=16, device="cpu", plots=True, workers=0, verbose=False,
+                        project=str(Path(slimc_dir).parent), name="ultralytics-val", exist_ok=True)
+    cm = m.confusion_matrix.matrix
+    mine = slimc_matrix(f"{slimc_dir}/val/confusion_matrix.csv")
+    px, py = slimc_pr(f"{slimc_dir}/val/BoxPR_curve.csv")
+    upx, upy = np.asarray(m.box.px), np.asarray(m.box.prec_values)
+    dpx = float(np.abs(px - upx).max())
+    dpy = float(np.abs(py - upy).max()) if py.shape == upy.shape else float("nan")
+    lines += [
+        "## 2. val, each tool on its own run",
+        f"mAP50 Ultralytics {m.box.map50:.6f}; confusion matrix Ultralytics {cm.tolist()} vs slimc {mine.tolist()}: "
+        f"{'equal' if np.array_equal(cm, mine) else 'DIFFERENT'}",
+        f"PR curve: max |px difference| {dpx:.2e}, max |py difference| {dpy:.2e} over {upy.size} points",
+    ]
+    return np.array_equal(cm, mine) and dpx <= 1e-6 and dpy <= 1e-6
+
+
+def labels_of(image, shape):
+    lab = Path(str(image).replace(f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}")).with_suffix(".txt")
+    h, w = shape
+    rows = [list(map(float, l.split())) for l in open(lab).read().splitlines() if l.strip()] if lab.exists() else []
+    cls = torch.tensor([r[0] for r in rows])
+    xyxy = torch.tensor([[(r[1] - r[3] / 2) * w, (r[2] - r[4] / 2) * h, (r[1] + r[3] / 2) * w, (r[2] + r[4] / 2) * h]
+                         for r in rows]).reshape(-1, 4)
+    return cls, xyxy
+
+
+def compare_same_predictions(source, slimc_dir, names, lines):
+    import cv2
+    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.utils.metrics import ConfusionMatrix, ap_per_class, box_iou
+
+    dets = {}
+    for d in json.load(open(f"{slimc_dir}/val.json")):
+        dets.setdefault(d["image"], []).append(d)
+    cm = ConfusionMatrix(names={i: n for i, n in enumerate(names)})
+    v = DetectionValidator()
+    v.iouv = torch.linspace(0.5, 0.95, 10)
+    tps, confs, pcls, tcls = [], [], [], []
+    images = sorted(str(p) for p in Path(source).iterdir())
+    for img in images:
+        h, w = cv2.imread(img).shape[:2]
+        cls, boxes = labels_of(img, (h, w))
+        mine = dets.get(img, [])
+        pb = torch.tensor([d["bbox"] for d in mine]).reshape(-1, 4)
+        pc = torch.tensor([float(d["class"]) for d in mine])
+        pf = torch.tensor([d["score"] for d in mine])
+        cm.process_batch({"bboxes": pb, "cls": pc, "conf": pf}, {"bboxes": boxes, "cls": cls}, conf=0.001)
+        if len(cls) and len(mine):
+            tps.append(v.match_predictions(pc, cls, box_iou(boxes, pb)).cpu().numpy())
+        else:
+            tps.append(np.zeros((len(mine), 10), dtype=bool))
+        confs.append(pf.numpy())
+        pcls.append(pc.numpy())
+        tcls.append(cls.numpy())
+    r = ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pcls), np.concatenate(tcls))
+    px, prec = r[10], r[11]
+    mine_m = slimc_matrix(f"{slimc_dir}/val/confusion_matrix.csv")
+    spx, spy = slimc_pr(f"{slimc_dir}/val/BoxPR_curve.csv")
+    dpy = float(np.abs(spy - prec).max()) if spy.shape == prec.shape else float("nan")
+    lines += [
+        "## 3. val, slimc's detections through Ultralytics' code (original-image pixels)",
+        f"confusion matrix {cm.matrix.tolist()} vs slimc {mine_m.tolist()}: "
+        f"{'equal' if np.array_equal(cm.matrix, mine_m) else 'DIFFERENT'}; mAP50 {r[5][:, 0].mean():.6f}",
+        f"PR curve: max |px difference| {float(np.abs(spx - px).max()):.2e}, max |py difference| {dpy:.2e}",
+    ]
+    return np.array_equal(cm.matrix, mine_m) and dpy <= 1e-6
+
+
+def main():
+    a = sys.argv[1:]
+    if a[0] == "train":
+        return train(a[1], int(a[2]), int(a[3]), a[4])
+    model, data, imgsz, slimc_dir, report = a[1], a[2], int(a[3]), a[4], a[5]
+    import yaml
+
+    spec = yaml.safe_load(open(data))
+    source = str(Path(spec["path"]) / spec["val"])
+    names = [spec["names"][k] for k in sorted(spec["names"])]
+    lines = [f"# slimc vs Ultralytics 8.3.253: predict and val of {model} at {imgsz}", ""]
+    ok = [
+        compare_predict(model, source, imgsz, f"{slimc_dir}/predict/predictions.json", lines),
+        compare_val_runs(model, data, imgsz, slimc_dir, lines),
+        compare_same_predictions(source, slimc_dir, names, lines),
+    ]
+    lines.append("")
+    lines.append(f"checks passed: {sum(ok)} of {len(ok)}")
+    text = "\n".join(lines) + "\n"
+    open(report, "w").write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
