@@ -33,6 +33,8 @@ mkdir -p "$OUT/slimc"
 echo "slimc: predict and val of $MODEL ..."
 target/release/slimc predict "$MODEL" --source datasets/trees/images/val --imgsz "$IMGSZ" --save-json \
     --save-txt --save-conf --device cpu --project "$OUT/slimc" --name predict > "$OUT/slimc/predict.log" 2>&1
+target/release/slimc predict "$MODEL" --source datasets/trees/images/val --imgsz "$IMGSZ" --save-json --conf 0.01 \
+    --no-save --device cpu --project "$OUT/slimc" --name predict-conf0.01 > "$OUT/slimc/predict-conf0.01.log" 2>&1
 target/release/slimc val "$MODEL" --data datasets/trees/trees.yaml --imgsz "$IMGSZ" --batch 16 --device cpu \
     --save-json "$OUT/slimc/val.json" --project "$OUT/slimc" --name val > "$OUT/slimc/val.log" 2>&1
 # slimc names images by the dataset YAML's relative path; Ultralytics by the absolute one.

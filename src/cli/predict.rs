@@ -196,6 +196,12 @@ fn saveable(file: &Path) -> PathBuf {
 fn predictions(path: &Path, r: &ImageResult) -> Vec<Prediction> {
     r.dets
         .iter()
-        .map(|d| Prediction { image: path.display().to_string(), class: d.class, score: d.score, bbox: d.xyxy })
+        .map(|d| Prediction {
+            image: path.display().to_string(),
+            class: d.class,
+            score: d.score,
+            bbox: d.xyxy,
+            input_bbox: None,
+        })
         .collect()
 }

@@ -17,11 +17,57 @@ pub struct Img {
     pub data: Vec<u8>,
 }
 
+/// Most bytes a decoded image may take (as the `image` crate's default limit): a file that
+/// declares more is refused before anything is allocated.
+const MAX_DECODED_BYTES: usize = 512 << 20;
+
 /// Decodes an image file's bytes; a JPEG without its end marker is rejected as truncated.
+/// JPEGs go through libjpeg-turbo's decoder, the one OpenCV and Pillow use, so slimc reads the
+/// very pixels Ultralytics reads (the `image` crate's decoder differs from it in about a fifth
+/// of the bytes, by up to 4 levels); what libjpeg cannot read (CMYK, say) and other formats go
+/// through the `image` crate.
 pub fn decode(bytes: &[u8]) -> std::result::Result<Img, String> {
-    if bytes.starts_with(&[0xFF, 0xD8]) && !bytes.ends_with(&[0xFF, 0xD9]) {
+    let jpeg = bytes.starts_with(&[0xFF, 0xD8]);
+    if jpeg && !bytes.ends_with(&[0xFF, 0xD9]) {
         return Err("truncated JPEG (no end-of-image marker)".into());
     }
+    let libjpeg = if jpeg { Some(decode_jpeg(bytes)) } else { None };
+    match libjpeg {
+        Some(Ok(img)) => Ok(img),
+        Some(Err(e)) => decode_other(bytes).map_err(|_| e),
+        None => decode_other(bytes),
+    }
+}
+
+/// A JPEG through libjpeg-turbo (the `mozjpeg` crate's build of it): RGB out, fancy upsampling
+/// and the integer IDCT, libjpeg's defaults.
+fn decode_jpeg(bytes: &[u8]) -> std::result::Result<Img, String> {
+    // libjpeg's fatal errors unwind out of the decoder as a String payload.
+    let run = std::panic::catch_unwind(|| -> std::result::Result<Img, String> {
+        let d = mozjpeg::Decompress::new_mem(bytes).map_err(|e| e.to_string())?;
+        let (w, h) = d.size();
+        if w == 0 || h == 0 {
+            return Err("empty image".into());
+        }
+        if w.saturating_mul(h).saturating_mul(3) > MAX_DECODED_BYTES {
+            return Err(format!("{w}x{h} pixels is beyond the {} MB decoding limit", MAX_DECODED_BYTES >> 20));
+        }
+        let mut s = d.rgb().map_err(|e| e.to_string())?;
+        let data: Vec<u8> = s.read_scanlines().map_err(|e| e.to_string())?;
+        s.finish().map_err(|e| e.to_string())?;
+        if data.len() != w * h * 3 {
+            return Err(format!("decoded {} bytes for {w}x{h} RGB", data.len()));
+        }
+        Ok(Img { h, w, data })
+    });
+    match run {
+        Ok(r) => r,
+        Err(p) => Err(p.downcast_ref::<String>().cloned().unwrap_or_else(|| "libjpeg could not decode it".into())),
+    }
+}
+
+/// Any format the `image` crate reads.
+fn decode_other(bytes: &[u8]) -> std::result::Result<Img, String> {
     let im = image::load_from_memory(bytes).map_err(|e| e.to_string())?.to_rgb8();
     let (w, h) = (im.width() as usize, im.height() as usize);
     if w == 0 || h == 0 {
@@ -268,6 +314,43 @@ mod tests {
         for (a, b) in img.data.iter().zip(&before) {
             assert!((*a as i32 - *b as i32).abs() <= 3, "{:?} vs {before:?}", img.data);
         }
+    }
+
+    /// The pixels OpenCV's `cv2.imread` (libjpeg-turbo) gives for two trees images, as RGB:
+    /// their byte sum and a position-weighted checksum, computed with opencv-python 4.13 in
+    /// benches/vs_ultralytics_predict.sh's venv. The `image` crate's own JPEG decoder differs
+    /// from these in about a fifth of the bytes.
+    #[test]
+    fn jpeg_pixels_are_the_ones_opencv_reads() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/trees/images");
+        for (file, sum, weighted) in [
+            ("val/2019_YELL_2_541000_4977000_image_crop_0_0.jpg", 49041527u64, 1521038383365u64),
+            ("train/2019_YELL_2_528000_4978000_image_crop2_256_0.jpg", 49606301, 1552181763223),
+        ] {
+            let img = Img::open(&root.join(file)).unwrap();
+            assert_eq!((img.h, img.w), (320, 320));
+            let s: u64 = img.data.iter().map(|&v| v as u64).sum();
+            let w = img
+                .data
+                .iter()
+                .enumerate()
+                .fold(0u64, |acc, (i, &v)| (acc + v as u64 * (i as u64 % 65521 + 1)) % ((1u64 << 61) - 1));
+            assert_eq!((s, w), (sum, weighted), "{file}");
+        }
+    }
+
+    #[test]
+    fn corrupt_jpeg_data_is_an_error_not_a_panic() {
+        let bytes = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("datasets/trees/images/val/2019_YELL_2_541000_4977000_image_crop_0_0.jpg"),
+        )
+        .unwrap();
+        // A valid header and end marker around garbage where the frame header should be.
+        let mut bad = bytes[..20].to_vec();
+        bad.extend(std::iter::repeat_n(0x5A, 400));
+        bad.extend([0xFF, 0xD9]);
+        assert!(decode(&bad).is_err());
     }
 
     #[test]

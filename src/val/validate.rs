@@ -25,8 +25,12 @@ pub struct Prediction {
     pub class: usize,
     /// Confidence.
     pub score: f32,
-    /// x1, y1, x2, y2 in the original image's pixels.
+    /// x1, y1, x2, y2 in the original image's pixels, clipped to it.
     pub bbox: [f32; 4],
+    /// x1, y1, x2, y2 in the network input's (letterboxed) pixels, unclipped: the box that
+    /// validation matched against the labels (written by `val --save-json` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_bbox: Option<[f32; 4]>,
 }
 
 /// The outcome of a validation run.
@@ -202,6 +206,7 @@ pub fn validate(
                         class: d.class,
                         score: d.score,
                         bbox: [un(x[0], padx, w0), un(x[1], pady, h0), un(x[2], padx, w0), un(x[3], pady, h0)],
+                        input_bbox: Some(x),
                     });
                 }
             }
