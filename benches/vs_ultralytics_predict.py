@@ -95,18 +95,27 @@ def compare_val_runs(model, data, imgsz, slimc_dir, lines):
     m = YOLO(model).val(data=data, imgsz=imgsz, batch=16, device="cpu", plots=True, workers=0, verbose=False,
                         project=str(Path(slimc_dir).parent), name="ultralytics-val", exist_ok=True)
     cm = m.confusion_matrix.matrix
+    title = "## 3. val, each tool on its own run (reported, not a check)"
+    return against_slimc(title, cm, m.box.px, m.box.prec_values, m.box.map50, slimc_dir, lines)
+
+
+def against_slimc(title, matrix, px, py, map50, slimc_dir, lines):
+    """Compares Ultralytics' confusion matrix and PR curve (px, prec_values) with slimc's
+    confusion_matrix.csv and BoxPR_curve.csv; true when the matrices are equal and the curves
+    agree within 1e-6."""
     mine = slimc_matrix(f"{slimc_dir}/val/confusion_matrix.csv")
-    px, py = slimc_pr(f"{slimc_dir}/val/BoxPR_curve.csv")
-    upx, upy = np.asarray(m.box.px), np.asarray(m.box.prec_values)
-    dpx = float(np.abs(px - upx).max())
-    dpy = float(np.abs(py - upy).max()) if py.shape == upy.shape else float("nan")
+    spx, spy = slimc_pr(f"{slimc_dir}/val/BoxPR_curve.csv")
+    px, py = np.asarray(px), np.asarray(py)
+    dpx = float(np.abs(spx - px).max())
+    dpy = float(np.abs(spy - py).max()) if spy.shape == py.shape else float("nan")
+    same = np.array_equal(matrix, mine)
     lines += [
-        "## 3. val, each tool on its own run (reported, not a check)",
-        f"mAP50 Ultralytics {m.box.map50:.6f}; confusion matrix Ultralytics {cm.tolist()} vs slimc {mine.tolist()}: "
-        f"{'equal' if np.array_equal(cm, mine) else 'DIFFERENT'}",
-        f"PR curve: max |px difference| {dpx:.2e}, max |py difference| {dpy:.2e} over {upy.size} points",
+        title,
+        f"Ultralytics' mAP50 {map50:.6f}; confusion matrix Ultralytics {matrix.tolist()} vs slimc {mine.tolist()}: "
+        f"{'equal' if same else 'DIFFERENT'}",
+        f"PR curve: max |px difference| {dpx:.2e}, max |py difference| {dpy:.2e} over {py.size} points",
     ]
-    return np.array_equal(cm, mine) and dpx <= 1e-6 and dpy <= 1e-6
+    return same and dpx <= 1e-6 and dpy <= 1e-6
 
 
 def labels_of(image, shape):
@@ -158,17 +167,8 @@ def compare_same_predictions(source, imgsz, slimc_dir, names, lines):
         pcls.append(pc.numpy())
         tcls.append(cls.numpy())
     r = ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pcls), np.concatenate(tcls))
-    px, prec = r[10], r[11]
-    mine_m = slimc_matrix(f"{slimc_dir}/val/confusion_matrix.csv")
-    spx, spy = slimc_pr(f"{slimc_dir}/val/BoxPR_curve.csv")
-    dpy = float(np.abs(spy - prec).max()) if spy.shape == prec.shape else float("nan")
-    lines += [
-        "## 2. val, slimc's own detections through Ultralytics' matcher, ConfusionMatrix and ap_per_class",
-        f"confusion matrix {cm.matrix.tolist()} vs slimc {mine_m.tolist()}: "
-        f"{'equal' if np.array_equal(cm.matrix, mine_m) else 'DIFFERENT'}; mAP50 {r[5][:, 0].mean():.6f}",
-        f"PR curve: max |px difference| {float(np.abs(spx - px).max()):.2e}, max |py difference| {dpy:.2e}",
-    ]
-    return np.array_equal(cm.matrix, mine_m) and dpy <= 1e-6
+    title = "## 2. val, slimc's own detections through Ultralytics' matcher, ConfusionMatrix and ap_per_class"
+    return against_slimc(title, cm.matrix, r[10], r[11], r[5][:, 0].mean(), slimc_dir, lines)
 
 
 def main():
