@@ -66,13 +66,13 @@ fn draw_lines<DB: DrawingBackend>(
     lines: &[Line],
 ) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
-    let legend_w = if lines.iter().any(|l| l.label.is_some()) { 560 } else { 40 };
+    let legend_w = if lines.iter().any(|l| l.label.is_some()) { 700 } else { 40 };
     let (plot, legend) = root.split_horizontally(CURVE_SIZE.0 - legend_w);
     let mut chart = ChartBuilder::on(&plot)
-        .caption(title, ("sans-serif", 44))
-        .margin(30)
-        .x_label_area_size(110)
-        .y_label_area_size(130)
+        .caption(title, ("sans-serif", 56))
+        .margin(40)
+        .x_label_area_size(130)
+        .y_label_area_size(150)
         .build_cartesian_2d(0.0..1.0f64, 0.0..1.0f64)
         .map_err(err)?;
     chart
@@ -80,8 +80,8 @@ fn draw_lines<DB: DrawingBackend>(
         .disable_mesh()
         .x_desc(xlabel)
         .y_desc(ylabel)
-        .axis_desc_style(("sans-serif", 36))
-        .label_style(("sans-serif", 32))
+        .axis_desc_style(("sans-serif", 46))
+        .label_style(("sans-serif", 42))
         .x_labels(6)
         .y_labels(6)
         .draw()
@@ -90,13 +90,20 @@ fn draw_lines<DB: DrawingBackend>(
         let pts = x.iter().copied().zip(l.y.iter().copied()).filter(|p| p.1.is_finite());
         chart.draw_series(LineSeries::new(pts, l.color.stroke_width(l.width))).map_err(err)?;
     }
-    let font = ("sans-serif", 32).into_font();
-    let mut y = 60;
-    for l in lines {
-        let Some(text) = &l.label else { continue };
-        legend.draw(&PathElement::new(vec![(10, y), (70, y)], l.color.stroke_width(l.width.max(3)))).map_err(err)?;
-        legend.draw(&Text::new(text.clone(), (85, y - 18), font.clone())).map_err(err)?;
-        y += 50;
+    // The axes' frame, as matplotlib draws it.
+    chart.draw_series(std::iter::once(Rectangle::new([(0.0, 0.0), (1.0, 1.0)], BLACK.stroke_width(2)))).map_err(err)?;
+    let font = ("sans-serif", 42).into_font();
+    let labelled: Vec<(&Line, &String)> = lines.iter().filter_map(|l| l.label.as_ref().map(|t| (l, t))).collect();
+    if !labelled.is_empty() {
+        let h = 30 + 62 * labelled.len() as i32;
+        legend
+            .draw(&Rectangle::new([(10, 60), (legend_w as i32 - 20, 60 + h)], RGBColor(204, 204, 204).stroke_width(2)))
+            .map_err(err)?;
+    }
+    for (k, (l, text)) in labelled.iter().enumerate() {
+        let y = 105 + 62 * k as i32;
+        legend.draw(&PathElement::new(vec![(30, y), (100, y)], l.color.stroke_width(l.width.max(3)))).map_err(err)?;
+        legend.draw(&Text::new((*text).clone(), (120, y - 24), font.clone())).map_err(err)?;
     }
     root.present().map_err(err)?;
     Ok(())

@@ -665,11 +665,16 @@ impl Trainer {
             cfg.save_dir.display()
         );
         if !cfg.no_plots {
-            // As Ultralytics' final evaluation: best.slim validated once more, with its plots.
-            let best = Model::load(&wdir.join("best.slim"))?;
-            let opts = ValOptions { plot_batches: 3, ..ValOptions::quiet(cfg.batch * 2) };
-            let v = validate(&*self.backend, &best, &self.val, nc, &opts)?;
-            if let Err(e) = v.save_plots(&self.names, &cfg.save_dir) {
+            // As Ultralytics' final evaluation: best.slim validated once more, with its plots. The
+            // run has finished by now, so a failure here is a warning.
+            let plots = || -> Result<()> {
+                let best = Model::load(&wdir.join("best.slim"))?;
+                let opts = ValOptions { plot_batches: 3, ..ValOptions::quiet(cfg.batch * 2) };
+                let v = validate(&*self.backend, &best, &self.val, nc, &opts)?;
+                v.save_plots(&self.names, &cfg.save_dir)?;
+                Ok(())
+            };
+            if let Err(e) = plots() {
                 eprintln!("WARNING validation plots: {e:#}");
             }
         }
