@@ -174,9 +174,10 @@ fn pipeline_writes_every_stage_and_a_verified_narrower_export() {
         assert!(dir.join(f).exists(), "{f}");
     }
     // Before and after: the trained and final models' detections side by side (two 2x2 mosaics
-    // of the four 64-pixel val images under a title band) and their PR curves in one plot.
+    // of the two val images, each in its rect batch's 96-pixel letterbox, under a title band)
+    // and their PR curves in one plot.
     let (w, h) = image::image_dimensions(dir.join("compare_val.jpg")).unwrap();
-    assert!(w == 2 * 128 + 10 && h > 128, "{w}x{h}");
+    assert!(w == 2 * 192 + 10 && h > 192, "{w}x{h}");
     assert_eq!(image::image_dimensions(dir.join("compare_PR.png")).unwrap(), (2250, 1500));
     let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(md.contains("(compare_val.jpg)") && md.contains("(compare_PR.png)"), "{md}");
