@@ -240,3 +240,28 @@ fn every_model_kind_predicts_the_same_boxes_and_compare_shows_two() {
     let (w, h) = size(&d.join("cmp").join(images[0].file_name().unwrap()));
     assert!(w == 2 * 320 + 10 && h > 320, "{w}x{h}");
 }
+
+/// An Ultralytics checkpoint and its YAML with the same weights as a bare state dict predict the
+/// same boxes (a 2-epoch model: few boxes above 0.001).
+#[test]
+fn a_checkpoint_and_its_yaml_with_weights_predict_alike() {
+    let d = scratch("predict-pt");
+    let src = d.join("src");
+    let images = some_images(&src, 1);
+    let ckpt = fixture("checkpoints/yolo11p-trees");
+    let mut runs = vec![];
+    for (name, model) in [("pt", vec![ckpt.join("best.pt")]), ("yaml", vec![fixture("yolo11p-nc2/yolo11p.yaml")])] {
+        let mut cmd = slimc();
+        cmd.arg("predict").args(&model).arg("--source").arg(&images[0]);
+        if name == "yaml" {
+            cmd.args(["--nc", "1", "--imgsz", "64", "--weights"]).arg(ckpt.join("state_dict.pt"));
+        }
+        ok(cmd
+            .args(["--conf", "0.001", "--save-json", "--no-save", "--device", "cpu", "--name", name])
+            .arg("--project")
+            .arg(&*d));
+        runs.push(predictions(&d.join(name).join("predictions.json")));
+    }
+    assert!(!runs[0].is_empty());
+    assert_eq!(runs[0], runs[1]);
+}

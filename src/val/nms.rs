@@ -131,5 +131,20 @@ mod tests {
         // Class 1: anchor 1 (0.7) and anchor 2 (0.6) survive (anchor 0's 0.0 is under conf).
         assert_eq!(got, vec![(0, 0.9), (1, 0.7), (1, 0.6)]);
         assert_eq!(d[0].xyxy, [5.0, 5.0, 15.0, 15.0]);
+        // Only class 1 kept: its two boxes.
+        let only = NmsOptions { classes: Some(vec![1]), ..NmsOptions::default() };
+        let got: Vec<(usize, f32)> =
+            non_max_suppression(&pred, 2, 3, &only).iter().map(|d| (d.class, d.score)).collect();
+        assert_eq!(got, vec![(1, 0.7), (1, 0.6)]);
+        // Class-agnostic: anchor 1's class-1 box (0.7) now overlaps anchor 0's class-0 box.
+        let agnostic = NmsOptions { agnostic: true, ..NmsOptions::default() };
+        let got: Vec<(usize, f32)> =
+            non_max_suppression(&pred, 2, 3, &agnostic).iter().map(|d| (d.class, d.score)).collect();
+        assert_eq!(got, vec![(0, 0.9), (1, 0.6)]);
+        // Predict's single label: each anchor's best class only.
+        let single = NmsOptions { multi_label: false, ..NmsOptions::default() };
+        let got: Vec<(usize, f32)> =
+            non_max_suppression(&pred, 2, 3, &single).iter().map(|d| (d.class, d.score)).collect();
+        assert_eq!(got, vec![(0, 0.9), (1, 0.6)]);
     }
 }
