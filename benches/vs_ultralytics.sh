@@ -30,10 +30,11 @@ threads=$(nproc)
 echo "machine: $threads cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 
 echo "slimc: training $EPOCHS epochs ..."
-target/release/slimc train yolo11n.yaml --data "$DATA" --epochs "$EPOCHS" --imgsz $IMGSZ --batch $BATCH \
+# Plots off on both sides (Ultralytics runs with plots=False).
+target/release/slimc train yolo11n.yaml --data "$DATA" --epochs "$EPOCHS" --imgsz $IMGSZ --batch $BATCH --no-plots \
     --device cpu --project "$OUT" --name slimc 2> "$OUT/slimc-train.log"
 t0=$(date +%s.%N)
-target/release/slimc val "$OUT/slimc/weights/best.slim" --data "$DATA" --imgsz $IMGSZ --batch 16 --device cpu \
+target/release/slimc val "$OUT/slimc/weights/best.slim" --data "$DATA" --imgsz $IMGSZ --batch 16 --device cpu --no-plots \
     --json > "$OUT/slimc-val.json" 2> "$OUT/slimc-val.log"
 t1=$(date +%s.%N)
 echo "$t0 $t1" > "$OUT/slimc-val.time"
