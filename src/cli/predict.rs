@@ -82,7 +82,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     let mut other = match &a.compare {
         Some(path) => {
             let m = load_model(path, &LoadOptions { imgsz: a.m.imgsz, ..Default::default() })?;
-            Some((path.clone(), Predictor::new(&*backend, &m, opts)?))
+            Some(Predictor::new(&*backend, &m, opts)?)
         }
         None => None,
     };
@@ -103,7 +103,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
             }
         };
         let extra = match &mut other {
-            Some((_, p)) => Some(p.predict(r.image.clone())?),
+            Some(p) => Some(p.predict(r.image.clone())?),
             None => None,
         };
         let ms = r.ms.iter().sum::<f64>();
