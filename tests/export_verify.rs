@@ -85,3 +85,83 @@ fn exports_at_opsets_13_to_22_import_back_and_compute_the_same() {
         assert!(e < 1e-5, "opset {opset}: re-imported export differs by {e:e}");
     }
 }
+
+/// An ONNX `Slice` whose step lies far beyond its axis (start 0, end 64, step 2^63 − 1, as some
+/// exporters write "one element") takes ceil((end − start)/step) = 1 row, as onnxruntime
+/// computes it; slimc's length arithmetic used to overflow to 0 rows. (tract 0.23.9 still gives
+/// 0 rows here, the same overflow, so onnxruntime is the reference.)
+#[test]
+fn a_slice_with_a_huge_step_takes_one_row_like_onnxruntime() {
+    use onnx_protobuf::{
+        tensor_shape_proto::{dimension::Value, Dimension},
+        type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+        TensorShapeProto, TypeProto, ValueInfoProto,
+    };
+    let d = common::scratch("slice-step");
+    let value = |name: &str, dims: &[i64]| ValueInfoProto {
+        name: name.into(),
+        type_: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&v| Dimension { value: Some(Value::DimValue(v)), ..Default::default() })
+                        .collect(),
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    let constant = |name: &str, v: i64| {
+        let t = TensorProto { dims: vec![1], data_type: 7, int64_data: vec![v], ..Default::default() };
+        NodeProto {
+            op_type: "Constant".into(),
+            output: vec![name.into()],
+            attribute: vec![AttributeProto {
+                name: "value".into(),
+                type_: onnx_protobuf::attribute_proto::AttributeType::TENSOR.into(),
+                t: Some(t).into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    };
+    let slice = NodeProto {
+        op_type: "Slice".into(),
+        input: ["images", "s", "e", "a", "st"].map(String::from).to_vec(),
+        output: vec!["y".into()],
+        ..Default::default()
+    };
+    let graph = GraphProto {
+        name: "slice".into(),
+        node: vec![constant("s", 0), constant("e", 64), constant("a", 2), constant("st", i64::MAX), slice],
+        input: vec![value("images", &[1, 3, 64, 8])],
+        output: vec![value("y", &[1, 3, 1, 8])],
+        ..Default::default()
+    };
+    let model = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { version: 17, ..Default::default() }],
+        graph: Some(graph).into(),
+        ..Default::default()
+    };
+    let path = d.join("slice.onnx");
+    std::fs::write(&path, model.write_to_bytes().unwrap()).unwrap();
+    let m = slimc::load::load_model(&path.display().to_string(), &Default::default()).unwrap();
+    let x = common::image(1, 64, 8, 3);
+    let y = run_once(&Cpu, &m, std::slice::from_ref(&x)).unwrap();
+    assert_eq!(y[0].shape, vec![1, 3, 1, 8]);
+    // Row 0 of every channel.
+    let (xs, ys) = (x.f32s().unwrap(), y[0].f32s().unwrap());
+    for c in 0..3 {
+        assert_eq!(&ys[c * 8..c * 8 + 8], &xs[c * 64 * 8..c * 64 * 8 + 8]);
+    }
+    let ort = slimc::verify::run_ort(&path, &x).unwrap();
+    assert_eq!((&ort[0].shape, ort[0].f32s().unwrap()), (&y[0].shape, ys));
+}

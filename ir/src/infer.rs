@@ -427,24 +427,17 @@ pub(crate) fn slice_range(n: usize, start: i64, end: i64, step: i64) -> Result<(
         return invalid("slice step is 0");
     }
     let n = n as i64;
-    let norm = |v: i64| if v < 0 { v + n } else { v };
+    let norm = |v: i64| if v < 0 { v.saturating_add(n) } else { v };
     let (s, e) = (norm(start), norm(end));
-    let len = if step > 0 {
-        let (s, e) = (s.clamp(0, n), e.clamp(0, n));
-        if e > s {
-            (e - s + step - 1) / step
-        } else {
-            0
-        }
-    } else {
-        let (s, e) = (s.clamp(-1, n - 1), e.clamp(-1, n - 1));
-        if s > e {
-            (s - e + (-step) - 1) / (-step)
-        } else {
-            0
-        }
-    };
+    // ceil(span / |step|) without forming span + |step| - 1, which overflows for steps near
+    // i64::MAX (ONNX exporters write such steps to mean "one element").
+    let count = |span: i64| if span > 0 { ((span as u64 - 1) / step.unsigned_abs() + 1) as i64 } else { 0 };
+    let len =
+        if step > 0 { count(e.clamp(0, n) - s.clamp(0, n)) } else { count(s.clamp(-1, n - 1) - e.clamp(-1, n - 1)) };
     let s = if step > 0 { s.clamp(0, n) } else { s.clamp(-1, n - 1) };
+    // A slice of at most one element reads no second one: step 1 keeps strides from
+    // overflowing when |step| is far beyond the axis.
+    let step = if len <= 1 { 1 } else { step };
     Ok((s, step, len as usize))
 }
 
@@ -476,6 +469,11 @@ mod tests {
             assert_eq!((n, if n > 0 { b } else { first }), (len, first), "[{s}:{e}:{st}]");
         }
         assert!(slice_range(10, 0, 5, 0).is_err());
+        // Steps at the ends of i64 take one element, as ceil((end - start) / step) says (ONNX
+        // Runtime gives 1 row for start 0, end 64, step 2^63 - 1).
+        assert_eq!(slice_range(64, 0, 64, i64::MAX).unwrap(), (0, 1, 1));
+        assert_eq!(slice_range(64, -1, i64::MIN, i64::MIN).unwrap(), (63, 1, 1));
+        assert_eq!(slice_range(64, i64::MIN, i64::MAX, 1).unwrap(), (0, 1, 64));
     }
 
     #[test]
