@@ -265,3 +265,25 @@ fn a_checkpoint_and_its_yaml_with_weights_predict_alike() {
     assert!(!runs[0].is_empty());
     assert_eq!(runs[0], runs[1]);
 }
+
+/// On a headless machine (no XDG_RUNTIME_DIR), probing GPU adapters makes the Vulkan and GL
+/// drivers print "XDG_RUNTIME_DIR is invalid" from C; slimc keeps stderr clean unless
+/// `--verbose` asks for the drivers' messages.
+#[test]
+fn headless_commands_keep_stderr_clean() {
+    let d = scratch("headless");
+    let image = some_images(&d.join("src"), 1).remove(0);
+    let run = |args: &[&str]| {
+        let out = slimc().args(args).env_remove("XDG_RUNTIME_DIR").output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert_eq!(run(&["info", "yolo11n.yaml"]), "");
+    assert_eq!(run(&["info", "--devices"]), "");
+    let model = model().display().to_string();
+    let (img, project) = (image.display().to_string(), d.display().to_string());
+    for device in ["auto", "gpu"] {
+        let args = ["predict", &model, "--source", &img, "--no-save", "--project", &project, "--device", device];
+        assert_eq!(run(&args), "", "--device {device}");
+    }
+}

@@ -20,6 +20,10 @@ pub struct Cli {
     /// machine has available. A run that needs more is refused before it allocates.
     #[arg(long, global = true, value_name = "GB")]
     max_memory: Option<f64>,
+    /// Let GPU drivers print while slimc probes adapters (silenced by default: headless, the
+    /// GL probe's messages read as failures).
+    #[arg(long, global = true)]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -99,6 +103,7 @@ enum Cmd {
 
 /// Runs the subcommand.
 pub fn run(cli: Cli) -> Result<()> {
+    slimc::backend::gpu::show_driver_messages(cli.verbose);
     if let Some(gb) = cli.max_memory {
         if !(gb.is_finite() && gb > 0.0) {
             anyhow::bail!("--max-memory {gb}: expected a positive number of GB");

@@ -3,7 +3,69 @@
 
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+/// Whether GPU drivers may print while slimc probes adapters (`--verbose`).
+static DRIVER_MESSAGES: AtomicBool = AtomicBool::new(false);
+
+/// Lets GPU drivers print to stderr while adapters are probed (off by default: on a headless
+/// machine the GL probe prints `XDG_RUNTIME_DIR is invalid` and the like, which reads as a
+/// failure).
+pub fn show_driver_messages(show: bool) {
+    DRIVER_MESSAGES.store(show, Ordering::Relaxed);
+}
+
+/// Sends the process's stderr to /dev/null until dropped (drivers print from C, so only the
+/// file descriptor can be redirected); a no-op where that fails or is not Unix.
+struct QuietStderr {
+    #[cfg(unix)]
+    saved: Option<i32>,
+}
+
+impl QuietStderr {
+    fn new() -> QuietStderr {
+        #[cfg(unix)]
+        {
+            if DRIVER_MESSAGES.load(Ordering::Relaxed) {
+                return QuietStderr { saved: None };
+            }
+            // SAFETY: plain descriptor calls; every descriptor opened here is closed or kept in
+            // `saved` to be restored.
+            unsafe {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+                if null < 0 {
+                    return QuietStderr { saved: None };
+                }
+                let saved = libc::dup(2);
+                let ok = saved >= 0 && libc::dup2(null, 2) >= 0;
+                libc::close(null);
+                if !ok {
+                    if saved >= 0 {
+                        libc::close(saved);
+                    }
+                    return QuietStderr { saved: None };
+                }
+                QuietStderr { saved: Some(saved) }
+            }
+        }
+        #[cfg(not(unix))]
+        QuietStderr {}
+    }
+}
+
+impl Drop for QuietStderr {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(saved) = self.saved.take() {
+            // SAFETY: `saved` is the descriptor `new` duplicated from stderr.
+            unsafe {
+                libc::dup2(saved, 2);
+                libc::close(saved);
+            }
+        }
+    }
+}
 
 /// One adapter as `slimc info --devices` lists it.
 #[derive(Clone, Debug)]
@@ -51,21 +113,31 @@ fn summary(a: &wgpu::Adapter) -> AdapterSummary {
     }
 }
 
-/// Every adapter wgpu finds (Vulkan, Metal, DX12 and GL; `WGPU_BACKEND` narrows them),
-/// best first: hardware before software, discrete before integrated, Vulkan/Metal/DX12 before GL.
+/// The adapters wgpu finds (`WGPU_BACKEND` narrows them), best first: hardware before
+/// software, discrete before integrated. Vulkan, Metal and DX12 are probed first and GL only
+/// when they find nothing (GL's probe is slow and, headless, noisy); drivers stay quiet on
+/// stderr unless [`show_driver_messages`].
 fn enumerate() -> Vec<wgpu::Adapter> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let mut all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-    let rank = |a: &wgpu::Adapter| {
-        let info = a.get_info();
-        let kind = match info.device_type {
-            wgpu::DeviceType::DiscreteGpu => 0,
-            wgpu::DeviceType::IntegratedGpu => 1,
-            wgpu::DeviceType::VirtualGpu => 2,
-            wgpu::DeviceType::Cpu => 3,
-            wgpu::DeviceType::Other => 4,
-        };
-        (kind, info.backend == wgpu::Backend::Gl)
+    let _quiet = QuietStderr::new();
+    // One instance per family: creating an instance with GL in it already opens EGL.
+    let probe = |family: wgpu::Backends| {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends &= family;
+        if desc.backends.is_empty() {
+            return vec![];
+        }
+        pollster::block_on(wgpu::Instance::new(desc).enumerate_adapters(family))
+    };
+    let mut all = probe(wgpu::Backends::PRIMARY);
+    if all.is_empty() {
+        all = probe(wgpu::Backends::GL);
+    }
+    let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
     };
     all.sort_by_key(rank);
     all

@@ -11,7 +11,7 @@ mod device;
 mod kernels;
 mod lower;
 
-pub use device::{adapters, hardware_present, AdapterSummary, Context};
+pub use device::{adapters, hardware_present, show_driver_messages, AdapterSummary, Context};
 pub use lower::ConvLowering;
 
 use super::fusion::{fusions, Fused};
