@@ -23,7 +23,7 @@ fn forward(c: &mut Criterion) {
             b.iter(|| exe.run_in_order(std::slice::from_ref(&x)).unwrap())
         });
         let path = std::env::temp_dir().join(format!("slimc-bench-yolo11n-{size}.onnx"));
-        std::fs::write(&path, export_onnx(&model, &ExportOptions::default()).unwrap()).unwrap();
+        std::fs::write(&path, export_onnx(&model, &ExportOptions::default()).unwrap().bytes).unwrap();
         match slimc::verify::OrtSession::new(&path) {
             Ok(mut s) => {
                 group.bench_function(format!("onnxruntime/{size}"), |b| b.iter(|| s.run(&x).unwrap()));

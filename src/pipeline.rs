@@ -64,6 +64,8 @@ pub struct StageRow {
     pub map50_95: f64,
     /// Share of BN |gamma| below 1e-2.
     pub gamma_below_1e_2: f64,
+    /// Subnormal weights the export set to zero.
+    pub subnormals_flushed: usize,
 }
 
 /// The pipeline's result.
@@ -75,6 +77,8 @@ pub struct Summary {
     pub verify_max_rel: f32,
     /// Layers the floor kept wider than the ratio asked.
     pub clamped: Vec<String>,
+    /// Stages whose onnxruntime latency did not fall with their GFLOPs.
+    pub warnings: Vec<String>,
     /// The prune ratio used (chosen by the search when pruning to a budget).
     pub prune_ratio: f64,
     /// Wall time of the whole pipeline, s.
@@ -116,10 +120,8 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
         let info = model_info(m, Some([imgsz, imgsz]))?;
         let v = validate(&*backend, m, &val, nc, &ValOptions { plot_batches: 1, ..ValOptions::quiet(16) })?;
         let onnx = path.with_extension("onnx");
-        slimc_ir::write_atomic(
-            &onnx,
-            &export_onnx(m, &ExportOptions { imgsz: Some([imgsz, imgsz]), ..Default::default() })?,
-        )?;
+        let exported = export_onnx(m, &ExportOptions { imgsz: Some([imgsz, imgsz]), ..Default::default() })?;
+        slimc_ir::write_atomic(&onnx, &exported.bytes)?;
         let g = crate::bn_hist::gammas(m, "all")?;
         let all: Vec<f32> = g.into_iter().flat_map(|l| l.1).collect();
         rows.push(StageRow {
@@ -131,6 +133,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
             map50: v.metrics.map50,
             map50_95: v.metrics.map,
             gamma_below_1e_2: all.iter().filter(|x| **x < 1e-2).count() as f64 / all.len().max(1) as f64,
+            subnormals_flushed: exported.flushed,
         });
         exports.push(onnx);
         eprintln!("pipeline: {stage}: mAP50 {:.3}, {} parameters", v.metrics.map50, info.parameters);
@@ -192,7 +195,12 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     for (r, ms) in rows.iter_mut().zip(ort_latencies(&exports, [imgsz, imgsz], 10)?) {
         r.ort_ms = ms;
     }
+    let warnings = latency_warnings(&rows);
+    for w in &warnings {
+        eprintln!("WARNING {w}");
+    }
     let summary = Summary {
+        warnings,
         stages: rows,
         verify_max_rel: checks.iter().map(|c| c.max_rel).fold(0.0, f32::max),
         clamped: pruned.summary.clamped,
@@ -205,6 +213,23 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
         anyhow::bail!("the final ONNX export differs from the interpreter beyond 1e-4: {checks:?}");
     }
     Ok(summary)
+}
+
+/// The stages with fewer GFLOPs than the first whose onnxruntime latency is not lower: a slimmed
+/// model that runs slower than the dense one has something else costing time (subnormal
+/// weights did, before export flushed them).
+fn latency_warnings(rows: &[StageRow]) -> Vec<String> {
+    let Some(first) = rows.first() else { return vec![] };
+    rows.iter()
+        .skip(1)
+        .filter(|r| r.gflops < first.gflops && r.ort_ms >= first.ort_ms)
+        .map(|r| {
+            format!(
+                "{}: {:.2} GFLOPs against {}'s {:.2}, but onnxruntime takes {:.2} ms against {:.2} ms",
+                r.stage, r.gflops, first.stage, first.gflops, r.ort_ms, first.ort_ms
+            )
+        })
+        .collect()
 }
 
 /// The trained and the final model side by side: `compare_val.jpg` (their detections on the
@@ -278,6 +303,18 @@ impl Summary {
             );
         }
         s += &format!("Final export verified with tract and onnxruntime: max rel error {:.2e}.\n", self.verify_max_rel);
+        let flushed: Vec<String> = self
+            .stages
+            .iter()
+            .filter(|r| r.subnormals_flushed > 0)
+            .map(|r| format!("{} {}", r.stage, r.subnormals_flushed))
+            .collect();
+        if !flushed.is_empty() {
+            s += &format!("Subnormal weights set to zero in the exports: {}.\n", flushed.join(", "));
+        }
+        for w in &self.warnings {
+            s += &format!("- WARNING latency: {w}\n");
+        }
         for c in &self.clamped {
             s += &format!("- clamped: {c}\n");
         }

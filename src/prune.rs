@@ -248,7 +248,7 @@ pub fn ort_latency_ms(models: &[&Model], rounds: usize) -> Result<Vec<f64>> {
         for (i, m) in models.iter().enumerate() {
             let path = dir.join(format!("model{i}.onnx"));
             let onnx = export_onnx(m, &ExportOptions { imgsz: Some(m.meta.imgsz), ..Default::default() })?;
-            std::fs::write(&path, onnx).with_context(|| format!("{}", path.display()))?;
+            std::fs::write(&path, onnx.bytes).with_context(|| format!("{}", path.display()))?;
             paths.push(path);
         }
         ort_latencies(&paths, first.meta.imgsz, rounds)

@@ -43,7 +43,7 @@ fn reproduces(dir: &str, file: &str, reference: &str) -> Model {
     let hw = [x.shape[2], x.shape[3]];
     let dir = scratch("ckpt-export");
     let path = dir.join(format!("{file}.onnx"));
-    std::fs::write(&path, export_onnx(&model, &ExportOptions { imgsz: Some(hw), ..Default::default() }).unwrap())
+    std::fs::write(&path, export_onnx(&model, &ExportOptions { imgsz: Some(hw), ..Default::default() }).unwrap().bytes)
         .unwrap();
     let rows = slimc::verify::verify_onnx(&path, &x, &got, 1e-4).unwrap();
     assert!(rows.len() >= 2 && rows.iter().all(|r| r.ok), "{file}: {rows:?}");

@@ -15,7 +15,7 @@ fn export_and_verify(name: &str, nc: usize, imgsz: usize, opts: ExportOptions, c
     common::randomize_bn(&mut m, 7);
     let dir = common::scratch("export");
     let path = dir.join(format!("{name}-{nc}-{}-{}.onnx", opts.dynamic, opts.keep_bn));
-    std::fs::write(&path, export_onnx(&m, &opts).unwrap()).unwrap();
+    std::fs::write(&path, export_onnx(&m, &opts).unwrap().bytes).unwrap();
     let x = common::image(1, check_size[0], check_size[1], 3);
     let want = run_once(&Cpu, &m, std::slice::from_ref(&x)).unwrap();
     let rows = verify_onnx(&path, &x, &want, TOL).unwrap();
@@ -54,7 +54,7 @@ fn yolo11s_nc1_dynamic_at_another_size() {
 #[test]
 fn export_layout_matches_ultralytics() {
     let m = common::yaml_model("yolo11n.yaml", Some(1), 320);
-    let bytes = export_onnx(&m, &ExportOptions::default()).unwrap();
+    let bytes = export_onnx(&m, &ExportOptions::default()).unwrap().bytes;
     let dir = common::scratch("layout");
     let p = dir.join("n.onnx");
     std::fs::write(&p, &bytes).unwrap();
@@ -78,7 +78,8 @@ fn exports_at_opsets_13_to_22_import_back_and_compute_the_same() {
     let dir = common::scratch("opsets");
     for (opset, keep_bn) in [(13, true), (18, false), (22, true)] {
         let p = dir.join(format!("o{opset}.onnx"));
-        std::fs::write(&p, export_onnx(&m, &ExportOptions { opset, keep_bn, ..Default::default() }).unwrap()).unwrap();
+        std::fs::write(&p, export_onnx(&m, &ExportOptions { opset, keep_bn, ..Default::default() }).unwrap().bytes)
+            .unwrap();
         let back = slimc::load::load_model(p.to_str().unwrap(), &Default::default()).unwrap();
         let got = run_once(&Cpu, &back, std::slice::from_ref(&x)).unwrap();
         let e = common::rel_err(&got[0], &want[0]);
@@ -164,4 +165,37 @@ fn a_slice_with_a_huge_step_takes_one_row_like_onnxruntime() {
     }
     let ort = slimc::verify::run_ort(&path, &x).unwrap();
     assert_eq!((&ort[0].shape, ort[0].f32s().unwrap()), (&y[0].shape, ys));
+}
+
+/// Sparse training leaves subnormal weights (the EMA of a gamma held at zero decays through
+/// them, and BN folding spreads such a gamma over its channel's weights); x86 computes with
+/// them in microcode, so the export sets them to zero and says how many, and the file computes
+/// what the model computes.
+#[test]
+fn exports_hold_no_subnormal_weights() {
+    let mut m = common::yaml_model("yolo11n.yaml", Some(1), 64);
+    common::randomize_bn(&mut m, 5);
+    let g = m.tensors.get_mut("model.2.cv1.bn.weight").unwrap().f32s_mut().unwrap();
+    (g[0], g[1]) = (1e-39, -3e-40);
+    m.tensors.get_mut("model.0.conv.weight").unwrap().f32s_mut().unwrap()[0] = 5e-41;
+    let d = common::scratch("subnormal");
+    for keep_bn in [false, true] {
+        let out = export_onnx(&m, &ExportOptions { imgsz: Some([64, 64]), keep_bn, ..Default::default() }).unwrap();
+        // Unfolded: the two gammas and the weight; folded: the weight and every weight of the two
+        // channels (model.2.cv1 reads 32 channels through a 1x1 kernel: 64 products), less any
+        // that round to exact zero.
+        if keep_bn {
+            assert_eq!(out.flushed, 3);
+        } else {
+            assert!(out.flushed > 40, "{}", out.flushed);
+        }
+        let path = d.join(format!("m{keep_bn}.onnx"));
+        std::fs::write(&path, &out.bytes).unwrap();
+        assert_eq!(common::onnx_subnormals(&path), 0);
+        let x = common::image(1, 64, 64, 2);
+        let y = run_once(&Cpu, &m, std::slice::from_ref(&x)).unwrap();
+        for a in verify_onnx(&path, &x, &y, 1e-4).unwrap() {
+            assert!(a.ok, "{a:?}");
+        }
+    }
 }

@@ -50,7 +50,7 @@ fn check_scale(yaml: &str, seed: u64) {
             let path = dir.join(format!("{yaml}-{policy:?}-{ratio}.onnx"));
             std::fs::write(
                 &path,
-                export_onnx(&p, &ExportOptions { imgsz: Some([64, 64]), ..Default::default() }).unwrap(),
+                export_onnx(&p, &ExportOptions { imgsz: Some([64, 64]), ..Default::default() }).unwrap().bytes,
             )
             .unwrap();
             let rows = slimc::verify::verify_onnx(&path, &x, &got, 1e-4).unwrap();

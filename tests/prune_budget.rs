@@ -74,7 +74,7 @@ fn extreme_ratios_leave_every_value_its_floor() {
     let path = dir.join("p.onnx");
     let onnx =
         slimc::export::export_onnx(&p, &slimc::export::ExportOptions { imgsz: Some([64, 64]), ..Default::default() });
-    std::fs::write(&path, onnx.unwrap()).unwrap();
+    std::fs::write(&path, onnx.unwrap().bytes).unwrap();
     let rows = slimc::verify::verify_onnx(&path, &x, &y, 1e-4).unwrap();
     assert!(rows.iter().all(|r| r.ok), "{rows:?}");
 }

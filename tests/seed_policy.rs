@@ -62,7 +62,7 @@ fn rename(proto: &mut ModelProto) -> BTreeMap<String, String> {
 fn seed_policy_is_the_same_on_an_imported_onnx_graph_with_other_names() {
     let m = common::yaml_model("yolo11n.yaml", None, 320);
     let opts = ExportOptions { keep_bn: true, ..Default::default() };
-    let mut proto = ModelProto::parse_from_bytes(&export_onnx(&m, &opts).unwrap()).unwrap();
+    let mut proto = ModelProto::parse_from_bytes(&export_onnx(&m, &opts).unwrap().bytes).unwrap();
     let back = rename(&mut proto);
     let imported = import_proto(&proto, "renamed.onnx", None).unwrap();
     assert!(imported.tensors.keys().all(|k| k.starts_with('t')), "names were not all replaced");

@@ -173,6 +173,9 @@ fn pipeline_writes_every_stage_and_a_verified_narrower_export() {
     for f in ["summary.md", "gamma.png", "gamma_layers.png", "prune.txt", "final.onnx", "2-sparse/results.csv"] {
         assert!(dir.join(f).exists(), "{f}");
     }
+    for f in ["trained.onnx", "sparse.onnx", "pruned.onnx", "final.onnx"] {
+        assert_eq!(common::onnx_subnormals(&dir.join(f)), 0, "{f}");
+    }
     // Before and after: the trained and final models' detections side by side (two 2x2 mosaics
     // of the two val images, each in its rect batch's 96-pixel letterbox, under a title band)
     // and their PR curves in one plot.

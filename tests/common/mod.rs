@@ -131,3 +131,18 @@ pub fn dataset(root: &Path, n: usize) -> PathBuf {
     std::fs::write(&yaml, "path: .\ntrain: images/train\nval: images/val\nnames:\n  0: box\n").unwrap();
     yaml
 }
+
+/// How many subnormal float32 values an ONNX file's initializers hold.
+pub fn onnx_subnormals(path: &Path) -> usize {
+    use onnx_protobuf::{Message, ModelProto};
+    let m = ModelProto::parse_from_bytes(&std::fs::read(path).unwrap()).unwrap();
+    m.graph
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == 1)
+        .map(|t| {
+            let raw = t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            raw.chain(t.float_data.iter().copied()).filter(|x| x.is_subnormal()).count()
+        })
+        .sum()
+}
