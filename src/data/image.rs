@@ -353,6 +353,18 @@ mod tests {
         assert!(decode(&bad).is_err());
     }
 
+    /// A JPEG whose frame header declares 60000×60000 pixels (10 GB of RGB) is refused before
+    /// anything is allocated.
+    #[test]
+    fn jpeg_declaring_huge_dimensions_is_refused() {
+        let mut bytes = vec![];
+        image::RgbImage::new(16, 16).write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg).unwrap();
+        let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).expect("a baseline frame header");
+        bytes[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+        let e = decode(&bytes).unwrap_err();
+        assert!(e.contains("60000x60000") || e.contains("limit"), "{e}");
+    }
+
     #[test]
     fn truncated_jpeg_is_rejected() {
         let mut bytes = vec![];
