@@ -199,11 +199,6 @@ pub fn val(a: ValArgs) -> Result<()> {
         plot_batches: if plots { 3 } else { 0 },
     };
     let r = validate(&*backend, &model, &split, spec.names.len(), &opts)?;
-    if plots {
-        let dir = run_dir(&a.project, &a.name)?;
-        let files = r.save_plots(&spec.names, &dir)?;
-        eprintln!("wrote {} plots and tables to {}", files.len(), dir.display());
-    }
     if let Some(p) = &a.save_json {
         slimc_ir::write_atomic(p, serde_json::to_string_pretty(&r.predictions)?.as_bytes())?;
         eprintln!("wrote {} detections to {}", r.predictions.len(), p.display());
@@ -217,6 +212,11 @@ pub fn val(a: ValArgs) -> Result<()> {
             r.ms_per_image,
             a.device.describe()
         );
+    }
+    if plots {
+        let dir = run_dir(&a.project, &a.name)?;
+        let files = r.save_plots(&spec.names, &dir)?;
+        eprintln!("wrote {} plots and tables to {}", files.len(), dir.display());
     }
     Ok(())
 }

@@ -3,12 +3,11 @@
 //! column shares) in the cells, with the numbers as `confusion_matrix.csv`.
 
 use super::{err, register_font, replace_atomic};
-use crate::plot::annotate::class_name;
 use crate::val::confusion::ConfusionMatrix;
 use anyhow::Result;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Size of the plot: Ultralytics' 12×9 inch figure at 250 dpi.
 pub const MATRIX_SIZE: (u32, u32) = (3000, 2250);
@@ -34,18 +33,21 @@ fn blues(t: f64) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
-/// Writes both plots and `confusion_matrix.csv` into `dir`.
-pub fn plot_confusion(cm: &ConfusionMatrix, names: &[String], dir: &Path) -> Result<()> {
-    let labels: Vec<String> =
-        (0..=cm.nc).map(|i| if i == cm.nc { "background".into() } else { class_name(names, i) }).collect();
+/// Writes both plots and `confusion_matrix.csv` into `dir`; returns the files written.
+pub fn plot_confusion(cm: &ConfusionMatrix, names: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
+    let labels = cm.labels(names);
+    let mut files = vec![];
     for normalize in [true, false] {
         let values = if normalize { cm.normalized() } else { cm.matrix.clone() };
         let file = if normalize { "confusion_matrix_normalized.png" } else { "confusion_matrix.png" };
         let title = if normalize { "Confusion Matrix Normalized" } else { "Confusion Matrix" };
         draw_matrix(&dir.join(file), title, &values, &labels, normalize)?;
+        files.push(dir.join(file));
     }
-    slimc_ir::write_atomic(&dir.join("confusion_matrix.csv"), cm.to_csv(names).as_bytes())?;
-    Ok(())
+    let csv = dir.join("confusion_matrix.csv");
+    slimc_ir::write_atomic(&csv, cm.to_csv(names).as_bytes())?;
+    files.push(csv);
+    Ok(files)
 }
 
 fn draw_matrix(out: &Path, title: &str, values: &[Vec<f64>], labels: &[String], normalize: bool) -> Result<()> {

@@ -4,11 +4,11 @@
 
 use super::{err, register_font, replace_atomic};
 use crate::plot::annotate::class_name;
-use crate::val::metrics::{column_mean, smooth, Curves, DetMetrics};
+use crate::val::metrics::{argmax, column_mean, smooth, Curves, DetMetrics};
 use anyhow::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Size of a curve plot: Ultralytics' 9×6 inch figure at 250 dpi.
 pub const CURVE_SIZE: (u32, u32) = (2250, 1500);
@@ -129,16 +129,17 @@ fn write_csv(out: &Path, x: (&str, &[f64]), labels: &[String], rows: &[Vec<f64>]
     Ok(())
 }
 
-/// The PR curve's mean line and its legend text: precision averaged over the classes that have
-/// detections, and the mAP50 over every class with labels.
+/// The PR curve's all-classes line: the precision envelope averaged over the classes that have
+/// detections, as Ultralytics draws it.
 pub fn pr_mean(m: &DetMetrics) -> Vec<f64> {
     let c = &m.curves;
     column_mean(&c.py, c.px.len())
 }
 
 /// Writes `BoxPR_curve.png`, `BoxF1_curve.png`, `BoxP_curve.png` and `BoxR_curve.png` (with
-/// their `.csv` numbers) into `dir`.
-pub fn plot_val_curves(m: &DetMetrics, names: &[String], dir: &Path) -> Result<()> {
+/// their `.csv` numbers) into `dir`; returns the files written.
+pub fn plot_val_curves(m: &DetMetrics, names: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = vec![];
     let c: &Curves = &m.curves;
     let ap50 = |class: usize| m.classes.iter().position(|&k| k == class).map_or(0.0, |i| m.ap[i][0]);
     let pr_names: Vec<String> = c.pr_classes.iter().map(|&k| class_name(names, k)).collect();
@@ -153,12 +154,13 @@ pub fn plot_val_curves(m: &DetMetrics, names: &[String], dir: &Path) -> Result<(
     let stem = dir.join("BoxPR_curve");
     plot_lines(&stem.with_extension("png"), "Precision-Recall Curve", "Recall", "Precision", &c.px, &lines)?;
     write_csv(&stem.with_extension("csv"), ("recall", &c.px), &pr_names, &c.py, ("all", &mean))?;
+    files.extend(["png", "csv"].map(|e| stem.with_extension(e)));
     let class_names: Vec<String> = m.classes.iter().map(|&k| class_name(names, k)).collect();
     for (file, ylabel, rows) in
         [("BoxF1_curve", "F1", &c.f1), ("BoxP_curve", "Precision", &c.precision), ("BoxR_curve", "Recall", &c.recall)]
     {
         let y = smooth(&column_mean(rows, c.px.len()), 0.1);
-        let best = (0..y.len()).fold(0, |b, j| if y[j] > y[b] { j } else { b });
+        let best = argmax(&y);
         let mut lines = class_lines(rows, |i| class_names[i].clone());
         lines.push(Line {
             y: y.clone(),
@@ -170,6 +172,7 @@ pub fn plot_val_curves(m: &DetMetrics, names: &[String], dir: &Path) -> Result<(
         let title = format!("{ylabel}-Confidence Curve");
         plot_lines(&stem.with_extension("png"), &title, "Confidence", ylabel, &c.px, &lines)?;
         write_csv(&stem.with_extension("csv"), ("confidence", &c.px), &class_names, rows, ("all_smoothed", &y))?;
+        files.extend(["png", "csv"].map(|e| stem.with_extension(e)));
     }
-    Ok(())
+    Ok(files)
 }

@@ -5,6 +5,7 @@
 use super::metrics::box_iou;
 use super::nms::Detection;
 use crate::data::augment::Obj;
+use crate::plot::annotate::class_name;
 use serde::Serialize;
 
 /// Confidence below which detections are left out (Ultralytics uses 0.25 when validation's
@@ -75,23 +76,22 @@ impl ConfusionMatrix {
         self.matrix.iter().map(|row| row.iter().zip(&sums).map(|(v, s)| v / s).collect()).collect()
     }
 
+    /// The rows' and columns' names: the classes', then "background".
+    pub fn labels(&self, names: &[String]) -> Vec<String> {
+        (0..=self.nc).map(|i| if i == self.nc { "background".into() } else { class_name(names, i) }).collect()
+    }
+
     /// The matrix as CSV: a header of true classes, one row per predicted class (names, then
     /// "background").
     pub fn to_csv(&self, names: &[String]) -> String {
-        let label = |i: usize| {
-            if i == self.nc {
-                "background".to_string()
-            } else {
-                names.get(i).cloned().unwrap_or_else(|| i.to_string())
-            }
-        };
+        let labels = self.labels(names);
         let mut s = "predicted\\true".to_string();
-        for j in 0..=self.nc {
-            s += &format!(",{}", label(j));
+        for l in &labels {
+            s += &format!(",{l}");
         }
         s.push('\n');
-        for (i, row) in self.matrix.iter().enumerate() {
-            s += &label(i);
+        for (label, row) in labels.iter().zip(&self.matrix) {
+            s += label;
             for v in row {
                 s += &format!(",{v}");
             }

@@ -167,6 +167,11 @@ pub fn smooth(y: &[f64], f: f64) -> Vec<f64> {
     yp.windows(nf).map(|w| w.iter().sum::<f64>() / nf as f64).collect()
 }
 
+/// The index of the first largest value (`np.argmax`); 0 for an empty slice.
+pub fn argmax(y: &[f64]) -> usize {
+    (0..y.len()).fold(0, |b, j| if y[j] > y[b] { j } else { b })
+}
+
 /// The mean of each column of `rows` (every row `n` long); zeros without rows.
 pub fn column_mean(rows: &[Vec<f64>], n: usize) -> Vec<f64> {
     (0..n).map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / rows.len().max(1) as f64).collect()
@@ -222,8 +227,7 @@ pub fn ap_per_class(tp: &[[bool; 10]], conf: &[f32], pred_cls: &[usize], target_
         .map(|(p, r)| p.iter().zip(r).map(|(p, r)| 2.0 * p * r / (p + r + eps)).collect())
         .collect();
     let f1_mean = column_mean(&f1, 1000);
-    let sm = smooth(&f1_mean, 0.1);
-    let i = (0..sm.len()).fold(0, |b, j| if sm[j] > sm[b] { j } else { b });
+    let i = argmax(&smooth(&f1_mean, 0.1));
     let p: Vec<f64> = p_curve.iter().map(|c| c[i]).collect();
     let r: Vec<f64> = r_curve.iter().map(|c| c[i]).collect();
     let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };

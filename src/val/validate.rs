@@ -3,11 +3,10 @@
 
 use super::confusion::ConfusionMatrix;
 use super::metrics::{ap_per_class, box_iou, match_predictions, DetMetrics};
-use super::nms::{non_max_suppression, NmsOptions};
+use super::nms::{non_max_suppression, Detection, NmsOptions};
 use crate::backend::Backend;
 use crate::data::loader::Split;
-use crate::plot::annotate::{batch_image, Mark, Tile};
-use crate::plot::annotate::{mosaic, save_image};
+use crate::plot::annotate::{batch_image, mosaic, save_image, Mark, Tile};
 use crate::plot::confusion::plot_confusion;
 use crate::plot::curves::plot_val_curves;
 use anyhow::{anyhow, Result};
@@ -16,7 +15,7 @@ use serde::Serialize;
 use slimc_ir::Model;
 use std::path::{Path, PathBuf};
 
-/// One detection in the letterboxed input's pixels.
+/// One kept detection of a validation run, as `--save-json` writes it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Prediction {
     /// Image file.
@@ -77,11 +76,14 @@ impl ValOptions {
     }
 }
 
-/// The image `k` of `b` as a mosaic tile named by its file, with `marks`.
-fn tile(b: &crate::data::loader::Batch, split: &Split, k: usize, marks: Vec<Mark>) -> Result<Tile> {
+/// The image `k` of `b` as two mosaic tiles named by its file: with its labels and with `dets`.
+fn tiles(b: &crate::data::loader::Batch, split: &Split, k: usize, dets: &[Detection]) -> Result<(Tile, Tile)> {
     let path = &split.samples[b.indices[k]].path;
     let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-    Ok(Tile { image: batch_image(&b.images, k)?, name, marks })
+    let image = batch_image(&b.images, k)?;
+    let labels = b.objects[k].iter().map(|o| Mark { xyxy: o.xyxy, class: o.cls, conf: None }).collect();
+    let preds = dets.iter().map(|d| Mark { xyxy: d.xyxy, class: d.class, conf: Some(d.score) }).collect();
+    Ok((Tile { image: image.clone(), name: name.clone(), marks: labels }, Tile { image, name, marks: preds }))
 }
 
 /// The inference graph with the detection loss beside it: outputs are the predictions and the
@@ -169,10 +171,9 @@ pub fn validate(
             let dets = non_max_suppression(&data[k * rows * anchors..(k + 1) * rows * anchors], nc, anchors, &nms);
             confusion.add_image(&dets, objs);
             if ni < plot_batches {
-                let labels = objs.iter().map(|o| Mark { xyxy: o.xyxy, class: o.cls, conf: None }).collect();
-                label_tiles.push(tile(&b, split, k, labels)?);
-                let preds = dets.iter().map(|d| Mark { xyxy: d.xyxy, class: d.class, conf: Some(d.score) }).collect();
-                pred_tiles.push(tile(&b, split, k, preds)?);
+                let (l, p) = tiles(&b, split, k, &dets)?;
+                label_tiles.push(l);
+                pred_tiles.push(p);
             }
             let true_cls: Vec<usize> = objs.iter().map(|o| o.cls).collect();
             let pred_cls: Vec<usize> = dets.iter().map(|d| d.class).collect();
@@ -237,16 +238,8 @@ impl ValResult {
     /// `val_batchN_pred.jpg` mosaics. Returns the files written.
     pub fn save_plots(&self, names: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
-        plot_val_curves(&self.metrics, names, dir)?;
-        plot_confusion(&self.confusion, names, dir)?;
-        let mut files: Vec<PathBuf> = ["BoxPR_curve", "BoxF1_curve", "BoxP_curve", "BoxR_curve"]
-            .iter()
-            .flat_map(|s| [dir.join(format!("{s}.png")), dir.join(format!("{s}.csv"))])
-            .chain(
-                ["confusion_matrix.png", "confusion_matrix_normalized.png", "confusion_matrix.csv"]
-                    .map(|f| dir.join(f)),
-            )
-            .collect();
+        let mut files = plot_val_curves(&self.metrics, names, dir)?;
+        files.extend(plot_confusion(&self.confusion, names, dir)?);
         for (ni, (labels, preds)) in self.batch_tiles.iter().enumerate() {
             for (tiles, kind) in [(labels, "labels"), (preds, "pred")] {
                 let f = dir.join(format!("val_batch{ni}_{kind}.jpg"));
