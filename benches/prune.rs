@@ -17,7 +17,7 @@ fn prune(c: &mut Criterion) {
         .graph
         .nodes
         .iter()
-        .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
+        .filter(|n| matches!(n.op, Op::BatchNorm(_)))
         .map(|n| model.graph.value(n.inputs[1]).name.clone())
         .collect();
     for g in gammas {

@@ -41,7 +41,7 @@ pub fn gammas(model: &Model, scope: &str) -> Result<Vec<(String, Vec<f32>)>> {
     };
     let mut out = vec![];
     for (i, n) in g.nodes.iter().enumerate() {
-        if matches!(n.op, Op::BatchNorm { .. }) {
+        if matches!(n.op, Op::BatchNorm(_)) {
             let name = slimc_passes::bn_name(g, slimc_ir::NodeId(i));
             if keep.contains(&name) {
                 continue;

@@ -10,6 +10,7 @@ use onnx_protobuf::{
     attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, Message, ModelProto,
     NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
+use slimc_ir::{Anchors, Axis, BatchNorm, Binary, Pool, Reshape, Slice, Split, Transpose, Unary, Upsample};
 use slimc_ir::{DType, Dim, Model, Op, ReshapeDim, Tensor, TensorData, TensorType, ValueId};
 use slimc_passes::pipelines;
 use std::collections::HashMap;
@@ -31,6 +32,21 @@ impl Default for ExportOptions {
     fn default() -> Self {
         ExportOptions { opset: 17, imgsz: None, dynamic: false, keep_bn: false }
     }
+}
+
+/// The ONNX operator of an elementwise arithmetic op (the ONNX frontend reads it back).
+pub(crate) fn onnx_binary(op: Binary) -> &'static str {
+    match op {
+        Binary::Add => "Add",
+        Binary::Sub => "Sub",
+        Binary::Mul => "Mul",
+        Binary::Div => "Div",
+    }
+}
+
+/// The error for an op of a training program, which has no ONNX form.
+fn training_only(op: &Op, scope: &str) -> Result<()> {
+    bail!("{} @{scope} belongs to a training program and has no ONNX form", op.name())
 }
 
 /// The ONNX IR version that goes with an opset.
@@ -178,7 +194,7 @@ impl Emitter<'_> {
                 ];
                 self.node("Conv", &ins, &outs, attrs, &base);
             }
-            Op::BatchNorm { eps, momentum } => {
+            Op::BatchNorm(BatchNorm { eps, momentum }) => {
                 self.node(
                     "BatchNormalization",
                     &ins,
@@ -187,22 +203,19 @@ impl Emitter<'_> {
                     &base,
                 );
             }
-            Op::Silu => {
+            Op::Unary(Unary::Silu) => {
                 let s = self.node1("Sigmoid", &ins, vec![], &base);
                 self.node("Mul", &[ins[0].clone(), s], &outs, vec![], &base);
             }
-            Op::Sigmoid => self.node("Sigmoid", &ins, &outs, vec![], &base),
-            Op::Add => self.node("Add", &ins, &outs, vec![], &base),
-            Op::Sub => self.node("Sub", &ins, &outs, vec![], &base),
-            Op::Mul => self.node("Mul", &ins, &outs, vec![], &base),
-            Op::Div => self.node("Div", &ins, &outs, vec![], &base),
+            Op::Unary(Unary::Sigmoid) => self.node("Sigmoid", &ins, &outs, vec![], &base),
+            Op::Binary(b) => self.node(onnx_binary(*b), &ins, &outs, vec![], &base),
             Op::MatMul => self.node("MatMul", &ins, &outs, vec![], &base),
-            Op::Concat { axis } => self.node("Concat", &ins, &outs, vec![attr_i("axis", *axis as i64)], &base),
-            Op::Split { axis, sizes } => {
+            Op::Concat(Axis { axis }) => self.node("Concat", &ins, &outs, vec![attr_i("axis", *axis as i64)], &base),
+            Op::Split(Split { axis, sizes }) => {
                 let s = self.const_i64(&us(sizes), &format!("{base}_sizes"));
                 self.node("Split", &[ins[0].clone(), s], &outs, vec![attr_i("axis", *axis as i64)], &base);
             }
-            Op::Slice { axes, starts, ends, steps } => {
+            Op::Slice(Slice { axes, starts, ends, steps }) => {
                 let a = [
                     self.const_i64(starts, &base),
                     self.const_i64(ends, &base),
@@ -217,7 +230,7 @@ impl Emitter<'_> {
                     &base,
                 );
             }
-            Op::MaxPool2d { kernel, stride, pad } => {
+            Op::MaxPool2d(Pool { kernel, stride, pad }) => {
                 let attrs = vec![
                     attr_is("kernel_shape", &us(kernel)),
                     attr_is("strides", &us(stride)),
@@ -226,7 +239,7 @@ impl Emitter<'_> {
                 ];
                 self.node("MaxPool", &ins, &outs, attrs, &base);
             }
-            Op::UpsampleNearest { scale } => {
+            Op::UpsampleNearest(Upsample { scale }) => {
                 let s = self.const_t(
                     Tensor::from_f32(vec![4], vec![1.0, 1.0, scale[0] as f32, scale[1] as f32])?,
                     &format!("{base}_scales"),
@@ -238,7 +251,7 @@ impl Emitter<'_> {
                 ];
                 self.node("Resize", &[ins[0].clone(), String::new(), s], &outs, attrs, &base);
             }
-            Op::Reshape { shape } => {
+            Op::Reshape(Reshape { shape }) => {
                 let static_ok = !self.dynamic || shape.iter().all(|d| !matches!(d, ReshapeDim::Of { .. }));
                 let target = if static_ok {
                     let dims: Vec<i64> = shape
@@ -266,12 +279,25 @@ impl Emitter<'_> {
                 };
                 self.node("Reshape", &[ins[0].clone(), target], &outs, vec![], &base);
             }
-            Op::Transpose { perm } => self.node("Transpose", &ins, &outs, vec![attr_is("perm", &us(perm))], &base),
-            Op::Softmax { axis } => self.node("Softmax", &ins, &outs, vec![attr_i("axis", *axis as i64)], &base),
-            Op::Anchors { strides, offset } => {
+            Op::Transpose(Transpose { perm }) => {
+                self.node("Transpose", &ins, &outs, vec![attr_is("perm", &us(perm))], &base)
+            }
+            Op::Softmax(Axis { axis }) => self.node("Softmax", &ins, &outs, vec![attr_i("axis", *axis as i64)], &base),
+            Op::Anchors(Anchors { strides, offset }) => {
                 self.emit_anchors(n.inputs.clone(), strides.clone(), *offset, &outs, &base)?
             }
-            op => bail!("{} @{} belongs to a training program and has no ONNX form", op.name(), n.scope),
+            Op::Unary(Unary::Sign) | Op::UnaryGrad(_) | Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) => {
+                return training_only(&n.op, &n.scope)
+            }
+            Op::BatchNormTrain(_) | Op::BatchNormGrad | Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) => {
+                return training_only(&n.op, &n.scope)
+            }
+            Op::UpsampleNearestGrad(_) | Op::SliceGrad(_) | Op::SumTo | Op::DetectLoss(_) | Op::DetectLossGrad(_) => {
+                return training_only(&n.op, &n.scope)
+            }
+            Op::Accumulate | Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => {
+                return training_only(&n.op, &n.scope)
+            }
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use anyhow::{anyhow, Result};
 use serde::Serialize;
+use slimc_ir::Unary;
 use slimc_ir::{infer_all, Model, Op, ParamKind, TensorType, ValueDef};
 
 /// Summary numbers of a model.
@@ -63,18 +64,18 @@ pub fn model_info(model: &Model, imgsz: Option<[usize; 2]>) -> Result<ModelInfo>
                 macs += numel(n.outputs[0]) * (w[1] * w[2] * w[3]) as f64;
                 layers += 1;
             }
-            Op::BatchNorm { .. } => {
+            Op::BatchNorm(_) => {
                 macs += 4.0 * numel(n.outputs[0]);
-                let activated = users[n.outputs[0].0].iter().any(|u| matches!(g.nodes[u.0].op, Op::Silu));
+                let activated = users[n.outputs[0].0].iter().any(|u| matches!(g.nodes[u.0].op, Op::Unary(Unary::Silu)));
                 layers += if activated { 1 } else { 2 };
             }
-            Op::MaxPool2d { .. } => {
+            Op::MaxPool2d(_) => {
                 if pool_scopes.insert(n.scope.clone()) {
                     layers += 1;
                 }
             }
-            Op::UpsampleNearest { .. } => layers += 1,
-            Op::Concat { .. } if g.value(n.outputs[0]).name == n.scope => layers += 1,
+            Op::UpsampleNearest(_) => layers += 1,
+            Op::Concat(_) if g.value(n.outputs[0]).name == n.scope => layers += 1,
             _ => {}
         }
     }

@@ -4,6 +4,7 @@
 
 use rand::{Rng, SeedableRng};
 use slimc::backend::{cpu::Cpu, run_once};
+use slimc_ir::{Axis, BatchNorm, Binary, Pool, Reshape, Slice, Split, Transpose, Unary, UnaryGrad, Upsample};
 use slimc_ir::{Conv2d, Graph, Model, Op, ReshapeDim, Tensor, TensorType};
 use slimc_passes::differentiate;
 
@@ -120,37 +121,37 @@ fn batch_norm_training_mode() {
         random(&[4], 15, -0.2, 0.2),
         random(&[4], 16, 0.5, 2.0),
     ];
-    check(Op::BatchNormTrain { eps: 1e-3, momentum: 0.03 }, inputs, &[true, true, true, false, false], 1e-2);
+    check(Op::BatchNormTrain(BatchNorm { eps: 1e-3, momentum: 0.03 }), inputs, &[true, true, true, false, false], 1e-2);
 }
 
 #[test]
 fn activations_and_softmax() {
-    check(Op::Silu, vec![random(&[2, 3, 4], 17, -4.0, 4.0)], &[true], 1e-2);
-    check(Op::Sigmoid, vec![random(&[2, 3, 4], 18, -4.0, 4.0)], &[true], 1e-2);
-    check(Op::Softmax { axis: 1 }, vec![random(&[2, 5, 3], 19, -3.0, 3.0)], &[true], 1e-2);
-    check(Op::Softmax { axis: 2 }, vec![random(&[2, 3, 6], 20, -3.0, 3.0)], &[true], 1e-2);
+    check(Op::Unary(Unary::Silu), vec![random(&[2, 3, 4], 17, -4.0, 4.0)], &[true], 1e-2);
+    check(Op::Unary(Unary::Sigmoid), vec![random(&[2, 3, 4], 18, -4.0, 4.0)], &[true], 1e-2);
+    check(Op::Softmax(Axis { axis: 1 }), vec![random(&[2, 5, 3], 19, -3.0, 3.0)], &[true], 1e-2);
+    check(Op::Softmax(Axis { axis: 2 }), vec![random(&[2, 3, 6], 20, -3.0, 3.0)], &[true], 1e-2);
 }
 
 #[test]
 fn broadcasting_arithmetic() {
     let (a, b) = (random(&[2, 3, 4], 21, -2.0, 2.0), random(&[3, 1], 22, 0.5, 2.0));
-    for op in [Op::Add, Op::Sub, Op::Mul, Op::Div] {
+    for op in [Op::Binary(Binary::Add), Op::Binary(Binary::Sub), Op::Binary(Binary::Mul), Op::Binary(Binary::Div)] {
         check(op.clone(), vec![a.clone(), b.clone()], &[true, true], 1e-2);
         // As a divisor, keep the operand away from zero.
-        let a = if op == Op::Div { random(&[2, 3, 4], 36, 0.5, 2.0) } else { a.clone() };
+        let a = if op == Op::Binary(Binary::Div) { random(&[2, 3, 4], 36, 0.5, 2.0) } else { a.clone() };
         check(op, vec![b.clone(), a], &[true, true], 1e-2);
     }
-    check(Op::Mul, vec![a.clone(), Tensor::scalar(0.7)], &[true, true], 1e-2);
+    check(Op::Binary(Binary::Mul), vec![a.clone(), Tensor::scalar(0.7)], &[true, true], 1e-2);
 }
 
 #[test]
 fn concat_split_and_slice() {
     let (a, b) = (random(&[2, 3, 2], 23, -1.0, 1.0), random(&[2, 2, 2], 24, -1.0, 1.0));
-    check(Op::Concat { axis: 1 }, vec![a.clone(), b], &[true, true], 1e-2);
+    check(Op::Concat(Axis { axis: 1 }), vec![a.clone(), b], &[true, true], 1e-2);
     let x = random(&[2, 5, 3], 25, -1.0, 1.0);
     // Only the first piece reaches the loss: the rule must scatter it, leaving zeros elsewhere.
-    check(Op::Split { axis: 1, sizes: vec![2, 3] }, vec![x.clone()], &[true], 1e-2);
-    let slice = Op::Slice { axes: vec![1, 2], starts: vec![1, -1], ends: vec![5, -4], steps: vec![2, -1] };
+    check(Op::Split(Split { axis: 1, sizes: vec![2, 3] }), vec![x.clone()], &[true], 1e-2);
+    let slice = Op::Slice(Slice { axes: vec![1, 2], starts: vec![1, -1], ends: vec![5, -4], steps: vec![2, -1] });
     check(slice, vec![x], &[true], 1e-2);
 }
 
@@ -158,7 +159,7 @@ fn concat_split_and_slice() {
 fn split_with_every_piece_used_is_a_concat() {
     let mut g = Graph::new("split");
     let x = g.add_input("x", TensorType::f32(&[1, 4, 2]));
-    let parts = g.add_node(Op::Split { axis: 1, sizes: vec![1, 3] }, &[x], &["a", "b"], "").unwrap();
+    let parts = g.add_node(Op::Split(Split { axis: 1, sizes: vec![1, 3] }), &[x], &["a", "b"], "").unwrap();
     let dys: Vec<_> = parts.iter().map(|&p| g.add_input("d", g.ty(p).clone())).collect();
     let mut model = Model { graph: g, ..Default::default() };
     let grads = differentiate(&mut model, &[(parts[0], dys[0]), (parts[1], dys[1])], &[x]).unwrap();
@@ -172,23 +173,25 @@ fn split_with_every_piece_used_is_a_concat() {
 
 #[test]
 fn pooling_and_upsampling() {
-    let sppf = Op::MaxPool2d { kernel: [5, 5], stride: [1, 1], pad: [2; 4] };
+    let sppf = Op::MaxPool2d(Pool { kernel: [5, 5], stride: [1, 1], pad: [2; 4] });
     check(sppf, vec![distinct(&[2, 2, 6, 7], 29)], &[true], 1e-3);
-    let half = Op::MaxPool2d { kernel: [2, 2], stride: [2, 2], pad: [0; 4] };
+    let half = Op::MaxPool2d(Pool { kernel: [2, 2], stride: [2, 2], pad: [0; 4] });
     check(half, vec![distinct(&[1, 3, 6, 4], 30)], &[true], 1e-3);
-    check(Op::UpsampleNearest { scale: [2, 2] }, vec![random(&[2, 3, 3, 4], 31, -1.0, 1.0)], &[true], 1e-2);
+    check(Op::UpsampleNearest(Upsample { scale: [2, 2] }), vec![random(&[2, 3, 3, 4], 31, -1.0, 1.0)], &[true], 1e-2);
 }
 
 #[test]
 fn reshape_transpose_and_matmul() {
     let x = random(&[2, 3, 4, 2], 32, -1.0, 1.0);
-    let view =
-        Op::Reshape { shape: vec![ReshapeDim::Of { input: 0, axis: 0 }, ReshapeDim::Fixed(4), ReshapeDim::Infer] };
+    let view = Op::Reshape(Reshape {
+        shape: vec![ReshapeDim::Of { input: 0, axis: 0 }, ReshapeDim::Fixed(4), ReshapeDim::Infer],
+    });
     check(view, vec![x.clone()], &[true], 1e-2);
-    let back =
-        Op::Reshape { shape: vec![ReshapeDim::Fixed(2), ReshapeDim::Of { input: 1, axis: 1 }, ReshapeDim::Infer] };
+    let back = Op::Reshape(Reshape {
+        shape: vec![ReshapeDim::Fixed(2), ReshapeDim::Of { input: 1, axis: 1 }, ReshapeDim::Infer],
+    });
     check(back, vec![x.clone(), random(&[1, 6], 33, 0.0, 1.0)], &[true, false], 1e-2);
-    check(Op::Transpose { perm: vec![0, 2, 3, 1] }, vec![x], &[true], 1e-2);
+    check(Op::Transpose(Transpose { perm: vec![0, 2, 3, 1] }), vec![x], &[true], 1e-2);
     let (a, b) = (random(&[2, 2, 3, 4], 34, -1.0, 1.0), random(&[2, 1, 4, 5], 35, -1.0, 1.0));
     check(Op::MatMul, vec![a, b], &[true, true], 1e-2);
 }
@@ -198,7 +201,7 @@ fn gradient_ops_are_not_differentiated_again() {
     let mut g = Graph::new("second");
     let x = g.add_input("x", TensorType::f32(&[2, 2]));
     let d = g.add_input("d", TensorType::f32(&[2, 2]));
-    let y = g.add1(Op::SiluGrad, &[d, x], "y", "").unwrap();
+    let y = g.add1(Op::UnaryGrad(UnaryGrad::Silu), &[d, x], "y", "").unwrap();
     let dy = g.add_input("dy", TensorType::f32(&[2, 2]));
     let mut model = Model { graph: g, ..Default::default() };
     let err = differentiate(&mut model, &[(y, dy)], &[x]).unwrap_err().to_string();

@@ -5,6 +5,7 @@
 mod common;
 use common::{dataset, fails, scratch, write};
 use onnx_protobuf::{AttributeProto, Message, ModelProto, NodeProto, TensorProto};
+use slimc_ir::{Anchors, BatchNorm};
 use slimc_ir::{Model, Op};
 use std::path::Path;
 use std::process::Command;
@@ -137,16 +138,16 @@ fn slim_files_pass_the_verifier_or_are_refused() {
         (
             "eps.slim",
             edit(&|m| {
-                let n = m.graph.nodes.iter_mut().find(|n| matches!(n.op, Op::BatchNorm { .. })).unwrap();
-                n.op = Op::BatchNorm { eps: f32::NAN, momentum: 0.03 };
+                let n = m.graph.nodes.iter_mut().find(|n| matches!(n.op, Op::BatchNorm(_))).unwrap();
+                n.op = Op::BatchNorm(BatchNorm { eps: f32::NAN, momentum: 0.03 });
             }),
             "eps NaN must be positive and finite",
         ),
         (
             "anchors.slim",
             edit(&|m| {
-                let n = m.graph.nodes.iter_mut().find(|n| matches!(n.op, Op::Anchors { .. })).unwrap();
-                if let Op::Anchors { strides, .. } = &mut n.op {
+                let n = m.graph.nodes.iter_mut().find(|n| matches!(n.op, Op::Anchors(_))).unwrap();
+                if let Op::Anchors(Anchors { strides, .. }) = &mut n.op {
                     strides[0] = 0.0;
                 }
             }),

@@ -10,6 +10,9 @@ use rand::{Rng, SeedableRng};
 use slimc::backend::{cpu::Cpu, gpu, run_once, single_op, Backend};
 use slimc_ir::eval::eval;
 use slimc_ir::step_scalars as ss;
+use slimc_ir::{
+    Anchors, Axis, BatchNorm, Binary, DetectLoss, Pool, Reshape, Slice, Split, Transpose, Unary, UnaryGrad, Upsample,
+};
 use slimc_ir::{Conv2d, Model, Op, OpKind, ReshapeDim, Tensor, Update, ALL_OP_KINDS};
 
 /// One op on its operands.
@@ -117,10 +120,11 @@ fn cases() -> Vec<Case> {
         let c = xs[1];
         vec![r(xs, s), positive(&[c], s + 1), r(&[c], s + 2), r(&[c], s + 3), positive(&[c], s + 4)]
     };
-    add("batch_norm", Op::BatchNorm { eps: 1e-3, momentum: 0.03 }, bn(&[2, 5, 7, 3], 1000));
+    add("batch_norm", Op::BatchNorm(BatchNorm { eps: 1e-3, momentum: 0.03 }), bn(&[2, 5, 7, 3], 1000));
     let train = bn(&[3, 4, 5, 7], 1100);
-    add("batch_norm_train", Op::BatchNormTrain { eps: 1e-3, momentum: 0.03 }, train.clone());
-    let stats = eval(&Op::BatchNormTrain { eps: 1e-3, momentum: 0.03 }, &train.iter().collect::<Vec<_>>()).unwrap();
+    add("batch_norm_train", Op::BatchNormTrain(BatchNorm { eps: 1e-3, momentum: 0.03 }), train.clone());
+    let stats =
+        eval(&Op::BatchNormTrain(BatchNorm { eps: 1e-3, momentum: 0.03 }), &train.iter().collect::<Vec<_>>()).unwrap();
     let dy = r(&[3, 4, 5, 7], 1106);
     add(
         "batch_norm_grad",
@@ -130,78 +134,87 @@ fn cases() -> Vec<Case> {
 
     // Activations and their gradients; one tensor larger than a 65,535-workgroup grid row.
     let x = r(&[2, 3, 5, 7], 1200);
-    add("silu", Op::Silu, vec![x.clone()]);
-    add("silu beyond one grid dimension", Op::Silu, vec![r(&[1, 16, 1025, 1025], 1201)]);
-    add("sigmoid", Op::Sigmoid, vec![x.clone()]);
-    add("silu_grad", Op::SiluGrad, vec![r(&[2, 3, 5, 7], 1202), x.clone()]);
-    add("sigmoid_grad", Op::SigmoidGrad, vec![r(&[2, 3, 5, 7], 1203), map(&x, |v| 1.0 / (1.0 + (-v).exp()))]);
-    add("sign", Op::Sign, vec![map(&r(&[3, 17], 1204), |v| if v.abs() < 0.2 { 0.0 } else { v })]);
+    add("silu", Op::Unary(Unary::Silu), vec![x.clone()]);
+    add("silu beyond one grid dimension", Op::Unary(Unary::Silu), vec![r(&[1, 16, 1025, 1025], 1201)]);
+    add("sigmoid", Op::Unary(Unary::Sigmoid), vec![x.clone()]);
+    add("silu_grad", Op::UnaryGrad(UnaryGrad::Silu), vec![r(&[2, 3, 5, 7], 1202), x.clone()]);
+    add(
+        "sigmoid_grad",
+        Op::UnaryGrad(UnaryGrad::Sigmoid),
+        vec![r(&[2, 3, 5, 7], 1203), map(&x, |v| 1.0 / (1.0 + (-v).exp()))],
+    );
+    add("sign", Op::Unary(Unary::Sign), vec![map(&r(&[3, 17], 1204), |v| if v.abs() < 0.2 { 0.0 } else { v })]);
 
     // Broadcasting arithmetic.
-    for (k, op) in [Op::Add, Op::Sub, Op::Mul, Op::Div].into_iter().enumerate() {
+    for (k, op) in [Op::Binary(Binary::Add), Op::Binary(Binary::Sub), Op::Binary(Binary::Mul), Op::Binary(Binary::Div)]
+        .into_iter()
+        .enumerate()
+    {
         let s = 1300 + 10 * k as u64;
-        let b = if matches!(op, Op::Div) { positive(&[3, 1, 7], s + 1) } else { r(&[3, 1, 7], s + 1) };
+        let b = if matches!(op, Op::Binary(Binary::Div)) { positive(&[3, 1, 7], s + 1) } else { r(&[3, 1, 7], s + 1) };
         add(&format!("{} broadcast", op.name()), op.clone(), vec![r(&[2, 3, 5, 7], s), b]);
         add(&format!("{} scalar first", op.name()), op, vec![positive(&[1], s + 2), positive(&[4, 6], s + 3)]);
     }
 
     // Data movement.
     let parts = vec![r(&[2, 3, 4, 5], 1400), r(&[2, 1, 4, 5], 1401), r(&[2, 2, 4, 5], 1402)];
-    add("concat channels", Op::Concat { axis: 1 }, parts);
-    add("concat last axis", Op::Concat { axis: 2 }, vec![r(&[2, 3, 7], 1403), r(&[2, 3, 2], 1404)]);
-    add("split", Op::Split { axis: 1, sizes: vec![2, 3, 1] }, vec![r(&[2, 6, 3, 5], 1405)]);
-    let slice = Op::Slice { axes: vec![2, 3], starts: vec![1, -1], ends: vec![6, -9], steps: vec![2, -2] };
+    add("concat channels", Op::Concat(Axis { axis: 1 }), parts);
+    add("concat last axis", Op::Concat(Axis { axis: 2 }), vec![r(&[2, 3, 7], 1403), r(&[2, 3, 2], 1404)]);
+    add("split", Op::Split(Split { axis: 1, sizes: vec![2, 3, 1] }), vec![r(&[2, 6, 3, 5], 1405)]);
+    let slice = Op::Slice(Slice { axes: vec![2, 3], starts: vec![1, -1], ends: vec![6, -9], steps: vec![2, -2] });
     add("slice, reversed steps", slice.clone(), vec![r(&[2, 3, 7, 9], 1406)]);
     add(
         "slice_grad",
-        Op::SliceGrad { axes: vec![2, 3], starts: vec![1, -1], ends: vec![6, -9], steps: vec![2, -2] },
+        Op::SliceGrad(Slice { axes: vec![2, 3], starts: vec![1, -1], ends: vec![6, -9], steps: vec![2, -2] }),
         {
             let x = r(&[2, 3, 7, 9], 1407);
             let y = eval(&slice, &[&x]).unwrap().remove(0);
             vec![r(&y.shape, 1408), x]
         },
     );
-    add("transpose", Op::Transpose { perm: vec![0, 2, 3, 1] }, vec![r(&[2, 3, 4, 5], 1409)]);
+    add("transpose", Op::Transpose(Transpose { perm: vec![0, 2, 3, 1] }), vec![r(&[2, 3, 4, 5], 1409)]);
     add(
         "reshape",
-        Op::Reshape { shape: vec![ReshapeDim::Of { input: 0, axis: 0 }, ReshapeDim::Fixed(3), ReshapeDim::Infer] },
+        Op::Reshape(Reshape {
+            shape: vec![ReshapeDim::Of { input: 0, axis: 0 }, ReshapeDim::Fixed(3), ReshapeDim::Infer],
+        }),
         vec![r(&[2, 3, 4, 5], 1410)],
     );
-    add("upsample_nearest", Op::UpsampleNearest { scale: [2, 2] }, vec![r(&[2, 3, 5, 7], 1411)]);
-    add("upsample_nearest_grad", Op::UpsampleNearestGrad { scale: [2, 2] }, vec![r(&[2, 3, 10, 14], 1412)]);
+    add("upsample_nearest", Op::UpsampleNearest(Upsample { scale: [2, 2] }), vec![r(&[2, 3, 5, 7], 1411)]);
+    add("upsample_nearest_grad", Op::UpsampleNearestGrad(Upsample { scale: [2, 2] }), vec![r(&[2, 3, 10, 14], 1412)]);
     add("sum_to", Op::SumTo, vec![r(&[2, 3, 4, 5], 1413), r(&[3, 1, 5], 1414)]);
 
     // Pooling.
-    let sppf = Op::MaxPool2d { kernel: [5, 5], stride: [1, 1], pad: [2; 4] };
+    let sppf = Op::MaxPool2d(Pool { kernel: [5, 5], stride: [1, 1], pad: [2; 4] });
     let x = r(&[2, 3, 9, 7], 1500);
     add("max_pool2d 5x5/1", sppf.clone(), vec![x.clone()]);
-    add("max_pool2d 2x2/2 odd", Op::MaxPool2d { kernel: [2, 2], stride: [2, 2], pad: [0; 4] }, vec![x.clone()]);
+    add("max_pool2d 2x2/2 odd", Op::MaxPool2d(Pool { kernel: [2, 2], stride: [2, 2], pad: [0; 4] }), vec![x.clone()]);
     add(
         "max_pool2d_grad",
-        Op::MaxPool2dGrad { kernel: [5, 5], stride: [1, 1], pad: [2; 4] },
+        Op::MaxPool2dGrad(Pool { kernel: [5, 5], stride: [1, 1], pad: [2; 4] }),
         vec![r(&[2, 3, 9, 7], 1501), x],
     );
 
     // Matrix products and softmax.
     add("matmul broadcast", Op::MatMul, vec![r(&[2, 3, 4, 5], 1600), r(&[1, 3, 5, 6], 1601)]);
     let x = r(&[2, 3, 4, 9], 1602);
-    add("softmax last axis", Op::Softmax { axis: 3 }, vec![x.clone()]);
-    add("softmax inner axis", Op::Softmax { axis: 1 }, vec![x.clone()]);
-    let y = eval(&Op::Softmax { axis: 3 }, &[&x]).unwrap().remove(0);
-    add("softmax_grad", Op::SoftmaxGrad { axis: 3 }, vec![r(&[2, 3, 4, 9], 1603), y]);
+    add("softmax last axis", Op::Softmax(Axis { axis: 3 }), vec![x.clone()]);
+    add("softmax inner axis", Op::Softmax(Axis { axis: 1 }), vec![x.clone()]);
+    let y = eval(&Op::Softmax(Axis { axis: 3 }), &[&x]).unwrap().remove(0);
+    add("softmax_grad", Op::SoftmaxGrad(Axis { axis: 3 }), vec![r(&[2, 3, 4, 9], 1603), y]);
 
     // The detect head: anchors, the loss and its gradient.
     add(
         "anchors",
-        Op::Anchors { strides: vec![8.0, 16.0], offset: 0.5 },
+        Op::Anchors(Anchors { strides: vec![8.0, 16.0], offset: 0.5 }),
         vec![r(&[1, 4, 6, 8], 1700), r(&[1, 4, 3, 4], 1701)],
     );
     let loss = |grad: bool| {
         let (strides, gains, reg_max) = (vec![8.0, 16.0], vec![7.5, 0.5, 1.5], 16);
         if grad {
-            Op::DetectLossGrad { strides, gains, reg_max }
+            Op::DetectLossGrad(DetectLoss { strides, gains, reg_max })
         } else {
-            Op::DetectLoss { strides, gains, reg_max }
+            Op::DetectLoss(DetectLoss { strides, gains, reg_max })
         }
     };
     add("detect_loss", loss(false), detect_operands(1800));
@@ -213,15 +226,15 @@ fn cases() -> Vec<Case> {
     add("accumulate", Op::Accumulate, vec![r(&[4, 3, 3, 3], 1902), g.clone(), scalars(false)]);
     add("global_norm", Op::GlobalNorm, vec![g.clone(), r(&[7], 1903)]);
     let norm = Tensor::from_f32(vec![], vec![3.0]).unwrap();
-    let update = |prox| Update { group: 1, weight_decay: 5e-4, max_norm: 1.0, prox, beta1: 0.9 };
+    let update = |prox, beta1| Update { group: 1, weight_decay: 5e-4, max_norm: 1.0, prox, beta1 };
     add(
         "sgd_update",
-        Op::SgdUpdate(update(None)),
+        Op::SgdUpdate(update(None, 0.0)),
         vec![p.clone(), g.clone(), norm.clone(), scalars(true), r(&[4, 3, 3, 3], 1904)],
     );
     add(
         "adamw_update",
-        Op::AdamWUpdate(update(Some(2))),
+        Op::AdamWUpdate(update(Some(2), 0.9)),
         vec![p.clone(), g, norm, scalars(true), r(&[4, 3, 3, 3], 1905), positive(&[4, 3, 3, 3], 1906)],
     );
     add("ema_update", Op::EmaUpdate, vec![r(&[4, 3, 3, 3], 1907), p, scalars(true)]);

@@ -4,6 +4,9 @@
 //! concrete shapes the interpreters meet at run time (all dimensions fixed).
 
 use crate::error::{invalid, Result};
+use crate::op::{
+    Anchors, Axis, BatchNorm, Binary, DetectLoss, Pool, Reshape, Slice, Split, Transpose, Unary, UnaryGrad, Upsample,
+};
 use crate::op::{Op, ReshapeDim};
 use crate::tensor::{DType, Dim, TensorType};
 
@@ -113,7 +116,7 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             let ow = window_out(wi, wd[3], c.stride[1], c.dilation[1], c.pad[1].saturating_add(c.pad[3]))?;
             vec![f32t(vec![x.shape[0].clone(), Dim::Fixed(wd[0]), Dim::Fixed(oh), Dim::Fixed(ow)])]
         }
-        Op::BatchNorm { .. } => {
+        Op::BatchNorm(_) => {
             if x.rank() < 2 {
                 return invalid(format!("batch_norm input must have rank >= 2, found {x}"));
             }
@@ -124,12 +127,12 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             vec![x.clone()]
         }
-        Op::Silu | Op::Sigmoid => vec![x.clone()],
-        Op::Add | Op::Sub | Op::Mul | Op::Div => {
+        Op::Unary(Unary::Silu) | Op::Unary(Unary::Sigmoid) => vec![x.clone()],
+        Op::Binary(Binary::Add) | Op::Binary(Binary::Sub) | Op::Binary(Binary::Mul) | Op::Binary(Binary::Div) => {
             same_dtype()?;
             vec![TensorType { dtype: x.dtype, shape: broadcast(&x.shape, &inputs[1].shape)? }]
         }
-        Op::Concat { axis } => {
+        Op::Concat(Axis { axis }) => {
             same_dtype()?;
             let a = *axis;
             if a >= x.rank() {
@@ -146,7 +149,7 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             s[a] = Dim::Fixed(total);
             vec![TensorType { dtype: x.dtype, shape: s }]
         }
-        Op::Split { axis, sizes } => {
+        Op::Split(Split { axis, sizes }) => {
             let a = *axis;
             if a >= x.rank() {
                 return invalid(format!("split axis {a} out of range for {x}"));
@@ -164,7 +167,7 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
                 })
                 .collect()
         }
-        Op::Slice { axes, starts, ends, steps } => {
+        Op::Slice(Slice { axes, starts, ends, steps }) => {
             if axes.len() != starts.len() || axes.len() != ends.len() || axes.len() != steps.len() {
                 return invalid("slice axes, starts, ends and steps differ in length");
             }
@@ -180,7 +183,7 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             vec![TensorType { dtype: x.dtype, shape: s }]
         }
-        Op::MaxPool2d { kernel, stride, pad } => {
+        Op::MaxPool2d(Pool { kernel, stride, pad }) => {
             check_rank(x, 4, "max_pool2d input")?;
             let h = fixed(&x.shape[2], "max_pool2d input height")?;
             let w = fixed(&x.shape[3], "max_pool2d input width")?;
@@ -188,13 +191,13 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             let ow = window_out(w, kernel[1], stride[1], 1, pad[1].saturating_add(pad[3]))?;
             vec![f32t(vec![x.shape[0].clone(), x.shape[1].clone(), Dim::Fixed(oh), Dim::Fixed(ow)])]
         }
-        Op::UpsampleNearest { scale } => {
+        Op::UpsampleNearest(Upsample { scale }) => {
             check_rank(x, 4, "upsample_nearest input")?;
             let h = fixed(&x.shape[2], "upsample input height")?;
             let w = fixed(&x.shape[3], "upsample input width")?;
             vec![f32t(vec![x.shape[0].clone(), x.shape[1].clone(), Dim::Fixed(h * scale[0]), Dim::Fixed(w * scale[1])])]
         }
-        Op::Reshape { shape } => {
+        Op::Reshape(Reshape { shape }) => {
             let mut out = Vec::with_capacity(shape.len());
             let mut infer_at = None;
             for d in shape {
@@ -255,7 +258,7 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             vec![TensorType { dtype: x.dtype, shape: out }]
         }
-        Op::Transpose { perm } => {
+        Op::Transpose(Transpose { perm }) => {
             let mut seen = vec![false; x.rank()];
             if perm.len() != x.rank() || perm.iter().any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true)) {
                 return invalid(format!("transpose perm {perm:?} is not a permutation of the axes of {x}"));
@@ -276,13 +279,13 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             s.push(y.shape[yr - 1].clone());
             vec![f32t(s)]
         }
-        Op::Softmax { axis } => {
+        Op::Softmax(Axis { axis }) => {
             if *axis >= x.rank() {
                 return invalid(format!("softmax axis {axis} out of range for {x}"));
             }
             vec![x.clone()]
         }
-        Op::Anchors { strides, .. } => {
+        Op::Anchors(Anchors { strides, .. }) => {
             if strides.len() != inputs.len() {
                 return invalid(format!("anchors has {} strides for {} levels", strides.len(), inputs.len()));
             }
@@ -303,8 +306,8 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             same_shape(x, &fwd[0], "conv2d_grad_weight dy")?;
             vec![inputs[2].clone()]
         }
-        Op::BatchNormTrain { eps, momentum } => {
-            let y = infer_types(&Op::BatchNorm { eps: *eps, momentum: *momentum }, inputs)?;
+        Op::BatchNormTrain(BatchNorm { eps, momentum }) => {
+            let y = infer_types(&Op::BatchNorm(BatchNorm { eps: *eps, momentum: *momentum }), inputs)?;
             let c = inputs[1].clone();
             vec![y[0].clone(), c.clone(), c.clone(), c.clone(), c]
         }
@@ -317,20 +320,20 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             vec![x.clone(), inputs[2].clone(), inputs[2].clone()]
         }
-        Op::SiluGrad | Op::SigmoidGrad => {
+        Op::UnaryGrad(UnaryGrad::Silu) | Op::UnaryGrad(UnaryGrad::Sigmoid) => {
             same_shape(x, inputs[1], "gradient")?;
             vec![x.clone()]
         }
-        Op::SoftmaxGrad { axis } => {
+        Op::SoftmaxGrad(Axis { axis }) => {
             same_shape(x, inputs[1], "softmax_grad dy")?;
-            infer_types(&Op::Softmax { axis: *axis }, &inputs[1..])?
+            infer_types(&Op::Softmax(Axis { axis: *axis }), &inputs[1..])?
         }
-        Op::MaxPool2dGrad { kernel, stride, pad } => {
-            let fwd = infer_types(&Op::MaxPool2d { kernel: *kernel, stride: *stride, pad: *pad }, &inputs[1..])?;
+        Op::MaxPool2dGrad(Pool { kernel, stride, pad }) => {
+            let fwd = infer_types(&Op::MaxPool2d(Pool { kernel: *kernel, stride: *stride, pad: *pad }), &inputs[1..])?;
             same_shape(x, &fwd[0], "max_pool2d_grad dy")?;
             vec![inputs[1].clone()]
         }
-        Op::UpsampleNearestGrad { scale } => {
+        Op::UpsampleNearestGrad(Upsample { scale }) => {
             check_rank(x, 4, "upsample_nearest_grad input")?;
             let h = fixed(&x.shape[2], "upsample_nearest_grad height")?;
             let w = fixed(&x.shape[3], "upsample_nearest_grad width")?;
@@ -339,8 +342,8 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             vec![f32t(vec![x.shape[0].clone(), x.shape[1].clone(), Dim::Fixed(h / scale[0]), Dim::Fixed(w / scale[1])])]
         }
-        Op::SliceGrad { axes, starts, ends, steps } => {
-            let op = Op::Slice { axes: axes.clone(), starts: starts.clone(), ends: ends.clone(), steps: steps.clone() };
+        Op::SliceGrad(s) => {
+            let op = Op::Slice(s.clone());
             let fwd = infer_types(&op, &inputs[1..])?;
             same_shape(x, &fwd[0], "slice_grad dy")?;
             vec![TensorType { dtype: x.dtype, shape: inputs[1].shape.clone() }]
@@ -352,12 +355,13 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             vec![TensorType { dtype: x.dtype, shape: like.shape.clone() }]
         }
-        Op::Sign => vec![x.clone()],
+        Op::Unary(Unary::Sign) => vec![x.clone()],
         Op::Accumulate | Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => {
             // Operands: the tensor, its gradient or model value, (for updates) the norm, the step
             // scalars, then state shaped like the tensor.
             let (second, scalars, state) = match op {
                 Op::Accumulate | Op::EmaUpdate => (inputs[1], inputs[2], &inputs[3..]),
+                // The updates.
                 _ => {
                     if inputs[2].rank() != 0 || inputs[2].dtype != DType::F32 {
                         return invalid(format!(
@@ -375,11 +379,11 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             for t in std::iter::once(&second).chain(state) {
                 same_shape(t, x, op.name())?;
             }
-            if scalars.shape != [Dim::Fixed(crate::op::step_scalars::LEN)] || scalars.dtype != DType::F32 {
+            if scalars.shape != [Dim::Fixed(crate::step_scalars::LEN)] || scalars.dtype != DType::F32 {
                 return invalid(format!(
                     "{}: the step scalars must be f32[{}], found {scalars}",
                     op.name(),
-                    crate::op::step_scalars::LEN
+                    crate::step_scalars::LEN
                 ));
             }
             vec![x.clone(); op.num_outputs()]
@@ -390,7 +394,8 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             vec![f32t(vec![])]
         }
-        Op::DetectLoss { strides, reg_max, .. } | Op::DetectLossGrad { strides, reg_max, .. } => {
+        Op::DetectLoss(DetectLoss { strides, reg_max, .. })
+        | Op::DetectLossGrad(DetectLoss { strides, reg_max, .. }) => {
             let levels = &inputs[..strides.len()];
             for t in levels {
                 check_rank(t, 4, "detect_loss level")?;
@@ -405,7 +410,7 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             if targets.rank() != 2 || targets.shape[1] != Dim::Fixed(6) {
                 return invalid(format!("detect_loss targets must be [M,6], found {targets}"));
             }
-            if matches!(op, Op::DetectLoss { .. }) {
+            if matches!(op, Op::DetectLoss(_)) {
                 vec![TensorType::f32(&[3]), TensorType::f32(&[])]
             } else {
                 levels.iter().map(|t| (*t).clone()).collect()
@@ -478,18 +483,19 @@ mod tests {
 
     #[test]
     fn broadcasting_keeps_the_symbolic_batch() {
-        let out = infer_types(&Op::Add, &[&sym(&["N", "1", "4"]), &sym(&["3", "1"])]).unwrap();
+        let out = infer_types(&Op::Binary(Binary::Add), &[&sym(&["N", "1", "4"]), &sym(&["3", "1"])]).unwrap();
         assert_eq!(out[0], sym(&["N", "3", "4"]));
-        assert!(infer_types(&Op::Add, &[&sym(&["2", "3"]), &sym(&["4", "3"])]).is_err());
+        assert!(infer_types(&Op::Binary(Binary::Add), &[&sym(&["2", "3"]), &sym(&["4", "3"])]).is_err());
     }
 
     #[test]
     fn reshape_infers_through_the_batch_symbol() {
-        let op =
-            Op::Reshape { shape: vec![Of { input: 0, axis: 0 }, ReshapeDim::Fixed(4), ReshapeDim::Fixed(16), Infer] };
+        let op = Op::Reshape(Reshape {
+            shape: vec![Of { input: 0, axis: 0 }, ReshapeDim::Fixed(4), ReshapeDim::Fixed(16), Infer],
+        });
         let out = infer_types(&op, &[&sym(&["N", "64", "8400"])]).unwrap();
         assert_eq!(out[0], sym(&["N", "4", "16", "8400"]));
-        let bad = Op::Reshape { shape: vec![ReshapeDim::Fixed(5), Infer] };
+        let bad = Op::Reshape(Reshape { shape: vec![ReshapeDim::Fixed(5), Infer] });
         assert!(infer_types(&bad, &[&sym(&["2", "8"])]).is_err());
     }
 

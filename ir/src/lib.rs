@@ -16,6 +16,7 @@ mod infer;
 pub mod memory;
 pub mod model;
 mod op;
+pub mod step_scalars;
 mod tensor;
 mod text;
 mod verify;
@@ -25,7 +26,10 @@ pub use graph::{infer_all, infer_node_types};
 pub use graph::{Graph, Node, NodeId, ParamKind, Value, ValueDef, ValueId, NEXT_SUFFIX};
 pub use infer::infer_types;
 pub use model::{write_atomic, Metadata, Model};
-pub use op::{step_scalars, Conv2d, Op, OpKind, ReshapeDim, Update, ALL_OP_KINDS};
+pub use op::{
+    Anchors, Attr, Axis, BatchNorm, Binary, Conv2d, DetectLoss, Op, OpKind, Pool, Reshape, ReshapeDim, Slice, Split,
+    Transpose, Unary, UnaryGrad, Update, Upsample, ALL_OP_KINDS,
+};
 pub use tensor::{checked_numel, DType, Dim, Tensor, TensorData, TensorType};
 pub use text::{parse_graph, print_graph};
 pub use verify::verify;

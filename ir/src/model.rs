@@ -122,7 +122,7 @@ impl Model {
     /// The class count of a Detect head (an `anchors` node, output `[N, 4 + nc, A]`), if any.
     pub fn head_classes(&self) -> Option<usize> {
         let g = &self.graph;
-        g.nodes.iter().find(|n| matches!(n.op, crate::Op::Anchors { .. }))?;
+        g.nodes.iter().find(|n| matches!(n.op, crate::Op::Anchors(_)))?;
         let out = g.ty(*g.outputs.first()?);
         (out.rank() == 3).then(|| out.shape[1].fixed()).flatten().and_then(|c| c.checked_sub(4))
     }

@@ -1,6 +1,7 @@
 //! `autodiff`: reverse-mode differentiation of a detector into its training program.
 
 use crate::{Pass, PassContext};
+use slimc_ir::{Anchors, Axis, BatchNorm, Binary, DetectLoss, Reshape, Slice, Split, Transpose, Unary, UnaryGrad};
 use slimc_ir::{Dim, Graph, IrError, Model, Op, ParamKind, ReshapeDim, Tensor, TensorType, ValueDef, ValueId};
 use std::collections::HashMap;
 
@@ -44,18 +45,21 @@ impl Pass for Autodiff {
         "attach the detection loss, switch BN to training mode and build the backward program"
     }
     fn run(&self, model: &mut Model, _: &mut PassContext) -> Result<bool, IrError> {
-        if model.graph.nodes.iter().any(|n| matches!(n.op, Op::BatchNormTrain { .. } | Op::DetectLossGrad { .. })) {
+        if model.graph.nodes.iter().any(|n| matches!(n.op, Op::BatchNormTrain(_) | Op::DetectLossGrad(_))) {
             return Err(IrError::Invalid("the graph is already a training program".into()));
         }
         let loss = attach_detect_loss(&mut model.graph)?;
         let running = train_mode_bn(&mut model.graph)?;
         let g = &mut model.graph;
         let node = g.nodes[loss.0].clone();
-        let Op::DetectLoss { strides, gains, reg_max } = node.op else { unreachable!("attach_detect_loss") };
+        let Op::DetectLoss(DetectLoss { strides, gains, reg_max }) = node.op else {
+            unreachable!("attach_detect_loss")
+        };
         let levels = &node.inputs[..strides.len()];
         let names: Vec<String> = levels.iter().map(|&v| g.fresh_name(&grad_name(&g.value(v).name))).collect();
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-        let dlevels = g.add_node(Op::DetectLossGrad { strides, gains, reg_max }, &node.inputs, &refs, "loss")?;
+        let dlevels =
+            g.add_node(Op::DetectLossGrad(DetectLoss { strides, gains, reg_max }), &node.inputs, &refs, "loss")?;
         let seeds: Vec<(ValueId, ValueId)> = levels.iter().copied().zip(dlevels).collect();
         let wrt: Vec<ValueId> =
             g.params.iter().copied().filter(|&p| g.value(p).def == ValueDef::Param(ParamKind::Weight)).collect();
@@ -95,18 +99,18 @@ fn rename(g: &mut Graph, v: ValueId, want: &str) {
 /// `targets` input); the graph outputs become the loss components and total. Returns the loss
 /// node.
 pub fn attach_detect_loss(g: &mut Graph) -> Result<slimc_ir::NodeId, IrError> {
-    if let Some(i) = g.nodes.iter().position(|n| matches!(n.op, Op::DetectLoss { .. })) {
+    if let Some(i) = g.nodes.iter().position(|n| matches!(n.op, Op::DetectLoss(_))) {
         g.outputs = g.nodes[i].outputs.clone();
         return Ok(slimc_ir::NodeId(i));
     }
-    let anchors = g.nodes.iter().find(|n| matches!(n.op, Op::Anchors { .. })).ok_or_else(|| {
+    let anchors = g.nodes.iter().find(|n| matches!(n.op, Op::Anchors(_))).ok_or_else(|| {
         IrError::Invalid(
             "no Detect head found (no `anchors` node); training needs a model from a YAML or a .slim file, \
              not an ONNX file whose anchors were folded to constants"
                 .into(),
         )
     })?;
-    let Op::Anchors { strides, .. } = &anchors.op else { unreachable!() };
+    let Op::Anchors(Anchors { strides, .. }) = &anchors.op else { unreachable!() };
     let (strides, levels) = (strides.clone(), anchors.inputs.clone());
     let ch = g.ty(levels[0]).shape[1].fixed().unwrap_or(0);
     let reg_max = head_reg_max(g, &levels)?;
@@ -119,7 +123,7 @@ pub fn attach_detect_loss(g: &mut Graph) -> Result<slimc_ir::NodeId, IrError> {
     );
     let mut inputs = levels;
     inputs.push(targets);
-    let op = Op::DetectLoss { strides, gains: LOSS_GAINS.to_vec(), reg_max };
+    let op = Op::DetectLoss(DetectLoss { strides, gains: LOSS_GAINS.to_vec(), reg_max });
     let outs = g.add_node(op, &inputs, &[LOSS_ITEMS, LOSS_TOTAL], "loss")?;
     g.outputs = outs;
     Ok(slimc_ir::NodeId(g.nodes.len() - 1))
@@ -138,10 +142,11 @@ fn head_reg_max(g: &Graph, levels: &[ValueId]) -> Result<usize, IrError> {
             }
             let n = &g.nodes[u.0];
             match &n.op {
-                Op::Split { axis: 1, sizes } if sizes.len() == 2 && sizes[0] % 4 == 0 && sizes[0] > 0 => {
+                Op::Split(Split { axis: 1, sizes }) if sizes.len() == 2 && sizes[0] % 4 == 0 && sizes[0] > 0 => {
                     return Ok(sizes[0] / 4)
                 }
-                Op::Reshape { .. } | Op::Concat { .. } => stack.extend(n.outputs.iter().copied()),
+                Op::Reshape(_) | Op::Concat(_) => stack.extend(n.outputs.iter().copied()),
+                // A search along the head's reshapes and concats: every other op ends the path.
                 _ => {}
             }
         }
@@ -153,12 +158,12 @@ fn head_reg_max(g: &Graph, levels: &[ValueId]) -> Result<usize, IrError> {
 fn train_mode_bn(g: &mut Graph) -> Result<Vec<(ValueId, ValueId)>, IrError> {
     let mut running = vec![];
     for i in 0..g.nodes.len() {
-        let Op::BatchNorm { eps, momentum } = g.nodes[i].op else { continue };
+        let Op::BatchNorm(BatchNorm { eps, momentum }) = g.nodes[i].op else { continue };
         let y = g.value(g.nodes[i].outputs[0]).name.clone();
         let names: Vec<String> =
             ["mean", "invstd", "running_mean.next", "running_var.next"].iter().map(|s| format!("{y}.{s}")).collect();
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-        let outs = g.replace_op(slimc_ir::NodeId(i), Op::BatchNormTrain { eps, momentum }, &refs)?;
+        let outs = g.replace_op(slimc_ir::NodeId(i), Op::BatchNormTrain(BatchNorm { eps, momentum }), &refs)?;
         let (rm, rv) = (g.nodes[i].inputs[3], g.nodes[i].inputs[4]);
         running.push((rm, outs[3]));
         running.push((rv, outs[4]));
@@ -229,7 +234,7 @@ impl Builder<'_> {
             None => d,
             Some(&prev) => {
                 let scope = self.scope_of(v);
-                self.node(Op::Add, &[prev, d], v, &scope)?
+                self.node(Op::Binary(Binary::Add), &[prev, d], v, &scope)?
             }
         };
         self.grads.insert(v, sum);
@@ -263,7 +268,7 @@ impl Builder<'_> {
                 m
             }
         };
-        self.node(Op::Mul, &[d, m], of, scope)
+        self.node(Op::Binary(Binary::Mul), &[d, m], of, scope)
     }
 
     /// The vector-Jacobian product of one node: the gradient of each input given the gradients of
@@ -295,61 +300,71 @@ impl Builder<'_> {
                         Dim::Fixed(c) => c,
                         Dim::Sym(_) => return Err(IrError::Invalid("conv2d bias with unknown size".into())),
                     };
-                    let col = Op::Reshape { shape: vec![ReshapeDim::Fixed(cc), ReshapeDim::Fixed(1), ReshapeDim::Fixed(1)] };
+                    let col = Op::Reshape(Reshape {
+                        shape: vec![ReshapeDim::Fixed(cc), ReshapeDim::Fixed(1), ReshapeDim::Fixed(1)],
+                    });
                     let bcol = self.node(col, &[b], b, s)?;
                     let summed = self.node(Op::SumTo, &[dy(), bcol], b, s)?;
-                    out[2] = Some(self.node(Op::Reshape { shape: vec![ReshapeDim::Fixed(cc)] }, &[summed], b, s)?);
+                    out[2] = Some(self.node(
+                        Op::Reshape(Reshape { shape: vec![ReshapeDim::Fixed(cc)] }),
+                        &[summed],
+                        b,
+                        s,
+                    )?);
                 }
             }
-            Op::BatchNormTrain { .. } => {
+            Op::BatchNormTrain(_) => {
                 let (gamma, beta) = (n.inputs[1], n.inputs[2]);
-                let names: Vec<String> =
-                    [x, gamma, beta].iter().map(|&v| self.model.graph.fresh_name(&grad_name(&self.model.graph.value(v).name))).collect();
+                let names: Vec<String> = [x, gamma, beta]
+                    .iter()
+                    .map(|&v| self.model.graph.fresh_name(&grad_name(&self.model.graph.value(v).name)))
+                    .collect();
                 let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-                let r = self.g().add_node(Op::BatchNormGrad, &[dy(), x, gamma, n.outputs[1], n.outputs[2]], &refs, s)?;
+                let r =
+                    self.g().add_node(Op::BatchNormGrad, &[dy(), x, gamma, n.outputs[1], n.outputs[2]], &refs, s)?;
                 out[0] = Some(r[0]);
                 out[1] = Some(r[1]);
                 out[2] = Some(r[2]);
             }
-            Op::Silu => out[0] = Some(self.node(Op::SiluGrad, &[dy(), x], x, s)?),
-            Op::Sigmoid => out[0] = Some(self.node(Op::SigmoidGrad, &[dy(), n.outputs[0]], x, s)?),
-            Op::Softmax { axis } => {
-                out[0] = Some(self.node(Op::SoftmaxGrad { axis: *axis }, &[dy(), n.outputs[0]], x, s)?)
+            Op::Unary(Unary::Silu) => out[0] = Some(self.node(Op::UnaryGrad(UnaryGrad::Silu), &[dy(), x], x, s)?),
+            Op::Unary(Unary::Sigmoid) => {
+                out[0] = Some(self.node(Op::UnaryGrad(UnaryGrad::Sigmoid), &[dy(), n.outputs[0]], x, s)?)
             }
-            Op::Add | Op::Sub => {
+            Op::Softmax(a) => out[0] = Some(self.node(Op::SoftmaxGrad(a.clone()), &[dy(), n.outputs[0]], x, s)?),
+            Op::Binary(op @ (Binary::Add | Binary::Sub)) => {
                 let b = n.inputs[1];
                 if want(0) {
                     out[0] = Some(self.sum_to(dy(), x, s)?);
                 }
                 if want(1) {
                     let d = self.sum_to(dy(), b, s)?;
-                    out[1] = Some(if matches!(n.op, Op::Sub) { self.negate(d, b, s)? } else { d });
+                    out[1] = Some(if *op == Binary::Sub { self.negate(d, b, s)? } else { d });
                 }
             }
-            Op::Mul => {
+            Op::Binary(Binary::Mul) => {
                 let b = n.inputs[1];
                 if want(0) {
-                    let p = self.node(Op::Mul, &[dy(), b], x, s)?;
+                    let p = self.node(Op::Binary(Binary::Mul), &[dy(), b], x, s)?;
                     out[0] = Some(self.sum_to(p, x, s)?);
                 }
                 if want(1) {
-                    let p = self.node(Op::Mul, &[dy(), x], b, s)?;
+                    let p = self.node(Op::Binary(Binary::Mul), &[dy(), x], b, s)?;
                     out[1] = Some(self.sum_to(p, b, s)?);
                 }
             }
-            Op::Div => {
+            Op::Binary(Binary::Div) => {
                 let b = n.inputs[1];
-                let q = self.node(Op::Div, &[dy(), b], x, s)?;
+                let q = self.node(Op::Binary(Binary::Div), &[dy(), b], x, s)?;
                 if want(0) {
                     out[0] = Some(self.sum_to(q, x, s)?);
                 }
                 if want(1) {
-                    let p = self.node(Op::Mul, &[q, n.outputs[0]], b, s)?;
+                    let p = self.node(Op::Binary(Binary::Mul), &[q, n.outputs[0]], b, s)?;
                     let p = self.sum_to(p, b, s)?;
                     out[1] = Some(self.negate(p, b, s)?);
                 }
             }
-            Op::Concat { axis } => {
+            Op::Concat(Axis { axis }) => {
                 let sizes: Vec<usize> = n
                     .inputs
                     .iter()
@@ -361,62 +376,54 @@ impl Builder<'_> {
                     .map(|&v| self.model.graph.fresh_name(&grad_name(&self.model.graph.value(v).name)))
                     .collect();
                 let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-                let parts = self.g().add_node(Op::Split { axis: *axis, sizes }, &[dy()], &refs, s)?;
+                let parts = self.g().add_node(Op::Split(Split { axis: *axis, sizes }), &[dy()], &refs, s)?;
                 out = parts.into_iter().map(Some).collect();
             }
-            Op::Split { axis, sizes } => {
+            Op::Split(Split { axis, sizes }) => {
                 if dys.iter().all(|d| d.is_some()) {
                     let parts: Vec<ValueId> = dys.iter().map(|d| d.expect("checked")).collect();
-                    out[0] = Some(self.node(Op::Concat { axis: *axis }, &parts, x, s)?);
+                    out[0] = Some(self.node(Op::Concat(Axis { axis: *axis }), &parts, x, s)?);
                 } else {
                     let mut start = 0;
                     for (d, &k) in dys.iter().zip(sizes) {
                         if let Some(d) = *d {
-                            let op = Op::SliceGrad {
+                            let op = Op::SliceGrad(Slice {
                                 axes: vec![*axis],
                                 starts: vec![start as i64],
                                 ends: vec![(start + k) as i64],
                                 steps: vec![1],
-                            };
+                            });
                             let piece = self.node(op, &[d, x], x, s)?;
                             out[0] = Some(match out[0] {
                                 None => piece,
-                                Some(prev) => self.node(Op::Add, &[prev, piece], x, s)?,
+                                Some(prev) => self.node(Op::Binary(Binary::Add), &[prev, piece], x, s)?,
                             });
                         }
                         start += k;
                     }
                 }
             }
-            Op::Slice { axes, starts, ends, steps } => {
-                let op = Op::SliceGrad { axes: axes.clone(), starts: starts.clone(), ends: ends.clone(), steps: steps.clone() };
-                out[0] = Some(self.node(op, &[dy(), x], x, s)?);
-            }
-            Op::MaxPool2d { kernel, stride, pad } => {
-                let op = Op::MaxPool2dGrad { kernel: *kernel, stride: *stride, pad: *pad };
-                out[0] = Some(self.node(op, &[dy(), x], x, s)?);
-            }
-            Op::UpsampleNearest { scale } => {
-                out[0] = Some(self.node(Op::UpsampleNearestGrad { scale: *scale }, &[dy()], x, s)?)
-            }
-            Op::Reshape { .. } => {
+            Op::Slice(a) => out[0] = Some(self.node(Op::SliceGrad(a.clone()), &[dy(), x], x, s)?),
+            Op::MaxPool2d(p) => out[0] = Some(self.node(Op::MaxPool2dGrad(p.clone()), &[dy(), x], x, s)?),
+            Op::UpsampleNearest(u) => out[0] = Some(self.node(Op::UpsampleNearestGrad(u.clone()), &[dy()], x, s)?),
+            Op::Reshape(_) => {
                 let rank = self.model.graph.ty(x).rank();
                 let shape = (0..rank).map(|axis| ReshapeDim::Of { input: 1, axis }).collect();
-                out[0] = Some(self.node(Op::Reshape { shape }, &[dy(), x], x, s)?);
+                out[0] = Some(self.node(Op::Reshape(Reshape { shape }), &[dy(), x], x, s)?);
             }
-            Op::Transpose { perm } => {
+            Op::Transpose(Transpose { perm }) => {
                 let mut inv = vec![0; perm.len()];
                 for (i, &p) in perm.iter().enumerate() {
                     inv[p] = i;
                 }
-                out[0] = Some(self.node(Op::Transpose { perm: inv }, &[dy()], x, s)?);
+                out[0] = Some(self.node(Op::Transpose(Transpose { perm: inv }), &[dy()], x, s)?);
             }
             Op::MatMul => {
                 let b = n.inputs[1];
                 let swap = |r: usize| {
                     let mut p: Vec<usize> = (0..r).collect();
                     p.swap(r - 2, r - 1);
-                    Op::Transpose { perm: p }
+                    Op::Transpose(Transpose { perm: p })
                 };
                 if want(0) {
                     let bt = self.node(swap(self.model.graph.ty(b).rank()), &[b], b, s)?;
@@ -430,14 +437,30 @@ impl Builder<'_> {
                 }
             }
             // Anchor positions depend only on the maps' shapes.
-            Op::Anchors { .. } => {}
-            op => {
-                return Err(IrError::Invalid(format!(
-                    "{} @{s} has no gradient rule (batch_norm must be in training mode; gradients are not differentiated again)",
-                    op.name()
-                )))
+            Op::Anchors(_) => {}
+            // Inference-mode batch norm is rewritten to its training form before this pass runs;
+            // the sign, the gradients, the loss and the optimizer's ops are not differentiated.
+            Op::BatchNorm(_) | Op::Unary(Unary::Sign) | Op::UnaryGrad(_) | Op::Conv2dGradInput(_) => {
+                return Err(no_rule(&n.op, s))
+            }
+            Op::Conv2dGradWeight(_) | Op::BatchNormGrad | Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) => {
+                return Err(no_rule(&n.op, s))
+            }
+            Op::UpsampleNearestGrad(_) | Op::SliceGrad(_) | Op::SumTo | Op::DetectLoss(_) | Op::DetectLossGrad(_) => {
+                return Err(no_rule(&n.op, s))
+            }
+            Op::Accumulate | Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => {
+                return Err(no_rule(&n.op, s))
             }
         }
         Ok(out)
     }
+}
+
+/// The error for an op the pass meets but does not differentiate.
+fn no_rule(op: &Op, scope: &str) -> IrError {
+    IrError::Invalid(format!(
+        "{} @{scope} has no gradient rule (batch_norm must be in training mode; gradients are not differentiated again)",
+        op.name()
+    ))
 }

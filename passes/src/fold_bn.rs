@@ -1,6 +1,7 @@
 //! `fold-bn`: fold batch normalisation into the convolution before it.
 
 use crate::{Pass, PassContext};
+use slimc_ir::BatchNorm;
 use slimc_ir::{IrError, Model, Op, ParamKind, Tensor, TensorType, ValueDef};
 
 /// Rewrites `batch_norm(conv2d(x, w[, b]))` into `conv2d(x, w', b')` with
@@ -21,7 +22,7 @@ impl Pass for FoldBn {
         let users = model.graph.users();
         let mut folds = vec![];
         for (bi, bn) in model.graph.nodes.iter().enumerate() {
-            let Op::BatchNorm { eps, .. } = bn.op else { continue };
+            let Op::BatchNorm(BatchNorm { eps, .. }) = bn.op else { continue };
             let y = bn.inputs[0];
             let Some(ci) = model.graph.producer(y) else { continue };
             let conv = &model.graph.nodes[ci.0];

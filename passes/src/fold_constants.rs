@@ -25,7 +25,7 @@ impl Pass for FoldConstants {
         while i < model.graph.nodes.len() {
             let node = &model.graph.nodes[i];
             let g = &model.graph;
-            let inputs: Option<Vec<Tensor>> = if let Op::Anchors { .. } = node.op {
+            let inputs: Option<Vec<Tensor>> = if let Op::Anchors(_) = node.op {
                 node.inputs
                     .iter()
                     .map(|&v| {

@@ -1,5 +1,6 @@
 //! `group-channels`: channel-coupling analysis (union-find over (value, channel)).
 
+use slimc_ir::{Axis, Binary, Split, Unary};
 use slimc_ir::{Graph, IrError, NodeId, Op, ValueId};
 
 /// Coupled channels of an inference graph, joined into groups.
@@ -63,7 +64,7 @@ pub(crate) fn is_depthwise(g: &Graph, n: &slimc_ir::Node) -> bool {
 /// inputs and outputs freeze. A group marked prunable can be removed exactly once its BNs'
 /// gamma and beta are 0.
 pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
-    if g.nodes.iter().any(|n| matches!(n.op, Op::BatchNormTrain { .. } | Op::DetectLoss { .. })) {
+    if g.nodes.iter().any(|n| matches!(n.op, Op::BatchNormTrain(_) | Op::DetectLoss(_))) {
         return Err(IrError::Invalid("channel analysis runs on inference graphs, not training programs".into()));
     }
     let mut base = vec![None; g.values.len()];
@@ -104,10 +105,14 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
                     freeze(y, &mut frozen_el);
                 }
             }
-            Op::BatchNorm { .. } | Op::Silu | Op::Sigmoid | Op::MaxPool2d { .. } | Op::UpsampleNearest { .. } => {
+            Op::BatchNorm(_)
+            | Op::Unary(Unary::Silu)
+            | Op::Unary(Unary::Sigmoid)
+            | Op::MaxPool2d(_)
+            | Op::UpsampleNearest(_) => {
                 couple(n.inputs[0], y, &mut uf);
             }
-            Op::Add | Op::Sub | Op::Mul | Op::Div => {
+            Op::Binary(Binary::Add) | Op::Binary(Binary::Sub) | Op::Binary(Binary::Mul) | Op::Binary(Binary::Div) => {
                 for &x in &n.inputs {
                     let scalar_like = g.ty(x).numel() == Some(1) || g.ty(x).rank() < 2;
                     if !couple(x, y, &mut uf) && !scalar_like {
@@ -116,8 +121,8 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
                     }
                 }
             }
-            Op::Concat { axis } | Op::Split { axis, .. } => {
-                let (whole, parts) = if matches!(n.op, Op::Concat { .. }) {
+            Op::Concat(Axis { axis }) | Op::Split(Split { axis, .. }) => {
+                let (whole, parts) = if matches!(n.op, Op::Concat(_)) {
                     (y, n.inputs.clone())
                 } else {
                     (n.inputs[0], n.outputs.clone())
@@ -140,7 +145,7 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
                     }
                 }
             }
-            Op::Anchors { .. } => {}
+            Op::Anchors(_) => {}
             _ => {
                 for &v in n.inputs.iter().chain(&n.outputs) {
                     freeze(v, &mut frozen_el);
@@ -171,7 +176,7 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
     }
     let mut bns = vec![vec![]; count];
     for (i, n) in g.nodes.iter().enumerate() {
-        if let (Op::BatchNorm { .. }, Some(groups)) = (&n.op, &of[n.outputs[0].0]) {
+        if let (Op::BatchNorm(_), Some(groups)) = (&n.op, &of[n.outputs[0].0]) {
             for (c, &grp) in groups.iter().enumerate() {
                 bns[grp].push((NodeId(i), c));
             }
@@ -189,10 +194,12 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
             }
         };
         let set: Vec<(ValueId, Vec<bool>)> = match &n.op {
-            Op::BatchNorm { .. } => vec![(y, vec![true; channels(g, y).unwrap_or(0)])],
-            Op::Silu | Op::MaxPool2d { .. } | Op::UpsampleNearest { .. } => vec![(y, zeroed_from(n.inputs[0], &zero))],
+            Op::BatchNorm(_) => vec![(y, vec![true; channels(g, y).unwrap_or(0)])],
+            Op::Unary(Unary::Silu) | Op::MaxPool2d(_) | Op::UpsampleNearest(_) => {
+                vec![(y, zeroed_from(n.inputs[0], &zero))]
+            }
             Op::Conv2d(_) if is_depthwise(g, n) && n.inputs.len() == 2 => vec![(y, zeroed_from(n.inputs[0], &zero))],
-            Op::Add | Op::Sub => {
+            Op::Binary(Binary::Add) | Op::Binary(Binary::Sub) => {
                 let a = zeroed_from(n.inputs[0], &zero);
                 let b = zeroed_from(n.inputs[1], &zero);
                 if a.len() == b.len() {
@@ -201,10 +208,10 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
                     vec![]
                 }
             }
-            Op::Concat { axis: 1 } if channels(g, y).is_some() => {
+            Op::Concat(Axis { axis: 1 }) if channels(g, y).is_some() => {
                 vec![(y, n.inputs.iter().flat_map(|&x| zeroed_from_any(g, x, &zero, &base)).collect())]
             }
-            Op::Split { axis: 1, sizes } if channels(g, n.inputs[0]).is_some() => {
+            Op::Split(Split { axis: 1, sizes }) if channels(g, n.inputs[0]).is_some() => {
                 let all = zeroed_from_any(g, n.inputs[0], &zero, &base);
                 let mut off = 0;
                 sizes
@@ -229,7 +236,7 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
     let mut exact = vec![true; count];
     for i in 0..g.values.len() {
         let Some(b) = base[i] else { continue };
-        let only_bn = users[i].iter().all(|u| matches!(g.nodes[u.0].op, Op::BatchNorm { .. }));
+        let only_bn = users[i].iter().all(|u| matches!(g.nodes[u.0].op, Op::BatchNorm(_)));
         for c in 0..channels(g, ValueId(i)).expect("tracked") {
             if !zero[b + c] && !only_bn {
                 exact[id[b + c]] = false;

@@ -4,6 +4,7 @@
 
 use crate::{next_name, Pass, PassContext};
 use slimc_ir::{step_scalars, Graph, IrError, Model, Op, ParamKind, Tensor, TensorType, Update, ValueDef, ValueId};
+use slimc_ir::{Binary, Slice, Unary};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Name of the training step's per-step scalars input (see [`slimc_ir::step_scalars`]).
@@ -67,7 +68,7 @@ pub fn param_groups(g: &Graph) -> BTreeMap<String, ParamGroup> {
     for n in &g.nodes {
         let roles: &[(usize, ParamGroup)] = match n.op {
             Op::Conv2d(_) => &[(2, ParamGroup::Bias)],
-            Op::BatchNorm { .. } | Op::BatchNormTrain { .. } => &[(1, ParamGroup::Gamma), (2, ParamGroup::Bias)],
+            Op::BatchNorm(_) | Op::BatchNormTrain(_) => &[(1, ParamGroup::Gamma), (2, ParamGroup::Bias)],
             _ => &[],
         };
         for &(slot, group) in roles {
@@ -86,7 +87,7 @@ pub fn param_groups(g: &Graph) -> BTreeMap<String, ParamGroup> {
 pub fn bn_gammas(g: &Graph) -> Vec<String> {
     g.nodes
         .iter()
-        .filter(|n| matches!(n.op, Op::BatchNorm { .. } | Op::BatchNormTrain { .. }))
+        .filter(|n| matches!(n.op, Op::BatchNorm(_) | Op::BatchNormTrain(_)))
         .map(|n| g.value(n.inputs[1]).name.clone())
         .collect()
 }
@@ -223,14 +224,14 @@ impl Pass for Optimizer {
         }
         if opts.sparsity.as_ref().is_some_and(|s| !s.proximal) {
             let at = step_scalars::SR as i64;
-            let slice = Op::Slice { axes: vec![0], starts: vec![at], ends: vec![at + 1], steps: vec![1] };
+            let slice = Op::Slice(Slice { axes: vec![0], starts: vec![at], ends: vec![at + 1], steps: vec![1] });
             let sr = g.add1(slice, &[scalars], "optimizer.sr", scope)?;
             for (k, &(p, _)) in grads.iter().enumerate() {
                 let name = g.value(p).name.clone();
                 if sparse.contains(&name) {
-                    let sign = g.add1(Op::Sign, &[p], &format!("{name}.sign"), scope)?;
-                    let term = g.add1(Op::Mul, &[sign, sr], &format!("{name}.l1"), scope)?;
-                    sums[k] = g.add1(Op::Add, &[sums[k], term], &format!("{name}.grad_l1"), scope)?;
+                    let sign = g.add1(Op::Unary(Unary::Sign), &[p], &format!("{name}.sign"), scope)?;
+                    let term = g.add1(Op::Binary(Binary::Mul), &[sign, sr], &format!("{name}.l1"), scope)?;
+                    sums[k] = g.add1(Op::Binary(Binary::Add), &[sums[k], term], &format!("{name}.grad_l1"), scope)?;
                 }
             }
         }

@@ -6,6 +6,7 @@ use crate::pruning::PruneReport;
 use crate::seed_policy::bn_name;
 use crate::Pass;
 use rayon::prelude::*;
+use slimc_ir::Split;
 use slimc_ir::{IrError, Model, Op, Tensor, TensorType, ValueId};
 use std::collections::{BTreeMap, HashMap};
 
@@ -79,7 +80,7 @@ impl Pass for RewriteWidths {
         let g = &model.graph;
         let mut report = PruneReport { selection, ..Default::default() };
         for (i, n) in g.nodes.iter().enumerate() {
-            if let (Op::BatchNorm { .. }, Some(m)) = (&n.op, masks.get(&n.outputs[0])) {
+            if let (Op::BatchNorm(_), Some(m)) = (&n.op, masks.get(&n.outputs[0])) {
                 let name = bn_name(g, slimc_ir::NodeId(i));
                 let kept = m.iter().filter(|k| **k).count();
                 report.layers.push((name.clone(), m.len(), kept));
@@ -123,14 +124,14 @@ impl Pass for RewriteWidths {
                     }
                     cuts.entry(w).or_default().extend(list);
                 }
-                Op::BatchNorm { .. } => {
+                Op::BatchNorm(_) => {
                     if let Some(m) = &out {
                         for &p in &n.inputs[1..] {
                             cuts.entry(g.value(p).name.clone()).or_default().push((0, m.clone()));
                         }
                     }
                 }
-                Op::Split { axis: 1, sizes } => {
+                Op::Split(Split { axis: 1, sizes }) => {
                     if let Some(m) = all(n.inputs[0]) {
                         let mut off = 0;
                         let sizes = sizes
@@ -140,7 +141,7 @@ impl Pass for RewriteWidths {
                                 m[off - k..off].iter().filter(|x| **x).count()
                             })
                             .collect();
-                        new_ops.push((i, Op::Split { axis: 1, sizes }));
+                        new_ops.push((i, Op::Split(Split { axis: 1, sizes })));
                     }
                 }
                 _ => {}

@@ -2,6 +2,7 @@
 //! from the graph's structure alone, so a graph with any names gets the same answer.
 
 use crate::group_channels::is_depthwise;
+use slimc_ir::{Binary, Unary};
 use slimc_ir::{Graph, Node, NodeId, Op, ValueDef, ValueId};
 use std::collections::BTreeSet;
 
@@ -12,13 +13,13 @@ pub fn bn_name(g: &Graph, n: NodeId) -> String {
 }
 
 fn is_bn(n: &Node) -> bool {
-    matches!(n.op, Op::BatchNorm { .. } | Op::BatchNormTrain { .. })
+    matches!(n.op, Op::BatchNorm(_) | Op::BatchNormTrain(_))
 }
 
 /// An add of two computed feature maps of the same type: a residual connection.
 fn is_residual_add(g: &Graph, n: &Node) -> bool {
     let computed = |v: ValueId| matches!(g.value(v).def, ValueDef::Node(..) | ValueDef::Input);
-    matches!(n.op, Op::Add)
+    matches!(n.op, Op::Binary(Binary::Add))
         && n.inputs.len() == 2
         && n.inputs.iter().all(|&v| computed(v) && g.ty(v).rank() == 4)
         && g.ty(n.inputs[0]) == g.ty(n.inputs[1])
@@ -53,8 +54,8 @@ fn bns_reaching(g: &Graph, v: ValueId, through: &dyn Fn(&Node) -> bool) -> Vec<N
 ///   reads through SiLU (the necks' C3k2 outputs before Detect), and the BN of a pointwise conv
 ///   that reads a depthwise conv through its BN and SiLU (Detect's class branch).
 pub fn seed_unprunable(g: &Graph) -> BTreeSet<String> {
-    let silu = |n: &Node| matches!(n.op, Op::Silu);
-    let residual_path = |n: &Node| matches!(n.op, Op::Silu | Op::Split { .. }) || is_residual_add(g, n);
+    let silu = |n: &Node| matches!(n.op, Op::Unary(Unary::Silu));
+    let residual_path = |n: &Node| matches!(n.op, Op::Unary(Unary::Silu) | Op::Split(_)) || is_residual_add(g, n);
     let users = g.users();
     let mut out = BTreeSet::new();
     for n in &g.nodes {
@@ -64,7 +65,7 @@ pub fn seed_unprunable(g: &Graph) -> BTreeSet<String> {
                 found.extend(bns_reaching(g, x, &residual_path));
             }
         }
-        if matches!(n.op, Op::Reshape { .. } | Op::Transpose { .. } | Op::MatMul | Op::Softmax { .. }) {
+        if matches!(n.op, Op::Reshape(_) | Op::Transpose(_) | Op::MatMul | Op::Softmax(_)) {
             for &x in &n.inputs {
                 found.extend(bns_reaching(g, x, &silu));
             }

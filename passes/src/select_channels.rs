@@ -23,7 +23,7 @@ pub fn select(model: &Model, groups: &ChannelGroups, o: &PruneOptions) -> Result
     // |gamma| per BN node, indexed by node id.
     let mut gammas: Vec<&[f32]> = vec![&[]; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
-        if matches!(n.op, Op::BatchNorm { .. }) {
+        if matches!(n.op, Op::BatchNorm(_)) {
             let name = &g.value(n.inputs[1]).name;
             let t = model.tensors.get(name).ok_or_else(|| IrError::Invalid(format!("no tensor {name}")))?;
             gammas[i] = t.f32s()?;

@@ -1,6 +1,7 @@
 //! Which nodes a backend runs together: a convolution with the inference batch norm and SiLU
 //! after it, and (where the backend has the kernel) with the concatenation before it.
 
+use slimc_ir::{Axis, Unary};
 use slimc_ir::{DType, Graph, Op, ValueDef, ValueId};
 use std::collections::HashMap;
 
@@ -48,7 +49,7 @@ pub fn fusions(g: &Graph, read_concat: bool) -> (HashMap<usize, Fused>, Vec<bool
             let parts_f32 = cat.inputs.iter().all(|&v| g.ty(v).dtype == DType::F32 && g.ty(v).rank() == 4);
             if read_concat
                 && pointwise
-                && matches!(cat.op, Op::Concat { axis: 1 })
+                && matches!(cat.op, Op::Concat(Axis { axis: 1 }))
                 && parts_f32
                 && only(n.inputs[0]) == Some(i)
             {
@@ -56,7 +57,7 @@ pub fn fusions(g: &Graph, read_concat: bool) -> (HashMap<usize, Fused>, Vec<bool
                 absorbed[k.0] = true;
             }
         }
-        if let Some(j) = only(e.out).filter(|&j| matches!(g.nodes[j].op, Op::BatchNorm { .. })) {
+        if let Some(j) = only(e.out).filter(|&j| matches!(g.nodes[j].op, Op::BatchNorm(_))) {
             // Its statistics must exist when the convolution runs: parameters, not results of
             // nodes that may come later.
             let params = g.nodes[j].inputs[1..].iter().all(|v| matches!(g.value(*v).def, ValueDef::Param(_)));
@@ -65,7 +66,7 @@ pub fn fusions(g: &Graph, read_concat: bool) -> (HashMap<usize, Fused>, Vec<bool
                 absorbed[j] = true;
             }
         }
-        if let Some(k) = only(e.out).filter(|&k| matches!(g.nodes[k].op, Op::Silu)) {
+        if let Some(k) = only(e.out).filter(|&k| matches!(g.nodes[k].op, Op::Unary(Unary::Silu))) {
             (e.silu, e.out) = (true, g.nodes[k].outputs[0]);
             absorbed[k] = true;
         }

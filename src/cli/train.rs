@@ -10,6 +10,7 @@ use slimc::io;
 use slimc::train::step;
 use slimc::train::trainer::{TrainConfig, Trainer};
 use slimc::val::validate::{validate, ValOptions};
+use slimc_ir::{Binary, Unary};
 use std::path::{Path, PathBuf};
 
 /// `slimc train`.
@@ -108,10 +109,10 @@ pub fn step(a: StepArgs) -> Result<()> {
         use slimc_ir::{eval::eval, Op, Tensor};
         let sr = Tensor::from_f32(vec![1], vec![a.sr])?;
         for name in &program.gammas {
-            let sign = eval(&Op::Sign, &[&program.read(name)?])?.remove(0);
-            let term = eval(&Op::Mul, &[&sign, &sr])?.remove(0);
+            let sign = eval(&Op::Unary(Unary::Sign), &[&program.read(name)?])?.remove(0);
+            let term = eval(&Op::Binary(Binary::Mul), &[&sign, &sr])?.remove(0);
             let g = r.grads.get_mut(name).ok_or_else(|| anyhow!("no gradient for BN gamma {name}"))?;
-            *g = eval(&Op::Add, &[g, &term])?.remove(0);
+            *g = eval(&Op::Binary(Binary::Add), &[g, &term])?.remove(0);
         }
     }
     let ms = start.elapsed().as_secs_f64() * 1e3;

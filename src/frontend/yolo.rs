@@ -9,6 +9,7 @@ use super::yaml::{make_divisible, Arg, ModelSpec};
 use anyhow::{anyhow, bail, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use slimc_ir::{Anchors, Axis, BatchNorm, Binary, Pool, Reshape, Slice, Split, Transpose, Unary, Upsample};
 use slimc_ir::{Conv2d, Dim, Graph, Metadata, Model, Op, ParamKind, ReshapeDim, Tensor, TensorType, ValueId};
 use std::collections::BTreeMap;
 
@@ -131,21 +132,21 @@ impl<'w> Lowering<'w> {
             self.param(&format!("{bn}.running_mean"), &[c2], ParamKind::Buffer, vec![0.0; c2]),
             self.param(&format!("{bn}.running_var"), &[c2], ParamKind::Buffer, vec![1.0; c2]),
         ];
-        let op = Op::BatchNorm { eps: BN_EPS, momentum: BN_MOMENTUM };
+        let op = Op::BatchNorm(BatchNorm { eps: BN_EPS, momentum: BN_MOMENTUM });
         let y = self.g.add1(op, &[y, ps[0], ps[1], ps[2], ps[3]], &bn, &bn)?;
         if act {
-            Ok(self.g.add1(Op::Silu, &[y], scope, scope)?)
+            Ok(self.g.add1(Op::Unary(Unary::Silu), &[y], scope, scope)?)
         } else {
             Ok(y)
         }
     }
 
     fn add(&mut self, a: ValueId, b: ValueId, name: &str, scope: &str) -> Result<ValueId> {
-        Ok(self.g.add1(Op::Add, &[a, b], name, scope)?)
+        Ok(self.g.add1(Op::Binary(Binary::Add), &[a, b], name, scope)?)
     }
 
     fn concat(&mut self, xs: &[ValueId], name: &str, scope: &str) -> Result<ValueId> {
-        Ok(self.g.add1(Op::Concat { axis: 1 }, xs, name, scope)?)
+        Ok(self.g.add1(Op::Concat(Axis { axis: 1 }), xs, name, scope)?)
     }
 
     /// Ultralytics `Bottleneck(c1, c2, shortcut, k=(k, k), e)`.
@@ -213,7 +214,8 @@ impl<'w> Lowering<'w> {
         let y = self.conv(x, 2 * c, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
         let c = self.halves(y, scope)?;
         let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
-        let parts = self.g.add_node(Op::Split { axis: 1, sizes: vec![c, c] }, &[y], &[&names[0], &names[1]], scope)?;
+        let parts =
+            self.g.add_node(Op::Split(Split { axis: 1, sizes: vec![c, c] }), &[y], &[&names[0], &names[1]], scope)?;
         let mut ys = parts.clone();
         for i in 0..n {
             let last = *ys.last().expect("two parts");
@@ -243,7 +245,7 @@ impl<'w> Lowering<'w> {
         let mut ys = vec![self.conv(x, c_, 1, 1, None, 1, true, &format!("{scope}.cv1"))?];
         for i in 0..3 {
             let p = k / 2;
-            let op = Op::MaxPool2d { kernel: [k, k], stride: [1, 1], pad: [p, p, p, p] };
+            let op = Op::MaxPool2d(Pool { kernel: [k, k], stride: [1, 1], pad: [p, p, p, p] });
             let last = *ys.last().expect("non-empty");
             ys.push(self.g.add1(op, &[last], &format!("{scope}.m.{i}"), &format!("{scope}.m"))?);
         }
@@ -257,39 +259,39 @@ impl<'w> Lowering<'w> {
         let head_dim = dim / heads;
         let key_dim = head_dim / 2;
         let qkv = self.conv(x, dim + 2 * key_dim * heads, 1, 1, None, 1, false, &format!("{scope}.qkv"))?;
-        let view = Op::Reshape {
+        let view = Op::Reshape(Reshape {
             shape: vec![
                 ReshapeDim::Of { input: 0, axis: 0 },
                 ReshapeDim::Fixed(heads),
                 ReshapeDim::Fixed(2 * key_dim + head_dim),
                 ReshapeDim::Infer,
             ],
-        };
+        });
         let qkv = self.g.add1(view, &[qkv], &format!("{scope}.view"), scope)?;
         let names = [format!("{scope}.q"), format!("{scope}.k"), format!("{scope}.v")];
         let qkv = self.g.add_node(
-            Op::Split { axis: 2, sizes: vec![key_dim, key_dim, head_dim] },
+            Op::Split(Split { axis: 2, sizes: vec![key_dim, key_dim, head_dim] }),
             &[qkv],
             &[&names[0], &names[1], &names[2]],
             scope,
         )?;
         let (q, k, v) = (qkv[0], qkv[1], qkv[2]);
-        let t = Op::Transpose { perm: vec![0, 1, 3, 2] };
+        let t = Op::Transpose(Transpose { perm: vec![0, 1, 3, 2] });
         let qt = self.g.add1(t.clone(), &[q], &format!("{scope}.qT"), scope)?;
         let attn = self.g.add1(Op::MatMul, &[qt, k], &format!("{scope}.qk"), scope)?;
         let scale = self.scalar(&format!("{scope}.scale"), (key_dim as f32).powf(-0.5));
-        let attn = self.g.add1(Op::Mul, &[attn, scale], &format!("{scope}.scaled"), scope)?;
-        let attn = self.g.add1(Op::Softmax { axis: 3 }, &[attn], &format!("{scope}.softmax"), scope)?;
+        let attn = self.g.add1(Op::Binary(Binary::Mul), &[attn, scale], &format!("{scope}.scaled"), scope)?;
+        let attn = self.g.add1(Op::Softmax(Axis { axis: 3 }), &[attn], &format!("{scope}.softmax"), scope)?;
         let at = self.g.add1(t, &[attn], &format!("{scope}.attnT"), scope)?;
         let o = self.g.add1(Op::MatMul, &[v, at], &format!("{scope}.av"), scope)?;
-        let back = Op::Reshape {
+        let back = Op::Reshape(Reshape {
             shape: vec![
                 ReshapeDim::Of { input: 0, axis: 0 },
                 ReshapeDim::Fixed(dim),
                 ReshapeDim::Of { input: 1, axis: 2 },
                 ReshapeDim::Of { input: 1, axis: 3 },
             ],
-        };
+        });
         let o = self.g.add1(back.clone(), &[o, x], &format!("{scope}.out"), scope)?;
         let vimg = self.g.add1(back, &[v, x], &format!("{scope}.v_img"), scope)?;
         let pe = self.conv(vimg, dim, 3, 1, None, dim, false, &format!("{scope}.pe"))?;
@@ -310,7 +312,8 @@ impl<'w> Lowering<'w> {
         let y = self.conv(x, 2 * c, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
         let c = self.halves(y, scope)?;
         let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
-        let ab = self.g.add_node(Op::Split { axis: 1, sizes: vec![c, c] }, &[y], &[&names[0], &names[1]], scope)?;
+        let ab =
+            self.g.add_node(Op::Split(Split { axis: 1, sizes: vec![c, c] }), &[y], &[&names[0], &names[1]], scope)?;
         let mut b = ab[1];
         for i in 0..n {
             let m = format!("{scope}.m.{i}");
@@ -347,16 +350,16 @@ impl<'w> Lowering<'w> {
             let cls_bias = (5.0 / nc as f64 / (640.0 / strides[i] as f64).powi(2)).ln() as f32;
             let cls = self.conv2d(y, nc, 1, 1, 0, 1, Some(vec![cls_bias; nc]), &format!("{c}.2"))?;
             let feat = self.concat(&[box_, cls], &format!("{scope}.feat.{i}"), scope)?;
-            let view = Op::Reshape {
+            let view = Op::Reshape(Reshape {
                 shape: vec![ReshapeDim::Of { input: 0, axis: 0 }, ReshapeDim::Fixed(no), ReshapeDim::Infer],
-            };
+            });
             flat.push((feat, self.g.add1(view, &[feat], &format!("{scope}.flat.{i}"), scope)?));
         }
         let feats: Vec<ValueId> = flat.iter().map(|f| f.0).collect();
         let all: Vec<ValueId> = flat.iter().map(|f| f.1).collect();
-        let x = self.g.add1(Op::Concat { axis: 2 }, &all, &format!("{scope}.cat"), scope)?;
+        let x = self.g.add1(Op::Concat(Axis { axis: 2 }), &all, &format!("{scope}.cat"), scope)?;
         let parts = self.g.add_node(
-            Op::Split { axis: 1, sizes: vec![4 * REG_MAX, nc] },
+            Op::Split(Split { axis: 1, sizes: vec![4 * REG_MAX, nc] }),
             &[x],
             &[&format!("{scope}.box"), &format!("{scope}.cls")],
             scope,
@@ -365,15 +368,20 @@ impl<'w> Lowering<'w> {
         let dfl = format!("{scope}.dfl");
         let b0 = ReshapeDim::Of { input: 0, axis: 0 };
         let v = self.g.add1(
-            Op::Reshape {
+            Op::Reshape(Reshape {
                 shape: vec![b0.clone(), ReshapeDim::Fixed(4), ReshapeDim::Fixed(REG_MAX), ReshapeDim::Infer],
-            },
+            }),
             &[parts[0]],
             &format!("{dfl}.view"),
             &dfl,
         )?;
-        let v = self.g.add1(Op::Transpose { perm: vec![0, 2, 1, 3] }, &[v], &format!("{dfl}.transpose"), &dfl)?;
-        let v = self.g.add1(Op::Softmax { axis: 1 }, &[v], &format!("{dfl}.softmax"), &dfl)?;
+        let v = self.g.add1(
+            Op::Transpose(Transpose { perm: vec![0, 2, 1, 3] }),
+            &[v],
+            &format!("{dfl}.transpose"),
+            &dfl,
+        )?;
+        let v = self.g.add1(Op::Softmax(Axis { axis: 1 }), &[v], &format!("{dfl}.softmax"), &dfl)?;
         let w = self.param(
             &format!("{dfl}.conv.weight"),
             &[1, REG_MAX, 1, 1],
@@ -383,30 +391,30 @@ impl<'w> Lowering<'w> {
         let op = Op::Conv2d(Conv2d { stride: [1, 1], pad: [0; 4], dilation: [1, 1], groups: 1 });
         let v = self.g.add1(op, &[v, w], &format!("{dfl}.conv"), &format!("{dfl}.conv"))?;
         let dist = self.g.add1(
-            Op::Reshape { shape: vec![b0, ReshapeDim::Fixed(4), ReshapeDim::Infer] },
+            Op::Reshape(Reshape { shape: vec![b0, ReshapeDim::Fixed(4), ReshapeDim::Infer] }),
             &[v],
             &format!("{dfl}.dist"),
             &dfl,
         )?;
         // dist2bbox (xywh) times stride.
-        let slice = |s: i64, e: i64| Op::Slice { axes: vec![1], starts: vec![s], ends: vec![e], steps: vec![1] };
+        let slice = |s: i64, e: i64| Op::Slice(Slice { axes: vec![1], starts: vec![s], ends: vec![e], steps: vec![1] });
         let lt = self.g.add1(slice(0, 2), &[dist], &format!("{scope}.lt"), scope)?;
         let rb = self.g.add1(slice(2, 4), &[dist], &format!("{scope}.rb"), scope)?;
         let anc = self.g.add_node(
-            Op::Anchors { strides: strides.to_vec(), offset: 0.5 },
+            Op::Anchors(Anchors { strides: strides.to_vec(), offset: 0.5 }),
             &feats,
             &[&format!("{scope}.anchors"), &format!("{scope}.strides")],
             scope,
         )?;
-        let x1y1 = self.g.add1(Op::Sub, &[anc[0], lt], &format!("{scope}.x1y1"), scope)?;
-        let x2y2 = self.g.add1(Op::Add, &[anc[0], rb], &format!("{scope}.x2y2"), scope)?;
-        let sum = self.g.add1(Op::Add, &[x1y1, x2y2], &format!("{scope}.sum"), scope)?;
+        let x1y1 = self.g.add1(Op::Binary(Binary::Sub), &[anc[0], lt], &format!("{scope}.x1y1"), scope)?;
+        let x2y2 = self.g.add1(Op::Binary(Binary::Add), &[anc[0], rb], &format!("{scope}.x2y2"), scope)?;
+        let sum = self.g.add1(Op::Binary(Binary::Add), &[x1y1, x2y2], &format!("{scope}.sum"), scope)?;
         let two = self.scalar(&format!("{scope}.two"), 2.0);
-        let c_xy = self.g.add1(Op::Div, &[sum, two], &format!("{scope}.c_xy"), scope)?;
-        let wh = self.g.add1(Op::Sub, &[x2y2, x1y1], &format!("{scope}.wh"), scope)?;
+        let c_xy = self.g.add1(Op::Binary(Binary::Div), &[sum, two], &format!("{scope}.c_xy"), scope)?;
+        let wh = self.g.add1(Op::Binary(Binary::Sub), &[x2y2, x1y1], &format!("{scope}.wh"), scope)?;
         let xywh = self.concat(&[c_xy, wh], &format!("{scope}.xywh"), scope)?;
-        let dbox = self.g.add1(Op::Mul, &[xywh, anc[1]], &format!("{scope}.dbox"), scope)?;
-        let cls = self.g.add1(Op::Sigmoid, &[parts[1]], &format!("{scope}.scores"), scope)?;
+        let dbox = self.g.add1(Op::Binary(Binary::Mul), &[xywh, anc[1]], &format!("{scope}.dbox"), scope)?;
+        let cls = self.g.add1(Op::Unary(Unary::Sigmoid), &[parts[1]], &format!("{scope}.scores"), scope)?;
         Ok(self.concat(&[dbox, cls], "output0", scope)?)
     }
 }
@@ -586,7 +594,7 @@ pub fn lower(
                     {
                         bail!("{at}: only nearest upsampling is supported");
                     }
-                    l.g.add1(Op::UpsampleNearest { scale: [s, s] }, &[x], &scope, &scope)?
+                    l.g.add1(Op::UpsampleNearest(Upsample { scale: [s, s] }), &[x], &scope, &scope)?
                 }
                 "Concat" => {
                     simple_repeat("Concat")?;

@@ -38,7 +38,7 @@ fn trained_and_buffers(model: &Model) -> (Vec<String>, Vec<String>) {
     let buffers = g
         .nodes
         .iter()
-        .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
+        .filter(|n| matches!(n.op, Op::BatchNorm(_)))
         .flat_map(|n| [n.inputs[3], n.inputs[4]])
         .map(|v| g.value(v).name.clone())
         .collect();

@@ -60,7 +60,7 @@ pub fn randomize_bn(model: &mut Model, seed: u64) {
     let g = &model.graph;
     let mut names = vec![];
     for n in &g.nodes {
-        if let Op::BatchNorm { .. } = n.op {
+        if let Op::BatchNorm(_) = n.op {
             names.push(n.inputs[1..].iter().map(|&v| g.value(v).name.clone()).collect::<Vec<_>>());
         }
     }

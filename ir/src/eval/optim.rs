@@ -3,7 +3,7 @@
 //! slimming's proximal L1 step, and Ultralytics' model EMA. Arithmetic is in f64 on f32 storage;
 //! elementwise loops run in parallel chunks (each element's result does not depend on the split).
 
-use crate::op::{step_scalars as s, Update};
+use crate::{op::Update, step_scalars as s};
 use rayon::prelude::*;
 
 /// Elements per parallel chunk.

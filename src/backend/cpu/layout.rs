@@ -2,7 +2,7 @@
 //! (transpose, slice), nearest upsampling and its gradient, into the arena's buffers. Work is cut into pieces of about
 //! [`PIECE`] elements, so one image's copies run in parallel too.
 
-use super::kernels::sized;
+use super::buffers::sized;
 use rayon::prelude::*;
 
 /// Elements per parallel piece of a copy.

@@ -6,10 +6,14 @@
 //! shapes once (`slimc_ir::memory::plan`, cached per shape) and keeps one buffer per arena slot
 //! between runs, so the heavy kernels write into reused buffers rather than allocating.
 
-pub mod grad_kernels;
-pub mod kernels;
-pub mod layout;
+mod buffers;
+mod conv;
+mod gemm;
+mod layout;
 mod node;
+mod norm;
+mod pointwise;
+mod pool;
 mod simd;
 #[cfg(test)]
 mod tests;
@@ -19,6 +23,7 @@ use super::{memory::check_fits, Backend, ByShape, Executable, OpProfile};
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::eval::optim;
 use slimc_ir::memory::{plan_fused, Fusions, Plan};
+use slimc_ir::BatchNorm;
 use slimc_ir::{infer_all, DType, Graph, Model, Op, Tensor, TensorData, TensorType, ValueId};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -228,12 +233,12 @@ impl Executable for CpuExecutable {
                                 .iter()
                                 .map(|v| env[v.0].as_deref().expect("parameters"))
                                 .collect();
-                            let Op::BatchNorm { eps, .. } = g.nodes[j].op else { unreachable!("fusions") };
-                            kernels::bn_coefficients(p[0].f32s()?, p[1].f32s()?, p[2].f32s()?, p[3].f32s()?, eps)
+                            let Op::BatchNorm(BatchNorm { eps, .. }) = g.nodes[j].op else { unreachable!("fusions") };
+                            norm::bn_coefficients(p[0].f32s()?, p[1].f32s()?, p[2].f32s()?, p[3].f32s()?, eps)
                         }
                         None => vec![[1.0, 0.0, 0.0]; t.shape[1]],
                     };
-                    kernels::epilogue(&mut t, &coef, e.silu)?;
+                    norm::epilogue(&mut t, &coef, e.silu)?;
                     env[e.out.0] = Some(Cow::Owned(t));
                 }
                 None => {

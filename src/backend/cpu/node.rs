@@ -1,10 +1,11 @@
-//! One node on the CPU: the fast kernels for the heavy ops, writing into the arena's buffers,
-//! and the IR's reference semantics ([`slimc_ir::eval`]) for the rest.
+//! One node on the CPU: every op kind decides here how it runs — a fast kernel writing into
+//! the arena's buffers, or, by name, the IR's reference semantics ([`slimc_ir::eval`]) where
+//! that is the kernel (small, rare or integer-valued work).
 
-use super::kernels::Arith;
-use super::{grad_kernels, kernels, layout};
+use super::{conv, layout, norm, pointwise, pool};
 use anyhow::Result;
 use slimc_ir::eval::{broadcast_strides, eval, optim, slice_view, transpose_strides};
+use slimc_ir::{Axis, BatchNorm, Pool, Slice, Split, Transpose, Unary, UnaryGrad, Upsample};
 use slimc_ir::{DType, Op, Tensor, TensorData};
 
 /// Computes `op` on `args`; `shapes` are its results' shapes (from shape inference) and `bufs`
@@ -23,64 +24,71 @@ pub(super) fn compute(
         data: TensorData::F32(std::mem::take(&mut bufs[k])),
     };
     let small = |k: usize, v: Vec<f32>| Tensor { shape: shapes[k].clone(), data: TensorData::F32(v) };
+    let all_f32 = args.iter().all(|a| a.dtype() == DType::F32);
+    // The reference definition as the kernel: the anchor grid, the detection loss (its
+    // assigner is sequential per image), the sign, softmax's gradient, the gradients of slicing
+    // and broadcasting (small tensors in the detect head), and integer-valued shape arithmetic.
+    let reference = || -> Result<Vec<Tensor>> { Ok(eval(op, args)?) };
     match op {
         Op::Conv2d(c) => {
             let bias = args.get(2).map(|b| b.f32s()).transpose()?;
-            kernels::conv2d(&mut bufs[0], x.f32s()?, &x.shape, args[1].f32s()?, &args[1].shape, bias, c);
+            conv::conv2d(&mut bufs[0], x.f32s()?, &x.shape, args[1].f32s()?, &args[1].shape, bias, c);
         }
-        Op::BatchNorm { eps, .. } => {
+        Op::BatchNorm(BatchNorm { eps, .. }) => {
             let p = |i: usize| args[i].f32s();
-            kernels::batch_norm(&mut bufs[0], x.f32s()?, &x.shape, p(1)?, p(2)?, p(3)?, p(4)?, *eps);
+            norm::batch_norm(&mut bufs[0], x.f32s()?, &x.shape, p(1)?, p(2)?, p(3)?, p(4)?, *eps);
         }
-        Op::MaxPool2d { kernel, stride, pad } => {
-            kernels::max_pool2d(&mut bufs[0], x.f32s()?, &x.shape, *kernel, *stride, *pad);
+        Op::MaxPool2d(Pool { kernel, stride, pad }) => {
+            pool::max_pool2d(&mut bufs[0], x.f32s()?, &x.shape, *kernel, *stride, *pad);
         }
-        Op::Silu => kernels::silu(&mut bufs[0], x.f32s()?),
-        Op::Softmax { axis } => kernels::softmax(&mut bufs[0], x.f32s()?, &x.shape, *axis),
-        Op::Sigmoid => kernels::sigmoid(&mut bufs[0], x.f32s()?),
-        Op::Add | Op::Sub | Op::Mul | Op::Div if args.iter().all(|a| a.dtype() == DType::F32) => {
-            let f = match op {
-                Op::Add => Arith::Add,
-                Op::Sub => Arith::Sub,
-                Op::Mul => Arith::Mul,
-                _ => Arith::Div,
-            };
+        Op::Unary(Unary::Silu) => pointwise::silu(&mut bufs[0], x.f32s()?),
+        Op::Unary(Unary::Sigmoid) => pointwise::sigmoid(&mut bufs[0], x.f32s()?),
+        Op::Softmax(Axis { axis }) => pointwise::softmax(&mut bufs[0], x.f32s()?, &x.shape, *axis),
+        Op::Binary(b) if all_f32 => {
             let y = args[1];
             let (sa, sb) = (broadcast_strides(&x.shape, &shapes[0]), broadcast_strides(&y.shape, &shapes[0]));
-            kernels::arith(&mut bufs[0], f, x.f32s()?, &sa, y.f32s()?, &sb, &shapes[0]);
+            pointwise::arith(&mut bufs[0], *b, x.f32s()?, &sa, y.f32s()?, &sb, &shapes[0]);
         }
-        Op::Transpose { perm } if x.dtype() == DType::F32 => {
+        Op::Transpose(Transpose { perm }) if all_f32 => {
             layout::gather(&mut bufs[0], x.f32s()?, 0, &shapes[0], &transpose_strides(&x.shape, perm))
         }
-        Op::Slice { axes, starts, ends, steps } if x.dtype() == DType::F32 => {
+        Op::Slice(Slice { axes, starts, ends, steps }) if all_f32 => {
             let (offset, strides) = slice_view(&x.shape, axes, starts, ends, steps)?;
             layout::gather(&mut bufs[0], x.f32s()?, offset, &shapes[0], &strides)
         }
-        Op::Reshape { .. } if x.dtype() == DType::F32 => layout::copy(&mut bufs[0], x.f32s()?),
-        Op::UpsampleNearestGrad { scale } => layout::upsample_nearest_grad(&mut bufs[0], x.f32s()?, &x.shape, *scale),
-        Op::UpsampleNearest { scale } => layout::upsample_nearest(&mut bufs[0], x.f32s()?, &x.shape, *scale),
-        Op::MatMul => kernels::matmul(&mut bufs[0], x.f32s()?, &x.shape, args[1].f32s()?, &args[1].shape, &shapes[0]),
+        Op::Reshape(_) if all_f32 => layout::copy(&mut bufs[0], x.f32s()?),
+        Op::Concat(Axis { axis }) if all_f32 => {
+            let parts = args.iter().map(|a| a.f32s()).collect::<Result<Vec<_>, _>>()?;
+            let widths: Vec<usize> = args.iter().map(|a| a.shape[*axis..].iter().product()).collect();
+            layout::concat(&mut bufs[0], &parts, &widths);
+        }
+        Op::Split(Split { axis, .. }) if all_f32 => {
+            let widths: Vec<usize> = shapes.iter().map(|s| s[*axis..].iter().product()).collect();
+            layout::split(bufs, x.f32s()?, &widths);
+            return Ok((0..shapes.len()).map(|k| take(bufs, k)).collect());
+        }
+        Op::Binary(_) | Op::Transpose(_) | Op::Slice(_) | Op::Reshape(_) | Op::Concat(_) | Op::Split(_) => {
+            return reference()
+        }
+        Op::UpsampleNearest(Upsample { scale }) => layout::upsample_nearest(&mut bufs[0], x.f32s()?, &x.shape, *scale),
+        Op::UpsampleNearestGrad(Upsample { scale }) => {
+            layout::upsample_nearest_grad(&mut bufs[0], x.f32s()?, &x.shape, *scale)
+        }
+        Op::MatMul => {
+            super::gemm::matmul(&mut bufs[0], x.f32s()?, &x.shape, args[1].f32s()?, &args[1].shape, &shapes[0])
+        }
         Op::Conv2dGradInput(c) => {
             let (w, xs) = (args[1], &args[2].shape);
-            grad_kernels::conv2d_grad_input(&mut bufs[0], x.f32s()?, w.f32s()?, &w.shape, xs, c);
+            conv::conv2d_grad_input(&mut bufs[0], x.f32s()?, w.f32s()?, &w.shape, xs, c);
         }
         Op::Conv2dGradWeight(c) => {
             let (xv, ws) = (args[1], &args[2].shape);
-            grad_kernels::conv2d_grad_weight(&mut bufs[0], scratch, x.f32s()?, xv.f32s()?, &xv.shape, ws, c);
+            conv::conv2d_grad_weight(&mut bufs[0], scratch, x.f32s()?, xv.f32s()?, &xv.shape, ws, c);
         }
-        Op::BatchNormTrain { eps, momentum } => {
+        Op::BatchNormTrain(BatchNorm { eps, momentum }) => {
             let p = |i: usize| args[i].f32s();
-            let r = grad_kernels::batch_norm_train(
-                &mut bufs[0],
-                x.f32s()?,
-                &x.shape,
-                p(1)?,
-                p(2)?,
-                p(3)?,
-                p(4)?,
-                *eps,
-                *momentum,
-            );
+            let r =
+                norm::batch_norm_train(&mut bufs[0], x.f32s()?, &x.shape, p(1)?, p(2)?, p(3)?, p(4)?, *eps, *momentum);
             return Ok(vec![
                 take(bufs, 0),
                 small(1, r.mean),
@@ -92,25 +100,14 @@ pub(super) fn compute(
         Op::BatchNormGrad => {
             let p = |i: usize| args[i].f32s();
             let xv = args[1];
-            let (dg, db) =
-                grad_kernels::batch_norm_grad(&mut bufs[0], x.f32s()?, xv.f32s()?, &xv.shape, p(2)?, p(3)?, p(4)?);
+            let (dg, db) = norm::batch_norm_grad(&mut bufs[0], x.f32s()?, xv.f32s()?, &xv.shape, p(2)?, p(3)?, p(4)?);
             return Ok(vec![take(bufs, 0), small(1, dg), small(2, db)]);
         }
-        Op::MaxPool2dGrad { kernel, stride, pad } => {
+        Op::MaxPool2dGrad(Pool { kernel, stride, pad }) => {
             let xv = args[1];
-            grad_kernels::max_pool2d_grad(&mut bufs[0], x.f32s()?, xv.f32s()?, &xv.shape, *kernel, *stride, *pad);
+            pool::max_pool2d_grad(&mut bufs[0], x.f32s()?, xv.f32s()?, &xv.shape, *kernel, *stride, *pad);
         }
-        Op::SiluGrad => grad_kernels::silu_grad(&mut bufs[0], x.f32s()?, args[1].f32s()?),
-        Op::Concat { axis } if args.iter().all(|a| a.dtype() == DType::F32) => {
-            let parts = args.iter().map(|a| a.f32s()).collect::<Result<Vec<_>, _>>()?;
-            let widths: Vec<usize> = args.iter().map(|a| a.shape[*axis..].iter().product()).collect();
-            layout::concat(&mut bufs[0], &parts, &widths);
-        }
-        Op::Split { axis, .. } if x.dtype() == DType::F32 => {
-            let widths: Vec<usize> = shapes.iter().map(|s| s[*axis..].iter().product()).collect();
-            layout::split(bufs, x.f32s()?, &widths);
-            return Ok((0..shapes.len()).map(|k| take(bufs, k)).collect());
-        }
+        Op::UnaryGrad(UnaryGrad::Silu) => pointwise::silu_grad(&mut bufs[0], x.f32s()?, args[1].f32s()?),
         Op::Accumulate => {
             let [sum, next] = bufs else { unreachable!("accumulate has two results") };
             optim::accumulate_into(x.f32s()?, args[1].f32s()?, args[2].f32s()?, [sum, next]);
@@ -129,7 +126,10 @@ pub(super) fn compute(
             return Ok(vec![take(bufs, 0), take(bufs, 1), take(bufs, 2)]);
         }
         Op::EmaUpdate => optim::ema_update_into(x.f32s()?, args[1].f32s()?, args[2].f32s()?, &mut bufs[0]),
-        _ => return Ok(eval(op, args)?),
+        Op::Unary(Unary::Sign) | Op::UnaryGrad(UnaryGrad::Sigmoid) | Op::SoftmaxGrad(_) | Op::SliceGrad(_) => {
+            return reference()
+        }
+        Op::SumTo | Op::Anchors(_) | Op::DetectLoss(_) | Op::DetectLossGrad(_) | Op::GlobalNorm => return reference(),
     }
     Ok(vec![take(bufs, 0)])
 }
@@ -146,6 +146,6 @@ pub(super) fn conv_concatenated(
     let data = parts.iter().map(|p| p.f32s()).collect::<Result<Vec<_>, _>>()?;
     let channels: Vec<usize> = parts.iter().map(|p| p.shape[1]).collect();
     let bias = wb.get(1).map(|b| b.f32s()).transpose()?;
-    kernels::conv_pointwise_parts(buf, &data, &channels, wb[0].f32s()?, bias, shape);
+    conv::conv_pointwise_parts(buf, &data, &channels, wb[0].f32s()?, bias, shape);
     Ok(vec![Tensor { shape: shape.to_vec(), data: TensorData::F32(std::mem::take(buf)) }])
 }

@@ -1,0 +1,54 @@
+//! Buffers and parallel work shared by the CPU kernels: reusing an arena buffer, per-image
+//! parallelism with per-thread scratch, and outputs written by several tasks at once.
+
+use rayon::prelude::*;
+
+thread_local! {
+    /// Per-thread im2col/col2im scratch, grown to the largest use and kept.
+    static COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f(b, out_b, col, par)` for each image `b` of a batch of `n`, `out_b` being its `per`
+/// elements of `out` and `col` a per-thread scratch. Several images run in parallel, one per
+/// thread, each single-threaded (`par` false): no thread waits on another's small product. A
+/// single image runs alone with `par` true, its products and loops split across threads.
+pub(crate) fn each_image(
+    out: &mut [f32],
+    n: usize,
+    per: usize,
+    f: impl Fn(usize, &mut [f32], &mut Vec<f32>, bool) + Sync + Send,
+) {
+    if n <= 1 || per == 0 {
+        COL.with(|c| f(0, out, &mut c.borrow_mut(), true));
+    } else {
+        out.par_chunks_mut(per).enumerate().for_each(|(b, dst)| COL.with(|c| f(b, dst, &mut c.borrow_mut(), false)));
+    }
+}
+
+/// `buf` as `n` zeros, reusing its allocation.
+pub(crate) fn zeroed(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    buf.clear();
+    buf.reserve_exact(n);
+    buf.resize(n, 0.0);
+    buf
+}
+
+/// `buf` with `n` elements of unspecified value, reusing its allocation: for kernels that write
+/// every element.
+pub(crate) fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    buf.reserve_exact(n.saturating_sub(buf.len()));
+    buf.resize(n, 0.0);
+    buf.truncate(n);
+    buf
+}
+
+/// An output shared by parallel tasks that each write their own disjoint elements of it (the
+/// columns of a tiled convolution, the inner positions of a softmax).
+#[derive(Clone, Copy)]
+pub(crate) struct Block(pub(crate) *mut f32);
+// SAFETY: every user writes only elements no other task touches (see its call sites).
+unsafe impl Send for Block {}
+unsafe impl Sync for Block {}
+
+/// Elements per parallel task of the elementwise kernels.
+pub(crate) const CHUNK: usize = 1 << 14;

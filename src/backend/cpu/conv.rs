@@ -1,0 +1,492 @@
+//! Convolution and its gradients: im2col + GEMM (tiled to the cache for large images),
+//! pointwise convolutions as plain products, depthwise as direct loops, and col2im for the
+//! input gradient.
+
+use super::buffers::{each_image, sized, zeroed, Block, CHUNK};
+use super::gemm::{gemm_into, sgemm, Mat};
+use super::simd;
+use rayon::prelude::*;
+use slimc_ir::eval::nn::{tap, ConvGeometry};
+use slimc_ir::Conv2d;
+
+/// 2-D convolution into `out`. `x` is `[n, cin, h, w]`, `w` is `[cout, cin/groups, kh, kw]`.
+/// Returns the output shape `[n, cout, oh, ow]`.
+pub fn conv2d(
+    out: &mut Vec<f32>,
+    x: &[f32],
+    xs: &[usize],
+    w: &[f32],
+    ws: &[usize],
+    bias: Option<&[f32]>,
+    c: &Conv2d,
+) -> Vec<usize> {
+    let d = ConvGeometry::new(xs, ws, c);
+    let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
+    let out = sized(out, d.n * d.cout * ohw);
+    if d.depthwise() {
+        depthwise(x, w, c, [d.n, d.cin, d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], out);
+    } else {
+        let (og, cg) = (d.og, d.cg);
+        let kdim = cg * d.kh * d.kw;
+        let pointwise = d.pointwise(c);
+        let tile = (!pointwise).then(|| column_tile(kdim, ohw)).flatten();
+        each_image(out, d.n, d.cout * ohw, |b, out, col, par| {
+            let col = sized(col, if pointwise || tile.is_some() { 0 } else { kdim * ohw });
+            for gi in 0..d.g {
+                let xg = &x[(b * d.cin + gi * cg) * hw..(b * d.cin + (gi + 1) * cg) * hw];
+                let wg = &w[gi * og * kdim..(gi + 1) * og * kdim];
+                let dst = &mut out[gi * og * ohw..(gi + 1) * og * ohw];
+                if let Some(tile) = tile {
+                    conv_tiled(xg, wg, c, &d, tile, dst, par);
+                    continue;
+                }
+                let rhs: &[f32] = if pointwise {
+                    xg
+                } else {
+                    im2col(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], col, par);
+                    col
+                };
+                sgemm(og, ohw, kdim, wg, rhs, dst, par);
+            }
+        });
+    }
+    if let Some(bias) = bias {
+        add_bias(out, bias, ohw);
+    }
+    vec![d.n, d.cout, d.oh, d.ow]
+}
+
+/// Adds each channel's bias to its planes of `out` (`[n, c, plane]`).
+fn add_bias(out: &mut [f32], bias: &[f32], plane: usize) {
+    out.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
+        let v = bias[i % bias.len()];
+        p.iter_mut().for_each(|o| *o += v);
+    });
+}
+
+/// A pointwise convolution of the concatenation of `parts` along channels (`channels[i]` of
+/// them in part `i`, all `[n, ·, h, w]`) into `out` of `shape` `[n, cout, h, w]`: the sum of
+/// each part times its columns of `w [cout, Σ channels]`, image by image.
+pub fn conv_pointwise_parts(
+    out: &mut Vec<f32>,
+    parts: &[&[f32]],
+    channels: &[usize],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    shape: &[usize],
+) {
+    let (n, cout, hw) = (shape[0], shape[1], shape[2] * shape[3]);
+    let cin: usize = channels.iter().sum();
+    let out = sized(out, n * cout * hw);
+    each_image(out, n, cout * hw, |b, dst, _, par| {
+        let mut k0 = 0;
+        for (p, &c) in parts.iter().zip(channels) {
+            let a = Mat { data: &w[k0..], rs: cin, cs: 1 };
+            gemm_into(cout, hw, c, a, Mat::rows(&p[b * c * hw..(b + 1) * c * hw], hw), dst, k0 > 0, par);
+            k0 += c;
+        }
+    });
+    if let Some(bias) = bias {
+        add_bias(out, bias, hw);
+    }
+}
+
+/// The output positions `lo..hi` (of `n`) whose input index `o·stride + off` lies in `0..size`.
+pub(crate) fn inside(n: usize, stride: usize, off: isize, size: usize) -> (usize, usize) {
+    let s = stride as isize;
+    // o ≥ ceil(−off / s) and o·s + off ≤ size − 1.
+    let lo = if off >= 0 { 0 } else { ((-off + s - 1) / s) as usize };
+    let hi = if (size as isize) - 1 - off < 0 { 0 } else { (((size as isize - 1 - off) / s) + 1) as usize };
+    let hi = hi.min(n);
+    (lo.min(hi), hi)
+}
+
+/// Unfolds the input planes `x [cg × h·w]` into `col [cg·kh·kw × oh·ow]`, rows in parallel
+/// with `par`.
+pub(crate) fn im2col(x: &[f32], c: &Conv2d, hw: [usize; 2], k: [usize; 2], o: [usize; 2], col: &mut [f32], par: bool) {
+    let n = o[0] * o[1];
+    let row = |(row, dst): (usize, &mut [f32])| im2col_row(x, c, hw, k, o, row, 0, dst);
+    if par {
+        col.par_chunks_mut(n).enumerate().for_each(row);
+    } else {
+        col.chunks_mut(n).enumerate().for_each(row);
+    }
+}
+
+/// Row `row` of the unfolded input (input channel `row / (kh·kw)`, tap `row % (kh·kw)`) for the
+/// output positions `first..first + dst.len()` (row-major over `oh × ow`), into `dst`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn im2col_row(
+    x: &[f32],
+    c: &Conv2d,
+    [h, w]: [usize; 2],
+    [kh, kw]: [usize; 2],
+    [_, ow]: [usize; 2],
+    row: usize,
+    first: usize,
+    dst: &mut [f32],
+) {
+    let (ci, r) = (row / (kh * kw), row % (kh * kw));
+    let (ky, kx) = (r / kw, r % kw);
+    let plane = &x[ci * h * w..(ci + 1) * h * w];
+    let (stride, off) = (c.stride[1], (kx * c.dilation[1]) as isize - c.pad[1] as isize);
+    let (mut p, end) = (first, first + dst.len());
+    while p < end {
+        // One output row's stretch: positions p..q of output row oy, columns ox0..ox1.
+        let (oy, ox0) = (p / ow, p % ow);
+        let q = end.min((oy + 1) * ow);
+        let ox1 = ox0 + (q - p);
+        let d = &mut dst[p - first..q - first];
+        let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.pad[0] as isize;
+        p = q;
+        if iy < 0 || iy >= h as isize {
+            d.fill(0.0);
+            continue;
+        }
+        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+        let (lo, hi) = inside(ow, stride, off, w);
+        let (lo, hi) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1).max(lo.clamp(ox0, ox1)));
+        d[..lo - ox0].fill(0.0);
+        d[hi - ox0..].fill(0.0);
+        let at = (lo * stride) as isize + off;
+        let seg = &mut d[lo - ox0..hi - ox0];
+        if stride == 1 {
+            seg.copy_from_slice(&src[at as usize..at as usize + seg.len()]);
+        } else {
+            seg.iter_mut().zip(src[at as usize..].iter().step_by(stride)).for_each(|(o, &v)| *o = v);
+        }
+    }
+}
+
+/// Bytes of unfolded input per tile of a tiled convolution: about what a core's L2 holds.
+const TILE_BYTES: usize = 256 << 10;
+
+/// Output positions per tile when a convolution's unfolded input (`kdim × ohw`) is too large to
+/// stay in cache (over four tiles' worth); at least 256, so each tile's product is still a
+/// large one. None: unfold it whole.
+pub(crate) fn column_tile(kdim: usize, ohw: usize) -> Option<usize> {
+    (kdim * ohw * 4 > 4 * TILE_BYTES).then(|| (TILE_BYTES / (kdim * 4)).max(256))
+}
+
+thread_local! {
+    /// Per-thread scratch of the tiled convolution's unfolded tile.
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One group of one image of a convolution, by tiles of `tile` output positions: each tile
+/// unfolds its stretch of the input into a cache-sized scratch and multiplies it into its own
+/// columns of `dst [og × ohw]`; tiles run in parallel with `par`.
+fn conv_tiled(xg: &[f32], wg: &[f32], c: &Conv2d, d: &ConvGeometry, tile: usize, dst: &mut [f32], par: bool) {
+    let (og, ohw, kdim) = (d.og, d.oh * d.ow, d.cg * d.kh * d.kw);
+    assert!(dst.len() >= og * ohw && wg.len() >= og * kdim, "conv_tiled operand sizes");
+    let block = Block(dst.as_mut_ptr());
+    let run = |t: usize| {
+        let (n0, n1) = (t * tile, ohw.min((t + 1) * tile));
+        let nt = n1 - n0;
+        TILE.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let col = sized(&mut buf, kdim * nt);
+            for (row, r) in col.chunks_mut(nt).enumerate() {
+                im2col_row(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], row, n0, r);
+            }
+            let block = block;
+            // SAFETY: rows 0..og, columns n0..n1 of the og × ohw block `dst` checked above; no
+            // other tile writes these columns.
+            unsafe {
+                gemm::gemm(
+                    og,
+                    nt,
+                    kdim,
+                    block.0.add(n0),
+                    1,
+                    ohw as isize,
+                    false,
+                    wg.as_ptr(),
+                    1,
+                    kdim as isize,
+                    col.as_ptr(),
+                    1,
+                    nt as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+    };
+    let tiles = ohw.div_ceil(tile);
+    if par {
+        (0..tiles).into_par_iter().for_each(run);
+    } else {
+        (0..tiles).for_each(run);
+    }
+}
+
+/// Depthwise convolution, one plane per task: each output row accumulates, tap by tap, a
+/// scaled input row over the output positions whose input lies inside the plane (a contiguous
+/// `axpy` at stride 1), so no bounds are tested per element.
+fn depthwise(
+    x: &[f32],
+    w: &[f32],
+    c: &Conv2d,
+    [_, ch, h, wi]: [usize; 4],
+    [kh, kw]: [usize; 2],
+    [oh, ow]: [usize; 2],
+    out: &mut [f32],
+) {
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
+        let ci = plane % ch;
+        let src = &x[plane * h * wi..(plane + 1) * h * wi];
+        let k = &w[ci * kh * kw..(ci + 1) * kh * kw];
+        let (s, dil) = (c.stride[1], c.dilation[1]);
+        for oy in 0..oh {
+            let d = &mut dst[oy * ow..(oy + 1) * ow];
+            d.fill(0.0);
+            for ky in 0..kh {
+                let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.pad[0] as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let row = &src[iy as usize * wi..(iy as usize + 1) * wi];
+                for kx in 0..kw {
+                    let off = (kx * dil) as isize - c.pad[1] as isize;
+                    let (lo, hi) = inside(ow, s, off, wi);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let (a, first) = (k[ky * kw + kx], (lo * s) as isize + off);
+                    if s == 1 {
+                        simd::axpy(&mut d[lo..hi], &row[first as usize..first as usize + hi - lo], a);
+                    } else {
+                        for (j, o) in d[lo..hi].iter_mut().enumerate() {
+                            *o += a * row[first as usize + j * s];
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The gradient of a convolution with respect to its input `[n, cin, h, w]`, into `dx`.
+pub fn conv2d_grad_input(dx: &mut Vec<f32>, dy: &[f32], w: &[f32], ws: &[usize], xs: &[usize], c: &Conv2d) {
+    let d = ConvGeometry::new(xs, ws, c);
+    let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
+    let dx = zeroed(dx, d.n * d.cin * hw);
+    if d.depthwise() {
+        // The forward's row-by-row taps, transposed: each tap adds its weight times a stretch of
+        // an output-gradient row into the input-gradient row it read.
+        dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dst)| {
+            let k = &w[plane % d.cin * d.kh * d.kw..][..d.kh * d.kw];
+            let src = &dy[plane * ohw..(plane + 1) * ohw];
+            each_tap(c, &d, |oy, iy, r, lo, hi, first| {
+                let (g, row) = (&src[oy * d.ow + lo..oy * d.ow + hi], &mut dst[iy * d.w..(iy + 1) * d.w]);
+                if c.stride[1] == 1 {
+                    simd::axpy(&mut row[first..first + g.len()], g, k[r]);
+                } else {
+                    row[first..].iter_mut().step_by(c.stride[1]).zip(g).for_each(|(o, &v)| *o += k[r] * v);
+                }
+            });
+        });
+        return;
+    }
+    let og = d.og;
+    let kdim = d.cg * d.kh * d.kw;
+    let pointwise = d.pointwise(c);
+    let tile = (!pointwise).then(|| column_tile(kdim, ohw)).flatten();
+    each_image(dx, d.n, d.cin * hw, |b, dx, col, par| {
+        let col = sized(col, if pointwise { 0 } else { kdim * tile.unwrap_or(ohw) });
+        for gi in 0..d.g {
+            let wg = &w[gi * og * kdim..(gi + 1) * og * kdim];
+            let dyg = &dy[(b * d.cout + gi * og) * ohw..(b * d.cout + (gi + 1) * og) * ohw];
+            let dxg = &mut dx[gi * d.cg * hw..(gi + 1) * d.cg * hw];
+            // col[kdim×ohw] = wgᵀ[kdim×og] · dy[og×ohw]
+            if pointwise {
+                gemm_into(kdim, ohw, og, Mat::transposed(wg, kdim), Mat::rows(dyg, ohw), dxg, false, par);
+            } else if let Some(tile) = tile {
+                // By cache-sized tiles of output positions, in order (tiles add into
+                // overlapping input positions).
+                for n0 in (0..ohw).step_by(tile) {
+                    let nt = tile.min(ohw - n0);
+                    let col = &mut col[..kdim * nt];
+                    let dyt = Mat { data: &dyg[n0..], rs: ohw, cs: 1 };
+                    gemm_into(kdim, nt, og, Mat::transposed(wg, kdim), dyt, col, false, par);
+                    let kk = d.kh * d.kw;
+                    for (row, r) in col.chunks(nt).enumerate() {
+                        let plane = &mut dxg[row / kk * hw..(row / kk + 1) * hw];
+                        col2im_row(r, c, &d, row % kk, n0, plane);
+                    }
+                }
+            } else {
+                gemm_into(kdim, ohw, og, Mat::transposed(wg, kdim), Mat::rows(dyg, ohw), col, false, par);
+                col2im(col, c, &d, dxg, par);
+            }
+        }
+    });
+}
+
+/// Calls `f(oy, iy, tap, lo, hi, first)` for every output row `oy` and every tap
+/// (`ky·kw + kx`) that reads input row `iy`: output columns `lo..hi` read input columns
+/// `first + (j − lo)·stride` of that row (the forward depthwise kernel's stretches).
+fn each_tap(c: &Conv2d, d: &ConvGeometry, mut f: impl FnMut(usize, usize, usize, usize, usize, usize)) {
+    for oy in 0..d.oh {
+        for ky in 0..d.kh {
+            let Some(iy) = tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else { continue };
+            for kx in 0..d.kw {
+                let off = (kx * c.dilation[1]) as isize - c.pad[1] as isize;
+                let (lo, hi) = inside(d.ow, c.stride[1], off, d.w);
+                if lo < hi {
+                    f(oy, iy, ky * d.kw + kx, lo, hi, ((lo * c.stride[1]) as isize + off) as usize);
+                }
+            }
+        }
+    }
+}
+
+/// Adds one row of the columns, tap `r` (of `kh·kw`) for the output positions
+/// `first..first + src.len()` (row-major over `oh × ow`), back into its input plane `plane [h·w]`.
+fn col2im_row(src: &[f32], c: &Conv2d, d: &ConvGeometry, r: usize, first: usize, plane: &mut [f32]) {
+    let (ky, kx) = (r / d.kw, r % d.kw);
+    let (stride, off) = (c.stride[1], (kx * c.dilation[1]) as isize - c.pad[1] as isize);
+    let (lo, hi) = inside(d.ow, stride, off, d.w);
+    let (mut p, end) = (first, first + src.len());
+    while p < end {
+        let (oy, ox0) = (p / d.ow, p % d.ow);
+        let q = end.min((oy + 1) * d.ow);
+        let ox1 = ox0 + (q - p);
+        let from = &src[p - first..q - first];
+        p = q;
+        let Some(iy) = tap(oy, ky, c.stride[0], c.dilation[0], c.pad[0], d.h) else { continue };
+        let (a, b) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
+        if a >= b {
+            continue;
+        }
+        let at = ((a * stride) as isize + off) as usize;
+        let row = &mut plane[iy * d.w..(iy + 1) * d.w];
+        let from = &from[a - ox0..b - ox0];
+        if stride == 1 {
+            simd::add_into(&mut row[at..at + from.len()], from);
+        } else {
+            for (k, &v) in from.iter().enumerate() {
+                row[at + k * stride] += v;
+            }
+        }
+    }
+}
+
+/// Adds the columns `col [cg·kh·kw × oh·ow]` back into the input planes `dx [cg × h·w]`, planes
+/// in parallel with `par`.
+fn col2im(col: &[f32], c: &Conv2d, d: &ConvGeometry, dx: &mut [f32], par: bool) {
+    let (kk, ohw) = (d.kh * d.kw, d.oh * d.ow);
+    let plane = |(ci, plane): (usize, &mut [f32])| {
+        for r in 0..kk {
+            col2im_row(&col[(ci * kk + r) * ohw..(ci * kk + r + 1) * ohw], c, d, r, 0, plane);
+        }
+    };
+    if par {
+        dx.par_chunks_mut(d.h * d.w).enumerate().for_each(plane);
+    } else {
+        dx.chunks_mut(d.h * d.w).enumerate().for_each(plane);
+    }
+}
+
+/// Image groups of the weight gradient: each group sums its images' products into its own
+/// partial, and the partials are added in group order, so the result does not depend on how many
+/// threads run them.
+const WEIGHT_GRAD_GROUPS: usize = 8;
+
+/// The gradient of a convolution with respect to its weight `ws`, summed over the batch, into
+/// `dw`; `partial` is scratch for the image groups' partial sums.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_grad_weight(
+    dw: &mut Vec<f32>,
+    partial: &mut Vec<f32>,
+    dy: &[f32],
+    x: &[f32],
+    xs: &[usize],
+    ws: &[usize],
+    c: &Conv2d,
+) {
+    let d = ConvGeometry::new(xs, ws, c);
+    let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
+    let kk = d.kh * d.kw;
+    if d.depthwise() {
+        // Each tap's weight gradient: dot products of output-gradient rows with the input rows
+        // the tap read, over the batch.
+        let dw = zeroed(dw, d.cout * kk);
+        dw.par_chunks_mut(kk).enumerate().for_each(|(ci, k)| {
+            for b in 0..d.n {
+                let plane = b * d.cin + ci;
+                let (src, g) = (&x[plane * hw..(plane + 1) * hw], &dy[plane * ohw..(plane + 1) * ohw]);
+                each_tap(c, &d, |oy, iy, r, lo, hi, first| {
+                    let (g, row) = (&g[oy * d.ow + lo..oy * d.ow + hi], &src[iy * d.w..(iy + 1) * d.w]);
+                    k[r] += if c.stride[1] == 1 {
+                        simd::dot(g, &row[first..first + g.len()])
+                    } else {
+                        g.iter().zip(row[first..].iter().step_by(c.stride[1])).map(|(a, b)| a * b).sum()
+                    };
+                });
+            }
+        });
+        return;
+    }
+    let og = d.og;
+    let kdim = d.cg * kk;
+    let pointwise = d.pointwise(c);
+    let len = d.cout * kdim;
+    let groups = d.n.clamp(1, WEIGHT_GRAD_GROUPS);
+    let per_group = d.n.div_ceil(groups);
+    // Group `k` sums images k·per_group.. into its partial.
+    let tile = (!pointwise).then(|| column_tile(kdim, ohw)).flatten();
+    let group = |k: usize, dst: &mut [f32], col: &mut Vec<f32>, par: bool| {
+        let col = sized(col, if pointwise { 0 } else { kdim * tile.unwrap_or(ohw) });
+        for (j, b) in (k * per_group..((k + 1) * per_group).min(d.n)).enumerate() {
+            for gi in 0..d.g {
+                let xg = &x[(b * d.cin + gi * d.cg) * hw..(b * d.cin + (gi + 1) * d.cg) * hw];
+                let dyg = &dy[(b * d.cout + gi * og) * ohw..(b * d.cout + (gi + 1) * og) * ohw];
+                if let Some(tile) = tile {
+                    // dw[og×kdim] (+)= dy[og×tile] · colᵀ[tile×kdim], tile by tile in order.
+                    let dst = &mut dst[gi * og * kdim..(gi + 1) * og * kdim];
+                    for (t, n0) in (0..ohw).step_by(tile).enumerate() {
+                        let nt = tile.min(ohw - n0);
+                        let col = &mut col[..kdim * nt];
+                        for (row, r) in col.chunks_mut(nt).enumerate() {
+                            im2col_row(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], row, n0, r);
+                        }
+                        let dyt = Mat { data: &dyg[n0..], rs: ohw, cs: 1 };
+                        gemm_into(og, kdim, nt, dyt, Mat::transposed(col, nt), dst, j > 0 || t > 0, par);
+                    }
+                    continue;
+                }
+                let rhs: &[f32] = if pointwise {
+                    xg
+                } else {
+                    im2col(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], col, par);
+                    col
+                };
+                // dw[og×kdim] (+)= dy[og×ohw] · colᵀ[ohw×kdim]
+                let dst = &mut dst[gi * og * kdim..(gi + 1) * og * kdim];
+                gemm_into(og, kdim, ohw, Mat::rows(dyg, ohw), Mat::transposed(rhs, ohw), dst, j > 0, par);
+            }
+        }
+    };
+    let dw = sized(dw, len);
+    if groups == 1 {
+        each_image(dw, 1, len, group);
+        return;
+    }
+    let parts = sized(partial, groups * len);
+    let used = d.n.div_ceil(per_group);
+    each_image(&mut parts[..used * len], used, len, group);
+    let parts = &parts[..used * len];
+    dw.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| {
+        let at = i * CHUNK;
+        o.copy_from_slice(&parts[at..at + o.len()]);
+        for k in 1..used {
+            simd::add_into(o, &parts[k * len + at..k * len + at + o.len()]);
+        }
+    });
+}

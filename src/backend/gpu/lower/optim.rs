@@ -1,0 +1,97 @@
+//! Lowering the optimizer's ops: accumulation, the EMA, the global gradient norm and the
+//! SGD and AdamW updates.
+
+use super::storage;
+use super::{At, Builder};
+use crate::backend::gpu::kernels::{self, flat_grid, grid};
+use anyhow::Result;
+use slimc_ir::Update;
+
+impl Builder<'_> {
+    /// Gradient accumulation (two results) or the EMA update (one).
+    pub(super) fn accumulate_or_ema(&mut self, at: &At, accumulate: bool) -> Result<()> {
+        let n = at.n;
+        let xs = at.xs.clone();
+        let limit = at.limit;
+
+        let numel: usize = xs.iter().product();
+        let p = kernels::CountParams { n: numel as u32, pad: [0; 3] };
+        let b: Vec<wgpu::Buffer> = n.inputs.iter().chain(&n.outputs).map(|&v| self.buf(v).clone()).collect();
+        let mut bindings = vec![(11, &b[2]), (12, &b[0]), (13, &b[1]), (14, &b[3])];
+        let entry = if accumulate {
+            bindings.push((15, &b[4]));
+            "accumulate"
+        } else {
+            "ema_update"
+        };
+        self.step(("optimizer", entry), &[(10, bytemuck::bytes_of(&p))], &bindings, flat_grid(numel, limit)?);
+        Ok(())
+    }
+
+    /// The global gradient norm: partial sums of squares per block, then their root.
+    pub(super) fn global_norm(&mut self, at: &At) -> Result<()> {
+        let n = at.n;
+        let out = at.out.clone();
+        let limit = at.limit;
+
+        let sizes: Vec<usize> = n.inputs.iter().map(|&v| self.shape(v).iter().product()).collect();
+        let blocks: Vec<usize> = sizes.iter().map(|s| s.div_ceil(4096).max(1)).collect();
+        let total: usize = blocks.iter().sum();
+        let partial = storage(self.ctx, total as u64 * 4, "squared-norm partial sums");
+        let mut first = 0;
+        for ((&v, &size), &count) in n.inputs.iter().zip(&sizes).zip(&blocks) {
+            let q = kernels::SquaresParams { n: size as u32, first: first as u32, total: total as u32, pad0: 0 };
+            let t = self.buf(v).clone();
+            let grid = grid(count as u64, limit)?;
+            self.step(("optimizer", "sum_squares"), &[(20, bytemuck::bytes_of(&q))], &[(21, &t), (22, &partial)], grid);
+            first += count;
+        }
+        let q = kernels::SquaresParams { n: 0, first: 0, total: total as u32, pad0: 0 };
+        let bindings = [(23, &partial), (24, &out)];
+        self.step(("optimizer", "norm_of_partials"), &[(20, bytemuck::bytes_of(&q))], &bindings, [1, 1, 1]);
+        self.scratch.push(partial);
+        Ok(())
+    }
+
+    /// An SGD or AdamW update.
+    pub(super) fn update(&mut self, at: &At, u: &Update, adamw: bool) -> Result<()> {
+        let n = at.n;
+        let xs = at.xs.clone();
+        let limit = at.limit;
+
+        let numel: usize = xs.iter().product();
+        let p = kernels::UpdateParams {
+            n: numel as u32,
+            group: u.group as u32,
+            weight_decay: u.weight_decay,
+            max_norm: u.max_norm,
+            prox: u.prox.is_some() as u32,
+            keep: u.prox.unwrap_or(0) as u32,
+            beta1: u.beta1,
+            pad0: 0,
+        };
+        let b: Vec<wgpu::Buffer> = n.inputs.iter().chain(&n.outputs).map(|&v| self.buf(v).clone()).collect();
+        // p g norm scalars s1 [s2] | p' s1' [s2']
+        let (entry, bindings) = match adamw {
+            false => {
+                ("sgd_update", vec![(1, &b[3]), (2, &b[0]), (3, &b[1]), (4, &b[2]), (5, &b[4]), (7, &b[5]), (8, &b[6])])
+            }
+            true => (
+                "adamw_update",
+                vec![
+                    (1, &b[3]),
+                    (2, &b[0]),
+                    (3, &b[1]),
+                    (4, &b[2]),
+                    (5, &b[4]),
+                    (6, &b[5]),
+                    (7, &b[6]),
+                    (8, &b[7]),
+                    (9, &b[8]),
+                ],
+            ),
+        };
+        self.step(("optimizer", entry), &[(0, bytemuck::bytes_of(&p))], &bindings, flat_grid(numel, limit)?);
+        Ok(())
+    }
+}

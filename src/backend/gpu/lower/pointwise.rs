@@ -1,0 +1,174 @@
+//! Lowering the elementwise ops, softmax, the sum over broadcast axes and batched matmul.
+
+use super::{At, Builder};
+use crate::backend::gpu::kernels::{self, contiguous, flat_grid, Strided, View};
+use anyhow::Result;
+use slimc_ir::eval::broadcast_strides;
+use slimc_ir::Binary;
+
+impl Builder<'_> {
+    /// An activation or its gradient: the kernel `entry` of `activation.wgsl` on the node's
+    /// one or two inputs.
+    pub(super) fn activation(&mut self, at: &At, entry: &'static str) -> Result<()> {
+        let (n, x, out, limit) = (at.n, at.x, at.out.clone(), at.limit);
+        let numel: usize = at.xs.iter().product();
+        let p = kernels::CountParams { n: numel as u32, pad: [0; 3] };
+        let a = self.buf(x).clone();
+        let mut bindings = vec![(1, &a), (3, &out)];
+        let b = n.inputs.get(1).map(|&v| self.buf(v).clone());
+        if let Some(b) = &b {
+            bindings.push((2, b));
+        }
+        self.step(("activation", entry), &[(0, bytemuck::bytes_of(&p))], &bindings, flat_grid(numel, limit)?);
+        Ok(())
+    }
+
+    /// Broadcast arithmetic.
+    pub(super) fn binary(&mut self, at: &At, op: Binary) -> Result<()> {
+        let n = at.n;
+        let x = at.x;
+        let y = at.y;
+        let xs = at.xs.clone();
+        let out = at.out.clone();
+        let limit = at.limit;
+
+        let os = self.shape(y);
+        let ys = self.shape(n.inputs[1]);
+        let (sa, sb, so) = (broadcast_strides(&xs, &os), broadcast_strides(&ys, &os), contiguous(&os));
+        let mut view = View::new(
+            &os,
+            &Strided { offset: 0, strides: &sa },
+            Some(&Strided { offset: 0, strides: &sb }),
+            &Strided { offset: 0, strides: &so },
+        )?;
+        view.code = match op {
+            Binary::Add => 0,
+            Binary::Sub => 1,
+            Binary::Mul => 2,
+            Binary::Div => 3,
+        };
+        let (a, b) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone());
+        let numel = os.iter().product();
+        self.step(
+            ("elementwise", "binary"),
+            &[(0, bytemuck::bytes_of(&view))],
+            &[(1, &a), (2, &b), (3, &out)],
+            flat_grid(numel, limit)?,
+        );
+        Ok(())
+    }
+
+    /// A batched matmul.
+    pub(super) fn matmul(&mut self, at: &At) -> Result<()> {
+        let n = at.n;
+        let x = at.x;
+        let y = at.y;
+        let xs = at.xs.clone();
+        let out = at.out.clone();
+        let limit = at.limit;
+
+        let os = self.shape(y);
+        let bs = self.shape(n.inputs[1]);
+        let r = os.len();
+        let (m, k, nn) = (xs[xs.len() - 2], xs[xs.len() - 1], bs[bs.len() - 1]);
+        let batch = &os[..r - 2];
+        let scaled = |shape: &[usize], mat: usize| -> Vec<isize> {
+            broadcast_strides(&shape[..shape.len() - 2], batch).into_iter().map(|s| s * mat as isize).collect()
+        };
+        let (sa, sb) = (scaled(&xs, m * k), scaled(&bs, k * nn));
+        let so = vec![0; batch.len()];
+        let view = View::new(
+            batch,
+            &Strided { offset: 0, strides: &sa },
+            Some(&Strided { offset: 0, strides: &sb }),
+            &Strided { offset: 0, strides: &so },
+        )?;
+        let batches: usize = batch.iter().product();
+        let p = kernels::MatMulParams { m: m as u32, n: nn as u32, k: k as u32, batches: batches as u32 };
+        let (a, b) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone());
+        self.step(
+            ("matmul", "matmul"),
+            &[(0, bytemuck::bytes_of(&view)), (1, bytemuck::bytes_of(&p))],
+            &[(2, &a), (3, &b), (4, &out)],
+            flat_grid(batches * m * nn, limit)?,
+        );
+        Ok(())
+    }
+
+    /// Softmax along an axis.
+    pub(super) fn softmax(&mut self, at: &At, axis: &usize) -> Result<()> {
+        let x = at.x;
+        let xs = at.xs.clone();
+        let out = at.out.clone();
+        let limit = at.limit;
+
+        let p = lines(&xs, *axis);
+        let a = self.buf(x).clone();
+        let count = (p.outer * p.inner) as usize;
+        self.step(
+            ("softmax", "softmax"),
+            &[(0, bytemuck::bytes_of(&p))],
+            &[(1, &a), (2, &out)],
+            flat_grid(count, limit)?,
+        );
+        Ok(())
+    }
+
+    /// Softmax's gradient.
+    pub(super) fn softmax_grad(&mut self, at: &At, axis: &usize) -> Result<()> {
+        let n = at.n;
+        let x = at.x;
+        let xs = at.xs.clone();
+        let out = at.out.clone();
+        let limit = at.limit;
+
+        let p = lines(&xs, *axis);
+        let y = self.buf(n.inputs[1]).clone();
+        let dy = self.buf(x).clone();
+        let count = (p.outer * p.inner) as usize;
+        let bindings = [(11, &dy), (12, &y), (13, &out)];
+        self.step(("softmax", "softmax_grad"), &[(10, bytemuck::bytes_of(&p))], &bindings, flat_grid(count, limit)?);
+        Ok(())
+    }
+
+    /// The sum over broadcast axes.
+    pub(super) fn sum_to(&mut self, at: &At) -> Result<()> {
+        let x = at.x;
+        let y = at.y;
+        let xs = at.xs.clone();
+        let out = at.out.clone();
+        let limit = at.limit;
+
+        let os = self.shape(y);
+        let r = xs.len();
+        let mut padded = vec![1; r - os.len()];
+        padded.extend(&os);
+        let sx = contiguous(&xs);
+        let kept: Vec<isize> = (0..r).map(|d| if padded[d] == xs[d] { sx[d] } else { 0 }).collect();
+        let reduced: Vec<usize> = (0..r).map(|d| if padded[d] == xs[d] { 1 } else { xs[d] }).collect();
+        let zero = vec![0; r];
+        let kv =
+            View::new(&padded, &Strided { offset: 0, strides: &kept }, None, &Strided { offset: 0, strides: &zero })?;
+        let rv =
+            View::new(&reduced, &Strided { offset: 0, strides: &sx }, None, &Strided { offset: 0, strides: &zero })?;
+        let a = self.buf(x).clone();
+        let numel = os.iter().product();
+        self.step(
+            ("elementwise", "sum_to"),
+            &[(10, bytemuck::bytes_of(&kv)), (11, bytemuck::bytes_of(&rv))],
+            &[(12, &a), (13, &out)],
+            flat_grid(numel, limit)?,
+        );
+        Ok(())
+    }
+}
+
+/// A softmax's lines along `axis` of a tensor of `shape`.
+fn lines(shape: &[usize], axis: usize) -> kernels::LineParams {
+    kernels::LineParams {
+        outer: shape[..axis].iter().product::<usize>() as u32,
+        n: shape[axis] as u32,
+        inner: shape[axis + 1..].iter().product::<usize>() as u32,
+        pad0: 0,
+    }
+}
