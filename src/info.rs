@@ -76,6 +76,7 @@ pub fn model_info(model: &Model, imgsz: Option<[usize; 2]>) -> Result<ModelInfo>
             }
             Op::UpsampleNearest(_) => layers += 1,
             Op::Concat(_) if g.value(n.outputs[0]).name == n.scope => layers += 1,
+            // Every other op is part of a layer counted above.
             _ => {}
         }
     }

@@ -53,6 +53,7 @@ pub(crate) fn is_depthwise(g: &Graph, n: &slimc_ir::Node) -> bool {
             let (cin, cout) = (channels(g, n.inputs[0]), channels(g, n.outputs[0]));
             c.groups > 1 && cin == Some(c.groups) && cout == Some(c.groups)
         }
+        // Every other op is not a convolution.
         _ => false,
     }
 }
@@ -83,6 +84,9 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
             frozen[b..b + c].iter_mut().for_each(|f| *f = true);
         }
     };
+    let freeze_all = |n: &slimc_ir::Node, frozen: &mut Vec<bool>| {
+        n.inputs.iter().chain(&n.outputs).for_each(|&v| freeze(v, frozen));
+    };
     let couple = |a: ValueId, b: ValueId, uf: &mut UnionFind| {
         if let (Some(ca), Some(cb)) = (channels(g, a), channels(g, b)) {
             if ca == cb {
@@ -112,7 +116,7 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
             | Op::UpsampleNearest(_) => {
                 couple(n.inputs[0], y, &mut uf);
             }
-            Op::Binary(Binary::Add) | Op::Binary(Binary::Sub) | Op::Binary(Binary::Mul) | Op::Binary(Binary::Div) => {
+            Op::Binary(_) => {
                 for &x in &n.inputs {
                     let scalar_like = g.ty(x).numel() == Some(1) || g.ty(x).rank() < 2;
                     if !couple(x, y, &mut uf) && !scalar_like {
@@ -146,11 +150,22 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
                 }
             }
             Op::Anchors(_) => {}
-            _ => {
-                for &v in n.inputs.iter().chain(&n.outputs) {
-                    freeze(v, &mut frozen_el);
-                }
+            // Channels that move to other axes (reshape, transpose, matmul, the attention's
+            // softmax), a slice, the sign, and the training ops (never in a graph being pruned):
+            // frozen.
+            Op::Unary(Unary::Sign) | Op::Slice(_) | Op::Reshape(_) | Op::Transpose(_) | Op::MatMul | Op::Softmax(_) => {
+                freeze_all(n, &mut frozen_el)
             }
+            Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) | Op::BatchNormTrain(_) | Op::BatchNormGrad => {
+                freeze_all(n, &mut frozen_el)
+            }
+            Op::UnaryGrad(_) | Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) | Op::UpsampleNearestGrad(_) => {
+                freeze_all(n, &mut frozen_el)
+            }
+            Op::SliceGrad(_) | Op::SumTo | Op::DetectLoss(_) | Op::DetectLossGrad(_) | Op::Accumulate => {
+                freeze_all(n, &mut frozen_el)
+            }
+            Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => freeze_all(n, &mut frozen_el),
         }
     }
     for &v in g.inputs.iter().chain(&g.outputs) {
@@ -223,6 +238,7 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
                     })
                     .collect()
             }
+            // Every other op: nothing is known to be zero after it.
             _ => vec![],
         };
         for (v, z) in set {

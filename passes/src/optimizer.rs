@@ -69,6 +69,7 @@ pub fn param_groups(g: &Graph) -> BTreeMap<String, ParamGroup> {
         let roles: &[(usize, ParamGroup)] = match n.op {
             Op::Conv2d(_) => &[(2, ParamGroup::Bias)],
             Op::BatchNorm(_) | Op::BatchNormTrain(_) => &[(1, ParamGroup::Gamma), (2, ParamGroup::Bias)],
+            // Every other op has no parameters of its own.
             _ => &[],
         };
         for &(slot, group) in roles {

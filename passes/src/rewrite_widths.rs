@@ -144,6 +144,7 @@ impl Pass for RewriteWidths {
                         new_ops.push((i, Op::Split(Split { axis: 1, sizes })));
                     }
                 }
+                // Every other op keeps its attributes: its widths come from its operands.
                 _ => {}
             }
         }

@@ -58,6 +58,7 @@ pub fn idle_results<'a>(
         Op::SgdUpdate(_) => (3, &[0, 4]),
         Op::AdamWUpdate(_) => (3, &[0, 4, 5]),
         Op::EmaUpdate => (2, &[0]),
+        // Every other op computes its results.
         _ => return None,
     };
     let step = inputs(scalars)?.f32s().ok()?.get(s::STEP)?;

@@ -130,12 +130,14 @@ fn profile_key(op: &slimc_ir::Op, inputs: &[&TensorType]) -> String {
         Op::Conv2d(c) | Op::Conv2dGradInput(c) | Op::Conv2dGradWeight(c) => {
             let w = match op {
                 Op::Conv2dGradWeight(_) => inputs[2],
+                // The forward op and the input gradient read the weight second.
                 _ => inputs[1],
             };
             let k = w.shape.get(2).and_then(|d| d.fixed()).unwrap_or(0);
             let kind = if c.groups > 1 { "dw" } else { "" };
             format!("{} {k}x{k}/{}{kind}", op.name(), c.stride[0])
         }
+        // Every other op is one row by its name.
         _ => op.name().to_string(),
     }
 }

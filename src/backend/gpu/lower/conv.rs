@@ -70,6 +70,7 @@ impl Builder<'_> {
             has_bn: bn.is_some() as u32,
             eps: match bn.map(|b| &b.op) {
                 Some(Op::BatchNorm(BatchNorm { eps, .. })) => *eps,
+                // Not fused with a batch norm.
                 _ => 0.0,
             },
         };

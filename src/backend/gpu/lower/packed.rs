@@ -125,6 +125,7 @@ fn conv_of(graph: &Graph, types: &[TensorType], i: usize) -> Option<ConvGeometry
         Op::Conv2d(c) => (shape(0)?, shape(1)?, c),
         Op::Conv2dGradInput(c) => (shape(2)?, shape(1)?, c),
         Op::Conv2dGradWeight(c) => (shape(1)?, shape(2)?, c),
+        // Every other op is not a convolution.
         _ => return None,
     };
     Some(ConvGeometry::new(&x, &w, c))
