@@ -8,7 +8,12 @@ pub enum IrError {
     Invalid(String),
     /// The text form could not be parsed; `line` is 1-based.
     #[error("line {line}: {msg}")]
-    Parse { line: usize, msg: String },
+    Parse {
+        /// The line (1-based).
+        line: usize,
+        /// What is wrong there.
+        msg: String,
+    },
     /// A model file could not be read or written.
     #[error("{0}")]
     File(String),

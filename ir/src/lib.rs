@@ -9,6 +9,8 @@
 //! the training ops included: batch norm in training mode, the gradient ops, the detection
 //! loss and the optimizer's update, accumulation, clipping and EMA.
 
+#![warn(missing_docs)]
+
 mod error;
 pub mod eval;
 mod graph;

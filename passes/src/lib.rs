@@ -7,6 +7,8 @@
 //! passes by name, verifies the model after each one, and prints, times or skips passes on
 //! request; [`pipelines`] holds every sequence slimc runs.
 
+#![warn(missing_docs)]
+
 mod analysis;
 mod autodiff;
 mod dce;
@@ -48,10 +50,20 @@ use thiserror::Error;
 pub enum PassError {
     /// A pass name that no pass has.
     #[error("unknown pass `{name}`; available passes: {available}")]
-    UnknownPass { name: String, available: String },
+    UnknownPass {
+        /// The name given.
+        name: String,
+        /// Every pass's name, comma-separated.
+        available: String,
+    },
     /// A pass failed, or left a model that does not verify.
     #[error("pass `{pass}`: {msg}")]
-    Failed { pass: &'static str, msg: String },
+    Failed {
+        /// The pass.
+        pass: &'static str,
+        /// What went wrong.
+        msg: String,
+    },
 }
 
 /// Result with [`PassError`].
