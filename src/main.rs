@@ -2,8 +2,6 @@
 
 mod cli;
 
-use clap::Parser;
-
 fn main() {
     // Rust ignores SIGPIPE, which turns a closed stdout (`slimc dump m.slim | head`) into a
     // panic in println!; the default action ends the process quietly, as for other tools.
@@ -15,8 +13,7 @@ fn main() {
     std::panic::set_hook(Box::new(|p| {
         eprintln!("slimc: internal error: {p} (please report this with the command you ran)");
     }));
-    let cli = cli::Cli::parse();
-    if let Err(e) = cli::run(cli) {
+    if let Err(e) = cli::main() {
         eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
         std::process::exit(1);
     }

@@ -65,8 +65,8 @@ pub trait Executable: Send {
     }
 }
 
-/// `--device`: where graphs run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+/// Where graphs run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
     /// The CPU backend.
     Cpu,

@@ -7,7 +7,8 @@ use slimc::data::dataset::{load_dataset_spec, scan, DatasetSpec};
 use slimc::data::loader::Split;
 use slimc::load::{check_finite, format_of, load_model, LoadOptions, ModelFormat};
 use slimc::prune::{Budget, Metric};
-use slimc::train::trainer::MAX_IMGSZ;
+use slimc::train::optim::SrMode;
+use slimc::train::trainer::{TrainConfig, MAX_IMGSZ};
 use slimc::val::validate::{validate, ValOptions};
 use slimc_ir::Model;
 use slimc_passes::{Importance, Policy};
@@ -213,4 +214,159 @@ pub fn run_dir(project: &Path, name: &str) -> Result<PathBuf> {
     };
     std::fs::create_dir_all(&dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
     Ok(dir)
+}
+
+/// `--device` on the command line: where graphs run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// The CPU backend.
+    Cpu,
+    /// The wgpu backend on the best adapter there is, a software one (lavapipe) included.
+    Gpu,
+    /// The wgpu backend when there is a hardware GPU, else the CPU.
+    Auto,
+}
+
+impl From<DeviceArg> for Device {
+    fn from(d: DeviceArg) -> Device {
+        match d {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Gpu => Device::Gpu,
+            DeviceArg::Auto => Device::Auto,
+        }
+    }
+}
+
+/// `--sr-mode` on the command line: how the L1 term on BN gammas acts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SrModeArg {
+    /// The seed recipe's subgradient: sr·sign(γ) added to γ's gradient before the update.
+    Subgradient,
+    /// A proximal step after the update (soft-thresholding), so gammas reach exact zeros.
+    Proximal,
+}
+
+impl From<SrModeArg> for SrMode {
+    fn from(m: SrModeArg) -> SrMode {
+        match m {
+            SrModeArg::Subgradient => SrMode::Subgradient,
+            SrModeArg::Proximal => SrMode::Proximal,
+        }
+    }
+}
+
+impl From<SrMode> for SrModeArg {
+    fn from(m: SrMode) -> SrModeArg {
+        match m {
+            SrMode::Subgradient => SrModeArg::Subgradient,
+            SrMode::Proximal => SrModeArg::Proximal,
+        }
+    }
+}
+
+/// `slimc train`'s training options, with Ultralytics' names and defaults ([`TrainConfig`]'s).
+#[derive(Clone, Debug, clap::Args)]
+pub struct TrainOptions {
+    /// Dataset YAML (path, train, val, names); required unless resuming.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Epochs.
+    #[arg(long, default_value_t = TrainConfig::default().epochs)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = TrainConfig::default().batch)]
+    pub batch: usize,
+    /// auto, SGD or AdamW.
+    #[arg(long, default_value_t = TrainConfig::default().optimizer)]
+    pub optimizer: String,
+    /// Initial learning rate (SGD/AdamW; auto picks its own).
+    #[arg(long, default_value_t = TrainConfig::default().lr0)]
+    pub lr0: f64,
+    /// Final learning rate as a fraction of lr0.
+    #[arg(long, default_value_t = TrainConfig::default().lrf)]
+    pub lrf: f64,
+    /// SGD momentum / AdamW beta1 (explicit optimizers).
+    #[arg(long, default_value_t = TrainConfig::default().momentum)]
+    pub momentum: f64,
+    /// Weight decay at the nominal batch.
+    #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
+    pub weight_decay: f64,
+    /// Warm-up length in epochs (at least 100 iterations; 0 turns warm-up off).
+    #[arg(long, default_value_t = TrainConfig::default().warmup_epochs)]
+    pub warmup_epochs: f64,
+    /// SGD momentum at the start of warm-up.
+    #[arg(long, default_value_t = TrainConfig::default().warmup_momentum)]
+    pub warmup_momentum: f64,
+    /// Bias learning rate at the start of warm-up (explicit optimizers; auto starts at 0).
+    #[arg(long, default_value_t = TrainConfig::default().warmup_bias_lr)]
+    pub warmup_bias_lr: f64,
+    /// Cosine instead of linear learning-rate decay.
+    #[arg(long)]
+    pub cos_lr: bool,
+    /// Final epochs trained without mosaic.
+    #[arg(long, default_value_t = TrainConfig::default().close_mosaic)]
+    pub close_mosaic: usize,
+    /// Nominal batch size: gradients accumulate to it.
+    #[arg(long, default_value_t = TrainConfig::default().nbs)]
+    pub nbs: usize,
+    /// Keep decoded images in RAM.
+    #[arg(long)]
+    pub cache: bool,
+    /// Network slimming: L1 rate on BN gammas, applied once per optimizer step (0: off).
+    #[arg(long, default_value_t = TrainConfig::default().sr)]
+    pub sr: f32,
+    /// Which BN gammas the L1 term (and the sparsity share) covers: all, or seed (those the
+    /// YOLOv11-Prune recipe penalises).
+    #[arg(long, default_value_t = TrainConfig::default().sr_scope)]
+    pub sr_scope: String,
+    /// Decay the L1 rate linearly from sr to 0.1·sr over the epochs (the seed recipe's schedule).
+    #[arg(long)]
+    pub sr_decay: bool,
+    /// How the L1 term acts: subgradient (the seed recipe: sr·sign(γ) added to the gradient) or
+    /// proximal (soft-thresholding γ after each update, so gammas reach exact zeros).
+    #[arg(long, value_enum, default_value_t = SrModeArg::from(TrainConfig::default().sr_mode))]
+    pub sr_mode: SrModeArg,
+    /// Proximal mode: in each BN, leave this many largest gammas out of the L1 step, so no layer
+    /// is zeroed whole (a wholly zero layer cannot be revived by fine-tuning).
+    #[arg(long, default_value_t = TrainConfig::default().sr_keep)]
+    pub sr_keep: usize,
+    /// Clip the gradient's global norm at this value. Default 10 (Ultralytics), and off under
+    /// --sr: the seed recipe trains sparsely without clipping.
+    #[arg(long)]
+    pub clip: Option<f32>,
+    /// Skip the validation plots of the final model (PR, F1, P and R curves, confusion
+    /// matrices, val_batchN mosaics in the run folder).
+    #[arg(long)]
+    pub no_plots: bool,
+}
+
+
+impl From<TrainOptions> for TrainConfig {
+    fn from(a: TrainOptions) -> Self {
+        TrainConfig {
+            data: a.data,
+            epochs: a.epochs,
+            batch: a.batch,
+            optimizer: a.optimizer,
+            lr0: a.lr0,
+            lrf: a.lrf,
+            momentum: a.momentum,
+            weight_decay: a.weight_decay,
+            warmup_epochs: a.warmup_epochs,
+            warmup_momentum: a.warmup_momentum,
+            warmup_bias_lr: a.warmup_bias_lr,
+            cos_lr: a.cos_lr,
+            close_mosaic: a.close_mosaic,
+            nbs: a.nbs,
+            cache: a.cache,
+            sr: a.sr,
+            sr_scope: a.sr_scope,
+            sr_decay: a.sr_decay,
+            sr_mode: a.sr_mode.into(),
+            sr_keep: a.sr_keep,
+            clip: a.clip,
+            no_plots: a.no_plots,
+            ..TrainConfig::default()
+        }
+    }
 }

@@ -101,6 +101,11 @@ enum Cmd {
     Verify(model::VerifyArgs),
 }
 
+/// Parses the command line and runs the subcommand.
+pub fn main() -> Result<()> {
+    run(<Cli as clap::Parser>::parse())
+}
+
 /// Runs the subcommand.
 pub fn run(cli: Cli) -> Result<()> {
     slimc::backend::gpu::show_driver_messages(cli.verbose);

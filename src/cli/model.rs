@@ -1,7 +1,7 @@
 //! Subcommands that read, transform and emit one model: import, info, dump, run, opt, export,
 //! verify.
 
-use super::args::{parse_imgsz, refuse_overwrite, save, ModelArgs};
+use super::args::{parse_imgsz, refuse_overwrite, save, DeviceArg, ModelArgs, SrModeArg};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use slimc::backend::{run_once, Device};
@@ -190,8 +190,8 @@ pub struct RunArgs {
     #[arg(short, long)]
     output: PathBuf,
     /// Where the model runs.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
 }
 
 /// Runs the model on an .npy input.
@@ -199,12 +199,12 @@ pub fn run(a: RunArgs) -> Result<()> {
     refuse_overwrite(&a.output, &[a.m.input_files(), vec![a.input.clone()]])?;
     let model = a.m.load()?;
     let x = io::read_npy(&a.input)?;
-    let backend = a.device.backend()?;
+    let backend = Device::from(a.device).backend()?;
     let t = std::time::Instant::now();
     let y = run_once(&*backend, &model, &[x]).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
     io::write_npy(&a.output, &y[0])?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    println!("wrote {} {:?} in {ms:.1} ms on {}", a.output.display(), y[0].shape, a.device.describe());
+    println!("wrote {} {:?} in {ms:.1} ms on {}", a.output.display(), y[0].shape, Device::from(a.device).describe());
     Ok(())
 }
 
@@ -240,7 +240,7 @@ pub struct OptArgs {
     /// The `optimizer` pass's L1 term on every BN gamma: subgradient or proximal (none if not
     /// given).
     #[arg(long, value_enum)]
-    sr_mode: Option<slimc::train::optim::SrMode>,
+    sr_mode: Option<SrModeArg>,
     /// Output .slim file.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -278,7 +278,7 @@ pub fn opt(a: OptArgs) -> Result<()> {
         cx.optimizer.rule = UpdateRule::AdamW { beta1: 0.9 };
     }
     cx.optimizer.sparsity =
-        a.sr_mode.map(|m| Sparsity { gammas: None, proximal: m == slimc::train::optim::SrMode::Proximal, keep: 0 });
+        a.sr_mode.map(|m| Sparsity { gammas: None, proximal: m == SrModeArg::Proximal, keep: 0 });
     let reports = pm.run_with(&mut model, &mut cx)?;
     if !a.time_passes {
         for r in &reports {

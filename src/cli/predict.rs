@@ -1,6 +1,6 @@
 //! `slimc predict`: a model on image files, annotated images and labels out.
 
-use super::args::{refuse_overwrite, run_dir, ModelArgs};
+use super::args::{refuse_overwrite, run_dir, DeviceArg, ModelArgs};
 use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -50,8 +50,8 @@ pub struct PredictArgs {
     #[arg(long, value_name = "OTHER_MODEL")]
     compare: Option<String>,
     /// Where the model runs.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
     /// Parent folder of runs.
     #[arg(long, default_value = "runs/predict")]
     project: PathBuf,
@@ -77,7 +77,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     opts.nms.max_det = a.max_det;
     opts.nms.agnostic = a.agnostic_nms;
     opts.nms.classes = (!a.classes.is_empty()).then(|| a.classes.clone());
-    let backend = a.device.backend()?;
+    let backend = Device::from(a.device).backend()?;
     let mut main = Predictor::new(&*backend, &model, opts.clone())?;
     let mut other = match &a.compare {
         Some(path) => {
@@ -161,7 +161,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
             total_ms[2] / n,
             shape[0],
             shape[1],
-            a.device.describe()
+            Device::from(a.device).describe()
         );
     }
     if a.save_json {

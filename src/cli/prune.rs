@@ -2,7 +2,7 @@
 
 use super::args::{
     load_for_training, refuse_overwrite, run_dir, save, train_imgsz, val_scorer, BudgetArgs, ImportanceArg, ModelArgs,
-    PolicyArg,
+    PolicyArg, DeviceArg, SrModeArg,
 };
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
@@ -11,7 +11,6 @@ use slimc::data::dataset::load_dataset_spec;
 use slimc::load::{check_finite, load_model, LoadOptions};
 use slimc::pipeline::{run_pipeline, PipelineConfig};
 use slimc::prune;
-use slimc::train::optim::SrMode;
 use slimc::train::trainer::TrainConfig;
 use slimc_ir::Model;
 use slimc_passes::PruneOptions;
@@ -195,8 +194,8 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 320)]
     imgsz: usize,
     /// Where training, validation and the verification reference run.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
     /// Batch size.
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -216,8 +215,8 @@ pub struct PipelineArgs {
     #[arg(long, default_value = "all")]
     sr_scope: String,
     /// How the L1 term acts: subgradient (the seed recipe) or proximal (exact zeros).
-    #[arg(long, value_enum, default_value_t = SrMode::Subgradient)]
-    sr_mode: SrMode,
+    #[arg(long, value_enum, default_value_t = SrModeArg::Subgradient)]
+    sr_mode: SrModeArg,
     /// Proximal mode: gammas per BN left out of the L1 step (no layer is zeroed whole).
     #[arg(long, default_value_t = 0)]
     sr_keep: usize,
@@ -276,7 +275,7 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
         seed: a.seed,
         sr: a.sr,
         sr_scope: a.sr_scope,
-        sr_mode: a.sr_mode,
+        sr_mode: a.sr_mode.into(),
         sr_keep: a.sr_keep,
         clip: a.clip,
         optimizer: a.optimizer,
@@ -300,7 +299,7 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
         budget: a.budget.budget()?,
         trained: a.trained,
         dir: run_dir(&a.project, &a.name)?,
-        device: a.device,
+        device: a.device.into(),
     };
     run_pipeline(m, &cfg)?;
     print!("{}", std::fs::read_to_string(cfg.dir.join("summary.md"))?);

@@ -1,6 +1,6 @@
 //! Subcommands that train and evaluate: train, step, val.
 
-use super::args::{load_for_training, refuse_overwrite, run_dir, train_imgsz, val_split, ModelArgs};
+use super::args::{load_for_training, refuse_overwrite, run_dir, train_imgsz, val_split, DeviceArg, ModelArgs, TrainOptions};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use slimc::backend::Device;
@@ -19,10 +19,10 @@ pub struct TrainArgs {
     #[command(flatten)]
     m: ModelArgs,
     #[command(flatten)]
-    cfg: TrainConfig,
+    cfg: TrainOptions,
     /// Where to train and validate.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
     /// Continue the interrupted run whose last.slim is the model argument.
     #[arg(long)]
     resume: bool,
@@ -36,14 +36,14 @@ pub struct TrainArgs {
 
 /// Trains (or resumes) a run.
 pub fn train(a: TrainArgs) -> Result<()> {
-    let backend = a.device.backend()?;
+    let backend = Device::from(a.device).backend()?;
     if a.resume {
         let t = Trainer::resume(Path::new(&a.m.model), backend)?;
-        eprintln!("device: {}", a.device.describe());
+        eprintln!("device: {}", Device::from(a.device).describe());
         t.run()?;
         return Ok(());
     }
-    let mut cfg = a.cfg;
+    let mut cfg = TrainConfig::from(a.cfg);
     let Some(data) = cfg.data.clone() else { bail!("--data is required (a dataset YAML), unless --resume") };
     if cfg.batch == 0 || cfg.epochs == 0 {
         bail!("--batch and --epochs must be at least 1");
@@ -58,7 +58,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     model.meta.names = spec.names.clone();
     cfg.save_dir = run_dir(&a.project, &a.name)?;
     let t = Trainer::new(model, cfg, backend)?;
-    eprintln!("device: {}", a.device.describe());
+    eprintln!("device: {}", Device::from(a.device).describe());
     t.run()?;
     Ok(())
 }
@@ -84,8 +84,8 @@ pub struct StepArgs {
     #[arg(long)]
     dump_bn: Option<PathBuf>,
     /// Where the step runs.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -101,7 +101,7 @@ pub fn step(a: StepArgs) -> Result<()> {
     let x = io::read_npy(&a.images)?;
     let t = step::read_targets(&a.targets)?;
     let start = std::time::Instant::now();
-    let backend = a.device.backend()?;
+    let backend = Device::from(a.device).backend()?;
     let mut program = step::Program::new(&model, &*backend).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
     let mut r = program.gradients(&x, &t).map_err(|e| anyhow!("{}: {e:#}", a.m.model))?;
     if a.sr != 0.0 {
@@ -140,7 +140,7 @@ pub fn step(a: StepArgs) -> Result<()> {
         x.shape[0],
         x.shape[2],
         x.shape[3],
-        a.device.describe()
+        Device::from(a.device).describe()
     );
     Ok(())
 }
@@ -160,8 +160,8 @@ pub struct ValArgs {
     #[arg(long)]
     save_json: Option<PathBuf>,
     /// Where validation runs.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
     /// Machine-readable metrics.
     #[arg(long)]
     json: bool,
@@ -191,7 +191,7 @@ pub fn val(a: ValArgs) -> Result<()> {
     let model = a.m.load()?;
     let imgsz = a.m.imgsz.map(|s| s[0].max(s[1])).unwrap_or(model.meta.imgsz[0].max(model.meta.imgsz[1]));
     let (spec, split) = val_split(&a.data, imgsz)?;
-    let backend = a.device.backend()?;
+    let backend = Device::from(a.device).backend()?;
     let plots = !a.no_plots;
     let opts = ValOptions {
         batch: a.batch,
@@ -211,7 +211,7 @@ pub fn val(a: ValArgs) -> Result<()> {
         println!(
             "Speed: {:.1} ms per image (inference, loss and NMS) at {imgsz} on {}",
             r.ms_per_image,
-            a.device.describe()
+            Device::from(a.device).describe()
         );
     }
     if plots {

@@ -88,7 +88,7 @@ pub fn interp(x: f64, x0: f64, x1: f64, y0: f64, y1: f64) -> f64 {
 }
 
 /// How network slimming's L1 term `sr·|γ|` on BN gammas enters training.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SrMode {
     /// The seed recipe's subgradient: `sr·sign(γ)` added to γ's gradient before the update.

@@ -21,105 +21,101 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Every setting of a training run (saved with the run so that `--resume` continues it); the
-/// command-line options of `slimc train`, with Ultralytics' names and defaults.
-#[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
+/// Every setting of a training run (saved with the run so that `--resume` continues it), with
+/// Ultralytics' names and defaults; `slimc train`'s options set them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// Dataset YAML (path, train, val, names); required unless resuming.
-    #[arg(long)]
     pub data: Option<PathBuf>,
     /// Epochs.
-    #[arg(long, default_value_t = 100)]
     pub epochs: usize,
     /// Training image size (the model argument's --imgsz, rounded up to a multiple of 32).
-    #[arg(skip)]
     pub imgsz: usize,
     /// Batch size.
-    #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// auto, SGD or AdamW.
-    #[arg(long, default_value = "auto")]
     pub optimizer: String,
     /// Initial learning rate (SGD/AdamW; auto picks its own).
-    #[arg(long, default_value_t = 0.01)]
     pub lr0: f64,
     /// Final learning rate as a fraction of lr0.
-    #[arg(long, default_value_t = 0.01)]
     pub lrf: f64,
     /// SGD momentum / AdamW beta1 (explicit optimizers).
-    #[arg(long, default_value_t = 0.937)]
     pub momentum: f64,
     /// Weight decay at the nominal batch.
-    #[arg(long, default_value_t = 5e-4)]
     pub weight_decay: f64,
     /// Warm-up length in epochs (at least 100 iterations; 0 turns warm-up off).
-    #[arg(long, default_value_t = 3.0)]
     pub warmup_epochs: f64,
     /// SGD momentum at the start of warm-up.
-    #[arg(long, default_value_t = 0.8)]
     pub warmup_momentum: f64,
     /// Bias learning rate at the start of warm-up (explicit optimizers; auto starts at 0).
-    #[arg(long, default_value_t = 0.1)]
     pub warmup_bias_lr: f64,
     /// Cosine instead of linear learning-rate decay.
-    #[arg(long)]
     pub cos_lr: bool,
     /// Final epochs trained without mosaic.
-    #[arg(long, default_value_t = 10)]
     pub close_mosaic: usize,
     /// Nominal batch size: gradients accumulate to it.
-    #[arg(long, default_value_t = 64)]
     pub nbs: usize,
     /// Seed of shuffling and augmentation (the model argument's --seed).
-    #[arg(skip)]
     pub seed: u64,
     /// Keep decoded images in RAM.
-    #[arg(long)]
     pub cache: bool,
     /// Network slimming: L1 rate on BN gammas, applied once per optimizer step (0: off).
-    #[arg(long, default_value_t = 0.0)]
     pub sr: f32,
     /// Which BN gammas the L1 term (and the sparsity share) covers: all, or seed (those the
     /// YOLOv11-Prune recipe penalises).
-    #[arg(long, default_value = "all")]
     pub sr_scope: String,
     /// Decay the L1 rate linearly from sr to 0.1·sr over the epochs (the seed recipe's schedule).
-    #[arg(long)]
     pub sr_decay: bool,
     /// How the L1 term acts: subgradient (the seed recipe: sr·sign(γ) added to the gradient) or
     /// proximal (soft-thresholding γ after each update, so gammas reach exact zeros).
-    #[arg(long, value_enum, default_value_t = SrMode::Subgradient)]
     #[serde(default)]
     pub sr_mode: SrMode,
     /// Proximal mode: in each BN, leave this many largest gammas out of the L1 step, so no layer
     /// is zeroed whole (a wholly zero layer cannot be revived by fine-tuning).
-    #[arg(long, default_value_t = 0)]
     #[serde(default)]
     pub sr_keep: usize,
     /// Clip the gradient's global norm at this value. Default 10 (Ultralytics), and off under
     /// --sr: the seed recipe trains sparsely without clipping.
-    #[arg(long)]
     #[serde(default)]
     pub clip: Option<f32>,
     /// Skip the validation plots of the final model (PR, F1, P and R curves, confusion
     /// matrices, val_batchN mosaics in the run folder).
-    #[arg(long)]
     #[serde(default)]
     pub no_plots: bool,
     /// Run folder (from --project and --name).
-    #[arg(skip)]
     pub save_dir: PathBuf,
 }
 
 impl Default for TrainConfig {
-    /// The command line's defaults.
+    /// Ultralytics' defaults (the command line's).
     fn default() -> Self {
-        #[derive(clap::Parser)]
-        struct Defaults {
-            #[command(flatten)]
-            c: TrainConfig,
+        TrainConfig {
+            data: None,
+            epochs: 100,
+            imgsz: 0,
+            batch: 16,
+            optimizer: "auto".into(),
+            lr0: 0.01,
+            lrf: 0.01,
+            momentum: 0.937,
+            weight_decay: 5e-4,
+            warmup_epochs: 3.0,
+            warmup_momentum: 0.8,
+            warmup_bias_lr: 0.1,
+            cos_lr: false,
+            close_mosaic: 10,
+            nbs: 64,
+            seed: 0,
+            cache: false,
+            sr: 0.0,
+            sr_scope: "all".into(),
+            sr_decay: false,
+            sr_mode: SrMode::Subgradient,
+            sr_keep: 0,
+            clip: None,
+            no_plots: false,
+            save_dir: PathBuf::new(),
         }
-        <Defaults as clap::Parser>::parse_from(["slimc"]).c
     }
 }
 
