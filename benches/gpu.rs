@@ -8,10 +8,14 @@
 //! `. scripts/setup.sh` first). Prints a table; nothing is asserted. Under `cargo test` (no
 //! `--bench` argument) it runs the pointwise layer only, to check the bench runs.
 
+#[path = "../tests/common/single_op.rs"]
+mod single_op;
+
+use single_op::single_op;
 use slimc::backend::{
     cpu::Cpu,
     gpu::{ConvLowering, Gpu},
-    single_op, Backend,
+    Backend,
 };
 use slimc_ir::{Conv2d, Op, Tensor};
 use std::time::Instant;

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod bn_hist;
 pub mod data;
+pub mod device;
 pub mod export;
 pub mod frontend;
 pub mod info;

@@ -1,7 +1,8 @@
 //! `slimc pipeline`: train → sparse train → bn-hist → prune → fine-tune → val → export →
 //! verify, every artefact in one run folder with summary.md and summary.json.
 
-use crate::backend::{run_once, Device};
+use crate::backend::run_once;
+use crate::device::Device;
 use crate::bn_hist::bn_hist;
 use crate::data::dataset::{load_dataset_spec, scan};
 use crate::data::loader::Split;

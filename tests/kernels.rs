@@ -6,8 +6,11 @@
 //! or one the backend fails, fails the suite; nothing is skipped (and the GPU backend's lowering
 //! matches every op kind exhaustively, so a new op does not compile without its kernel).
 
+mod common;
+
 use rand::{Rng, SeedableRng};
-use slimc::backend::{cpu::Cpu, gpu, run_once, single_op, Backend};
+use common::single_op::single_op;
+use slimc::backend::{cpu::Cpu, gpu, run_once, Backend};
 use slimc_ir::eval::eval;
 use slimc_ir::step_scalars as ss;
 use slimc_ir::{

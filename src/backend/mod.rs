@@ -65,54 +65,6 @@ pub trait Executable: Send {
     }
 }
 
-/// Where graphs run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Device {
-    /// The CPU backend.
-    Cpu,
-    /// The wgpu backend on the best adapter there is, a software one (lavapipe) included.
-    Gpu,
-    /// The wgpu backend when there is a hardware GPU, else the CPU.
-    #[default]
-    Auto,
-}
-
-impl Device {
-    /// The concrete device: `auto` picks the GPU only when there is a hardware adapter; `gpu` is
-    /// an error when there is no adapter at all.
-    pub fn resolve(self) -> Result<Device> {
-        match self {
-            Device::Cpu => Ok(Device::Cpu),
-            Device::Gpu => gpu::Context::get().map(|_| Device::Gpu),
-            Device::Auto if gpu::hardware_present() => Ok(Device::Gpu),
-            Device::Auto => Ok(Device::Cpu),
-        }
-    }
-
-    /// What runs, for a status line: the backend and adapter, and for `auto` why it was picked.
-    pub fn describe(self) -> String {
-        let adapter = || gpu::Context::get().map(|c| format!("gpu ({}, {})", c.adapter.name, c.adapter.backend));
-        match (self, self.resolve()) {
-            (_, Err(e)) => e.to_string(),
-            (Device::Cpu, _) => "cpu".into(),
-            (Device::Gpu, _) => adapter().unwrap_or_else(|e| e.to_string()),
-            (_, Ok(Device::Gpu)) => match adapter() {
-                Ok(a) => format!("{a} (auto: a hardware GPU)"),
-                Err(e) => e.to_string(),
-            },
-            _ => "cpu (auto: no hardware GPU; a software adapter such as lavapipe only with --device gpu)".into(),
-        }
-    }
-
-    /// The backend for this device (resolved first).
-    pub fn backend(self) -> Result<Box<dyn Backend>> {
-        match self.resolve()? {
-            Device::Cpu => Ok(Box::new(cpu::Cpu)),
-            _ => Ok(Box::new(gpu::Gpu::new()?)),
-        }
-    }
-}
-
 /// Compiles `model` on `backend` and runs it once on `inputs` (in input order).
 pub fn run_once(backend: &dyn Backend, model: &Model, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
     backend.compile(model)?.run_in_order(inputs)
@@ -213,17 +165,4 @@ impl Drop for OpProfile {
             eprintln!("{op:<width$} {t:>10.3} {:>7.1}% {n:>10}", 100.0 * t / total.max(1e-12));
         }
     }
-}
-
-/// A program of one `op` node whose operands are the graph's inputs (named `a0`, `a1`, ...)
-/// typed like `args`, and whose results are its outputs: the unit kernels are tested and
-/// measured on.
-pub fn single_op(op: &slimc_ir::Op, args: &[TensorType]) -> Result<Model> {
-    let mut g = Graph::new(op.name());
-    let inputs: Vec<_> = args.iter().enumerate().map(|(k, t)| g.add_input(&format!("a{k}"), t.clone())).collect();
-    let n = slimc_ir::infer_node_types(&g, op, &inputs)?.len();
-    let names: Vec<String> = (0..n).map(|k| format!("r{k}")).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    g.outputs = g.add_node(op.clone(), &inputs, &names, op.name())?;
-    Ok(Model { graph: g, tensors: Default::default(), meta: Default::default(), training_state: vec![] })
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
-use slimc::backend::Device;
+use slimc::device::Device;
 use slimc::data::dataset::{load_dataset_spec, scan, DatasetSpec};
 use slimc::data::loader::Split;
 use slimc::load::{check_finite, format_of, load_model, LoadOptions, ModelFormat};

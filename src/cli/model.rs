@@ -4,7 +4,8 @@
 use super::args::{parse_imgsz, refuse_overwrite, save, DeviceArg, ModelArgs, SrModeArg};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use slimc::backend::{run_once, Device};
+use slimc::backend::run_once;
+use slimc::device::Device;
 use slimc::load::{load_model, LoadOptions};
 use slimc::{export, info, io, verify};
 use slimc_ir::{print_graph, Tensor};

@@ -4,7 +4,7 @@ use super::args::{refuse_overwrite, run_dir, DeviceArg, ModelArgs};
 use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use slimc::backend::Device;
+use slimc::device::Device;
 use slimc::load::{load_model, LoadOptions};
 use slimc::plot::annotate::{save_image, side_by_side};
 use slimc::predict::{find_sources, ImageResult, PredictOptions, Predictor};

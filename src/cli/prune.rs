@@ -6,7 +6,7 @@ use super::args::{
 };
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use slimc::backend::Device;
+use slimc::device::Device;
 use slimc::data::dataset::load_dataset_spec;
 use slimc::load::{check_finite, load_model, LoadOptions};
 use slimc::pipeline::{run_pipeline, PipelineConfig};

@@ -3,7 +3,7 @@
 use super::args::{load_for_training, refuse_overwrite, run_dir, train_imgsz, val_split, DeviceArg, ModelArgs, TrainOptions};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use slimc::backend::Device;
+use slimc::device::Device;
 use slimc::data::dataset::load_dataset_spec;
 use slimc::frontend::weights::write_safetensors;
 use slimc::io;

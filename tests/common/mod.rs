@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod single_op;
+
 use rand::{Rng, SeedableRng};
 use slimc::load::{load_model, LoadOptions};
 use slimc_ir::{Model, Op, Tensor};
