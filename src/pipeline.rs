@@ -2,10 +2,10 @@
 //! verify, every artefact in one run folder with summary.md and summary.json.
 
 use crate::backend::run_once;
-use crate::device::Device;
 use crate::bn_hist::bn_hist;
 use crate::data::dataset::{load_dataset_spec, scan};
 use crate::data::loader::Split;
+use crate::device::Device;
 use crate::export::{export_onnx, ExportOptions};
 use crate::info::model_info;
 use crate::plot::annotate::{mosaic, save_image, side_by_side};
@@ -236,12 +236,13 @@ fn latency_warnings(rows: &[StageRow]) -> Vec<String> {
 /// The trained and the final model side by side: `compare_val.jpg` (their detections on the
 /// first val batch) and `compare_PR.png` (their all-classes PR curves).
 fn compare(trained: &ValResult, tuned: &ValResult, names: &[String], dir: &Path) -> Result<()> {
-    if let (Some((_, a)), Some((_, b))) = (trained.batch_tiles.first(), tuned.batch_tiles.first()) {
+    if let (Some(a), Some(b)) = (trained.kept.first(), tuned.kept.first()) {
+        let (a, b) = (crate::plot::val::tiles(a).1, crate::plot::val::tiles(b).1);
         let titles = [
             format!("trained: mAP50 {:.3}", trained.metrics.map50),
             format!("final: mAP50 {:.3}", tuned.metrics.map50),
         ];
-        let img = side_by_side(&mosaic(a, names, 0.25)?, &mosaic(b, names, 0.25)?, [&titles[0], &titles[1]])?;
+        let img = side_by_side(&mosaic(&a, names, 0.25)?, &mosaic(&b, names, 0.25)?, [&titles[0], &titles[1]])?;
         save_image(&img, &dir.join("compare_val.jpg"))?;
     }
     let line = |v: &ValResult, name: &str, color| Line {

@@ -4,9 +4,10 @@
 //! the original image and clipped.
 
 use crate::backend::{Backend, Executable};
+use crate::data::dataset::class_name;
 use crate::data::dataset::{is_image, list_images};
 use crate::data::image::{letterbox_stride, round_half_even, Img};
-use crate::plot::annotate::{class_name, draw_marks, font_size, line_width, Mark};
+use crate::plot::annotate::{draw_marks, font_size, line_width, Mark};
 use crate::val::nms::{non_max_suppression, Detection, NmsOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use image::RgbImage;

@@ -143,7 +143,8 @@ fn yolo11n_runs_alike_under_both_convolution_lowerings() {
 fn the_gpu_refuses_a_tensor_beyond_its_largest_binding() {
     let gpu = gpu::Gpu::new().expect("scripts/setup.sh installs lavapipe");
     let n = (gpu.adapter().max_binding / 4 + 1) as usize;
-    let m = common::single_op::single_op(&slimc_ir::Op::Unary(Unary::Silu), &[slimc_ir::TensorType::f32(&[n])]).unwrap();
+    let m =
+        common::single_op::single_op(&slimc_ir::Op::Unary(Unary::Silu), &[slimc_ir::TensorType::f32(&[n])]).unwrap();
     let x = slimc_ir::Tensor::full(&[n], 0.5);
     let err = run_once(&gpu, &m, &[x]).unwrap_err().to_string();
     let limit = slimc::backend::memory::human(gpu.adapter().max_binding);

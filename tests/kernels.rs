@@ -8,8 +8,8 @@
 
 mod common;
 
-use rand::{Rng, SeedableRng};
 use common::single_op::single_op;
+use rand::{Rng, SeedableRng};
 use slimc::backend::{cpu::Cpu, gpu, run_once, Backend};
 use slimc_ir::eval::eval;
 use slimc_ir::step_scalars as ss;

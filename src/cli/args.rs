@@ -2,9 +2,9 @@
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
-use slimc::device::Device;
 use slimc::data::dataset::{load_dataset_spec, scan, DatasetSpec};
 use slimc::data::loader::Split;
+use slimc::device::Device;
 use slimc::load::{check_finite, format_of, load_model, LoadOptions, ModelFormat};
 use slimc::prune::{Budget, Metric};
 use slimc::train::optim::SrMode;
@@ -339,7 +339,6 @@ pub struct TrainOptions {
     #[arg(long)]
     pub no_plots: bool,
 }
-
 
 impl From<TrainOptions> for TrainConfig {
     fn from(a: TrainOptions) -> Self {

@@ -278,8 +278,7 @@ pub fn opt(a: OptArgs) -> Result<()> {
     if a.optimizer == "adamw" {
         cx.optimizer.rule = UpdateRule::AdamW { beta1: 0.9 };
     }
-    cx.optimizer.sparsity =
-        a.sr_mode.map(|m| Sparsity { gammas: None, proximal: m == SrModeArg::Proximal, keep: 0 });
+    cx.optimizer.sparsity = a.sr_mode.map(|m| Sparsity { gammas: None, proximal: m == SrModeArg::Proximal, keep: 0 });
     let reports = pm.run_with(&mut model, &mut cx)?;
     if !a.time_passes {
         for r in &reports {

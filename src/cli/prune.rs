@@ -1,13 +1,13 @@
 //! Subcommands of slimming: bn-hist, prune, pipeline.
 
 use super::args::{
-    load_for_training, refuse_overwrite, run_dir, save, train_imgsz, val_scorer, BudgetArgs, ImportanceArg, ModelArgs,
-    PolicyArg, DeviceArg, SrModeArg,
+    load_for_training, refuse_overwrite, run_dir, save, train_imgsz, val_scorer, BudgetArgs, DeviceArg, ImportanceArg,
+    ModelArgs, PolicyArg, SrModeArg,
 };
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use slimc::device::Device;
 use slimc::data::dataset::load_dataset_spec;
+use slimc::device::Device;
 use slimc::load::{check_finite, load_model, LoadOptions};
 use slimc::pipeline::{run_pipeline, PipelineConfig};
 use slimc::prune;

@@ -1,10 +1,12 @@
 //! Subcommands that train and evaluate: train, step, val.
 
-use super::args::{load_for_training, refuse_overwrite, run_dir, train_imgsz, val_split, DeviceArg, ModelArgs, TrainOptions};
+use super::args::{
+    load_for_training, refuse_overwrite, run_dir, train_imgsz, val_split, DeviceArg, ModelArgs, TrainOptions,
+};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use slimc::device::Device;
 use slimc::data::dataset::load_dataset_spec;
+use slimc::device::Device;
 use slimc::frontend::weights::write_safetensors;
 use slimc::io;
 use slimc::train::step;
@@ -216,7 +218,7 @@ pub fn val(a: ValArgs) -> Result<()> {
     }
     if plots {
         let dir = run_dir(&a.project, &a.name)?;
-        let files = r.save_plots(&spec.names, &dir)?;
+        let files = slimc::plot::val::save_val_plots(&r, &spec.names, &dir)?;
         eprintln!("wrote {} plots and tables to {}", files.len(), dir.display());
     }
     Ok(())

@@ -326,3 +326,8 @@ mod tests {
         assert!(parse_labels("0 0.5 x 0.2 0.2\n", 1).unwrap_err().contains("`x` is not a number"));
     }
 }
+
+/// A class's name, or its id where the model has no name for it.
+pub fn class_name(names: &[String], class: usize) -> String {
+    names.get(class).cloned().unwrap_or_else(|| class.to_string())
+}

@@ -373,3 +373,14 @@ mod tests {
         assert!(decode(&bytes[..bytes.len() / 2]).unwrap_err().contains("truncated"));
     }
 }
+
+/// Image `k` of an `[n, 3, h, w]` batch in [0, 1] as 8-bit RGB.
+pub fn batch_image(images: &slimc_ir::Tensor, k: usize) -> Result<image::RgbImage> {
+    let (h, w) = (images.shape[2], images.shape[3]);
+    let px = &images.f32s()?[k * 3 * h * w..(k + 1) * 3 * h * w];
+    let byte = |v: f32| (v * 255.0).round().clamp(0.0, 255.0) as u8;
+    Ok(image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let at = y as usize * w + x as usize;
+        image::Rgb([byte(px[at]), byte(px[h * w + at]), byte(px[2 * h * w + at])])
+    }))
+}

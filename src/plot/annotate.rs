@@ -2,6 +2,8 @@
 //! mosaics (`train_batchN.jpg`, `val_batchN_labels.jpg`, `val_batchN_pred.jpg`).
 
 use super::{class_color, err, register_font, replace_atomic};
+use crate::data::dataset::class_name;
+use crate::data::image::batch_image;
 use anyhow::{anyhow, Result};
 use image::RgbImage;
 use plotters::prelude::*;
@@ -17,11 +19,6 @@ pub struct Mark {
     pub class: usize,
     /// Confidence of a detection; `None` for a label.
     pub conf: Option<f32>,
-}
-
-/// A class's name, or its id where the model has no name for it.
-pub fn class_name(names: &[String], class: usize) -> String {
-    names.get(class).cloned().unwrap_or_else(|| class.to_string())
 }
 
 /// Ultralytics' automatic line width for an `h×w` RGB image: `max(round((h + w + 3)/2 · 0.003), 2)`.
@@ -83,17 +80,6 @@ pub fn draw_marks(
     }
     root.present().map_err(err)?;
     Ok(())
-}
-
-/// Image `k` of an `[n, 3, h, w]` batch in [0, 1] as 8-bit RGB.
-pub fn batch_image(images: &Tensor, k: usize) -> Result<RgbImage> {
-    let (h, w) = (images.shape[2], images.shape[3]);
-    let px = &images.f32s()?[k * 3 * h * w..(k + 1) * 3 * h * w];
-    let byte = |v: f32| (v * 255.0).round().clamp(0.0, 255.0) as u8;
-    Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
-        let at = y as usize * w + x as usize;
-        image::Rgb([byte(px[at]), byte(px[h * w + at]), byte(px[2 * h * w + at])])
-    }))
 }
 
 /// One image of a mosaic with its file name and its boxes (in its pixels).

@@ -3,7 +3,7 @@
 //! threshold), each with the numbers behind it as CSV beside the picture.
 
 use super::{err, register_font, replace_atomic};
-use crate::plot::annotate::class_name;
+use crate::data::dataset::class_name;
 use crate::val::metrics::{argmax, column_mean, smooth, Curves, DetMetrics};
 use anyhow::Result;
 use plotters::coord::Shift;

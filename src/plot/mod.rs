@@ -6,6 +6,7 @@ pub mod annotate;
 pub mod confusion;
 pub mod curves;
 pub mod results;
+pub mod val;
 
 use anyhow::{anyhow, Context, Result};
 use plotters::style::{FontStyle, RGBColor};

@@ -667,7 +667,7 @@ impl Trainer {
                 let best = Model::load(&wdir.join("best.slim"))?;
                 let opts = ValOptions { plot_batches: 3, ..ValOptions::quiet(cfg.batch * 2) };
                 let v = validate(&*self.backend, &best, &self.val, nc, &opts)?;
-                v.save_plots(&self.names, &cfg.save_dir)?;
+                crate::plot::val::save_val_plots(&v, &self.names, &cfg.save_dir)?;
                 Ok(())
             };
             if let Err(e) = plots() {

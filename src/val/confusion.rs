@@ -5,7 +5,7 @@
 use super::metrics::box_iou;
 use super::nms::Detection;
 use crate::data::augment::Obj;
-use crate::plot::annotate::class_name;
+use crate::data::dataset::class_name;
 use serde::Serialize;
 
 /// Confidence below which detections are left out (Ultralytics uses 0.25 when validation's

@@ -5,15 +5,12 @@ use super::confusion::ConfusionMatrix;
 use super::metrics::{ap_per_class, box_iou, match_predictions, DetMetrics};
 use super::nms::{non_max_suppression, Detection, NmsOptions};
 use crate::backend::Backend;
+use crate::data::image::batch_image;
 use crate::data::loader::Split;
-use crate::plot::annotate::{batch_image, mosaic, save_image, Mark, Tile};
-use crate::plot::confusion::plot_confusion;
-use crate::plot::curves::plot_val_curves;
 use anyhow::{anyhow, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use slimc_ir::Model;
-use std::path::{Path, PathBuf};
 
 /// One kept detection of a validation run, as `--save-json` writes it.
 #[derive(Clone, Debug, Serialize)]
@@ -51,9 +48,8 @@ pub struct ValResult {
     pub loss: Option<[f32; 3]>,
     /// Ultralytics' confusion matrix of the run (detections above 0.25, IoU 0.45).
     pub confusion: ConfusionMatrix,
-    /// The first [`ValOptions::plot_batches`] batches as mosaic tiles: each image as the network
-    /// saw it, with its labels, and with its detections (letterboxed pixels).
-    pub batch_tiles: Vec<(Vec<Tile>, Vec<Tile>)>,
+    /// The images of the first [`ValOptions::plot_batches`] batches, for the mosaics.
+    pub kept: Vec<Vec<KeptImage>>,
 }
 
 /// How a validation run goes.
@@ -76,14 +72,25 @@ impl ValOptions {
     }
 }
 
-/// The image `k` of `b` as two mosaic tiles named by its file: with its labels and with `dets`.
-fn tiles(b: &crate::data::loader::Batch, split: &Split, k: usize, dets: &[Detection]) -> Result<(Tile, Tile)> {
+/// One validation image kept for the mosaics: as the network saw it (letterboxed), named by its
+/// file, with its labels and its detections in its pixels.
+pub struct KeptImage {
+    /// The letterboxed image.
+    pub image: image::RgbImage,
+    /// The file's name.
+    pub name: String,
+    /// Labels: class and box (x1, y1, x2, y2).
+    pub labels: Vec<(usize, [f32; 4])>,
+    /// Detections after NMS.
+    pub detections: Vec<Detection>,
+}
+
+/// The image `k` of `b`, kept with its labels and `dets`.
+fn keep(b: &crate::data::loader::Batch, split: &Split, k: usize, dets: &[Detection]) -> Result<KeptImage> {
     let path = &split.samples[b.indices[k]].path;
     let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let image = batch_image(&b.images, k)?;
-    let labels = b.objects[k].iter().map(|o| Mark { xyxy: o.xyxy, class: o.cls, conf: None }).collect();
-    let preds = dets.iter().map(|d| Mark { xyxy: d.xyxy, class: d.class, conf: Some(d.score) }).collect();
-    Ok((Tile { image: image.clone(), name: name.clone(), marks: labels }, Tile { image, name, marks: preds }))
+    let labels = b.objects[k].iter().map(|o| (o.cls, o.xyxy)).collect();
+    Ok(KeptImage { image: batch_image(&b.images, k)?, name, labels, detections: dets.to_vec() })
 }
 
 /// The inference graph with the detection loss beside it: outputs are the predictions and the
@@ -123,7 +130,7 @@ pub fn validate(
     let mut images_per_class = vec![0; nc];
     let mut predictions = vec![];
     let mut confusion = ConfusionMatrix::new(nc);
-    let mut batch_tiles = vec![];
+    let mut kept = vec![];
     // A graph with a Detect head runs at any size, in rect batches, with the loss beside the
     // predictions; one whose anchors were folded (an ONNX file) runs at its own input size and
     // batch only, as Ultralytics validates exported models.
@@ -166,14 +173,12 @@ pub fn validate(
             return Err(anyhow!("the model predicts {} classes, the dataset has {nc}", rows - 4));
         }
         let data = o.f32s()?;
-        let (mut label_tiles, mut pred_tiles) = (vec![], vec![]);
+        let mut kept_images = vec![];
         for (k, objs) in b.objects.iter().enumerate() {
             let dets = non_max_suppression(&data[k * rows * anchors..(k + 1) * rows * anchors], nc, anchors, &nms);
             confusion.add_image(&dets, objs);
             if ni < plot_batches {
-                let (l, p) = tiles(&b, split, k, &dets)?;
-                label_tiles.push(l);
-                pred_tiles.push(p);
+                kept_images.push(keep(&b, split, k, &dets)?);
             }
             let true_cls: Vec<usize> = objs.iter().map(|o| o.cls).collect();
             let pred_cls: Vec<usize> = dets.iter().map(|d| d.class).collect();
@@ -213,7 +218,7 @@ pub fn validate(
             }
         }
         if ni < plot_batches {
-            batch_tiles.push((label_tiles, pred_tiles));
+            kept.push(kept_images);
         }
         pb.inc(1);
     }
@@ -228,28 +233,11 @@ pub fn validate(
         predictions,
         loss: has_head.then_some(loss),
         confusion,
-        batch_tiles,
+        kept,
     })
 }
 
 impl ValResult {
-    /// Writes Ultralytics' validation plots into `dir`: the PR, F1, P and R curves, both
-    /// confusion matrices (each with its numbers as CSV) and the `val_batchN_labels.jpg` /
-    /// `val_batchN_pred.jpg` mosaics. Returns the files written.
-    pub fn save_plots(&self, names: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
-        let mut files = plot_val_curves(&self.metrics, names, dir)?;
-        files.extend(plot_confusion(&self.confusion, names, dir)?);
-        for (ni, (labels, preds)) in self.batch_tiles.iter().enumerate() {
-            for (tiles, kind) in [(labels, "labels"), (preds, "pred")] {
-                let f = dir.join(format!("val_batch{ni}_{kind}.jpg"));
-                save_image(&mosaic(tiles, names, 0.25)?, &f)?;
-                files.push(f);
-            }
-        }
-        Ok(files)
-    }
-
     /// Ultralytics' validation table: the `all` row, then one row per class when there are
     /// several.
     pub fn table(&self, names: &[String]) -> String {

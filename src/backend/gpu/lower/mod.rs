@@ -12,9 +12,7 @@ mod packed;
 mod pointwise;
 mod pool;
 
-pub use packed::ConvLowering;
-
-use super::device::Context;
+use super::device::{AdapterSummary, Context};
 use super::kernels::{flat_grid, View};
 use crate::backend::fusion::Fused;
 use anyhow::{anyhow, bail, Result};
@@ -24,6 +22,59 @@ use slimc_ir::{Unary, UnaryGrad};
 use std::collections::HashMap;
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
+
+/// How convolutions are lowered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvLowering {
+    /// One implicit GEMM per group, tiled in workgroup memory (`conv.wgsl`): for GPUs.
+    Tiled,
+    /// im2col and a register-blocked GEMM on vec4 loads (`conv_packed.wgsl`): for CPU adapters.
+    /// A packed matrix holds at most `matrix_floats` floats (fewer where the adapter binds
+    /// less): a batch whose matrices would be larger runs in chunks of whole images.
+    Packed {
+        /// The most floats one packed matrix holds.
+        matrix_floats: usize,
+    },
+}
+
+impl ConvLowering {
+    /// The lowering for `adapter`: packed on a CPU adapter (a software rasteriser), tiled
+    /// elsewhere; `SLIMC_GPU_CONV=tiled|packed` overrides.
+    pub fn for_adapter(adapter: &AdapterSummary) -> Result<ConvLowering> {
+        match std::env::var("SLIMC_GPU_CONV").as_deref() {
+            Ok("tiled") => Ok(ConvLowering::Tiled),
+            Ok("packed") => Ok(ConvLowering::packed()),
+            Ok(other) => bail!("SLIMC_GPU_CONV={other}: expected tiled or packed"),
+            Err(_) if adapter.kind == "Cpu" => Ok(ConvLowering::packed()),
+            Err(_) => Ok(ConvLowering::Tiled),
+        }
+    }
+
+    /// The packed lowering with matrices of up to 64 MB.
+    pub fn packed() -> ConvLowering {
+        ConvLowering::Packed { matrix_floats: 16 << 20 }
+    }
+
+    /// The most floats one packed matrix may hold on `ctx`'s adapter (`None` when tiled).
+    fn budget(self, ctx: &Context) -> Option<usize> {
+        match self {
+            ConvLowering::Tiled => None,
+            ConvLowering::Packed { matrix_floats } => {
+                Some(matrix_floats.min(ctx.limits.max_storage_buffer_binding_size as usize / 4))
+            }
+        }
+    }
+}
+
+/// The packed matrices every packed convolution of a program shares (dispatches run in order).
+pub struct Workspace {
+    /// Windows (or their transpose, or the column gradient).
+    cols: wgpu::Buffer,
+    /// The output gradient's channels.
+    dy: wgpu::Buffer,
+    /// The weight (or its transpose).
+    weight: wgpu::Buffer,
+}
 
 /// Where a value lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,7 +187,7 @@ struct Builder<'a> {
     /// The `MODE` override constant of the next pipelines (the convolution's GEMM mode).
     mode: u32,
     /// The packed convolutions' shared matrices (packed lowering only).
-    work: Option<packed::Workspace>,
+    work: Option<Workspace>,
 }
 
 /// Lowers `g` for values of `types` placed by `plan`.
@@ -168,7 +219,7 @@ pub fn lower(ctx: &Context, g: &Graphs, types: &[TensorType], plan: &Plan, dummy
         work: None,
     };
     let nodes: Vec<usize> = (0..graph.nodes.len()).filter(|&i| !g.absorbed[i]).collect();
-    b.work = packed::workspace(ctx, g.conv, graph, types, &nodes);
+    b.work = Workspace::new(ctx, g.conv, graph, types, &nodes);
     for (i, n) in graph.nodes.iter().enumerate() {
         if g.absorbed[i] {
             continue;

@@ -4,56 +4,13 @@
 //! (col2im). It is the lowering for adapters that are CPUs (lavapipe), where the tiled implicit
 //! GEMM's workgroup memory and barriers cost more than they save.
 
-use super::{storage, Builder};
-use crate::backend::gpu::device::{AdapterSummary, Context};
+use super::{storage, Builder, ConvLowering, Workspace};
+use crate::backend::gpu::device::Context;
 use crate::backend::gpu::kernels::{conv_sizes, flat_grid, PackedParams};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use bytemuck::Zeroable;
 use slimc_ir::eval::nn::ConvGeometry;
 use slimc_ir::{Conv2d, Graph, Op, TensorType};
-
-/// How convolutions are lowered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvLowering {
-    /// One implicit GEMM per group, tiled in workgroup memory (`conv.wgsl`): for GPUs.
-    Tiled,
-    /// im2col and a register-blocked GEMM on vec4 loads (`conv_packed.wgsl`): for CPU adapters.
-    /// A packed matrix holds at most `matrix_floats` floats (fewer where the adapter binds
-    /// less): a batch whose matrices would be larger runs in chunks of whole images.
-    Packed {
-        /// The most floats one packed matrix holds.
-        matrix_floats: usize,
-    },
-}
-
-impl ConvLowering {
-    /// The lowering for `adapter`: packed on a CPU adapter (a software rasteriser), tiled
-    /// elsewhere; `SLIMC_GPU_CONV=tiled|packed` overrides.
-    pub fn for_adapter(adapter: &AdapterSummary) -> Result<ConvLowering> {
-        match std::env::var("SLIMC_GPU_CONV").as_deref() {
-            Ok("tiled") => Ok(ConvLowering::Tiled),
-            Ok("packed") => Ok(ConvLowering::packed()),
-            Ok(other) => bail!("SLIMC_GPU_CONV={other}: expected tiled or packed"),
-            Err(_) if adapter.kind == "Cpu" => Ok(ConvLowering::packed()),
-            Err(_) => Ok(ConvLowering::Tiled),
-        }
-    }
-
-    /// The packed lowering with matrices of up to 64 MB.
-    pub fn packed() -> ConvLowering {
-        ConvLowering::Packed { matrix_floats: 16 << 20 }
-    }
-
-    /// The most floats one packed matrix may hold on `ctx`'s adapter (`None` when tiled).
-    fn budget(self, ctx: &Context) -> Option<usize> {
-        match self {
-            ConvLowering::Tiled => None,
-            ConvLowering::Packed { matrix_floats } => {
-                Some(matrix_floats.min(ctx.limits.max_storage_buffer_binding_size as usize / 4))
-            }
-        }
-    }
-}
 
 /// The most pixels of one chunk: its GEMM's column workgroups (64 columns each) stay within one
 /// grid dimension (65,535 workgroups).
@@ -107,16 +64,6 @@ impl PackedConv {
     }
 }
 
-/// The packed matrices every packed convolution of a program shares (dispatches run in order).
-pub struct Workspace {
-    /// Windows (or their transpose, or the column gradient).
-    cols: wgpu::Buffer,
-    /// The output gradient's channels.
-    dy: wgpu::Buffer,
-    /// The weight (or its transpose).
-    weight: wgpu::Buffer,
-}
-
 /// A convolution node's geometry, from its operand types.
 fn conv_of(graph: &Graph, types: &[TensorType], i: usize) -> Option<ConvGeometry> {
     let n = &graph.nodes[i];
@@ -131,28 +78,30 @@ fn conv_of(graph: &Graph, types: &[TensorType], i: usize) -> Option<ConvGeometry
     Some(ConvGeometry::new(&x, &w, c))
 }
 
-/// The workspace for the convolutions among `nodes` that `conv` packs (`None` when there are
-/// none).
-pub fn workspace(
-    ctx: &Context,
-    conv: ConvLowering,
-    graph: &Graph,
-    types: &[TensorType],
-    nodes: &[usize],
-) -> Option<Workspace> {
-    let budget = conv.budget(ctx)?;
-    let need = nodes
-        .iter()
-        .filter_map(|&i| conv_of(graph, types, i))
-        .filter_map(|geo| PackedConv::new(&geo, budget))
-        .map(|p| p.needs())
-        .reduce(|a, b| [a[0].max(b[0]), a[1].max(b[1]), a[2].max(b[2])])?;
-    let buf = |floats: usize, label| storage(ctx, floats as u64 * 4, label);
-    Some(Workspace {
-        cols: buf(need[0], "packed windows"),
-        dy: buf(need[1], "packed output gradient"),
-        weight: buf(need[2], "packed weight"),
-    })
+impl Workspace {
+    /// The workspace for the convolutions among `nodes` that `conv` packs (`None` when there
+    /// are none).
+    pub(super) fn new(
+        ctx: &Context,
+        conv: ConvLowering,
+        graph: &Graph,
+        types: &[TensorType],
+        nodes: &[usize],
+    ) -> Option<Workspace> {
+        let budget = conv.budget(ctx)?;
+        let need = nodes
+            .iter()
+            .filter_map(|&i| conv_of(graph, types, i))
+            .filter_map(|geo| PackedConv::new(&geo, budget))
+            .map(|p| p.needs())
+            .reduce(|a, b| [a[0].max(b[0]), a[1].max(b[1]), a[2].max(b[2])])?;
+        let buf = |floats: usize, label| storage(ctx, floats as u64 * 4, label);
+        Some(Workspace {
+            cols: buf(need[0], "packed windows"),
+            dy: buf(need[1], "packed output gradient"),
+            weight: buf(need[2], "packed weight"),
+        })
+    }
 }
 
 /// The parameters every dispatch of `geo`'s convolution shares.
