@@ -1,12 +1,5 @@
 // SiLU and sigmoid, and their gradients, element by element.
 
-struct Count {
-    n: u32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
-}
-
 @group(0) @binding(0) var<uniform> C: Count;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;

@@ -1,12 +1,21 @@
 // Prepended to every shader file: the element an invocation owns on a grid that may have been
-// split into 2-D (a dispatch may not exceed 65,535 workgroups per dimension), the strided view
-// of a tensor of rank at most 8, the logistic function and a fixed-order workgroup sum.
+// split into 2-D (a dispatch may not exceed 65,535 workgroups per dimension), the element count
+// of the flat kernels, the strided view of a tensor of rank at most 8, the logistic function and
+// a fixed-order workgroup sum.
 
 const WG: u32 = 256u;
 
 // The flat index of this invocation over a grid of `WG`-wide workgroups, laid out x then y.
 fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.y * nwg.x + wg.x) * WG + lid;
+}
+
+// The element count of a flat kernel.
+struct Count {
+    n: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 // A view of up to 8 dimensions: sizes (row-major, outermost first) and per-operand element

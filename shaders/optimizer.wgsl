@@ -107,13 +107,6 @@ fn adamw_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     s2_next[i] = v;
 }
 
-struct Count {
-    n: u32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
-}
-
 @group(0) @binding(10) var<uniform> C: Count;
 @group(0) @binding(11) var<storage, read> e_scalars: array<f32>;
 @group(0) @binding(12) var<storage, read> e_a: array<f32>;

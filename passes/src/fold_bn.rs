@@ -57,7 +57,7 @@ impl Pass for FoldBn {
             };
             let mut w = model.tensors[&wname].clone();
             let per = w.numel() / gamma.len();
-            let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + eps).sqrt()).collect();
+            let scale = slimc_ir::eval::nn::bn_scale(&gamma, &var, eps);
             for (o, chunk) in w.f32s_mut()?.chunks_mut(per).enumerate() {
                 chunk.iter_mut().for_each(|x| *x *= scale[o]);
             }

@@ -2,6 +2,7 @@
 //! parameters, runs it on named inputs, and reads and writes named tensors. `cpu` is the
 //! reference every other backend is tested against.
 
+pub mod compiled;
 pub mod cpu;
 pub mod fusion;
 pub mod gpu;
@@ -124,13 +125,6 @@ impl<T> ByShape<T> {
         }
         Ok(self.entries.last().expect("just pushed").1.clone())
     }
-}
-
-/// The names of `g`'s results: its outputs other than the state updates `state` (output
-/// position, parameter).
-pub fn result_names(g: &Graph, state: &[(usize, slimc_ir::ValueId)]) -> Vec<String> {
-    let results = g.outputs.iter().enumerate().filter(|(i, _)| !state.iter().any(|s| s.0 == *i));
-    results.map(|(_, &v)| g.value(v).name.clone()).collect()
 }
 
 /// Time and calls per op (`SLIMC_PROFILE_OPS`), printed as a table when dropped.

@@ -19,6 +19,15 @@ use crate::op::{
 };
 use crate::tensor::{Tensor, TensorData};
 
+/// `buf` with `n` elements of unspecified value, reusing its allocation: for code that writes
+/// every element.
+pub fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    buf.reserve_exact(n.saturating_sub(buf.len()));
+    buf.resize(n, 0.0);
+    buf.truncate(n);
+    buf
+}
+
 /// Row-major strides of `shape`.
 pub fn strides_of(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1; shape.len()];

@@ -9,6 +9,18 @@ pub fn window_out(i: usize, k: usize, stride: usize, dil: usize, p0: usize, p1: 
     (i + p0 + p1 - dil * (k - 1) - 1) / stride + 1
 }
 
+/// `count / (count − 1)`: turns a biased variance over `count` values into the unbiased one the
+/// running statistics take (PyTorch's; 1 value counts as 2).
+pub fn unbiased_factor(count: usize) -> f64 {
+    count as f64 / (count.max(2) - 1) as f64
+}
+
+/// `γ / sqrt(var + eps)` per channel: the factor that folds an inference batch norm into what
+/// precedes it.
+pub fn bn_scale(gamma: &[f32], var: &[f32], eps: f32) -> Vec<f32> {
+    gamma.iter().zip(var).map(|(g, v)| g / (v + eps).sqrt()).collect()
+}
+
 /// Input index of output position `o` at kernel tap `k` along one axis, if inside the input.
 pub fn tap(o: usize, k: usize, stride: usize, dil: usize, pad: usize, size: usize) -> Option<usize> {
     let i = (o * stride + k * dil) as isize - pad as isize;
@@ -219,7 +231,7 @@ pub fn running_update(
     count: usize,
     momentum: f32,
 ) -> [Vec<f32>; 2] {
-    let unbiased = count as f64 / (count.max(2) - 1) as f64;
+    let unbiased = unbiased_factor(count);
     let m = momentum as f64;
     let next = |r: &[f32], b: &[f64], k: f64| -> Vec<f32> {
         r.iter().zip(b).map(|(&r, &b)| ((1.0 - m) * r as f64 + m * b * k) as f32).collect()

@@ -3,17 +3,12 @@
 //! slimming's proximal L1 step, and Ultralytics' model EMA. Arithmetic is in f64 on f32 storage;
 //! elementwise loops run in parallel chunks (each element's result does not depend on the split).
 
+use super::sized;
 use crate::{op::Update, step_scalars as s};
 use rayon::prelude::*;
 
 /// Elements per parallel chunk.
 const CHUNK: usize = 1 << 14;
-
-/// `out` holding `n` elements, reusing its allocation (values unspecified until written).
-fn sized(out: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    out.resize(n, 0.0);
-    out
-}
 
 /// `out = x`, in parallel chunks, reusing `out`'s allocation.
 fn copy_into(out: &mut Vec<f32>, x: &[f32]) {

@@ -33,14 +33,7 @@ pub(crate) fn zeroed(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
     buf
 }
 
-/// `buf` with `n` elements of unspecified value, reusing its allocation: for kernels that write
-/// every element.
-pub(crate) fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    buf.reserve_exact(n.saturating_sub(buf.len()));
-    buf.resize(n, 0.0);
-    buf.truncate(n);
-    buf
-}
+pub(crate) use slimc_ir::eval::sized;
 
 /// An output shared by parallel tasks that each write their own disjoint elements of it (the
 /// columns of a tiled convolution, the inner positions of a softmax).

@@ -18,16 +18,14 @@ mod simd;
 #[cfg(test)]
 mod tests;
 
-use super::fusion::{fusions, Fused};
-use super::{memory::check_fits, Backend, ByShape, Executable, OpProfile};
+use super::compiled::{Compiled, Planned};
+use super::{Backend, ByShape, Executable};
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::eval::optim;
-use slimc_ir::memory::{plan_fused, Fusions, Plan};
+use slimc_ir::memory::Plan;
 use slimc_ir::BatchNorm;
-use slimc_ir::{infer_all, DType, Graph, Model, Op, Tensor, TensorData, TensorType, ValueId};
+use slimc_ir::{DType, Model, Op, Tensor, TensorData, TensorType, ValueId};
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::Arc;
 
 /// The CPU backend.
 pub struct Cpu;
@@ -42,78 +40,23 @@ impl Backend for Cpu {
     }
 }
 
-/// A memory plan and the value types it was made for.
-struct Planned {
-    plan: Plan,
-    types: Vec<TensorType>,
-}
-
-/// A graph compiled for the CPU: the graph, its parameters, and the arena's buffers.
+/// A graph compiled for the CPU: the graph and its parameters as host tensors, and the
+/// arena's buffers.
 pub struct CpuExecutable {
-    graph: Graph,
-    /// Parameter tensors by value index.
-    params: Vec<Option<Tensor>>,
-    names: HashMap<String, ValueId>,
-    /// The graph's state updates: (output position, parameter it replaces).
-    state: Vec<(usize, ValueId)>,
-    /// Convolutions that also do the work of the nodes around them ([`fusions`]), by node;
-    /// `absorbed[n]`: node `n` is done by such a convolution.
-    fused: HashMap<usize, Fused>,
-    absorbed: Vec<bool>,
+    core: Compiled<Tensor>,
     /// Plans for the input shapes met so far, most recent last.
     plans: ByShape<Planned>,
     /// One buffer per arena slot, grown to the largest value the slot has held.
     pool: Vec<Vec<f32>>,
     /// Kernels' working memory (the weight gradient's partial sums).
     scratch: Vec<f32>,
-    /// Time and calls per op, when `SLIMC_PROFILE_OPS` is set.
-    profile: Option<OpProfile>,
 }
 
 impl CpuExecutable {
     /// Compiles `model`: every parameter must have its tensor.
     pub fn new(model: &Model) -> Result<CpuExecutable> {
-        let g = &model.graph;
-        let mut params = vec![None; g.values.len()];
-        let mut names = HashMap::new();
-        for &p in &g.params {
-            let name = &g.value(p).name;
-            let t = model.tensors.get(name).ok_or_else(|| anyhow!("parameter %{name} has no tensor"))?;
-            params[p.0] = Some(t.clone());
-            names.insert(name.clone(), p);
-        }
-        let profile = OpProfile::from_env();
-        let state = g.state_updates();
-        let (fused, absorbed) = fusions(g, true);
-        Ok(CpuExecutable {
-            graph: g.clone(),
-            params,
-            names,
-            state,
-            fused,
-            absorbed,
-            plans: ByShape::default(),
-            pool: vec![],
-            scratch: vec![],
-            profile,
-        })
-    }
-
-    /// The plan for inputs of these types, made on first use.
-    fn planned(&mut self, inputs: &[&Tensor]) -> Result<Arc<Planned>> {
-        let (g, absorbed, fused) = (&self.graph, &self.absorbed, &self.fused);
-        self.plans.get(inputs, |types| {
-            let all = infer_all(g, types)?;
-            // The concatenation a convolution reads through, by its node.
-            let deferred: HashMap<usize, usize> = fused.iter().filter_map(|(&i, f)| Some((f.concat?, i))).collect();
-            let fusions = Fusions {
-                in_place: &|i| (absorbed[i] && !deferred.contains_key(&i)).then(|| g.nodes[i].inputs[0]),
-                deferred: &|i| deferred.get(&i).copied(),
-            };
-            let p = plan_fused(g, &all, &fusions);
-            check_fits(p.as_ref().map(Plan::arena_bytes), &inputs[0].shape)?;
-            Ok(Planned { plan: p.expect("check_fits refuses unaddressable plans"), types: all })
-        })
+        let core = Compiled::new(model, true, |_, t| Ok(t.clone()))?;
+        Ok(CpuExecutable { core, plans: ByShape::default(), pool: vec![], scratch: vec![] })
     }
 }
 
@@ -161,18 +104,20 @@ fn recycle(pool: &mut [Vec<f32>], slot: usize, t: Tensor) {
 
 impl Executable for CpuExecutable {
     fn input_names(&self) -> Vec<String> {
-        self.graph.inputs.iter().map(|&v| self.graph.value(v).name.clone()).collect()
+        self.core.input_names()
     }
 
     fn output_names(&self) -> Vec<String> {
-        super::result_names(&self.graph, &self.state)
+        self.core.output_names()
     }
 
     fn run(&mut self, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
-        super::check_inputs(&self.graph, inputs)?;
-        let planned = self.planned(inputs)?;
+        super::check_inputs(&self.core.graph, inputs)?;
+        let core = &self.core;
+        let planned = self.plans.get(inputs, |types| core.plan(types, &inputs[0].shape))?;
         let (plan, types) = (&planned.plan, &planned.types);
-        let CpuExecutable { graph: g, params, pool, scratch, profile, state, fused, absorbed, .. } = self;
+        let CpuExecutable { core, pool, scratch, .. } = self;
+        let Compiled { graph: g, params, profile, state, fused, absorbed, .. } = core;
         if pool.len() < plan.slot_bytes.len() {
             pool.resize_with(plan.slot_bytes.len(), Vec::new);
         }
@@ -282,13 +227,11 @@ impl Executable for CpuExecutable {
     }
 
     fn read(&self, name: &str) -> Result<Tensor> {
-        let v = self.names.get(name).ok_or_else(|| anyhow!("the program has no tensor named {name}"))?;
-        Ok(self.params[v.0].clone().expect("every parameter has its tensor"))
+        Ok(self.core.param(name)?.1.clone())
     }
 
     fn write(&mut self, name: &str, value: &Tensor) -> Result<()> {
-        let v = *self.names.get(name).ok_or_else(|| anyhow!("the program has no tensor named {name}"))?;
-        let old = self.params[v.0].as_mut().expect("every parameter has its tensor");
+        let (_, old) = self.core.param_mut(name)?;
         if old.shape != value.shape || old.dtype() != value.dtype() {
             bail!("{name} is {}, cannot write {}", old.ty(), value.ty());
         }

@@ -24,12 +24,8 @@ pub fn batch_norm(
 
 /// Inference batch norm as per-channel `(a, 0, c)` of `a·x + c`.
 pub fn bn_coefficients(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f32) -> Vec<[f32; 3]> {
-    (0..gamma.len())
-        .map(|ch| {
-            let s = gamma[ch] / (var[ch] + eps).sqrt();
-            [s, 0.0, beta[ch] - mean[ch] * s]
-        })
-        .collect()
+    let scale = slimc_ir::eval::nn::bn_scale(gamma, var, eps);
+    scale.iter().zip(beta).zip(mean).map(|((&s, &b), &m)| [s, 0.0, b - m * s]).collect()
 }
 
 simd_fn! {

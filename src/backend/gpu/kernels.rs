@@ -401,3 +401,77 @@ pub fn grid(groups: u64, limit: u32) -> Result<[u32; 3]> {
 pub fn flat_grid(n: usize, limit: u32) -> Result<[u32; 3]> {
     grid((n as u64).div_ceil(WG), limit)
 }
+
+/// A uniform block that mirrors a WGSL struct: only these bind as uniforms ([`uniform`]). Each
+/// is checked at compile time to be whole 16-byte rows (WGSL's uniform layout) and by the unit
+/// tests to have its WGSL struct's size.
+pub trait Uniform: Pod {}
+
+/// `u` bound as the uniform at `binding`.
+pub fn uniform<U: Uniform>(binding: u32, u: &U) -> (u32, &[u8]) {
+    (binding, bytemuck::bytes_of(u))
+}
+
+macro_rules! uniforms {
+    ($($rust:ident => $file:literal $wgsl:literal),* $(,)?) => {
+        $(
+            impl Uniform for $rust {}
+            const _: () = assert!(std::mem::size_of::<$rust>() % 16 == 0, "a uniform block is whole 16-byte rows");
+        )*
+        /// Every uniform block: (Rust size, shader file, WGSL struct).
+        #[cfg(test)]
+        const UNIFORMS: &[(usize, &str, &str)] = &[$((std::mem::size_of::<$rust>(), $file, $wgsl)),*];
+    };
+}
+
+uniforms! {
+    View => "common" "View",
+    ConvParams => "conv" "Conv",
+    PackedParams => "conv_packed" "Packed",
+    FoldParams => "conv" "Fold",
+    ChunkParams => "conv" "Chunks",
+    PoolParams => "pooling" "Pool",
+    NormParams => "batch_norm" "Norm",
+    TrainParams => "batch_norm" "Train",
+    MatMulParams => "matmul" "Mm",
+    LineParams => "softmax" "Lines",
+    CountParams => "common" "Count",
+    FillParams => "layout" "Fill",
+    BlockParams => "layout" "Blocks",
+    UpdateParams => "optimizer" "Update",
+    SquaresParams => "optimizer" "Squares",
+    LossParams => "detect_loss" "Loss",
+    LevelParams => "anchors" "Level",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wgpu::naga;
+
+    #[test]
+    fn every_uniform_block_has_its_wgsl_structs_size() {
+        for &(size, file, name) in UNIFORMS {
+            let src = if file == "common" { source("activation") } else { source(file) };
+            let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{file}.wgsl: {e}"));
+            let span = module.types.iter().find_map(|(_, t)| match (&t.name, &t.inner) {
+                (Some(n), naga::TypeInner::Struct { span, .. }) if n == name => Some(*span as usize),
+                _ => None,
+            });
+            assert_eq!(span, Some(size), "{file}.wgsl struct {name}: WGSL size {span:?}, Rust size {size}");
+        }
+        // Every shader's uniform structs are covered.
+        for (file, _) in SHADERS {
+            let module = naga::front::wgsl::parse_str(&source(file)).unwrap();
+            for (_, var) in module.global_variables.iter() {
+                if var.space == naga::AddressSpace::Uniform {
+                    let name = module.types[var.ty].name.clone().unwrap_or_default();
+                    assert!(
+                        UNIFORMS.iter().any(|u| u.2 == name),
+                        "{file}.wgsl: uniform struct {name} has no Rust block"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -14,13 +14,11 @@ mod lower;
 pub use device::{adapters, hardware_present, show_driver_messages, AdapterSummary, Context};
 pub use lower::ConvLowering;
 
-use super::fusion::{fusions, Fused};
-use super::{check_inputs, memory::check_fits, Backend, ByShape, Executable, OpProfile};
+use super::compiled::{Compiled, Planned};
+use super::{check_inputs, Backend, ByShape, Executable};
 use anyhow::{anyhow, bail, Result};
 use lower::{Graphs, Loc, Program};
-use slimc_ir::memory::{plan_fused, Fusions, Plan};
-use slimc_ir::{infer_all, DType, Graph, Model, Tensor, ValueId};
-use std::collections::HashMap;
+use slimc_ir::{DType, Model, Tensor};
 use std::sync::Arc;
 
 /// The wgpu backend on the process's device.
@@ -65,87 +63,52 @@ impl Backend for Gpu {
     }
 }
 
-/// A graph compiled for the GPU.
+/// A graph compiled for the GPU: its parameters in device buffers.
 pub struct GpuExecutable {
     ctx: Arc<Context>,
-    graph: Graph,
-    /// Parameter buffers (on the device) and shapes, by value index.
-    params: Vec<Option<wgpu::Buffer>>,
-    names: HashMap<String, ValueId>,
-    /// State updates: (output position, parameter).
-    state: Vec<(usize, ValueId)>,
-    fused: HashMap<usize, Fused>,
-    absorbed: Vec<bool>,
+    core: Compiled<wgpu::Buffer>,
     /// Programs for the input shapes met so far, most recent last.
     programs: ByShape<Program>,
     /// Bound where a kernel's optional operand is absent.
     dummy: wgpu::Buffer,
-    /// Time per kernel, when `SLIMC_PROFILE_OPS` is set (dispatches then run one at a time).
-    profile: Option<OpProfile>,
     conv: ConvLowering,
 }
 
 impl GpuExecutable {
     /// Compiles `model`, its convolutions to be lowered as `conv` says: uploads the parameters.
     pub fn new(ctx: Arc<Context>, model: &Model, conv: ConvLowering) -> Result<GpuExecutable> {
-        let g = &model.graph;
-        let (fused, absorbed) = fusions(g, false);
-        let mut params = vec![None; g.values.len()];
-        let mut names = HashMap::new();
-        let uploaded = ctx.checked("uploading the parameters", || {
-            for &p in &g.params {
-                let name = &g.value(p).name;
-                let t = model.tensors.get(name).ok_or_else(|| anyhow!("parameter %{name} has no tensor"))?;
+        let core = ctx.checked("uploading the parameters", || {
+            Compiled::new(model, false, |name, t| {
                 lower::check_binding(&ctx, name, &t.ty())?;
                 let buf = lower::storage(&ctx, t.numel() as u64 * 4, name);
                 ctx.queue.write_buffer(&buf, 0, bytemuck::cast_slice(t.f32s()?));
-                params[p.0] = Some(buf);
-                names.insert(name.clone(), p);
-            }
-            Ok(())
-        });
-        uploaded?;
+                Ok(buf)
+            })
+        })?;
         let dummy = lower::storage(&ctx, 16, "absent operand");
-        Ok(GpuExecutable {
-            state: g.state_updates(),
-            graph: g.clone(),
-            ctx,
-            params,
-            names,
-            fused,
-            absorbed,
-            programs: ByShape::default(),
-            dummy,
-            profile: OpProfile::from_env(),
-            conv,
-        })
+        Ok(GpuExecutable { ctx, core, programs: ByShape::default(), dummy, conv })
     }
 
     /// The program for inputs of these shapes, lowered on first use.
     fn program(&mut self, inputs: &[&Tensor]) -> Result<Arc<Program>> {
-        let (ctx, dummy) = (&self.ctx, &self.dummy);
+        let (ctx, dummy, core) = (&self.ctx, &self.dummy, &self.core);
         let graphs = Graphs {
-            graph: &self.graph,
-            params: &self.params,
-            fused: &self.fused,
-            absorbed: &self.absorbed,
+            graph: &core.graph,
+            params: &core.params,
+            fused: &core.fused,
+            absorbed: &core.absorbed,
             conv: self.conv,
         };
         self.programs.get(inputs, |types| {
-            let (g, absorbed) = (graphs.graph, graphs.absorbed);
-            let all = infer_all(g, types)?;
-            let fusions = Fusions { in_place: &|i| absorbed[i].then(|| g.nodes[i].inputs[0]), deferred: &|_| None };
-            let plan = plan_fused(g, &all, &fusions);
-            check_fits(plan.as_ref().map(Plan::arena_bytes), &inputs[0].shape)?;
-            let plan = plan.expect("check_fits refuses unaddressable plans");
-            ctx.checked("building the GPU program", || lower::lower(ctx, &graphs, &all, &plan, dummy))
+            let Planned { plan, types } = core.plan(types, &inputs[0].shape)?;
+            ctx.checked("building the GPU program", || lower::lower(ctx, &graphs, &types, &plan, dummy))
         })
     }
 
     fn buffer<'a>(&'a self, program: &'a Program, loc: Loc) -> &'a wgpu::Buffer {
         match loc {
             Loc::Input(k) => &program.inputs[k],
-            Loc::Param(p) => self.params[p.0].as_ref().expect("every parameter has its buffer"),
+            Loc::Param(p) => self.core.params[p.0].as_ref().expect("every parameter has its buffer"),
             Loc::Slot(s) => &program.slots[s],
         }
     }
@@ -168,15 +131,15 @@ impl GpuExecutable {
 
 impl Executable for GpuExecutable {
     fn input_names(&self) -> Vec<String> {
-        self.graph.inputs.iter().map(|&v| self.graph.value(v).name.clone()).collect()
+        self.core.input_names()
     }
 
     fn output_names(&self) -> Vec<String> {
-        super::result_names(&self.graph, &self.state)
+        self.core.output_names()
     }
 
     fn run(&mut self, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
-        check_inputs(&self.graph, inputs)?;
+        check_inputs(&self.core.graph, inputs)?;
         if let Some(t) = inputs.iter().find(|t| t.dtype() != DType::F32) {
             bail!("the GPU backend takes f32 inputs, given {}", t.ty());
         }
@@ -192,7 +155,7 @@ impl Executable for GpuExecutable {
                 }
             }
             let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
-            match &mut self.profile {
+            match &mut self.core.profile {
                 None => program.record(&mut enc, 0..program.steps.len()),
                 // Each dispatch alone, waited for and timed.
                 Some(profile) => {
@@ -216,7 +179,7 @@ impl Executable for GpuExecutable {
             let mut at = 0;
             let mut results = vec![];
             for (k, (loc, shape, bytes)) in program.outputs.iter().enumerate() {
-                if self.state.iter().any(|s| s.0 == k) {
+                if self.core.state.iter().any(|s| s.0 == k) {
                     continue;
                 }
                 if *bytes > 0 {
@@ -225,10 +188,10 @@ impl Executable for GpuExecutable {
                 results.push((shape.clone(), at, *bytes));
                 at += bytes;
             }
-            for &(k, p) in &self.state {
+            for &(k, p) in &self.core.state {
                 let (loc, _, bytes) = &program.outputs[k];
                 if *loc != Loc::Param(p) && *bytes > 0 {
-                    let dst = self.params[p.0].as_ref().expect("every parameter has its buffer");
+                    let dst = self.core.params[p.0].as_ref().expect("every parameter has its buffer");
                     enc.copy_buffer_to_buffer(self.buffer(&program, *loc), 0, dst, 0, *bytes);
                 }
             }
@@ -245,8 +208,8 @@ impl Executable for GpuExecutable {
     }
 
     fn read(&self, name: &str) -> Result<Tensor> {
-        let v = *self.names.get(name).ok_or_else(|| anyhow!("the program has no tensor named {name}"))?;
-        let shape = self.graph.ty(v).fixed_shape().ok_or_else(|| anyhow!("%{name} has no fixed shape"))?;
+        let (v, buf) = self.core.param(name)?;
+        let shape = self.core.graph.ty(v).fixed_shape().ok_or_else(|| anyhow!("%{name} has no fixed shape"))?;
         let bytes = shape.iter().product::<usize>() as u64 * 4;
         self.ctx.checked(&format!("reading %{name}"), || {
             let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -258,7 +221,7 @@ impl Executable for GpuExecutable {
             let mut enc =
                 self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read") });
             if bytes > 0 {
-                enc.copy_buffer_to_buffer(self.params[v.0].as_ref().expect("a parameter"), 0, &staging, 0, bytes);
+                enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
             }
             self.ctx.queue.submit([enc.finish()]);
             Ok(Tensor::from_f32(shape, self.download(&staging, bytes)?)?)
@@ -266,12 +229,11 @@ impl Executable for GpuExecutable {
     }
 
     fn write(&mut self, name: &str, value: &Tensor) -> Result<()> {
-        let v = *self.names.get(name).ok_or_else(|| anyhow!("the program has no tensor named {name}"))?;
-        let ty = self.graph.ty(v);
+        let (v, buf) = self.core.param(name)?;
+        let ty = self.core.graph.ty(v);
         if ty.fixed_shape().as_deref() != Some(&value.shape[..]) || value.dtype() != DType::F32 {
             bail!("{name} is {ty}, cannot write {}", value.ty());
         }
-        let buf = self.params[v.0].as_ref().expect("a parameter");
         self.ctx.checked(&format!("writing %{name}"), || {
             self.ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(value.f32s()?));
             Ok(())

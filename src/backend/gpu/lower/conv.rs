@@ -4,7 +4,7 @@
 use super::packed;
 use super::storage;
 use super::{At, Builder};
-use crate::backend::gpu::kernels::{self, flat_grid, grid};
+use crate::backend::gpu::kernels::{self, flat_grid, grid, uniform};
 use anyhow::bail;
 use anyhow::Result;
 use slimc_ir::eval::nn::ConvGeometry;
@@ -45,12 +45,7 @@ impl Builder<'_> {
         let partial = storage(self.ctx, (chunks * numel) as u64 * 4, "weight-gradient partial sums");
         self.conv_gemm(2, &geo, c, false, [&xv, &dy, &dummy, &partial], chunks)?;
         let p = kernels::ChunkParams { numel: numel as u32, chunks: chunks as u32, pad: [0; 2] };
-        self.step(
-            ("conv", "conv_reduce"),
-            &[(20, bytemuck::bytes_of(&p))],
-            &[(21, &partial), (22, &out)],
-            flat_grid(numel, limit)?,
-        );
+        self.step(("conv", "conv_reduce"), &[uniform(20, &p)], &[(21, &partial), (22, &out)], flat_grid(numel, limit)?);
         self.scratch.push(partial);
         Ok(())
     }
@@ -84,12 +79,7 @@ impl Builder<'_> {
         bindings.extend(stats.iter().enumerate().map(|(k, s)| (12 + k as u32, s)));
         bindings.push((16, &coef));
         let limit = self.limit();
-        self.step(
-            ("conv", "conv_coefficients"),
-            &[(10, bytemuck::bytes_of(&fold))],
-            &bindings,
-            flat_grid(geo.cout, limit)?,
-        );
+        self.step(("conv", "conv_coefficients"), &[uniform(10, &fold)], &bindings, flat_grid(geo.cout, limit)?);
         let out = fused.map_or(n.outputs[0], |f| f.out);
         let (x, w, y) = (self.buf(n.inputs[0]).clone(), self.buf(n.inputs[1]).clone(), self.buf(out).clone());
         let silu = fused.is_some_and(|f| f.silu);
@@ -167,7 +157,7 @@ impl Builder<'_> {
         };
         let bindings = [(1, src), (2, aux), (3, coef), (4, dst)];
         self.mode = mode;
-        self.step(("conv", entry), &[(0, bytemuck::bytes_of(&p))], &bindings, g);
+        self.step(("conv", entry), &[uniform(0, &p)], &bindings, g);
         self.mode = 0;
         Ok(())
     }

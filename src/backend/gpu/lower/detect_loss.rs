@@ -1,7 +1,7 @@
 //! Lowering Ultralytics' detection loss and its gradient to the passes of `detect_loss.wgsl`.
 
 use super::{storage, Builder, Loc};
-use crate::backend::gpu::kernels::{self, contiguous, flat_grid, grid, Strided, View};
+use crate::backend::gpu::kernels::{self, contiguous, flat_grid, grid, uniform, Strided, View};
 use anyhow::{anyhow, bail, Result};
 use bytemuck::Zeroable;
 use slimc_ir::DetectLoss;
@@ -75,7 +75,7 @@ impl Builder<'_> {
             if grad { storage(self.ctx, bytes(batch * na * no), "anchor-major gradient") } else { dummies[2].clone() };
         let (items, total) = if grad { (&dummies[0], &dummies[1]) } else { (&outs[0], &outs[1]) };
         let bindings = [(1, &pred), (2, &t), (3, &work), (4, items), (5, total), (6, &gpred)];
-        let uniform = [(0, bytemuck::bytes_of(&p))];
+        let loss = [uniform(0, &p)];
         let limit = self.limit();
         let (anchors, boxes) = (flat_grid(batch * na, limit)?, flat_grid(rows * na, limit)?);
         let per_box = grid((rows as u64).div_ceil(64), limit)?;
@@ -88,10 +88,10 @@ impl Builder<'_> {
             ("dl_score", anchors),
             ("dl_sum", [1, 1, 1]),
         ] {
-            self.step(("detect_loss", entry), &uniform, &bindings, g);
+            self.step(("detect_loss", entry), &loss, &bindings, g);
         }
         if grad {
-            self.step(("detect_loss", "dl_grad"), &uniform, &bindings, anchors);
+            self.step(("detect_loss", "dl_grad"), &loss, &bindings, anchors);
             for ((_, shape, offset, strides), out) in views.iter().zip(&outs) {
                 let view = View::copy(
                     shape,
@@ -100,7 +100,7 @@ impl Builder<'_> {
                 )?;
                 let grid = flat_grid(shape.iter().product(), limit)?;
                 let src = gpred.clone();
-                self.step(("layout", "strided_copy"), &[(0, bytemuck::bytes_of(&view))], &[(1, &src), (2, out)], grid);
+                self.step(("layout", "strided_copy"), &[uniform(0, &view)], &[(1, &src), (2, out)], grid);
             }
         }
         self.scratch.extend([work, pred, gpred]);

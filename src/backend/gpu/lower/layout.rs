@@ -2,7 +2,7 @@
 //! gradients and the anchor grid — strided copies of `layout.wgsl`.
 
 use super::{At, Builder};
-use crate::backend::gpu::kernels::{self, contiguous, flat_grid, Strided, View};
+use crate::backend::gpu::kernels::{self, contiguous, flat_grid, uniform, Strided, View};
 use anyhow::Result;
 use slimc_ir::eval::{slice_view, transpose_strides};
 use slimc_ir::{Anchors, Slice};
@@ -139,7 +139,7 @@ impl Builder<'_> {
             };
             self.step(
                 ("anchors", "anchors"),
-                &[(0, bytemuck::bytes_of(&p))],
+                &[uniform(0, &p)],
                 &[(1, &out), (2, &st)],
                 flat_grid(ls[2] * ls[3], limit)?,
             );
@@ -167,7 +167,7 @@ impl Builder<'_> {
         let dy = self.buf(x).clone();
         let numel = os.iter().product();
         let grid = flat_grid(numel, limit)?;
-        self.step(("layout", "upsample_nearest_grad"), &[(20, bytemuck::bytes_of(&p))], &[(21, &dy), (22, &out)], grid);
+        self.step(("layout", "upsample_nearest_grad"), &[uniform(20, &p)], &[(21, &dy), (22, &out)], grid);
         Ok(())
     }
 
@@ -182,7 +182,7 @@ impl Builder<'_> {
         let full = self.shape(n.inputs[1]);
         let numel: usize = full.iter().product();
         let f = kernels::FillParams { n: numel as u32, value: 0.0, pad: [0; 2] };
-        self.step(("layout", "fill"), &[(10, bytemuck::bytes_of(&f))], &[(11, &out)], flat_grid(numel, limit)?);
+        self.step(("layout", "fill"), &[uniform(10, &f)], &[(11, &out)], flat_grid(numel, limit)?);
         let (offset, strides) = slice_view(&full, axes, starts, ends, steps)?;
         let view =
             View::copy(&xs, &Strided { offset: 0, strides: &contiguous(&xs) }, &Strided { offset, strides: &strides })?;

@@ -13,7 +13,7 @@ mod pointwise;
 mod pool;
 
 use super::device::{AdapterSummary, Context};
-use super::kernels::{flat_grid, View};
+use super::kernels::{flat_grid, uniform, View};
 use crate::backend::fusion::Fused;
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::memory::{value_bytes, Plan};
@@ -308,7 +308,7 @@ impl Builder<'_> {
     fn copy(&mut self, view: View, numel: usize, src: ValueId, dst: &wgpu::Buffer) -> Result<()> {
         let grid = flat_grid(numel, self.limit())?;
         let src = self.buf(src).clone();
-        self.step(("layout", "strided_copy"), &[(0, bytemuck::bytes_of(&view))], &[(1, &src), (2, dst)], grid);
+        self.step(("layout", "strided_copy"), &[uniform(0, &view)], &[(1, &src), (2, dst)], grid);
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 
 use super::storage;
 use super::{At, Builder};
-use crate::backend::gpu::kernels::{self, flat_grid, grid};
+use crate::backend::gpu::kernels::{self, flat_grid, grid, uniform};
 use anyhow::Result;
 use slimc_ir::Update;
 
@@ -24,7 +24,7 @@ impl Builder<'_> {
         } else {
             "ema_update"
         };
-        self.step(("optimizer", entry), &[(10, bytemuck::bytes_of(&p))], &bindings, flat_grid(numel, limit)?);
+        self.step(("optimizer", entry), &[uniform(10, &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 
@@ -43,12 +43,12 @@ impl Builder<'_> {
             let q = kernels::SquaresParams { n: size as u32, first: first as u32, total: total as u32, pad0: 0 };
             let t = self.buf(v).clone();
             let grid = grid(count as u64, limit)?;
-            self.step(("optimizer", "sum_squares"), &[(20, bytemuck::bytes_of(&q))], &[(21, &t), (22, &partial)], grid);
+            self.step(("optimizer", "sum_squares"), &[uniform(20, &q)], &[(21, &t), (22, &partial)], grid);
             first += count;
         }
         let q = kernels::SquaresParams { n: 0, first: 0, total: total as u32, pad0: 0 };
         let bindings = [(23, &partial), (24, &out)];
-        self.step(("optimizer", "norm_of_partials"), &[(20, bytemuck::bytes_of(&q))], &bindings, [1, 1, 1]);
+        self.step(("optimizer", "norm_of_partials"), &[uniform(20, &q)], &bindings, [1, 1, 1]);
         self.scratch.push(partial);
         Ok(())
     }
@@ -91,7 +91,7 @@ impl Builder<'_> {
                 ],
             ),
         };
-        self.step(("optimizer", entry), &[(0, bytemuck::bytes_of(&p))], &bindings, flat_grid(numel, limit)?);
+        self.step(("optimizer", entry), &[uniform(0, &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 
 use super::{storage, Builder, ConvLowering, Workspace};
 use crate::backend::gpu::device::Context;
-use crate::backend::gpu::kernels::{conv_sizes, flat_grid, PackedParams};
+use crate::backend::gpu::kernels::{conv_sizes, flat_grid, uniform, PackedParams};
 use anyhow::Result;
 use bytemuck::Zeroable;
 use slimc_ir::eval::nn::ConvGeometry;
@@ -211,7 +211,7 @@ impl Builder<'_> {
                         let grid = flat_grid(cols / (geo.oh * geo.ow) * geo.cg * geo.h * geo.w, limit)?;
                         self.step(
                             ("conv_packed", "packed_col2im"),
-                            &[(0, bytemuck::bytes_of(&back))],
+                            &[uniform(0, &back)],
                             &[(7, &work.cols), (8, dst)],
                             grid,
                         );
@@ -241,7 +241,7 @@ impl Builder<'_> {
     /// A packing dispatch `entry` from `src` into the padded `rows_p × cols_p` matrix `dst`.
     fn pack(&mut self, entry: &'static str, p: &PackedParams, src: &wgpu::Buffer, dst: &wgpu::Buffer) -> Result<()> {
         let grid = flat_grid(p.rows_p as usize * p.cols_p as usize, self.limit())?;
-        self.step(("conv_packed", entry), &[(0, bytemuck::bytes_of(p))], &[(1, src), (2, dst)], grid);
+        self.step(("conv_packed", entry), &[uniform(0, p)], &[(1, src), (2, dst)], grid);
         Ok(())
     }
 
@@ -250,12 +250,7 @@ impl Builder<'_> {
         // 16×16 invocations of 4×4 results: 64 columns by 64 rows per workgroup.
         let grid = [p.gn.div_ceil(64), p.gm.div_ceil(64), 1];
         self.mode = mode;
-        self.step(
-            ("conv_packed", "packed_gemm"),
-            &[(0, bytemuck::bytes_of(p))],
-            &[(3, a), (4, b), (5, coef), (6, out)],
-            grid,
-        );
+        self.step(("conv_packed", "packed_gemm"), &[uniform(0, p)], &[(3, a), (4, b), (5, coef), (6, out)], grid);
         self.mode = 0;
     }
 }

@@ -1,7 +1,7 @@
 //! Lowering the elementwise ops, softmax, the sum over broadcast axes and batched matmul.
 
 use super::{At, Builder};
-use crate::backend::gpu::kernels::{self, contiguous, flat_grid, Strided, View};
+use crate::backend::gpu::kernels::{self, contiguous, flat_grid, uniform, Strided, View};
 use anyhow::Result;
 use slimc_ir::eval::broadcast_strides;
 use slimc_ir::Binary;
@@ -19,7 +19,7 @@ impl Builder<'_> {
         if let Some(b) = &b {
             bindings.push((2, b));
         }
-        self.step(("activation", entry), &[(0, bytemuck::bytes_of(&p))], &bindings, flat_grid(numel, limit)?);
+        self.step(("activation", entry), &[uniform(0, &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 
@@ -51,7 +51,7 @@ impl Builder<'_> {
         let numel = os.iter().product();
         self.step(
             ("elementwise", "binary"),
-            &[(0, bytemuck::bytes_of(&view))],
+            &[uniform(0, &view)],
             &[(1, &a), (2, &b), (3, &out)],
             flat_grid(numel, limit)?,
         );
@@ -88,7 +88,7 @@ impl Builder<'_> {
         let (a, b) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone());
         self.step(
             ("matmul", "matmul"),
-            &[(0, bytemuck::bytes_of(&view)), (1, bytemuck::bytes_of(&p))],
+            &[uniform(0, &view), uniform(1, &p)],
             &[(2, &a), (3, &b), (4, &out)],
             flat_grid(batches * m * nn, limit)?,
         );
@@ -105,12 +105,7 @@ impl Builder<'_> {
         let p = lines(&xs, *axis);
         let a = self.buf(x).clone();
         let count = (p.outer * p.inner) as usize;
-        self.step(
-            ("softmax", "softmax"),
-            &[(0, bytemuck::bytes_of(&p))],
-            &[(1, &a), (2, &out)],
-            flat_grid(count, limit)?,
-        );
+        self.step(("softmax", "softmax"), &[uniform(0, &p)], &[(1, &a), (2, &out)], flat_grid(count, limit)?);
         Ok(())
     }
 
@@ -127,7 +122,7 @@ impl Builder<'_> {
         let dy = self.buf(x).clone();
         let count = (p.outer * p.inner) as usize;
         let bindings = [(11, &dy), (12, &y), (13, &out)];
-        self.step(("softmax", "softmax_grad"), &[(10, bytemuck::bytes_of(&p))], &bindings, flat_grid(count, limit)?);
+        self.step(("softmax", "softmax_grad"), &[uniform(10, &p)], &bindings, flat_grid(count, limit)?);
         Ok(())
     }
 
@@ -155,7 +150,7 @@ impl Builder<'_> {
         let numel = os.iter().product();
         self.step(
             ("elementwise", "sum_to"),
-            &[(10, bytemuck::bytes_of(&kv)), (11, bytemuck::bytes_of(&rv))],
+            &[uniform(10, &kv), uniform(11, &rv)],
             &[(12, &a), (13, &out)],
             flat_grid(numel, limit)?,
         );

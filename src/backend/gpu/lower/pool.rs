@@ -1,7 +1,7 @@
 //! Lowering max pooling and its gradient.
 
 use super::{At, Builder};
-use crate::backend::gpu::kernels::{self, flat_grid};
+use crate::backend::gpu::kernels::{self, flat_grid, uniform};
 use anyhow::Result;
 use slimc_ir::eval::nn::window_out;
 use slimc_ir::Pool;
@@ -17,12 +17,7 @@ impl Builder<'_> {
         let p = pool_params(&xs, *kernel, *stride, *pad);
         let a = self.buf(x).clone();
         let numel = (p.n_planes * p.oh * p.ow) as usize;
-        self.step(
-            ("pooling", "max_pool2d"),
-            &[(0, bytemuck::bytes_of(&p))],
-            &[(1, &a), (2, &out)],
-            flat_grid(numel, limit)?,
-        );
+        self.step(("pooling", "max_pool2d"), &[uniform(0, &p)], &[(1, &a), (2, &out)], flat_grid(numel, limit)?);
         Ok(())
     }
 
@@ -38,7 +33,7 @@ impl Builder<'_> {
         let (dy, xv) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone());
         let numel = xs.iter().product();
         let bindings = [(11, &dy), (12, &xv), (13, &out)];
-        self.step(("pooling", "max_pool2d_grad"), &[(10, bytemuck::bytes_of(&p))], &bindings, flat_grid(numel, limit)?);
+        self.step(("pooling", "max_pool2d_grad"), &[uniform(10, &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 }
