@@ -1,0 +1,186 @@
+//! YOLO11's blocks: Bottleneck, C3k, C3k2, SPPF, and C2PSA with its attention.
+
+use super::Lowering;
+use anyhow::{bail, Result};
+use slimc_ir::{Axis, Binary, Pool, Reshape, Split, Transpose};
+use slimc_ir::{Op, ReshapeDim, ValueId};
+
+impl Lowering<'_> {
+    /// Ultralytics `Bottleneck(c1, c2, shortcut, k=(k, k), e)`.
+    pub fn bottleneck(
+        &mut self,
+        x: ValueId,
+        c2: usize,
+        shortcut: bool,
+        k: usize,
+        e: f64,
+        scope: &str,
+    ) -> Result<ValueId> {
+        let c1 = self.channels(x);
+        let c_ = (c2 as f64 * e) as usize;
+        let y = self.conv(x, c_, k, 1, None, 1, true, &format!("{scope}.cv1"))?;
+        let y = self.conv(y, c2, k, 1, None, 1, true, &format!("{scope}.cv2"))?;
+        // Ultralytics decides the shortcut from the module's nominal widths (`c1 == c2`);
+        // widths taken from a checkpoint must still match for the add.
+        let out = self.channels(y);
+        if shortcut && c1 == c2 && out != c1 {
+            bail!(
+                "{scope}: the residual add joins {c1} and {out} channels (the checkpoint's widths break the shortcut)"
+            );
+        }
+        if shortcut && c1 == c2 {
+            self.add(x, y, &format!("{scope}.add"), scope)
+        } else {
+            Ok(y)
+        }
+    }
+
+    /// Ultralytics `C3k(c1, c2, n, shortcut, e=0.5, k=3)`.
+    pub fn c3k(
+        &mut self,
+        x: ValueId,
+        c2: usize,
+        n: usize,
+        shortcut: bool,
+        e: f64,
+        k: usize,
+        scope: &str,
+    ) -> Result<ValueId> {
+        let c_ = (c2 as f64 * e) as usize;
+        let mut a = self.conv(x, c_, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
+        let b = self.conv(x, c_, 1, 1, None, 1, true, &format!("{scope}.cv2"))?;
+        for i in 0..n {
+            a = self.bottleneck(a, c_, shortcut, k, 1.0, &format!("{scope}.m.{i}"))?;
+        }
+        let cat = self.concat(&[a, b], &format!("{scope}.cat"), scope)?;
+        self.conv(cat, c2, 1, 1, None, 1, true, &format!("{scope}.cv3"))
+    }
+
+    /// Ultralytics `C3k2(c1, c2, n, c3k, e, shortcut=True)` in its C2f form.
+    pub fn c3k2(
+        &mut self,
+        x: ValueId,
+        c2: usize,
+        n: usize,
+        c3k: bool,
+        e: f64,
+        shortcut: bool,
+        scope: &str,
+    ) -> Result<ValueId> {
+        let c = (c2 as f64 * e) as usize;
+        let y = self.conv(x, 2 * c, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
+        let c = self.halves(y, scope)?;
+        let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
+        let parts =
+            self.g.add_node(Op::Split(Split { axis: 1, sizes: vec![c, c] }), &[y], &[&names[0], &names[1]], scope)?;
+        let mut ys = parts.clone();
+        for i in 0..n {
+            let last = *ys.last().expect("two parts");
+            let m = format!("{scope}.m.{i}");
+            ys.push(if c3k {
+                self.c3k(last, c, 2, shortcut, 0.5, 3, &m)?
+            } else {
+                self.bottleneck(last, c, shortcut, 3, 0.5, &m)?
+            });
+        }
+        let cat = self.concat(&ys, &format!("{scope}.cat"), scope)?;
+        self.conv(cat, c2, 1, 1, None, 1, true, &format!("{scope}.cv2"))
+    }
+
+    /// Half the channels of `y`, which a C2f-style module splits in two (`chunk(2, 1)`).
+    fn halves(&self, y: ValueId, scope: &str) -> Result<usize> {
+        let c = self.channels(y);
+        if c % 2 != 0 {
+            bail!("{scope}: cv1 gives {c} channels, which no longer split in two halves");
+        }
+        Ok(c / 2)
+    }
+
+    /// Ultralytics `SPPF(c1, c2, k)`: three chained max pools.
+    pub fn sppf(&mut self, x: ValueId, c2: usize, k: usize, scope: &str) -> Result<ValueId> {
+        let c_ = self.channels(x) / 2;
+        let mut ys = vec![self.conv(x, c_, 1, 1, None, 1, true, &format!("{scope}.cv1"))?];
+        for i in 0..3 {
+            let p = k / 2;
+            let op = Op::MaxPool2d(Pool { kernel: [k, k], stride: [1, 1], pad: [p, p, p, p] });
+            let last = *ys.last().expect("non-empty");
+            ys.push(self.g.add1(op, &[last], &format!("{scope}.m.{i}"), &format!("{scope}.m"))?);
+        }
+        let cat = self.concat(&ys, &format!("{scope}.cat"), scope)?;
+        self.conv(cat, c2, 1, 1, None, 1, true, &format!("{scope}.cv2"))
+    }
+
+    /// Ultralytics `Attention(dim, num_heads, attn_ratio=0.5)`.
+    pub fn attention(&mut self, x: ValueId, heads: usize, scope: &str) -> Result<ValueId> {
+        let dim = self.channels(x);
+        let head_dim = dim / heads;
+        let key_dim = head_dim / 2;
+        let qkv = self.conv(x, dim + 2 * key_dim * heads, 1, 1, None, 1, false, &format!("{scope}.qkv"))?;
+        let view = Op::Reshape(Reshape {
+            shape: vec![
+                ReshapeDim::Of { input: 0, axis: 0 },
+                ReshapeDim::Fixed(heads),
+                ReshapeDim::Fixed(2 * key_dim + head_dim),
+                ReshapeDim::Infer,
+            ],
+        });
+        let qkv = self.g.add1(view, &[qkv], &format!("{scope}.view"), scope)?;
+        let names = [format!("{scope}.q"), format!("{scope}.k"), format!("{scope}.v")];
+        let qkv = self.g.add_node(
+            Op::Split(Split { axis: 2, sizes: vec![key_dim, key_dim, head_dim] }),
+            &[qkv],
+            &[&names[0], &names[1], &names[2]],
+            scope,
+        )?;
+        let (q, k, v) = (qkv[0], qkv[1], qkv[2]);
+        let t = Op::Transpose(Transpose { perm: vec![0, 1, 3, 2] });
+        let qt = self.g.add1(t.clone(), &[q], &format!("{scope}.qT"), scope)?;
+        let attn = self.g.add1(Op::MatMul, &[qt, k], &format!("{scope}.qk"), scope)?;
+        let scale = self.scalar(&format!("{scope}.scale"), (key_dim as f32).powf(-0.5));
+        let attn = self.g.add1(Op::Binary(Binary::Mul), &[attn, scale], &format!("{scope}.scaled"), scope)?;
+        let attn = self.g.add1(Op::Softmax(Axis { axis: 3 }), &[attn], &format!("{scope}.softmax"), scope)?;
+        let at = self.g.add1(t, &[attn], &format!("{scope}.attnT"), scope)?;
+        let o = self.g.add1(Op::MatMul, &[v, at], &format!("{scope}.av"), scope)?;
+        let back = Op::Reshape(Reshape {
+            shape: vec![
+                ReshapeDim::Of { input: 0, axis: 0 },
+                ReshapeDim::Fixed(dim),
+                ReshapeDim::Of { input: 1, axis: 2 },
+                ReshapeDim::Of { input: 1, axis: 3 },
+            ],
+        });
+        let o = self.g.add1(back.clone(), &[o, x], &format!("{scope}.out"), scope)?;
+        let vimg = self.g.add1(back, &[v, x], &format!("{scope}.v_img"), scope)?;
+        let pe = self.conv(vimg, dim, 3, 1, None, dim, false, &format!("{scope}.pe"))?;
+        let o = self.add(o, pe, &format!("{scope}.add"), scope)?;
+        self.conv(o, dim, 1, 1, None, 1, false, &format!("{scope}.proj"))
+    }
+
+    /// Ultralytics `C2PSA(c1, c2, n, e=0.5)` with `n` PSABlocks.
+    pub fn c2psa(&mut self, x: ValueId, c2: usize, n: usize, scope: &str) -> Result<ValueId> {
+        let c1 = self.channels(x);
+        if c1 != c2 {
+            bail!("{scope}: C2PSA needs equal input and output channels, got {c1} and {c2}");
+        }
+        let c = c1 / 2;
+        if c < 64 {
+            bail!("{scope}: C2PSA with {c1} channels leaves no 64-wide attention head");
+        }
+        let y = self.conv(x, 2 * c, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
+        let c = self.halves(y, scope)?;
+        let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
+        let ab =
+            self.g.add_node(Op::Split(Split { axis: 1, sizes: vec![c, c] }), &[y], &[&names[0], &names[1]], scope)?;
+        let mut b = ab[1];
+        for i in 0..n {
+            let m = format!("{scope}.m.{i}");
+            let at = self.attention(b, c / 64, &format!("{m}.attn"))?;
+            b = self.add(b, at, &format!("{m}.add_attn"), &m)?;
+            let f = self.conv(b, 2 * c, 1, 1, None, 1, true, &format!("{m}.ffn.0"))?;
+            let f = self.conv(f, c, 1, 1, None, 1, false, &format!("{m}.ffn.1"))?;
+            b = self.add(b, f, &format!("{m}.add_ffn"), &m)?;
+        }
+        let cat = self.concat(&[ab[0], b], &format!("{scope}.cat"), scope)?;
+        self.conv(cat, c1, 1, 1, None, 1, true, &format!("{scope}.cv2"))
+    }
+}
