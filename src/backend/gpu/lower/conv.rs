@@ -13,10 +13,7 @@ use slimc_ir::{BatchNorm, Conv2d, Op};
 impl Builder<'_> {
     /// A convolution's input gradient.
     pub(super) fn conv_grad_input(&mut self, at: &At, c: &Conv2d) -> Result<()> {
-        let n = at.n;
-        let x = at.x;
-        let out = at.out.clone();
-
+        let (n, x, out) = (at.n, at.x, at.out.clone());
         let geo = ConvGeometry::new(&self.shape(n.inputs[2]), &self.shape(n.inputs[1]), c);
         let (dy, w, dummy) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone(), self.dummy.clone());
         if !self.conv_packed(packed::Pass::GradInput, &geo, c, [&dy, &w, &dummy, &out])? {
@@ -27,11 +24,7 @@ impl Builder<'_> {
 
     /// A convolution's weight gradient: chunked partial sums, then their reduction.
     pub(super) fn conv_grad_weight(&mut self, at: &At, c: &Conv2d) -> Result<()> {
-        let n = at.n;
-        let x = at.x;
-        let out = at.out.clone();
-        let limit = at.limit;
-
+        let (n, x, out, limit) = (at.n, at.x, at.out.clone(), at.limit);
         let geo = ConvGeometry::new(&self.shape(n.inputs[1]), &self.shape(n.inputs[2]), c);
         let (dy, xv, dummy) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone(), self.dummy.clone());
         if self.conv_packed(packed::Pass::GradWeight, &geo, c, [&xv, &dy, &dummy, &out])? {

@@ -10,10 +10,7 @@ use slimc_ir::{Anchors, Slice};
 impl Builder<'_> {
     /// A concatenation: one strided copy per part.
     pub(super) fn concat(&mut self, at: &At, axis: &usize) -> Result<()> {
-        let n = at.n;
-        let y = at.y;
-        let out = at.out.clone();
-
+        let (n, y, out) = (at.n, at.y, at.out.clone());
         let os = self.shape(y);
         let so = contiguous(&os);
         let mut at = 0;
@@ -32,10 +29,7 @@ impl Builder<'_> {
 
     /// A split: one strided copy per piece.
     pub(super) fn split(&mut self, at: &At, axis: &usize) -> Result<()> {
-        let n = at.n;
-        let x = at.x;
-        let xs = at.xs.clone();
-
+        let (n, x, xs) = (at.n, at.x, at.xs.clone());
         let sx = contiguous(&xs);
         let mut at = 0;
         for &o in &n.outputs {
@@ -54,11 +48,7 @@ impl Builder<'_> {
 
     /// A strided slice as a copy.
     pub(super) fn slice(&mut self, at: &At, Slice { axes, starts, ends, steps }: &Slice) -> Result<()> {
-        let x = at.x;
-        let y = at.y;
-        let xs = at.xs.clone();
-        let out = at.out.clone();
-
+        let (x, y, xs, out) = (at.x, at.y, at.xs.clone(), at.out.clone());
         let os = self.shape(y);
         let (offset, strides) = slice_view(&xs, axes, starts, ends, steps)?;
         let view =
@@ -69,11 +59,7 @@ impl Builder<'_> {
 
     /// A transpose as a copy.
     pub(super) fn transpose(&mut self, at: &At, perm: &[usize]) -> Result<()> {
-        let x = at.x;
-        let y = at.y;
-        let xs = at.xs.clone();
-        let out = at.out.clone();
-
+        let (x, y, xs, out) = (at.x, at.y, at.xs.clone(), at.out.clone());
         let os = self.shape(y);
         let view = View::copy(
             &os,
@@ -86,10 +72,7 @@ impl Builder<'_> {
 
     /// A reshape as a contiguous copy.
     pub(super) fn reshape(&mut self, at: &At) -> Result<()> {
-        let x = at.x;
-        let xs = at.xs.clone();
-        let out = at.out.clone();
-
+        let (x, xs, out) = (at.x, at.xs.clone(), at.out.clone());
         let numel: usize = xs.iter().product();
         let view = View::copy(&[numel], &Strided { offset: 0, strides: &[1] }, &Strided { offset: 0, strides: &[1] })?;
         self.copy(view, numel, x, &out)?;
@@ -98,10 +81,7 @@ impl Builder<'_> {
 
     /// Nearest-neighbour upsampling as a copy with zero strides.
     pub(super) fn upsample(&mut self, at: &At, scale: &[usize; 2]) -> Result<()> {
-        let x = at.x;
-        let xs = at.xs.clone();
-        let out = at.out.clone();
-
+        let (x, xs, out) = (at.x, at.xs.clone(), at.out.clone());
         // The output [N, C, H·s, W·s] as [N·C, H, s, W, s], reading the input with zero
         // strides along the repeats.
         let (h, w) = (xs[2], xs[3]);
@@ -118,11 +98,7 @@ impl Builder<'_> {
 
     /// The anchor grid, level by level.
     pub(super) fn anchors(&mut self, at: &At, Anchors { strides, offset }: &Anchors) -> Result<()> {
-        let n = at.n;
-        let y = at.y;
-        let out = at.out.clone();
-        let limit = at.limit;
-
+        let (n, y, out, limit) = (at.n, at.y, at.out.clone(), at.limit);
         let total = self.shape(y)[1];
         let st = self.buf(n.outputs[1]).clone();
         let mut first = 0;
@@ -150,11 +126,7 @@ impl Builder<'_> {
 
     /// Upsampling's gradient: block sums.
     pub(super) fn upsample_grad(&mut self, at: &At, scale: &[usize; 2]) -> Result<()> {
-        let x = at.x;
-        let y = at.y;
-        let out = at.out.clone();
-        let limit = at.limit;
-
+        let (x, y, out, limit) = (at.x, at.y, at.out.clone(), at.limit);
         let os = self.shape(y);
         let p = kernels::BlockParams {
             n_planes: (os[0] * os[1]) as u32,
@@ -173,12 +145,7 @@ impl Builder<'_> {
 
     /// A slice's gradient: zeros, then the slice's elements copied in.
     pub(super) fn slice_grad(&mut self, at: &At, Slice { axes, starts, ends, steps }: &Slice) -> Result<()> {
-        let n = at.n;
-        let x = at.x;
-        let xs = at.xs.clone();
-        let out = at.out.clone();
-        let limit = at.limit;
-
+        let (n, x, xs, out, limit) = (at.n, at.x, at.xs.clone(), at.out.clone(), at.limit);
         let full = self.shape(n.inputs[1]);
         let numel: usize = full.iter().product();
         let f = kernels::FillParams { n: numel as u32, value: 0.0, pad: [0; 2] };

@@ -9,11 +9,7 @@ use slimc_ir::BatchNorm;
 impl Builder<'_> {
     /// Inference-mode batch norm.
     pub(super) fn batch_norm(&mut self, at: &At, BatchNorm { eps, .. }: &BatchNorm) -> Result<()> {
-        let n = at.n;
-        let xs = at.xs.clone();
-        let out = at.out.clone();
-        let limit = at.limit;
-
+        let (n, xs, out, limit) = (at.n, at.xs.clone(), at.out.clone(), at.limit);
         let numel: usize = xs.iter().product();
         let p = kernels::NormParams {
             numel: numel as u32,
@@ -30,10 +26,7 @@ impl Builder<'_> {
 
     /// Training-mode batch norm: statistics, then the normalisation.
     pub(super) fn batch_norm_train(&mut self, at: &At, BatchNorm { eps, momentum }: &BatchNorm) -> Result<()> {
-        let n = at.n;
-        let xs = at.xs.clone();
-        let limit = at.limit;
-
+        let (n, xs, limit) = (at.n, at.xs.clone(), at.limit);
         let count = xs[0] * xs[2..].iter().product::<usize>();
         let p = self.train_params(&xs, *eps, *momentum, count);
         let b: Vec<wgpu::Buffer> = n.inputs.iter().chain(&n.outputs).map(|&v| self.buf(v).clone()).collect();
@@ -48,9 +41,7 @@ impl Builder<'_> {
 
     /// Batch norm's gradient: channel sums, then the input gradient.
     pub(super) fn batch_norm_grad(&mut self, at: &At) -> Result<()> {
-        let n = at.n;
-        let limit = at.limit;
-
+        let (n, limit) = (at.n, at.limit);
         let xs = self.shape(n.inputs[1]);
         let p = self.train_params(&xs, 0.0, 0.0, 0);
         let b: Vec<wgpu::Buffer> = n.inputs.iter().chain(&n.outputs).map(|&v| self.buf(v).clone()).collect();

@@ -10,10 +10,7 @@ use slimc_ir::Update;
 impl Builder<'_> {
     /// Gradient accumulation (two results) or the EMA update (one).
     pub(super) fn accumulate_or_ema(&mut self, at: &At, accumulate: bool) -> Result<()> {
-        let n = at.n;
-        let xs = at.xs.clone();
-        let limit = at.limit;
-
+        let (n, xs, limit) = (at.n, at.xs.clone(), at.limit);
         let numel: usize = xs.iter().product();
         let p = kernels::CountParams { n: numel as u32, pad: [0; 3] };
         let b: Vec<wgpu::Buffer> = n.inputs.iter().chain(&n.outputs).map(|&v| self.buf(v).clone()).collect();
@@ -30,10 +27,7 @@ impl Builder<'_> {
 
     /// The global gradient norm: partial sums of squares per block, then their root.
     pub(super) fn global_norm(&mut self, at: &At) -> Result<()> {
-        let n = at.n;
-        let out = at.out.clone();
-        let limit = at.limit;
-
+        let (n, out, limit) = (at.n, at.out.clone(), at.limit);
         let sizes: Vec<usize> = n.inputs.iter().map(|&v| self.shape(v).iter().product()).collect();
         let blocks: Vec<usize> = sizes.iter().map(|s| s.div_ceil(4096).max(1)).collect();
         let total: usize = blocks.iter().sum();
@@ -55,10 +49,7 @@ impl Builder<'_> {
 
     /// An SGD or AdamW update.
     pub(super) fn update(&mut self, at: &At, u: &Update, adamw: bool) -> Result<()> {
-        let n = at.n;
-        let xs = at.xs.clone();
-        let limit = at.limit;
-
+        let (n, xs, limit) = (at.n, at.xs.clone(), at.limit);
         let numel: usize = xs.iter().product();
         let p = kernels::UpdateParams {
             n: numel as u32,

@@ -25,13 +25,7 @@ impl Builder<'_> {
 
     /// Broadcast arithmetic.
     pub(super) fn binary(&mut self, at: &At, op: Binary) -> Result<()> {
-        let n = at.n;
-        let x = at.x;
-        let y = at.y;
-        let xs = at.xs.clone();
-        let out = at.out.clone();
-        let limit = at.limit;
-
+        let (n, x, y, xs, out, limit) = (at.n, at.x, at.y, at.xs.clone(), at.out.clone(), at.limit);
         let os = self.shape(y);
         let ys = self.shape(n.inputs[1]);
         let (sa, sb, so) = (broadcast_strides(&xs, &os), broadcast_strides(&ys, &os), contiguous(&os));
@@ -60,13 +54,7 @@ impl Builder<'_> {
 
     /// A batched matmul.
     pub(super) fn matmul(&mut self, at: &At) -> Result<()> {
-        let n = at.n;
-        let x = at.x;
-        let y = at.y;
-        let xs = at.xs.clone();
-        let out = at.out.clone();
-        let limit = at.limit;
-
+        let (n, x, y, xs, out, limit) = (at.n, at.x, at.y, at.xs.clone(), at.out.clone(), at.limit);
         let os = self.shape(y);
         let bs = self.shape(n.inputs[1]);
         let r = os.len();
@@ -97,11 +85,7 @@ impl Builder<'_> {
 
     /// Softmax along an axis.
     pub(super) fn softmax(&mut self, at: &At, axis: &usize) -> Result<()> {
-        let x = at.x;
-        let xs = at.xs.clone();
-        let out = at.out.clone();
-        let limit = at.limit;
-
+        let (x, xs, out, limit) = (at.x, at.xs.clone(), at.out.clone(), at.limit);
         let p = lines(&xs, *axis);
         let a = self.buf(x).clone();
         let count = (p.outer * p.inner) as usize;
@@ -111,12 +95,7 @@ impl Builder<'_> {
 
     /// Softmax's gradient.
     pub(super) fn softmax_grad(&mut self, at: &At, axis: &usize) -> Result<()> {
-        let n = at.n;
-        let x = at.x;
-        let xs = at.xs.clone();
-        let out = at.out.clone();
-        let limit = at.limit;
-
+        let (n, x, xs, out, limit) = (at.n, at.x, at.xs.clone(), at.out.clone(), at.limit);
         let p = lines(&xs, *axis);
         let y = self.buf(n.inputs[1]).clone();
         let dy = self.buf(x).clone();
@@ -128,12 +107,7 @@ impl Builder<'_> {
 
     /// The sum over broadcast axes.
     pub(super) fn sum_to(&mut self, at: &At) -> Result<()> {
-        let x = at.x;
-        let y = at.y;
-        let xs = at.xs.clone();
-        let out = at.out.clone();
-        let limit = at.limit;
-
+        let (x, y, xs, out, limit) = (at.x, at.y, at.xs.clone(), at.out.clone(), at.limit);
         let os = self.shape(y);
         let r = xs.len();
         let mut padded = vec![1; r - os.len()];

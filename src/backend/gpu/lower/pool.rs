@@ -9,11 +9,7 @@ use slimc_ir::Pool;
 impl Builder<'_> {
     /// Max pooling.
     pub(super) fn max_pool(&mut self, at: &At, Pool { kernel, stride, pad }: &Pool) -> Result<()> {
-        let x = at.x;
-        let xs = at.xs.clone();
-        let out = at.out.clone();
-        let limit = at.limit;
-
+        let (x, xs, out, limit) = (at.x, at.xs.clone(), at.out.clone(), at.limit);
         let p = pool_params(&xs, *kernel, *stride, *pad);
         let a = self.buf(x).clone();
         let numel = (p.n_planes * p.oh * p.ow) as usize;
@@ -23,11 +19,7 @@ impl Builder<'_> {
 
     /// Max pooling's gradient.
     pub(super) fn max_pool_grad(&mut self, at: &At, Pool { kernel, stride, pad }: &Pool) -> Result<()> {
-        let n = at.n;
-        let x = at.x;
-        let out = at.out.clone();
-        let limit = at.limit;
-
+        let (n, x, out, limit) = (at.n, at.x, at.out.clone(), at.limit);
         let xs = self.shape(n.inputs[1]);
         let p = pool_params(&xs, *kernel, *stride, *pad);
         let (dy, xv) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone());
