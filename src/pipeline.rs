@@ -6,6 +6,7 @@ use crate::bn_hist::bn_hist;
 use crate::data::dataset::{load_dataset_spec, scan};
 use crate::data::loader::Split;
 use crate::device::Device;
+use crate::export::pt::{save_pt, PtOptions};
 use crate::export::{export_onnx, ExportOptions};
 use crate::info::model_info;
 use crate::plot::annotate::{mosaic, save_image, side_by_side};
@@ -182,9 +183,19 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     };
     std::fs::write(cfg.dir.join("prune.txt"), pruned.summary.table())?;
     row("pruned", &save(&pruned.model, "pruned.slim")?, &pruned.model)?;
+    // The pruned and the final model as Ultralytics checkpoints, for its own tools (a model
+    // without an Ultralytics architecture, say a .slim from before slimc kept one, gets none).
+    let mut pt_warnings = vec![];
+    let mut write_pt = |m: &Model, name: &str| {
+        if let Err(e) = save_pt(m, &cfg.dir.join(name), PtOptions::default()) {
+            pt_warnings.push(format!("{name} not written: {e:#}"));
+        }
+    };
+    write_pt(&pruned.model, "pruned.pt");
     // 5. Fine-tune the narrower graph.
     let tuned = train_stage(pruned.model, stage_dir(cfg, "3-finetune", cfg.finetune_epochs), false, device)?;
     let final_path = save(&tuned, "final.slim")?;
+    write_pt(&tuned, "final.pt");
     let final_val = row("fine-tuned", &final_path, &tuned)?;
     if let Err(e) = compare(&trained_val, &final_val, &spec.names, &cfg.dir) {
         eprintln!("WARNING before/after pictures: {e:#}");
@@ -196,7 +207,8 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     for (r, ms) in rows.iter_mut().zip(ort_latencies(&exports, [imgsz, imgsz], 10)?) {
         r.ort_ms = ms;
     }
-    let warnings = latency_warnings(&rows);
+    let mut warnings = latency_warnings(&rows);
+    warnings.extend(pt_warnings);
     for w in &warnings {
         eprintln!("WARNING {w}");
     }
@@ -321,7 +333,7 @@ impl Summary {
             s += &format!("- clamped: {c}\n");
         }
         s += "\nBefore and after: [compare_val.jpg](compare_val.jpg) (the trained and the final model's detections on the first val batch) and [compare_PR.png](compare_PR.png) (their precision-recall curves); each training stage's folder holds its validation plots (BoxPR_curve.png, confusion_matrix.png, val_batch0_pred.jpg, ...).\n";
-        s += &format!("\nTotal time {:.1} min. Files: gamma.png, gamma_layers.png, prune.txt, */results.csv, */results.png, *.slim, *.onnx.\n", self.seconds / 60.0);
+        s += &format!("\nTotal time {:.1} min. Files: gamma.png, gamma_layers.png, prune.txt, */results.csv, */results.png, *.slim, *.onnx, and pruned.pt and final.pt (Ultralytics checkpoints: `YOLO(\"final.pt\")`).\n", self.seconds / 60.0);
         s
     }
 }

@@ -32,6 +32,10 @@ pub struct Metadata {
     /// Facts about the file the model was imported from (an Ultralytics checkpoint's version,
     /// date, training arguments and metrics), as text by key.
     pub origin: BTreeMap<String, String>,
+    /// The Ultralytics model YAML the graph was built from (with its `scale`, `nc` and
+    /// `yaml_file`), as YAML text; empty for a model without one (an ONNX import). Writing an
+    /// Ultralytics checkpoint needs it.
+    pub architecture: String,
 }
 
 /// A graph with its tensors and metadata.
@@ -86,6 +90,8 @@ struct MetaMsg {
     scale: String,
     #[prost(btree_map = "string, string", tag = "6")]
     origin: BTreeMap<String, String>,
+    #[prost(string, tag = "7")]
+    architecture: String,
 }
 
 impl Model {
@@ -159,6 +165,7 @@ impl Model {
                 source: m.source.clone(),
                 scale: m.scale.clone(),
                 origin: m.origin.clone(),
+                architecture: m.architecture.clone(),
             }),
             training_state: self.training_state.clone(),
         };
@@ -213,6 +220,7 @@ impl Model {
                 source: m.source,
                 scale: m.scale,
                 origin: m.origin,
+                architecture: m.architecture,
             },
             training_state: msg.training_state,
         };

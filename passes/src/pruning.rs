@@ -34,11 +34,22 @@ pub struct PruneOptions {
     pub min_channels: usize,
     /// Kept channel counts are rounded up to a multiple of this.
     pub round_to: usize,
+    /// A channel split into equal parts keeps equal parts (Ultralytics' `C2f`, `C3k2` and
+    /// `C2PSA` chunk their first conv's output in two halves, so only such a model runs in
+    /// stock Ultralytics).
+    pub even_splits: bool,
 }
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { ratio: 0.3, policy: Policy::Groups, importance: Importance::Max, min_channels: 8, round_to: 8 }
+        PruneOptions {
+            ratio: 0.3,
+            policy: Policy::Groups,
+            importance: Importance::Max,
+            min_channels: 8,
+            round_to: 8,
+            even_splits: false,
+        }
     }
 }
 

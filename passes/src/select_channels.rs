@@ -4,7 +4,7 @@
 use crate::group_channels::ChannelGroups;
 use crate::pruning::{Importance, Policy, PruneOptions, Selection};
 use crate::seed_policy::{bn_name, seed_unprunable};
-use slimc_ir::{IrError, Model, NodeId, Op};
+use slimc_ir::{IrError, Model, NodeId, Op, Split};
 use std::collections::BTreeMap;
 
 /// Chooses the groups to remove: the candidates (prunable groups; under `--policy seed` only
@@ -125,5 +125,52 @@ pub fn select(model: &Model, groups: &ChannelGroups, o: &PruneOptions) -> Result
             o.min_channels
         ));
     }
+    if o.even_splits {
+        even_splits(model, groups, &importance, &mut pruned, &mut clamped);
+    }
     Ok(Selection { pruned, threshold, clamped, candidates: order.len() })
+}
+
+/// Restores the most important removed channels of the smaller parts of every channel split
+/// into equal parts until its parts keep equal counts again.
+fn even_splits(
+    model: &Model,
+    groups: &ChannelGroups,
+    importance: &[f32],
+    pruned: &mut [bool],
+    clamped: &mut Vec<String>,
+) {
+    let g = &model.graph;
+    for n in &g.nodes {
+        let Op::Split(Split { axis: 1, sizes }) = &n.op else { continue };
+        if sizes.len() < 2 || sizes.iter().any(|&s| s != sizes[0]) {
+            continue;
+        }
+        let parts: Vec<&Vec<usize>> = n.outputs.iter().filter_map(|v| groups.of[v.0].as_ref()).collect();
+        if parts.len() != sizes.len() {
+            continue;
+        }
+        let kept = |p: &Vec<usize>, pruned: &[bool]| p.iter().filter(|&&k| !pruned[k]).count();
+        let before: Vec<usize> = parts.iter().map(|p| kept(p, pruned)).collect();
+        // Restoring a channel may restore a coupled one elsewhere: repeat until the parts agree.
+        for _ in 0..sizes[0] {
+            let counts: Vec<usize> = parts.iter().map(|p| kept(p, pruned)).collect();
+            let most = *counts.iter().max().expect("two parts");
+            if counts.iter().all(|&c| c == most) {
+                break;
+            }
+            for (p, &c) in parts.iter().zip(&counts) {
+                let mut removed: Vec<usize> = p.iter().copied().filter(|&k| pruned[k]).collect();
+                removed.sort_by(|&a, &b| importance[b].total_cmp(&importance[a]).then(a.cmp(&b)));
+                removed.dedup();
+                for k in removed.into_iter().take(most - c) {
+                    pruned[k] = false;
+                }
+            }
+        }
+        let after: Vec<usize> = parts.iter().map(|p| kept(p, pruned)).collect();
+        if after != before {
+            clamped.push(format!("{}: split parts keep {before:?}; evened to {after:?}", g.value(n.inputs[0]).name));
+        }
+    }
 }

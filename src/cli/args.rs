@@ -194,13 +194,13 @@ pub fn refuse_overwrite(output: &Path, inputs: &[Vec<PathBuf>]) -> Result<()> {
     Ok(())
 }
 
-/// Writes a model file, which must be a `.slim`.
+/// Writes a model file: a `.slim`, or by its extension an Ultralytics `.pt` checkpoint.
 pub fn save(model: &Model, path: &Path) -> Result<()> {
-    if format_of(&path.display().to_string())? != ModelFormat::Slim {
-        bail!("{}: the output must be a .slim file", path.display());
+    match format_of(&path.display().to_string())? {
+        ModelFormat::Slim => Ok(model.save(path)?),
+        ModelFormat::Pt => slimc::export::pt::save_pt(model, path, Default::default()),
+        _ => bail!("{}: the output must be a .slim file or an Ultralytics .pt checkpoint", path.display()),
     }
-    model.save(path)?;
-    Ok(())
 }
 
 /// `project/name`, or `project/name2`, `name3`, ... if it exists (as Ultralytics increments

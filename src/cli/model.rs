@@ -312,9 +312,16 @@ pub fn opt(a: OptArgs) -> Result<()> {
 pub struct ExportArgs {
     #[command(flatten)]
     m: ModelArgs,
-    /// Output .onnx file.
+    /// Output file: .onnx, or .pt (an Ultralytics checkpoint).
     #[arg(short, long)]
     output: PathBuf,
+    /// onnx, or pt (an Ultralytics checkpoint Ultralytics loads, fine-tunes and exports); by
+    /// default the output's extension decides, else onnx.
+    #[arg(long, value_parser = ["onnx", "pt"])]
+    format: Option<String>,
+    /// pt: fp32 tensors (Ultralytics saves fp16).
+    #[arg(long)]
+    fp32: bool,
     /// ONNX opset (13-22).
     #[arg(long, default_value_t = 17)]
     opset: i64,
@@ -326,10 +333,22 @@ pub struct ExportArgs {
     keep_bn: bool,
 }
 
-/// Writes the model as ONNX.
+/// Writes the model as ONNX or as an Ultralytics checkpoint.
 pub fn export(a: ExportArgs) -> Result<()> {
     refuse_overwrite(&a.output, &[a.m.input_files()])?;
     let model = a.m.load()?;
+    let by_extension = a.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("pt"));
+    if a.format.as_deref() == Some("pt") || (a.format.is_none() && by_extension) {
+        export::pt::save_pt(&model, &a.output, export::pt::PtOptions { fp32: a.fp32 })?;
+        let bytes = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "wrote {} ({:.1} MB, Ultralytics checkpoint, {})",
+            a.output.display(),
+            bytes as f64 / 1e6,
+            if a.fp32 { "fp32" } else { "fp16" }
+        );
+        return Ok(());
+    }
     let opts = export::ExportOptions { opset: a.opset, imgsz: a.m.imgsz, dynamic: a.dynamic, keep_bn: a.keep_bn };
     let out = export::export_onnx(&model, &opts)?;
     slimc_ir::write_atomic(&a.output, &out.bytes)?;

@@ -107,9 +107,14 @@ pub struct PruneArgs {
     /// Print the IR (and the analyses) after every pass.
     #[arg(long)]
     print_ir_after_all: bool,
-    /// Output .slim file (not with --sweep).
+    /// Output .slim file, or .pt for an Ultralytics checkpoint (prune.pt; implies
+    /// --even-splits); not with --sweep.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Keep a split into equal parts equal (Ultralytics' C2f, C3k2 and C2PSA chunk their first
+    /// conv's output in halves, so a model pruned otherwise has no stock Ultralytics form).
+    #[arg(long)]
+    even_splits: bool,
     /// Machine-readable report.
     #[arg(long)]
     json: bool,
@@ -129,6 +134,8 @@ pub fn prune(a: PruneArgs) -> Result<()> {
         importance: a.importance.into(),
         min_channels: a.min_channels,
         round_to: a.round_to,
+        // An Ultralytics checkpoint runs only with even C2f/C3k2/C2PSA halves.
+        even_splits: a.even_splits || a.output.as_ref().is_some_and(|o| o.extension().is_some_and(|e| e == "pt")),
     };
     if let Some(text) = &a.sweep {
         if a.output.is_some() {
@@ -136,7 +143,7 @@ pub fn prune(a: PruneArgs) -> Result<()> {
         }
         return sweep(&a, &model, &opts, text);
     }
-    let Some(output) = &a.output else { bail!("-o/--output (the pruned .slim) is required") };
+    let Some(output) = &a.output else { bail!("-o/--output (the pruned .slim or .pt) is required") };
     refuse_overwrite(output, &[a.m.input_files()])?;
     let r = match budget {
         Some(b) => {
@@ -295,7 +302,8 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
         sparse_epochs: a.sparse_epochs.unwrap_or(a.epochs),
         sparse_nbs: a.sparse_nbs.unwrap_or(a.batch),
         finetune_epochs: a.finetune_epochs.unwrap_or(a.epochs),
-        prune: PruneOptions { ratio: a.ratio, policy: a.policy.into(), ..Default::default() },
+        // Even C2f/C3k2/C2PSA halves, so pruned.pt and final.pt run in stock Ultralytics.
+        prune: PruneOptions { ratio: a.ratio, policy: a.policy.into(), even_splits: true, ..Default::default() },
         budget: a.budget.budget()?,
         trained: a.trained,
         dir: run_dir(&a.project, &a.name)?,

@@ -65,6 +65,9 @@ pub struct ModelSpec {
     pub max_channels: usize,
     /// Layers: backbone then head.
     pub layers: Vec<LayerSpec>,
+    /// The YAML as Ultralytics keeps it in a model (`nc` resolved, `scale`, `yaml_file` and
+    /// `channels` set), as text.
+    pub yaml: String,
 }
 
 /// Python's `round` (half to even) on non-negative values.
@@ -202,7 +205,21 @@ pub fn spec_from_doc(doc: &Yaml, source: &str, scale: Option<char>, nc_override:
     if layers.is_empty() {
         bail!("{source}: the model has no layers");
     }
-    Ok(ModelSpec { source: source.to_string(), nc, scale: scale_name, depth, width, max_channels, layers })
+    let yaml = as_kept(doc, nc, &scale_name, source)?;
+    Ok(ModelSpec { source: source.to_string(), nc, scale: scale_name, depth, width, max_channels, layers, yaml })
+}
+
+/// `doc` as Ultralytics' `yaml_model_load` leaves it on a model: with the class count in use,
+/// the scale letter, the file name and the input channels.
+fn as_kept(doc: &Yaml, nc: usize, scale: &str, source: &str) -> Result<String> {
+    let mut h = doc.as_hash().cloned().ok_or_else(|| anyhow!("{source}: the model YAML is not a mapping"))?;
+    h.insert(Yaml::String("nc".into()), Yaml::Integer(nc as i64));
+    h.insert(Yaml::String("scale".into()), Yaml::String(scale.into()));
+    h.insert(Yaml::String("yaml_file".into()), Yaml::String(source.into()));
+    h.entry(Yaml::String("channels".into())).or_insert(Yaml::Integer(3));
+    let mut text = String::new();
+    yaml_rust2::YamlEmitter::new(&mut text).dump(&Yaml::Hash(h)).map_err(|e| anyhow!("{source}: {e}"))?;
+    Ok(text)
 }
 
 /// A scale's channel cap: a whole number in 1..=16384.

@@ -2,7 +2,6 @@
 
 use super::proto::*;
 use super::Importer;
-use crate::export::onnx_binary;
 use anyhow::{anyhow, bail, Result};
 use onnx_protobuf::NodeProto;
 use slimc_ir::{Axis, BatchNorm, Binary, Pool, Reshape, Slice, Split, Transpose, Unary, Upsample};

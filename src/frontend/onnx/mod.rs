@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use onnx_protobuf::{
     attribute_proto::AttributeType, tensor_shape_proto::dimension, type_proto, Message, ModelProto, NodeProto,
 };
+pub(crate) use proto::onnx_binary;
 pub use proto::tensor_from_proto;
 use proto::*;
 use slimc_ir::Unary;

@@ -3,6 +3,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use onnx_protobuf::{NodeProto, TensorProto};
+use slimc_ir::Binary;
 use slimc_ir::{Tensor, TensorData};
 
 /// Converts an ONNX tensor to a slimc tensor (f32 for floats, i64 for integers and booleans).
@@ -120,5 +121,15 @@ pub(super) fn pair(v: &[i64], what: &str) -> Result<[usize; 2]> {
     match v {
         [a, b] if *a >= 0 && *b >= 0 => Ok([*a as usize, *b as usize]),
         _ => bail!("{what} must have two non-negative values, found {v:?}"),
+    }
+}
+
+/// The ONNX operator of an elementwise arithmetic op (export writes it, import reads it).
+pub(crate) fn onnx_binary(op: Binary) -> &'static str {
+    match op {
+        Binary::Add => "Add",
+        Binary::Sub => "Sub",
+        Binary::Mul => "Mul",
+        Binary::Div => "Div",
     }
 }

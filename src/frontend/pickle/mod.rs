@@ -14,6 +14,7 @@ mod opcodes;
 mod torch;
 mod value;
 mod vm;
+pub mod write;
 
 pub use value::{visit_budget, Id, Pickle, StorageDtype, TensorRef, Value, MAX_DEPTH};
 pub use vm::{load, PickleError};

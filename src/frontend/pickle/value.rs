@@ -31,21 +31,28 @@ pub enum StorageDtype {
 }
 
 impl StorageDtype {
+    /// Every dtype with its torch storage class name.
+    const CLASSES: [(StorageDtype, &'static str); 10] = [
+        (StorageDtype::F16, "HalfStorage"),
+        (StorageDtype::BF16, "BFloat16Storage"),
+        (StorageDtype::F32, "FloatStorage"),
+        (StorageDtype::F64, "DoubleStorage"),
+        (StorageDtype::I64, "LongStorage"),
+        (StorageDtype::I32, "IntStorage"),
+        (StorageDtype::I16, "ShortStorage"),
+        (StorageDtype::I8, "CharStorage"),
+        (StorageDtype::U8, "ByteStorage"),
+        (StorageDtype::Bool, "BoolStorage"),
+    ];
+
     /// The dtype of a storage class name (`HalfStorage`), if torch has one of that name.
     pub fn from_class(name: &str) -> Option<StorageDtype> {
-        Some(match name {
-            "HalfStorage" => StorageDtype::F16,
-            "BFloat16Storage" => StorageDtype::BF16,
-            "FloatStorage" => StorageDtype::F32,
-            "DoubleStorage" => StorageDtype::F64,
-            "LongStorage" => StorageDtype::I64,
-            "IntStorage" => StorageDtype::I32,
-            "ShortStorage" => StorageDtype::I16,
-            "CharStorage" => StorageDtype::I8,
-            "ByteStorage" => StorageDtype::U8,
-            "BoolStorage" => StorageDtype::Bool,
-            _ => return None,
-        })
+        Self::CLASSES.iter().find(|(_, n)| *n == name).map(|(d, _)| *d)
+    }
+
+    /// The torch storage class name of the dtype (`HalfStorage`).
+    pub fn class(self) -> &'static str {
+        Self::CLASSES.iter().find(|(d, _)| *d == self).map(|(_, n)| *n).expect("every dtype is in the table")
     }
 
     /// Bytes per element.

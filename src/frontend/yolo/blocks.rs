@@ -20,15 +20,16 @@ impl Lowering<'_> {
         let c_ = (c2 as f64 * e) as usize;
         let y = self.conv(x, c_, k, 1, None, 1, true, &format!("{scope}.cv1"))?;
         let y = self.conv(y, c2, k, 1, None, 1, true, &format!("{scope}.cv2"))?;
-        // Ultralytics decides the shortcut from the module's nominal widths (`c1 == c2`);
-        // widths taken from a checkpoint must still match for the add.
+        // Ultralytics decides the shortcut when it builds the module, from its nominal widths
+        // (`c1 == c2`, which every caller here passes), and keeps it in a pruned checkpoint;
+        // the widths taken from one must still match for the add.
         let out = self.channels(y);
-        if shortcut && c1 == c2 && out != c1 {
+        if shortcut && out != c1 {
             bail!(
                 "{scope}: the residual add joins {c1} and {out} channels (the checkpoint's widths break the shortcut)"
             );
         }
-        if shortcut && c1 == c2 {
+        if shortcut {
             self.add(x, y, &format!("{scope}.add"), scope)
         } else {
             Ok(y)
@@ -159,15 +160,16 @@ impl Lowering<'_> {
     /// Ultralytics `C2PSA(c1, c2, n, e=0.5)` with `n` PSABlocks.
     pub fn c2psa(&mut self, x: ValueId, c2: usize, n: usize, scope: &str) -> Result<ValueId> {
         let c1 = self.channels(x);
-        if c1 != c2 {
+        // Ultralytics asserts c1 == c2 when it builds the module; a pruned checkpoint's widths
+        // (which the convs take from their weights) may narrow the input alone.
+        if c1 != c2 && self.widths.is_none() {
             bail!("{scope}: C2PSA needs equal input and output channels, got {c1} and {c2}");
         }
-        let c = c1 / 2;
-        if c < 64 {
-            bail!("{scope}: C2PSA with {c1} channels leaves no 64-wide attention head");
-        }
-        let y = self.conv(x, 2 * c, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
+        let y = self.conv(x, 2 * (c2 / 2), 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
         let c = self.halves(y, scope)?;
+        if c < 64 {
+            bail!("{scope}: C2PSA with {} channels leaves no 64-wide attention head", 2 * c);
+        }
         let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
         let ab =
             self.g.add_node(Op::Split(Split { axis: 1, sizes: vec![c, c] }), &[y], &[&names[0], &names[1]], scope)?;
@@ -181,6 +183,6 @@ impl Lowering<'_> {
             b = self.add(b, f, &format!("{m}.add_ffn"), &m)?;
         }
         let cat = self.concat(&[ab[0], b], &format!("{scope}.cat"), scope)?;
-        self.conv(cat, c1, 1, 1, None, 1, true, &format!("{scope}.cv2"))
+        self.conv(cat, c2, 1, 1, None, 1, true, &format!("{scope}.cv2"))
     }
 }

@@ -88,12 +88,16 @@ impl<'w> Lowering<'w> {
     ) -> Result<ValueId> {
         let c1 = self.channels(x);
         let wname = format!("{scope}.weight");
-        let c2 = match self.widths.and_then(|w| w.get(&wname)) {
-            Some(s) if s.len() == 4 && s[0] > 0 && s[2] == k && s[3] == k && s[1].checked_mul(g) == Some(c1) => s[0],
+        let (c2, g) = match self.widths.and_then(|w| w.get(&wname)) {
+            // A depthwise conv stays depthwise at a pruned width.
+            Some(s) if s.len() == 4 && g > 1 && s[1] == 1 && s[0] == c1 && s[2] == k && s[3] == k => (c1, c1),
+            Some(s) if s.len() == 4 && s[0] > 0 && s[2] == k && s[3] == k && s[1].checked_mul(g) == Some(c1) => {
+                (s[0], g)
+            }
             Some(s) => bail!(
                 "{scope}: weight {wname} has shape {s:?}, but this {k}x{k} conv (groups {g}) receives {c1} channels"
             ),
-            None => c2,
+            None => (c2, g),
         };
         if g == 0 || c1 % g != 0 || c2 % g != 0 {
             bail!("{scope}: {c1} -> {c2} channels cannot use {g} groups");
@@ -372,6 +376,7 @@ pub fn lower(
             source: spec.source.clone(),
             scale: spec.scale.clone(),
             origin: Default::default(),
+            architecture: spec.yaml.clone(),
         },
         training_state: vec![],
     };

@@ -5,12 +5,15 @@
 //! shape the anchors are folded to constants (as Ultralytics' static export has them), with
 //! `dynamic` they are rebuilt from the feature-map shapes inside the ONNX graph.
 
+pub mod pt;
+
+use crate::frontend::onnx::onnx_binary;
 use anyhow::{anyhow, bail, Result};
 use onnx_protobuf::{
     attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, Message, ModelProto,
     NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
-use slimc_ir::{Anchors, Axis, BatchNorm, Binary, Pool, Reshape, Slice, Split, Transpose, Unary, Upsample};
+use slimc_ir::{Anchors, Axis, BatchNorm, Pool, Reshape, Slice, Split, Transpose, Unary, Upsample};
 use slimc_ir::{DType, Dim, Model, Op, ReshapeDim, Tensor, TensorData, TensorType, ValueId};
 use slimc_passes::pipelines;
 use std::collections::HashMap;
@@ -31,16 +34,6 @@ pub struct ExportOptions {
 impl Default for ExportOptions {
     fn default() -> Self {
         ExportOptions { opset: 17, imgsz: None, dynamic: false, keep_bn: false }
-    }
-}
-
-/// The ONNX operator of an elementwise arithmetic op (the ONNX frontend reads it back).
-pub(crate) fn onnx_binary(op: Binary) -> &'static str {
-    match op {
-        Binary::Add => "Add",
-        Binary::Sub => "Sub",
-        Binary::Mul => "Mul",
-        Binary::Div => "Div",
     }
 }
 
