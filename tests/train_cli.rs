@@ -184,6 +184,16 @@ fn pipeline_writes_every_stage_and_a_verified_narrower_export() {
     assert_eq!(image::image_dimensions(dir.join("compare_PR.png")).unwrap(), (2250, 1500));
     let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(md.contains("(compare_val.jpg)") && md.contains("(compare_PR.png)"), "{md}");
+    // The pruned and final models as Ultralytics checkpoints, read back with their widths.
+    assert!(md.contains("pruned.pt and final.pt") && !md.contains("not written"), "{md}");
+    for (f, slim) in [("pruned.pt", "pruned.slim"), ("final.pt", "final.slim")] {
+        let opts = slimc::load::LoadOptions::default();
+        let back = slimc::load::load_model(dir.join(f).to_str().unwrap(), &opts).unwrap();
+        let want = slimc::load::load_model(dir.join(slim).to_str().unwrap(), &opts).unwrap();
+        let shapes =
+            |m: &slimc_ir::Model| m.tensors.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect::<Vec<_>>();
+        assert_eq!(shapes(&back), shapes(&want), "{f}");
+    }
     // The sparse stage logs the share of small gammas.
     let csv = std::fs::read_to_string(dir.join("2-sparse/results.csv")).unwrap();
     assert!(csv.lines().next().unwrap().ends_with("sparsity/gamma<1e-2"));
