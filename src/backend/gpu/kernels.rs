@@ -407,9 +407,29 @@ pub fn flat_grid(n: usize, limit: u32) -> Result<[u32; 3]> {
 /// tests to have its WGSL struct's size.
 pub trait Uniform: Pod {}
 
-/// `u` bound as the uniform at `binding`.
-pub fn uniform<U: Uniform>(binding: u32, u: &U) -> (u32, &[u8]) {
-    (binding, bytemuck::bytes_of(u))
+/// `u` bound as the shader's uniform variable `name`.
+pub fn uniform<'a, U: Uniform>(name: &'a str, u: &'a U) -> (&'a str, &'a [u8]) {
+    (name, bytemuck::bytes_of(u))
+}
+
+/// The binding number of variable `name` in shader file `file` (group 0), read from the shader
+/// itself, so the lowering names operands and never numbers them.
+pub fn binding(file: &str, name: &str) -> Option<u32> {
+    static TABLE: std::sync::OnceLock<std::collections::HashMap<(&'static str, String), u32>> =
+        std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = std::collections::HashMap::new();
+        for (f, _) in SHADERS {
+            let module = wgpu::naga::front::wgsl::parse_str(&source(f)).expect("the shipped shaders parse");
+            for (_, var) in module.global_variables.iter() {
+                if let (Some(b), Some(n)) = (&var.binding, &var.name) {
+                    t.insert((*f, n.clone()), b.binding);
+                }
+            }
+        }
+        t
+    });
+    table.get(&(file, name.to_string())).copied()
 }
 
 macro_rules! uniforms {
@@ -448,6 +468,15 @@ uniforms! {
 mod tests {
     use super::*;
     use wgpu::naga;
+
+    #[test]
+    fn bindings_are_read_from_the_shaders() {
+        assert_eq!(binding("activation", "out"), Some(3));
+        assert_eq!(binding("batch_norm", "next_var"), Some(17));
+        assert_eq!(binding("conv", "P"), Some(0));
+        assert_eq!(binding("activation", "missing"), None);
+        assert_eq!(binding("no_such_file", "out"), None);
+    }
 
     #[test]
     fn every_uniform_block_has_its_wgsl_structs_size() {

@@ -38,7 +38,12 @@ impl Builder<'_> {
         let partial = storage(self.ctx, (chunks * numel) as u64 * 4, "weight-gradient partial sums");
         self.conv_gemm(2, &geo, c, false, [&xv, &dy, &dummy, &partial], chunks)?;
         let p = kernels::ChunkParams { numel: numel as u32, chunks: chunks as u32, pad: [0; 2] };
-        self.step(("conv", "conv_reduce"), &[uniform(20, &p)], &[(21, &partial), (22, &out)], flat_grid(numel, limit)?);
+        self.step(
+            ("conv", "conv_reduce"),
+            &[uniform("R", &p)],
+            &[("partial", &partial), ("summed", &out)],
+            flat_grid(numel, limit)?,
+        );
         self.scratch.push(partial);
         Ok(())
     }
@@ -68,11 +73,11 @@ impl Builder<'_> {
             Some(b) => b.inputs[1..5].iter().map(|&v| self.buf(v).clone()).collect(),
             None => vec![dummy; 4],
         };
-        let mut bindings = vec![(11, &bias)];
-        bindings.extend(stats.iter().enumerate().map(|(k, s)| (12 + k as u32, s)));
-        bindings.push((16, &coef));
+        let mut bindings = vec![("bias", &bias)];
+        bindings.extend(["gamma", "beta", "mean", "var_"].into_iter().zip(stats.iter()));
+        bindings.push(("coef_out", &coef));
         let limit = self.limit();
-        self.step(("conv", "conv_coefficients"), &[uniform(10, &fold)], &bindings, flat_grid(geo.cout, limit)?);
+        self.step(("conv", "conv_coefficients"), &[uniform("F", &fold)], &bindings, flat_grid(geo.cout, limit)?);
         let out = fused.map_or(n.outputs[0], |f| f.out);
         let (x, w, y) = (self.buf(n.inputs[0]).clone(), self.buf(n.inputs[1]).clone(), self.buf(out).clone());
         let silu = fused.is_some_and(|f| f.silu);
@@ -148,9 +153,9 @@ impl Builder<'_> {
             };
             ("conv_tiled", g)
         };
-        let bindings = [(1, src), (2, aux), (3, coef), (4, dst)];
+        let bindings = [("src", src), ("aux", aux), ("coef", coef), ("dst", dst)];
         self.mode = mode;
-        self.step(("conv", entry), &[uniform(0, &p)], &bindings, g);
+        self.step(("conv", entry), &[uniform("P", &p)], &bindings, g);
         self.mode = 0;
         Ok(())
     }

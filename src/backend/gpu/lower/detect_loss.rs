@@ -74,8 +74,9 @@ impl Builder<'_> {
         let gpred =
             if grad { storage(self.ctx, bytes(batch * na * no), "anchor-major gradient") } else { dummies[2].clone() };
         let (items, total) = if grad { (&dummies[0], &dummies[1]) } else { (&outs[0], &outs[1]) };
-        let bindings = [(1, &pred), (2, &t), (3, &work), (4, items), (5, total), (6, &gpred)];
-        let loss = [uniform(0, &p)];
+        let bindings =
+            [("pred", &pred), ("targets", &t), ("work", &work), ("items", items), ("total", total), ("gpred", &gpred)];
+        let loss = [uniform("L", &p)];
         let limit = self.limit();
         let (anchors, boxes) = (flat_grid(batch * na, limit)?, flat_grid(rows * na, limit)?);
         let per_box = grid((rows as u64).div_ceil(64), limit)?;
@@ -100,7 +101,7 @@ impl Builder<'_> {
                 )?;
                 let grid = flat_grid(shape.iter().product(), limit)?;
                 let src = gpred.clone();
-                self.step(("layout", "strided_copy"), &[uniform(0, &view)], &[(1, &src), (2, out)], grid);
+                self.step(("layout", "strided_copy"), &[uniform("V", &view)], &[("src", &src), ("dst", out)], grid);
             }
         }
         self.scratch.extend([work, pred, gpred]);

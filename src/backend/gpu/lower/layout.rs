@@ -115,8 +115,8 @@ impl Builder<'_> {
             };
             self.step(
                 ("anchors", "anchors"),
-                &[uniform(0, &p)],
-                &[(1, &out), (2, &st)],
+                &[uniform("L", &p)],
+                &[("points", &out), ("strides", &st)],
                 flat_grid(ls[2] * ls[3], limit)?,
             );
             first += ls[2] * ls[3];
@@ -139,7 +139,7 @@ impl Builder<'_> {
         let dy = self.buf(x).clone();
         let numel = os.iter().product();
         let grid = flat_grid(numel, limit)?;
-        self.step(("layout", "upsample_nearest_grad"), &[uniform(20, &p)], &[(21, &dy), (22, &out)], grid);
+        self.step(("layout", "upsample_nearest_grad"), &[uniform("B", &p)], &[("bdy", &dy), ("bdx", &out)], grid);
         Ok(())
     }
 
@@ -149,7 +149,7 @@ impl Builder<'_> {
         let full = self.shape(n.inputs[1]);
         let numel: usize = full.iter().product();
         let f = kernels::FillParams { n: numel as u32, value: 0.0, pad: [0; 2] };
-        self.step(("layout", "fill"), &[uniform(10, &f)], &[(11, &out)], flat_grid(numel, limit)?);
+        self.step(("layout", "fill"), &[uniform("F", &f)], &[("filled", &out)], flat_grid(numel, limit)?);
         let (offset, strides) = slice_view(&full, axes, starts, ends, steps)?;
         let view =
             View::copy(&xs, &Strided { offset: 0, strides: &contiguous(&xs) }, &Strided { offset, strides: &strides })?;

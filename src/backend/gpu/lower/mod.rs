@@ -13,7 +13,7 @@ mod pointwise;
 mod pool;
 
 use super::device::{AdapterSummary, Context};
-use super::kernels::{flat_grid, uniform, View};
+use super::kernels::{self, flat_grid, uniform, View};
 use crate::backend::fusion::Fused;
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::memory::{value_bytes, Plan};
@@ -266,30 +266,35 @@ impl Builder<'_> {
     fn step(
         &mut self,
         (file, entry): (&'static str, &'static str),
-        uniforms: &[(u32, &[u8])],
-        buffers: &[(u32, &wgpu::Buffer)],
+        uniforms: &[(&str, &[u8])],
+        buffers: &[(&str, &wgpu::Buffer)],
         grid: [u32; 3],
     ) {
         if grid.contains(&0) {
             return;
         }
         let pipeline = self.ctx.pipeline(file, entry, self.mode);
-        let made: Vec<(u32, wgpu::Buffer)> = uniforms
+        let made: Vec<(&str, wgpu::Buffer)> = uniforms
             .iter()
-            .map(|&(k, bytes)| {
+            .map(|&(name, bytes)| {
                 let u = self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some(entry),
                     contents: bytes,
                     usage: wgpu::BufferUsages::UNIFORM,
                 });
-                (k, u)
+                (name, u)
             })
             .collect();
+        // Each operand is bound by its variable's name in the shader; the number comes from there.
         let entries: Vec<wgpu::BindGroupEntry> = made
             .iter()
-            .map(|(k, u)| (*k, u))
+            .map(|(name, u)| (*name, u))
             .chain(buffers.iter().copied())
-            .map(|(binding, buf)| wgpu::BindGroupEntry { binding, resource: buf.as_entire_binding() })
+            .map(|(name, buf)| wgpu::BindGroupEntry {
+                binding: kernels::binding(file, name)
+                    .unwrap_or_else(|| panic!("{file}.wgsl declares no binding `{name}` (a lowering bug)")),
+                resource: buf.as_entire_binding(),
+            })
             .collect();
         let bind = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(entry),
@@ -308,7 +313,7 @@ impl Builder<'_> {
     fn copy(&mut self, view: View, numel: usize, src: ValueId, dst: &wgpu::Buffer) -> Result<()> {
         let grid = flat_grid(numel, self.limit())?;
         let src = self.buf(src).clone();
-        self.step(("layout", "strided_copy"), &[uniform(0, &view)], &[(1, &src), (2, dst)], grid);
+        self.step(("layout", "strided_copy"), &[uniform("V", &view)], &[("src", &src), ("dst", dst)], grid);
         Ok(())
     }
 

@@ -18,9 +18,9 @@ impl Builder<'_> {
             eps: *eps,
         };
         let bufs: Vec<wgpu::Buffer> = n.inputs.iter().map(|&v| self.buf(v).clone()).collect();
-        let bindings: Vec<(u32, &wgpu::Buffer)> =
-            bufs.iter().enumerate().map(|(k, b)| (k as u32 + 1, b)).chain([(6, &out)]).collect();
-        self.step(("batch_norm", "batch_norm"), &[uniform(0, &p)], &bindings, flat_grid(numel, limit)?);
+        let bindings: Vec<(&str, &wgpu::Buffer)> =
+            ["x", "gamma", "beta", "mean", "var_"].into_iter().zip(bufs.iter()).chain([("y", &out)]).collect();
+        self.step(("batch_norm", "batch_norm"), &[uniform("P", &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 
@@ -31,11 +31,26 @@ impl Builder<'_> {
         let p = self.train_params(&xs, *eps, *momentum, count);
         let b: Vec<wgpu::Buffer> = n.inputs.iter().chain(&n.outputs).map(|&v| self.buf(v).clone()).collect();
         // x γ β rm rv | y mean invstd rm' rv'
-        let stats = [(11, &b[0]), (12, &b[3]), (13, &b[4]), (14, &b[6]), (15, &b[7]), (16, &b[8]), (17, &b[9])];
-        self.step(("batch_norm", "bn_stats"), &[uniform(10, &p)], &stats, [xs[1] as u32, 1, 1]);
-        let apply = [(21, &b[0]), (22, &b[1]), (23, &b[2]), (24, &b[6]), (25, &b[7]), (26, &b[5])];
+        let stats = [
+            ("tx", &b[0]),
+            ("run_mean", &b[3]),
+            ("run_var", &b[4]),
+            ("batch_mean", &b[6]),
+            ("batch_invstd", &b[7]),
+            ("next_mean", &b[8]),
+            ("next_var", &b[9]),
+        ];
+        self.step(("batch_norm", "bn_stats"), &[uniform("T", &p)], &stats, [xs[1] as u32, 1, 1]);
+        let apply = [
+            ("ax", &b[0]),
+            ("a_gamma", &b[1]),
+            ("a_beta", &b[2]),
+            ("a_mean", &b[6]),
+            ("a_invstd", &b[7]),
+            ("ay", &b[5]),
+        ];
         let numel = xs.iter().product();
-        self.step(("batch_norm", "bn_train_apply"), &[uniform(20, &p)], &apply, flat_grid(numel, limit)?);
+        self.step(("batch_norm", "bn_train_apply"), &[uniform("A", &p)], &apply, flat_grid(numel, limit)?);
         Ok(())
     }
 
@@ -46,12 +61,27 @@ impl Builder<'_> {
         let p = self.train_params(&xs, 0.0, 0.0, 0);
         let b: Vec<wgpu::Buffer> = n.inputs.iter().chain(&n.outputs).map(|&v| self.buf(v).clone()).collect();
         // dy x γ mean invstd | dx dγ dβ
-        let sums = [(31, &b[0]), (32, &b[1]), (33, &b[3]), (34, &b[4]), (35, &b[6]), (36, &b[7])];
-        self.step(("batch_norm", "bn_grad_stats"), &[uniform(30, &p)], &sums, [xs[1] as u32, 1, 1]);
-        let apply =
-            [(41, &b[0]), (42, &b[1]), (43, &b[2]), (44, &b[3]), (45, &b[4]), (46, &b[6]), (47, &b[7]), (48, &b[5])];
+        let sums = [
+            ("gdy", &b[0]),
+            ("gx", &b[1]),
+            ("g_mean", &b[3]),
+            ("g_invstd", &b[4]),
+            ("dgamma", &b[6]),
+            ("dbeta", &b[7]),
+        ];
+        self.step(("batch_norm", "bn_grad_stats"), &[uniform("G", &p)], &sums, [xs[1] as u32, 1, 1]);
+        let apply = [
+            ("ddy", &b[0]),
+            ("dx_in", &b[1]),
+            ("d_gamma", &b[2]),
+            ("d_mean", &b[3]),
+            ("d_invstd", &b[4]),
+            ("d_dgamma", &b[6]),
+            ("d_dbeta", &b[7]),
+            ("ddx", &b[5]),
+        ];
         let numel = xs.iter().product();
-        self.step(("batch_norm", "bn_grad_apply"), &[uniform(40, &p)], &apply, flat_grid(numel, limit)?);
+        self.step(("batch_norm", "bn_grad_apply"), &[uniform("D", &p)], &apply, flat_grid(numel, limit)?);
         Ok(())
     }
 

@@ -14,14 +14,14 @@ impl Builder<'_> {
         let numel: usize = xs.iter().product();
         let p = kernels::CountParams { n: numel as u32, pad: [0; 3] };
         let b: Vec<wgpu::Buffer> = n.inputs.iter().chain(&n.outputs).map(|&v| self.buf(v).clone()).collect();
-        let mut bindings = vec![(11, &b[2]), (12, &b[0]), (13, &b[1]), (14, &b[3])];
+        let mut bindings = vec![("e_scalars", &b[2]), ("e_a", &b[0]), ("e_b", &b[1]), ("e_out", &b[3])];
         let entry = if accumulate {
-            bindings.push((15, &b[4]));
+            bindings.push(("e_out2", &b[4]));
             "accumulate"
         } else {
             "ema_update"
         };
-        self.step(("optimizer", entry), &[uniform(10, &p)], &bindings, flat_grid(numel, limit)?);
+        self.step(("optimizer", entry), &[uniform("C", &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 
@@ -37,12 +37,17 @@ impl Builder<'_> {
             let q = kernels::SquaresParams { n: size as u32, first: first as u32, total: total as u32, pad0: 0 };
             let t = self.buf(v).clone();
             let grid = grid(count as u64, limit)?;
-            self.step(("optimizer", "sum_squares"), &[uniform(20, &q)], &[(21, &t), (22, &partial)], grid);
+            self.step(
+                ("optimizer", "sum_squares"),
+                &[uniform("Q", &q)],
+                &[("q_in", &t), ("q_partial", &partial)],
+                grid,
+            );
             first += count;
         }
         let q = kernels::SquaresParams { n: 0, first: 0, total: total as u32, pad0: 0 };
-        let bindings = [(23, &partial), (24, &out)];
-        self.step(("optimizer", "norm_of_partials"), &[uniform(20, &q)], &bindings, [1, 1, 1]);
+        let bindings = [("q_partial_in", &partial), ("q_norm", &out)];
+        self.step(("optimizer", "norm_of_partials"), &[uniform("Q", &q)], &bindings, [1, 1, 1]);
         self.scratch.push(partial);
         Ok(())
     }
@@ -64,25 +69,34 @@ impl Builder<'_> {
         let b: Vec<wgpu::Buffer> = n.inputs.iter().chain(&n.outputs).map(|&v| self.buf(v).clone()).collect();
         // p g norm scalars s1 [s2] | p' s1' [s2']
         let (entry, bindings) = match adamw {
-            false => {
-                ("sgd_update", vec![(1, &b[3]), (2, &b[0]), (3, &b[1]), (4, &b[2]), (5, &b[4]), (7, &b[5]), (8, &b[6])])
-            }
+            false => (
+                "sgd_update",
+                vec![
+                    ("scalars", &b[3]),
+                    ("p", &b[0]),
+                    ("g", &b[1]),
+                    ("norm", &b[2]),
+                    ("s1", &b[4]),
+                    ("p_next", &b[5]),
+                    ("s1_next", &b[6]),
+                ],
+            ),
             true => (
                 "adamw_update",
                 vec![
-                    (1, &b[3]),
-                    (2, &b[0]),
-                    (3, &b[1]),
-                    (4, &b[2]),
-                    (5, &b[4]),
-                    (6, &b[5]),
-                    (7, &b[6]),
-                    (8, &b[7]),
-                    (9, &b[8]),
+                    ("scalars", &b[3]),
+                    ("p", &b[0]),
+                    ("g", &b[1]),
+                    ("norm", &b[2]),
+                    ("s1", &b[4]),
+                    ("s2", &b[5]),
+                    ("p_next", &b[6]),
+                    ("s1_next", &b[7]),
+                    ("s2_next", &b[8]),
                 ],
             ),
         };
-        self.step(("optimizer", entry), &[uniform(0, &p)], &bindings, flat_grid(numel, limit)?);
+        self.step(("optimizer", entry), &[uniform("U", &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 }

@@ -211,8 +211,8 @@ impl Builder<'_> {
                         let grid = flat_grid(cols / (geo.oh * geo.ow) * geo.cg * geo.h * geo.w, limit)?;
                         self.step(
                             ("conv_packed", "packed_col2im"),
-                            &[uniform(0, &back)],
-                            &[(7, &work.cols), (8, dst)],
+                            &[uniform("P", &back)],
+                            &[("colgrad", &work.cols), ("dx", dst)],
                             grid,
                         );
                     }
@@ -241,7 +241,7 @@ impl Builder<'_> {
     /// A packing dispatch `entry` from `src` into the padded `rows_p × cols_p` matrix `dst`.
     fn pack(&mut self, entry: &'static str, p: &PackedParams, src: &wgpu::Buffer, dst: &wgpu::Buffer) -> Result<()> {
         let grid = flat_grid(p.rows_p as usize * p.cols_p as usize, self.limit())?;
-        self.step(("conv_packed", entry), &[uniform(0, p)], &[(1, src), (2, dst)], grid);
+        self.step(("conv_packed", entry), &[uniform("P", p)], &[("src", src), ("packed", dst)], grid);
         Ok(())
     }
 
@@ -250,7 +250,12 @@ impl Builder<'_> {
         // 16×16 invocations of 4×4 results: 64 columns by 64 rows per workgroup.
         let grid = [p.gn.div_ceil(64), p.gm.div_ceil(64), 1];
         self.mode = mode;
-        self.step(("conv_packed", "packed_gemm"), &[uniform(0, p)], &[(3, a), (4, b), (5, coef), (6, out)], grid);
+        self.step(
+            ("conv_packed", "packed_gemm"),
+            &[uniform("P", p)],
+            &[("a", a), ("b", b), ("coef", coef), ("out", out)],
+            grid,
+        );
         self.mode = 0;
     }
 }

@@ -14,12 +14,12 @@ impl Builder<'_> {
         let numel: usize = at.xs.iter().product();
         let p = kernels::CountParams { n: numel as u32, pad: [0; 3] };
         let a = self.buf(x).clone();
-        let mut bindings = vec![(1, &a), (3, &out)];
+        let mut bindings = vec![("a", &a), ("out", &out)];
         let b = n.inputs.get(1).map(|&v| self.buf(v).clone());
         if let Some(b) = &b {
-            bindings.push((2, b));
+            bindings.push(("b", b));
         }
-        self.step(("activation", entry), &[uniform(0, &p)], &bindings, flat_grid(numel, limit)?);
+        self.step(("activation", entry), &[uniform("C", &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 
@@ -45,8 +45,8 @@ impl Builder<'_> {
         let numel = os.iter().product();
         self.step(
             ("elementwise", "binary"),
-            &[uniform(0, &view)],
-            &[(1, &a), (2, &b), (3, &out)],
+            &[uniform("V", &view)],
+            &[("a", &a), ("b", &b), ("out", &out)],
             flat_grid(numel, limit)?,
         );
         Ok(())
@@ -76,8 +76,8 @@ impl Builder<'_> {
         let (a, b) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone());
         self.step(
             ("matmul", "matmul"),
-            &[uniform(0, &view), uniform(1, &p)],
-            &[(2, &a), (3, &b), (4, &out)],
+            &[uniform("V", &view), uniform("M", &p)],
+            &[("a", &a), ("b", &b), ("out", &out)],
             flat_grid(batches * m * nn, limit)?,
         );
         Ok(())
@@ -89,7 +89,7 @@ impl Builder<'_> {
         let p = lines(&xs, *axis);
         let a = self.buf(x).clone();
         let count = (p.outer * p.inner) as usize;
-        self.step(("softmax", "softmax"), &[uniform(0, &p)], &[(1, &a), (2, &out)], flat_grid(count, limit)?);
+        self.step(("softmax", "softmax"), &[uniform("L", &p)], &[("x", &a), ("y", &out)], flat_grid(count, limit)?);
         Ok(())
     }
 
@@ -100,8 +100,8 @@ impl Builder<'_> {
         let y = self.buf(n.inputs[1]).clone();
         let dy = self.buf(x).clone();
         let count = (p.outer * p.inner) as usize;
-        let bindings = [(11, &dy), (12, &y), (13, &out)];
-        self.step(("softmax", "softmax_grad"), &[uniform(10, &p)], &bindings, flat_grid(count, limit)?);
+        let bindings = [("gdy", &dy), ("gy", &y), ("gdx", &out)];
+        self.step(("softmax", "softmax_grad"), &[uniform("LG", &p)], &bindings, flat_grid(count, limit)?);
         Ok(())
     }
 
@@ -124,8 +124,8 @@ impl Builder<'_> {
         let numel = os.iter().product();
         self.step(
             ("elementwise", "sum_to"),
-            &[uniform(10, &kv), uniform(11, &rv)],
-            &[(12, &a), (13, &out)],
+            &[uniform("KEPT", &kv), uniform("REDUCED", &rv)],
+            &[("sx", &a), ("sy", &out)],
             flat_grid(numel, limit)?,
         );
         Ok(())

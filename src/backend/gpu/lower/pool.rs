@@ -13,7 +13,7 @@ impl Builder<'_> {
         let p = pool_params(&xs, *kernel, *stride, *pad);
         let a = self.buf(x).clone();
         let numel = (p.n_planes * p.oh * p.ow) as usize;
-        self.step(("pooling", "max_pool2d"), &[uniform(0, &p)], &[(1, &a), (2, &out)], flat_grid(numel, limit)?);
+        self.step(("pooling", "max_pool2d"), &[uniform("P", &p)], &[("x", &a), ("y", &out)], flat_grid(numel, limit)?);
         Ok(())
     }
 
@@ -24,8 +24,8 @@ impl Builder<'_> {
         let p = pool_params(&xs, *kernel, *stride, *pad);
         let (dy, xv) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone());
         let numel = xs.iter().product();
-        let bindings = [(11, &dy), (12, &xv), (13, &out)];
-        self.step(("pooling", "max_pool2d_grad"), &[uniform(10, &p)], &bindings, flat_grid(numel, limit)?);
+        let bindings = [("gdy", &dy), ("gx", &xv), ("gdx", &out)];
+        self.step(("pooling", "max_pool2d_grad"), &[uniform("PG", &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 }
