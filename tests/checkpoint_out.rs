@@ -74,10 +74,9 @@ fn fp32_checkpoints_read_back_bit_equal_and_reproduce_ultralytics() {
 fn fp16_checkpoints_hold_each_tensor_rounded_to_half() {
     let dir = scratch("pt-fp16");
     let m = load(&ckpt("yolo11p-trees/best.pt"));
-    let half = |name: &str, a: f32, b: f32| {
+    let half = |_: &str, a: f32, b: f32| {
         // Every value is the nearest half (slimc's own constants, which the checkpoint does not
         // hold, come back as they were).
-        let _ = name;
         a.to_bits() == b.to_bits() || half::f16::from_f32(a).to_f32().to_bits() == b.to_bits()
     };
     round_trip(&m, PtOptions::default(), &dir.join("best16.pt"), half);

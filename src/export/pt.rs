@@ -13,7 +13,7 @@ use crate::frontend::pickle::write::{dumps, Py};
 use crate::frontend::pickle::StorageDtype;
 use crate::frontend::yaml::{self, Arg, LayerSpec};
 use anyhow::{anyhow, bail, Context, Result};
-use slimc_ir::{Model, Op, Tensor, TensorData};
+use slimc_ir::{Model, Op, ParamKind, Tensor, TensorData, ValueDef};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
@@ -285,7 +285,7 @@ impl<'m> Builder<'m> {
         Ok(module(BLOCK, "Bottleneck", vec![], vec![], children, vec![("add", Py::Bool(add))]))
     }
 
-    fn c3k(&mut self, prefix: &str) -> Result<Py> {
+    fn c3k(&mut self, prefix: &str, top: Vec<(&str, Py)>) -> Result<Py> {
         let mut children = vec![];
         for cv in ["cv1", "cv2", "cv3"] {
             children.push((cv.to_string(), self.conv(&format!("{prefix}.{cv}"), vec![])?));
@@ -294,7 +294,7 @@ impl<'m> Builder<'m> {
             .map(|j| self.bottleneck(&format!("{prefix}.m.{j}")))
             .collect::<Result<Vec<_>>>()?;
         children.push(("m".into(), self.container("Sequential", m)));
-        Ok(module(BLOCK, "C3k", vec![], vec![], children, vec![]))
+        Ok(module(BLOCK, "C3k", vec![], vec![], children, top))
     }
 
     /// Half of `prefix.cv1`'s output channels (`C2f`'s and `C2PSA`'s `c`), which Ultralytics
@@ -338,7 +338,7 @@ impl<'m> Builder<'m> {
     /// A `C3k2` block: a `C3k` where it has one, else a `Bottleneck`.
     fn c3k2_member(&mut self, p: &str) -> Result<Py> {
         if self.has(&format!("{p}.cv3")) {
-            self.c3k(p)
+            self.c3k(p, vec![])
         } else {
             self.bottleneck(p)
         }
@@ -456,14 +456,16 @@ impl<'m> Builder<'m> {
                 from.iter().map(|k| Py::Int(k.map_or(-1, |k| if k + 1 == i { -1 } else { k as i64 }))).collect(),
             ),
         };
-        let np: usize = self
-            .model
-            .tensors
+        // Ultralytics' `np`: the layer's parameters (trained and frozen), not its buffers or
+        // slimc's own constants.
+        let g = &self.model.graph;
+        let np: usize = g
+            .params
             .iter()
-            .filter(|(k, _)| {
-                k.starts_with(&format!("{prefix}.")) && !k.ends_with(".running_mean") && !k.ends_with(".running_var")
-            })
-            .map(|(_, t)| t.numel())
+            .map(|&p| g.value(p))
+            .filter(|v| matches!(v.def, ValueDef::Param(ParamKind::Weight | ParamKind::Frozen)))
+            .filter(|v| v.name.starts_with(&format!("{prefix}.")))
+            .map(|v| self.model.tensors.get(&v.name).map_or(0, Tensor::numel))
             .sum();
         let (module_path, class) = match layer.module.as_str() {
             "Conv" => (CONV, "Conv"),
@@ -486,12 +488,7 @@ impl<'m> Builder<'m> {
         Ok(match class {
             "Conv" => self.conv(&prefix, top)?,
             "C3k2" => self.halves_block(&prefix, "C3k2", "ModuleList", top, Self::c3k2_member)?,
-            "C3k" => {
-                let Py::Object { module, name, state } = self.c3k(&prefix)? else { unreachable!() };
-                let Py::Dict(mut items) = *state else { unreachable!() };
-                items.extend(top.into_iter().map(|(k, v)| (Py::str(k), v)));
-                Py::Object { module, name, state: Box::new(Py::Dict(items)) }
-            }
+            "C3k" => self.c3k(&prefix, top)?,
             "SPPF" => self.sppf(&prefix, int(1, 5) as usize, top)?,
             "C2PSA" => self.halves_block(&prefix, "C2PSA", "Sequential", top, Self::psa_block)?,
             "Detect" => self.detect(&prefix, nc, top)?,

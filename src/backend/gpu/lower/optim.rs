@@ -68,33 +68,13 @@ impl Builder<'_> {
         };
         let b: Vec<wgpu::Buffer> = n.inputs.iter().chain(&n.outputs).map(|&v| self.buf(v).clone()).collect();
         // p g norm scalars s1 [s2] | p' s1' [s2']
-        let (entry, bindings) = match adamw {
-            false => (
-                "sgd_update",
-                vec![
-                    ("scalars", &b[3]),
-                    ("p", &b[0]),
-                    ("g", &b[1]),
-                    ("norm", &b[2]),
-                    ("s1", &b[4]),
-                    ("p_next", &b[5]),
-                    ("s1_next", &b[6]),
-                ],
-            ),
-            true => (
-                "adamw_update",
-                vec![
-                    ("scalars", &b[3]),
-                    ("p", &b[0]),
-                    ("g", &b[1]),
-                    ("norm", &b[2]),
-                    ("s1", &b[4]),
-                    ("s2", &b[5]),
-                    ("p_next", &b[6]),
-                    ("s1_next", &b[7]),
-                    ("s2_next", &b[8]),
-                ],
-            ),
+        let mut bindings = vec![("scalars", &b[3]), ("p", &b[0]), ("g", &b[1]), ("norm", &b[2]), ("s1", &b[4])];
+        let entry = if adamw {
+            bindings.extend([("s2", &b[5]), ("p_next", &b[6]), ("s1_next", &b[7]), ("s2_next", &b[8])]);
+            "adamw_update"
+        } else {
+            bindings.extend([("p_next", &b[5]), ("s1_next", &b[6])]);
+            "sgd_update"
         };
         self.step(("optimizer", entry), &[uniform("U", &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
