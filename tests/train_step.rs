@@ -5,18 +5,26 @@
 
 mod common;
 
+use common::step_parity::{assert_grads_match, StepCase};
 use common::{fixture, rel_err};
 use slimc::backend::{cpu::Cpu, gpu::Gpu, Backend};
-use slimc::frontend::weights::read_safetensors;
-use slimc::load::{load_model, LoadOptions};
-use slimc::train::step::{read_targets, Program, StepResult};
+use slimc::train::step::Program;
 use slimc_ir::{parse_graph, print_graph, step_scalars as s, Model, Tensor};
 use slimc_passes::{accumulator_name, ema_name, OptimizerOptions, Sparsity, UpdateRule};
 use std::collections::BTreeMap;
 
+/// The yolo11p step fixture (its weights are the forward fixture's).
+fn case() -> StepCase {
+    StepCase {
+        yaml: fixture("yolo11p-nc2/yolo11p.yaml").display().to_string(),
+        nc: None,
+        weights: fixture("yolo11p-nc2/model.safetensors"),
+        dir: fixture("yolo11p-nc2-step"),
+    }
+}
+
 fn model() -> Model {
-    let opts = LoadOptions { weights: Some(fixture("yolo11p-nc2/model.safetensors")), ..Default::default() };
-    load_model(fixture("yolo11p-nc2/yolo11p.yaml").to_str().unwrap(), &opts).unwrap()
+    case().model()
 }
 
 fn gpu() -> Gpu {
@@ -24,71 +32,17 @@ fn gpu() -> Gpu {
 }
 
 fn batch() -> (Tensor, Tensor) {
-    let images = slimc::io::read_npy(&fixture("yolo11p-nc2-step/images.npy")).unwrap();
-    let targets = read_targets(&fixture("yolo11p-nc2-step/report.json")).unwrap();
-    (images, targets)
-}
-
-fn step(p: &mut Program) -> StepResult {
-    let (images, targets) = batch();
-    p.gradients(&images, &targets).unwrap()
-}
-
-fn loss_report() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture("yolo11p-nc2-step/report.json")).unwrap()).unwrap()
-}
-
-fn reference(file: &str) -> BTreeMap<String, Tensor> {
-    read_safetensors(&fixture(&format!("yolo11p-nc2-step/{file}"))).unwrap().into_iter().collect()
-}
-
-/// The fixtures README's per-tensor error: ‖g − g_ref‖ / (‖g_ref‖ + 1e-6·G).
-fn assert_grads_match(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Tensor>) {
-    let norm = |t: &Tensor| t.f32s().unwrap().iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
-    let all = want.values().map(|t| norm(t).powi(2)).sum::<f64>().sqrt();
-    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "gradient names");
-    let mut worst = (0.0, String::new());
-    for (name, w) in want {
-        let g = &got[name];
-        assert_eq!(g.shape, w.shape, "{name}");
-        let diff =
-            g.f32s().unwrap().iter().zip(w.f32s().unwrap()).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>();
-        let err = diff.sqrt() / (norm(w) + 1e-6 * all);
-        if err > worst.0 {
-            worst = (err, name.clone());
-        }
-    }
-    assert!(worst.0 < 1e-3, "gradient of {} off by {:.3e}", worst.1, worst.0);
+    case().batch()
 }
 
 #[test]
 fn loss_gradients_and_bn_statistics_match_ultralytics() {
-    loss_gradients_and_bn_statistics(&Cpu);
+    case().check_gradients(&Cpu);
 }
 
 #[test]
 fn loss_gradients_and_bn_statistics_match_ultralytics_on_the_gpu() {
-    loss_gradients_and_bn_statistics(&gpu());
-}
-
-fn loss_gradients_and_bn_statistics(backend: &dyn Backend) {
-    let mut p = Program::new(&model(), backend).unwrap();
-    let r = step(&mut p);
-    let report = loss_report();
-    let want: Vec<f64> =
-        report["loss_items_box_cls_dfl"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    for (k, (&got, &want)) in r.items.iter().zip(&want).enumerate() {
-        assert!(((got as f64 - want) / want).abs() < 1e-5, "loss component {k}: {got} vs {want}");
-    }
-    let total = report["loss_total"].as_f64().unwrap();
-    assert!(((r.total as f64 - total) / total).abs() < 1e-5, "total {} vs {total}", r.total);
-    assert_grads_match(&r.grads, &reference("grads.safetensors"));
-    let bn = reference("bn_after.safetensors");
-    assert_eq!(r.running.len(), bn.len());
-    for (name, want) in &bn {
-        let err = rel_err(&r.running[name], want);
-        assert!(err < 1e-5, "{name}: running statistic off by {err:.3e}");
-    }
+    case().check_gradients(&gpu());
 }
 
 /// The whole training step (the `optimizer` pass's program) with the seed recipe's subgradient
@@ -124,11 +78,7 @@ fn whole_step(backend: &dyn Backend) {
     let scalars = Tensor::from_f32(vec![s::LEN], v.clone()).unwrap();
     let (images, targets) = batch();
     let r = p.train_step(&images, &targets, &scalars).unwrap();
-    let want: Vec<f64> =
-        loss_report()["loss_items_box_cls_dfl"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    for (k, (&got, &want)) in r.items.iter().zip(&want).enumerate() {
-        assert!(((got as f64 - want) / want).abs() < 1e-5, "loss component {k}: {got} vs {want}");
-    }
+    case().assert_items_match(&r.items);
     let mut used = BTreeMap::new();
     let mut sq = 0.0f64;
     for name in &p.params {
@@ -143,9 +93,9 @@ fn whole_step(backend: &dyn Backend) {
         assert!(p.read(&accumulator_name(name)).unwrap().f32s().unwrap().iter().all(|&x| x == 0.0), "{name}");
         used.insert(name.clone(), Tensor::from_f32(before.shape.clone(), g).unwrap());
     }
-    assert_grads_match(&used, &reference("grads_sparse.safetensors"));
+    assert_grads_match(&used, &case().reference("grads_sparse.safetensors"));
     assert!(((r.grad_norm as f64 - sq.sqrt()) / sq.sqrt()).abs() < 1e-3, "norm {} vs {}", r.grad_norm, sq.sqrt());
-    for (name, want) in &reference("bn_after.safetensors") {
+    for (name, want) in &case().reference("bn_after.safetensors") {
         let err = rel_err(&p.read(name).unwrap(), want);
         assert!(err < 1e-5, "{name}: running statistic off by {err:.3e}");
     }

@@ -11,6 +11,17 @@ use yaml_rust2::Yaml;
 /// The YOLO11 YAML shipped inside the binary.
 pub const YOLO11_YAML: &str = include_str!("../../models/yolo11.yaml");
 
+/// The model YAMLs shipped inside the binary, by the file stem Ultralytics resolves a name to
+/// (`yolov5` also serves the "u" names, `yolov5nu.yaml`).
+pub const BUILTIN_YAMLS: [(&str, &str); 6] = [
+    ("yolo11", YOLO11_YAML),
+    ("yolov8", include_str!("../../models/yolov8.yaml")),
+    ("yolov8-p2", include_str!("../../models/yolov8-p2.yaml")),
+    ("yolov8-p6", include_str!("../../models/yolov8-p6.yaml")),
+    ("yolov5", include_str!("../../models/yolov5.yaml")),
+    ("yolo12", include_str!("../../models/yolo12.yaml")),
+];
+
 /// The most classes a model may have (LVIS has 1,203).
 pub const MAX_CLASSES: usize = 10_000;
 
@@ -111,22 +122,66 @@ pub fn guess_scale(path: &str) -> Option<char> {
     None
 }
 
-/// Reads a model YAML given by name or path: a file on disk wins; otherwise `yolo11.yaml` and
-/// `yolo11{n,s,m,l,x}.yaml` come from the copy inside the binary.
+/// Reads a model YAML given by name or path: a file on disk wins; otherwise a name such as
+/// `yolo11s.yaml`, `yolov8n-p6.yaml`, `yolov5nu.yaml` or `yolo12x.yaml` comes from the copies
+/// inside the binary ([`BUILTIN_YAMLS`]).
 pub fn load_spec(path: &str, nc: Option<usize>) -> Result<ModelSpec> {
-    let name = Path::new(path).file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let file = Path::new(path).file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let name = p6_name(&file);
     let text = if Path::new(path).exists() {
         crate::io::read_text(Path::new(path))?
-    } else if is_builtin(&name) && !path.contains('/') {
-        YOLO11_YAML.to_string()
+    } else if let Some(text) = builtin(&name).filter(|_| !path.contains('/')) {
+        text.to_string()
     } else {
-        bail!("{path}: no such file (built-in models: yolo11.yaml, yolo11n/s/m/l/x.yaml)");
+        let names: Vec<String> = BUILTIN_YAMLS.iter().map(|(s, _)| format!("{s}.yaml")).collect();
+        bail!(
+            "{path}: no such file (built-in models: {}, each also with a scale letter, e.g. yolov8n.yaml, \
+             yolov8n-p6.yaml, yolov5nu.yaml)",
+            names.join(", ")
+        );
     };
     parse_spec(&text, &name, guess_scale(&name), nc)
 }
 
-fn is_builtin(name: &str) -> bool {
-    matches!(name, "yolo11.yaml" | "yolo11n.yaml" | "yolo11s.yaml" | "yolo11m.yaml" | "yolo11l.yaml" | "yolo11x.yaml")
+/// Ultralytics' renaming of the old P6 names: `yolov8n6.yaml` is `yolov8n-p6.yaml` (v5 and v8).
+fn p6_name(file: &str) -> String {
+    let (stem, ext) = file.rsplit_once('.').unwrap_or((file, ""));
+    let b = stem.as_bytes();
+    if b.len() == 8
+        && (stem.starts_with("yolov5") || stem.starts_with("yolov8"))
+        && b"nslmx".contains(&b[6])
+        && b[7] == b'6'
+    {
+        return format!("{}-p6.{ext}", &stem[..7]);
+    }
+    file.to_string()
+}
+
+/// The built-in YAML for a file name, found as Ultralytics' `yaml_model_load` finds it: the
+/// scale letter after the first digits that have one is dropped (`yolov8n-p6` → `yolov8-p6`,
+/// `yolov5nu` → `yolov5u`), and `yolov5u` is `yolov5`.
+fn builtin(file: &str) -> Option<&'static str> {
+    let stem = file.strip_suffix(".yaml").or_else(|| file.strip_suffix(".yml"))?;
+    let b = stem.as_bytes();
+    let mut unified = stem.to_string();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() {
+            let mut j = i;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            if j < b.len() && b"nslmx".contains(&b[j]) {
+                unified = format!("{}{}", &stem[..j], &stem[j + 1..]);
+                break;
+            }
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    let unified = if unified == "yolov5u" { "yolov5".to_string() } else { unified };
+    BUILTIN_YAMLS.iter().find(|(s, _)| *s == unified).map(|(_, t)| *t)
 }
 
 fn num(y: &Yaml) -> Option<f64> {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod single_op;
+pub mod step_parity;
 
 use rand::{Rng, SeedableRng};
 use slimc::load::{load_model, LoadOptions};

@@ -1,4 +1,5 @@
-//! YOLO11's blocks: Bottleneck, C3k, C3k2, SPPF, and C2PSA with its attention.
+//! The backbone and neck blocks: Bottleneck, C3 and C3k, C2f and C3k2, C2, SPPF, and C2PSA with
+//! its attention (YOLO12's A2C2f is in [`super::area`]).
 
 use super::Lowering;
 use anyhow::{bail, Result};
@@ -6,20 +7,20 @@ use slimc_ir::{Axis, Binary, Pool, Reshape, Split, Transpose};
 use slimc_ir::{Op, ReshapeDim, ValueId};
 
 impl Lowering<'_> {
-    /// Ultralytics `Bottleneck(c1, c2, shortcut, k=(k, k), e)`.
+    /// Ultralytics `Bottleneck(c1, c2, shortcut, k=(k1, k2), e)`.
     pub fn bottleneck(
         &mut self,
         x: ValueId,
         c2: usize,
         shortcut: bool,
-        k: usize,
+        k: [usize; 2],
         e: f64,
         scope: &str,
     ) -> Result<ValueId> {
         let c1 = self.channels(x);
         let c_ = (c2 as f64 * e) as usize;
-        let y = self.conv(x, c_, k, 1, None, 1, true, &format!("{scope}.cv1"))?;
-        let y = self.conv(y, c2, k, 1, None, 1, true, &format!("{scope}.cv2"))?;
+        let y = self.conv(x, c_, k[0], 1, None, 1, true, &format!("{scope}.cv1"))?;
+        let y = self.conv(y, c2, k[1], 1, None, 1, true, &format!("{scope}.cv2"))?;
         // Ultralytics decides the shortcut when it builds the module, from its nominal widths
         // (`c1 == c2`, which every caller here passes), and keeps it in a pruned checkpoint;
         // the widths taken from one must still match for the add.
@@ -36,15 +37,16 @@ impl Lowering<'_> {
         }
     }
 
-    /// Ultralytics `C3k(c1, c2, n, shortcut, e=0.5, k=3)`.
-    pub fn c3k(
+    /// Ultralytics `C3(c1, c2, n, shortcut, e=0.5)` with bottleneck kernels `k` (`(1, 3)`;
+    /// YOLO11's `C3k(c1, c2, n, shortcut, e, k)` is the same block with `(k, k)`).
+    pub fn c3(
         &mut self,
         x: ValueId,
         c2: usize,
         n: usize,
         shortcut: bool,
         e: f64,
-        k: usize,
+        k: [usize; 2],
         scope: &str,
     ) -> Result<ValueId> {
         let c_ = (c2 as f64 * e) as usize;
@@ -55,6 +57,38 @@ impl Lowering<'_> {
         }
         let cat = self.concat(&[a, b], &format!("{scope}.cat"), scope)?;
         self.conv(cat, c2, 1, 1, None, 1, true, &format!("{scope}.cv3"))
+    }
+
+    /// The C2f form shared by `C2f` and `C3k2`: `cv1` to `2c` channels split in halves, `n`
+    /// inner blocks chained on the last part (`inner(self, x, c, scope)`), every part
+    /// concatenated into `cv2`.
+    fn c2f_form(
+        &mut self,
+        x: ValueId,
+        c2: usize,
+        n: usize,
+        e: f64,
+        scope: &str,
+        inner: &mut dyn FnMut(&mut Self, ValueId, usize, &str) -> Result<ValueId>,
+    ) -> Result<ValueId> {
+        let c = (c2 as f64 * e) as usize;
+        let y = self.conv(x, 2 * c, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
+        let c = self.halves(y, scope)?;
+        let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
+        let parts =
+            self.g.add_node(Op::Split(Split { axis: 1, sizes: vec![c, c] }), &[y], &[&names[0], &names[1]], scope)?;
+        let mut ys = parts.clone();
+        for i in 0..n {
+            let last = *ys.last().expect("two parts");
+            ys.push(inner(self, last, c, &format!("{scope}.m.{i}"))?);
+        }
+        let cat = self.concat(&ys, &format!("{scope}.cat"), scope)?;
+        self.conv(cat, c2, 1, 1, None, 1, true, &format!("{scope}.cv2"))
+    }
+
+    /// Ultralytics `C2f(c1, c2, n, shortcut, e=0.5)` (YOLOv8).
+    pub fn c2f(&mut self, x: ValueId, c2: usize, n: usize, shortcut: bool, e: f64, scope: &str) -> Result<ValueId> {
+        self.c2f_form(x, c2, n, e, scope, &mut |l, x, c, m| l.bottleneck(x, c, shortcut, [3, 3], 1.0, m))
     }
 
     /// Ultralytics `C3k2(c1, c2, n, c3k, e, shortcut=True)` in its C2f form.
@@ -68,23 +102,29 @@ impl Lowering<'_> {
         shortcut: bool,
         scope: &str,
     ) -> Result<ValueId> {
+        self.c2f_form(x, c2, n, e, scope, &mut |l, x, c, m| {
+            if c3k {
+                l.c3(x, c, 2, shortcut, 0.5, [3, 3], m)
+            } else {
+                l.bottleneck(x, c, shortcut, [3, 3], 0.5, m)
+            }
+        })
+    }
+
+    /// Ultralytics `C2(c1, c2, n, shortcut, e=0.5)` (YOLOv8-p6's head): the first half
+    /// through `n` chained bottlenecks, concatenated with the second into `cv2`.
+    pub fn c2(&mut self, x: ValueId, c2: usize, n: usize, shortcut: bool, e: f64, scope: &str) -> Result<ValueId> {
         let c = (c2 as f64 * e) as usize;
         let y = self.conv(x, 2 * c, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
         let c = self.halves(y, scope)?;
         let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
-        let parts =
+        let ab =
             self.g.add_node(Op::Split(Split { axis: 1, sizes: vec![c, c] }), &[y], &[&names[0], &names[1]], scope)?;
-        let mut ys = parts.clone();
+        let mut a = ab[0];
         for i in 0..n {
-            let last = *ys.last().expect("two parts");
-            let m = format!("{scope}.m.{i}");
-            ys.push(if c3k {
-                self.c3k(last, c, 2, shortcut, 0.5, 3, &m)?
-            } else {
-                self.bottleneck(last, c, shortcut, 3, 0.5, &m)?
-            });
+            a = self.bottleneck(a, c, shortcut, [3, 3], 1.0, &format!("{scope}.m.{i}"))?;
         }
-        let cat = self.concat(&ys, &format!("{scope}.cat"), scope)?;
+        let cat = self.concat(&[a, ab[1]], &format!("{scope}.cat"), scope)?;
         self.conv(cat, c2, 1, 1, None, 1, true, &format!("{scope}.cv2"))
     }
 

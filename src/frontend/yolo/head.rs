@@ -6,10 +6,11 @@ use slimc_ir::{Anchors, Axis, Binary, Reshape, Slice, Split, Transpose, Unary};
 use slimc_ir::{Conv2d, Op, ParamKind, ReshapeDim, ValueId};
 
 impl Lowering<'_> {
-    /// The YOLO11 `Detect` head with the depthwise class branch, DFL and box decoding.
+    /// The `Detect` head: the class branch depthwise-separable (YOLO11, YOLO12) or, with
+    /// `legacy` (Ultralytics' head for v3/v5/v8/v9), two 3×3 convs; then DFL and box decoding.
     /// Returns the decoded output `[N, 4+nc, A]` (boxes as cx, cy, w, h in input pixels, then
     /// sigmoid class scores). The raw level maps are values named `{scope}.feat.{i}`.
-    pub fn detect(&mut self, xs: &[ValueId], nc: usize, strides: &[f32], scope: &str) -> Result<ValueId> {
+    pub fn detect(&mut self, xs: &[ValueId], nc: usize, strides: &[f32], legacy: bool, scope: &str) -> Result<ValueId> {
         let ch0 = self.channels(xs[0]);
         let c2 = 16.max(ch0 / 4).max(REG_MAX * 4);
         let c3 = ch0.max(nc.min(100));
@@ -22,10 +23,15 @@ impl Lowering<'_> {
             let y = self.conv(y, c2, 3, 1, None, 1, true, &format!("{b}.1"))?;
             let box_ = self.conv2d(y, 4 * REG_MAX, 1, 1, 0, 1, Some(vec![1.0; 4 * REG_MAX]), &format!("{b}.2"))?;
             let c = format!("{scope}.cv3.{i}");
-            let y = self.conv(x, ci, 3, 1, None, ci, true, &format!("{c}.0.0"))?;
-            let y = self.conv(y, c3, 1, 1, None, 1, true, &format!("{c}.0.1"))?;
-            let y = self.conv(y, c3, 3, 1, None, c3, true, &format!("{c}.1.0"))?;
-            let y = self.conv(y, c3, 1, 1, None, 1, true, &format!("{c}.1.1"))?;
+            let y = if legacy {
+                let y = self.conv(x, c3, 3, 1, None, 1, true, &format!("{c}.0"))?;
+                self.conv(y, c3, 3, 1, None, 1, true, &format!("{c}.1"))?
+            } else {
+                let y = self.conv(x, ci, 3, 1, None, ci, true, &format!("{c}.0.0"))?;
+                let y = self.conv(y, c3, 1, 1, None, 1, true, &format!("{c}.0.1"))?;
+                let y = self.conv(y, c3, 3, 1, None, c3, true, &format!("{c}.1.0"))?;
+                self.conv(y, c3, 1, 1, None, 1, true, &format!("{c}.1.1"))?
+            };
             let cls_bias = (5.0 / nc as f64 / (640.0 / strides[i] as f64).powi(2)).ln() as f32;
             let cls = self.conv2d(y, nc, 1, 1, 0, 1, Some(vec![cls_bias; nc]), &format!("{c}.2"))?;
             let feat = self.concat(&[box_, cls], &format!("{scope}.feat.{i}"), scope)?;

@@ -5,6 +5,7 @@
 //! Ultralytics state dict does (`model.2.m.0.cv1.conv.weight`) and results after the module
 //! path, so the IR reads like the PyTorch model.
 
+mod area;
 mod blocks;
 mod head;
 
@@ -33,6 +34,9 @@ pub struct Lowering<'w> {
     widths: Option<&'w BTreeMap<String, Vec<usize>>>,
     /// Weight elements created so far, bounded by [`MAX_PARAMETERS`].
     total: usize,
+    /// Conv weights start from a normal init of this standard deviation (truncated to ±2, as
+    /// `nn.init.trunc_normal_`) instead of PyTorch's default uniform one while it is set.
+    init_std: Option<f32>,
 }
 
 /// The most weight elements a lowered model may have (2^29, 2 GiB of f32; YOLO11x has 57M).
@@ -51,6 +55,7 @@ impl<'w> Lowering<'w> {
             rng: ChaCha8Rng::seed_from_u64(seed),
             widths,
             total: 0,
+            init_std: None,
         }
     }
 
@@ -65,6 +70,21 @@ impl<'w> Lowering<'w> {
 
     fn uniform(&mut self, n: usize, bound: f32) -> Vec<f32> {
         (0..n).map(|_| self.rng.random_range(-bound..bound)).collect()
+    }
+
+    /// `n` draws of a normal distribution with standard deviation `std`, redrawn outside ±2
+    /// (Box-Muller).
+    fn truncated_normal(&mut self, n: usize, std: f32) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let u1: f64 = 1.0 - self.rng.random::<f64>();
+            let u2: f64 = self.rng.random();
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * std as f64;
+            if z.abs() <= 2.0 {
+                out.push(z as f32);
+            }
+        }
+        out
     }
 
     /// A scalar constant.
@@ -108,7 +128,10 @@ impl<'w> Lowering<'w> {
             bail!("{scope}: the model would have more than {MAX_PARAMETERS} parameters");
         };
         self.total = total;
-        let w = self.uniform(c2 * fan_in, 1.0 / (fan_in as f32).sqrt());
+        let w = match self.init_std {
+            Some(std) => self.truncated_normal(c2 * fan_in, std),
+            None => self.uniform(c2 * fan_in, 1.0 / (fan_in as f32).sqrt()),
+        };
         let wv = self.param(&wname, &[c2, c1 / g, k, k], ParamKind::Weight, w);
         let mut inputs = vec![x, wv];
         if let Some(b) = bias {
@@ -208,7 +231,7 @@ pub fn lower(
     widths: Option<&BTreeMap<String, Vec<usize>>>,
 ) -> Result<Model> {
     let name = spec.source.trim_end_matches(".yaml").to_string();
-    let graph_name = if spec.scale.is_empty() || name.ends_with(&spec.scale) {
+    let graph_name = if spec.scale.is_empty() || super::yaml::guess_scale(&spec.source).is_some() {
         name.clone()
     } else {
         format!("{name}{}", spec.scale)
@@ -239,6 +262,9 @@ pub fn lower(
         Ok(c2)
     };
     let mlx = matches!(spec.scale.as_str(), "m" | "l" | "x");
+    // Ultralytics' `legacy` Detect head (the v3/v5/v8/v9 class branch) unless a C3k2 or A2C2f
+    // comes before it.
+    let mut legacy = true;
     let mut outs: Vec<ValueId> = vec![];
     let mut output = None;
     let mut strides = vec![];
@@ -249,6 +275,7 @@ pub fn lower(
         let x = ins[0];
         let a = &layer.args;
         let n = layer.repeats;
+        legacy &= !matches!(layer.module.as_str(), "C3k2" | "A2C2f");
         let single = |m: &str| -> Result<()> {
             if ins.len() != 1 {
                 bail!("{at}: {m} takes one input, `from` lists {}", ins.len());
@@ -293,6 +320,54 @@ pub fn lower(
                     let shortcut = bool_arg(a, 4, true, &at)?;
                     l.c3k2(x, c2, n, c3k, e, shortcut, &scope)?
                 }
+                "C2f" | "C3" | "C2" => {
+                    let m = layer.module.as_str();
+                    single(m)?;
+                    arg_count(a, 1, 4, m, &at)?;
+                    let c2 = channels(a, &at)?;
+                    let shortcut = bool_arg(a, 1, m != "C2f", &at)?;
+                    if int_arg(a, 2, Some(1), &at)? != 1 {
+                        bail!("{at}: grouped {m} is not supported");
+                    }
+                    let e = float_arg(a, 3, 0.5, &at)?;
+                    match m {
+                        "C2f" => l.c2f(x, c2, n, shortcut, e, &scope)?,
+                        "C3" => l.c3(x, c2, n, shortcut, e, [1, 3], &scope)?,
+                        _ => l.c2(x, c2, n, shortcut, e, &scope)?,
+                    }
+                }
+                "A2C2f" => {
+                    single("A2C2f")?;
+                    arg_count(a, 1, 8, "A2C2f", &at)?;
+                    let c2 = channels(a, &at)?;
+                    // Ultralytics appends `residual=True, mlp_ratio=1.2` for scales l and x.
+                    let mut a = a.clone();
+                    if matches!(spec.scale.as_str(), "l" | "x") {
+                        a.extend([Arg::Bool(true), Arg::Float(1.2)]);
+                        arg_count(&a, 1, 8, "A2C2f", &at)?;
+                    }
+                    if int_arg(&a, 6, Some(1), &at)? != 1 {
+                        bail!("{at}: grouped A2C2f is not supported");
+                    }
+                    // Ultralytics splits the sequence only for area > 1 (the neck passes -1).
+                    let area = int_arg(&a, 2, Some(1), &at)?;
+                    if !(-1..=64).contains(&area) {
+                        bail!("{at}: area {area} is outside -1..=64");
+                    }
+                    let area = area.max(1) as usize;
+                    let args = area::A2C2fArgs {
+                        a2: bool_arg(&a, 1, true, &at)?,
+                        area,
+                        residual: bool_arg(&a, 3, false, &at)?,
+                        mlp_ratio: float_arg(&a, 4, 2.0, &at)?,
+                        e: float_arg(&a, 5, 0.5, &at)?,
+                        shortcut: bool_arg(&a, 7, true, &at)?,
+                    };
+                    if !(args.mlp_ratio > 0.0 && args.mlp_ratio <= 16.0 && args.e > 0.0 && args.e <= 16.0) {
+                        bail!("{at}: mlp_ratio {} or e {} is outside (0, 16]", args.mlp_ratio, args.e);
+                    }
+                    l.a2c2f(x, c2, n, &args, &scope)?
+                }
                 "C3k" => {
                     single("C3k")?;
                     arg_count(a, 1, 5, "C3k", &at)?;
@@ -303,7 +378,7 @@ pub fn lower(
                     }
                     let e = float_arg(a, 3, 0.5, &at)?;
                     let k = ranged_arg(a, 4, Some(3), 1, 31, "kernel", &at)?;
-                    l.c3k(x, c2, n, shortcut, e, k, &scope)?
+                    l.c3(x, c2, n, shortcut, e, [k, k], &scope)?
                 }
                 "SPPF" => {
                     single("SPPF")?;
@@ -348,13 +423,14 @@ pub fn lower(
                     let nc = ranged_arg(a, 0, None, 1, super::yaml::MAX_CLASSES as i64, "nc", &at)?;
                     let h = imgsz[0] as f32;
                     strides = ins.iter().map(|&v| h / l.g.ty(v).shape[2].fixed().unwrap_or(1) as f32).collect();
-                    let out = l.detect(&ins, nc, &strides, &scope)?;
+                    let out = l.detect(&ins, nc, &strides, legacy, &scope)?;
                     output = Some(out);
                     out
                 }
                 other => bail!(
-                "{at}: unknown module `{other}` (supported: Conv, C3k2, C3k, SPPF, C2PSA, nn.Upsample, Concat, Detect)"
-            ),
+                    "{at}: unknown module `{other}` (supported: Conv, C2f, C3, C2, C3k2, C3k, SPPF, C2PSA, A2C2f, \
+                     nn.Upsample, Concat, Detect)"
+                ),
             })
         })()
         // Errors from building the graph get the file and layer; the checks above name them already.
