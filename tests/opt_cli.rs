@@ -33,6 +33,25 @@ fn print_after_shows_only_that_step_with_its_analysis() {
     assert!(ok && stderr.contains("// ----- IR before fold-bn -----") && stderr.contains("batch_norm("), "{stderr}");
 }
 
+/// The analysis printed after `group-channels` lists each value's groups: in YOLOv8's C2f the
+/// concat reads the split's two halves at their own groups and the bottleneck's residual add at
+/// the second half's (the add couples them).
+#[test]
+fn print_after_group_channels_shows_c2f_split_coupled_to_its_concat() {
+    let (ok, _, stderr) = opt(&["yolov8n.yaml", "--passes", "group-channels", "--print-after", "group-channels"]);
+    assert!(ok, "{stderr}");
+    let groups = |v: &str| {
+        let prefix = format!("// groups %{v}: ");
+        stderr.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no groups of {v}")).to_string()
+    };
+    let (a, b, add) = (groups("model.2.split.0"), groups("model.2.split.1"), groups("model.2.m.0.add"));
+    assert_eq!(add, b, "the bottleneck's add is coupled to the half it reads");
+    // cv1's groups are the two halves' in one run; the concat repeats the add's after them.
+    let cv1 = groups("model.2.cv1");
+    assert_eq!(cv1, format!("{}..={}", a.split("..=").next().unwrap(), b.split("..=").last().unwrap()));
+    assert_eq!(groups("model.2.cat"), format!("{cv1} {add}"));
+}
+
 #[test]
 fn disable_pass_skips_it() {
     let (ok, stdout, stderr) = opt(&["yolo11n.yaml", "--passes", "fold-bn,dce", "--disable-pass", "fold-bn"]);

@@ -32,13 +32,17 @@ fn zeroed(m: &Model, cx: &PassContext) -> Model {
 }
 
 fn check_scale(yaml: &str, seed: u64) {
+    check_ratios(yaml, seed, &[0.1, 0.3, 0.5, 0.7]);
+}
+
+fn check_ratios(yaml: &str, seed: u64, ratios: &[f64]) {
     let mut m = yaml_model(yaml, Some(3), 64);
     randomize_bn(&mut m, seed);
     let x = image(1, 64, 64, seed);
     let params = |m: &Model| m.graph.params.iter().map(|&p| m.tensors[&m.graph.value(p).name].numel()).sum::<usize>();
     let dir = scratch("prune");
     for policy in [Policy::Seed, Policy::Groups] {
-        for ratio in [0.1, 0.3, 0.5, 0.7] {
+        for &ratio in ratios {
             let (p, cx) = prune(&m, ratio, policy);
             let removed = cx.report.as_ref().unwrap().removed.len();
             assert!(removed > 0, "{yaml} {policy:?} {ratio}: nothing removed");
@@ -72,6 +76,57 @@ fn invariant_holds_for_yolo11s() {
 #[test]
 fn invariant_holds_for_yolo11m() {
     check_scale("yolo11m.yaml", 3);
+}
+
+#[test]
+fn invariant_holds_for_yolov8n_c2f() {
+    check_ratios("yolov8n.yaml", 4, &[0.3, 0.5, 0.7]);
+}
+
+#[test]
+fn invariant_holds_for_yolov5nu_c3() {
+    check_ratios("yolov5nu.yaml", 5, &[0.3, 0.5, 0.7]);
+}
+
+#[test]
+fn invariant_holds_for_yolo12n_area_attention() {
+    check_ratios("yolo12n.yaml", 6, &[0.3, 0.5, 0.7]);
+}
+
+#[test]
+fn invariant_holds_for_yolov8n_p2_and_p6() {
+    check_ratios("yolov8n-p2.yaml", 7, &[0.5]);
+    check_ratios("yolov8n-p6.yaml", 8, &[0.5]);
+}
+
+/// YOLO12 l carries A2C2f's learnt residual scale `gamma` (a per-channel multiply around the
+/// block); pruning keeps the invariant there too.
+#[test]
+fn invariant_holds_for_yolo12l_with_gamma() {
+    check_ratios("yolo12l.yaml", 9, &[0.5]);
+}
+
+/// Kept widths are multiples of `round_to` wherever a layer was narrowed, in every family.
+#[test]
+fn widths_round_as_asked_in_every_family() {
+    for yaml in ["yolov8n.yaml", "yolov5nu.yaml", "yolo12n.yaml"] {
+        let mut m = yaml_model(yaml, Some(3), 64);
+        randomize_bn(&mut m, 10);
+        let mut cx = PassContext {
+            prune: PruneOptions { ratio: 0.5, round_to: 8, ..Default::default() },
+            ..Default::default()
+        };
+        let mut p = m.clone();
+        PassManager::parse(PIPELINE).unwrap().run_with(&mut p, &mut cx).unwrap();
+        let mut narrowed = 0;
+        for (name, t) in &p.tensors {
+            if name.ends_with(".bn.weight") && t.numel() != m.tensors[name].numel() {
+                narrowed += 1;
+                assert_eq!(t.numel() % 8, 0, "{yaml}: {name} keeps {} channels", t.numel());
+            }
+        }
+        assert!(narrowed > 0, "{yaml}: nothing narrowed");
+    }
 }
 
 /// The seed recipe's unprunable BNs (its §1.3) outside the residual pairs: 16/19/22 cv2 (they
@@ -168,5 +223,23 @@ fn floor_clamps_and_bad_ratios_are_errors() {
         let mut cx = PassContext { prune: PruneOptions { ratio, ..Default::default() }, ..Default::default() };
         let err = PassManager::parse(PIPELINE).unwrap().run_with(&mut m.clone(), &mut cx).unwrap_err().to_string();
         assert!(err.contains("outside (0, 1)"), "{err}");
+    }
+}
+
+/// YOLOv8-Prune's exclusions found by structure alone: the residual pairs of the backbone's
+/// shortcut bottlenecks (C2f/C3 `cv1` and each `m.j.cv2`); the neck's blocks have no shortcut
+/// and the head's last convs have no BN. YOLOv5u's C3 blocks the same way.
+#[test]
+fn seed_policy_finds_the_v8_and_v5_residual_pairs_by_structure() {
+    for (yaml, repeats) in [("yolov8n.yaml", [1, 2, 2, 1]), ("yolov5nu.yaml", [1, 2, 3, 1])] {
+        let m = yaml_model(yaml, None, 64);
+        let mut want: Vec<String> = vec![];
+        for (l, n) in [2, 4, 6, 8].into_iter().zip(repeats) {
+            want.push(format!("model.{l}.cv1.bn"));
+            want.extend((0..n).map(|j| format!("model.{l}.m.{j}.cv2.bn")));
+        }
+        want.sort();
+        let got: Vec<String> = seed_unprunable(&m.graph).into_iter().collect();
+        assert_eq!(got, want, "{yaml}");
     }
 }

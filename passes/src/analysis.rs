@@ -9,7 +9,7 @@ use crate::group_channels::{analyze, ChannelGroups};
 use crate::propagate_masks::{propagate, Masks};
 use crate::pruning::{PruneOptions, PruneReport, Selection};
 use crate::select_channels::select;
-use slimc_ir::{IrError, Model};
+use slimc_ir::{Graph, IrError, Model};
 
 /// An analysis the manager can compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -130,6 +130,31 @@ impl PassContext {
         if !keep(Analysis::Masks) {
             self.masks = None;
         }
+    }
+
+    /// Each channel-tracked value's groups as IR comments, runs of consecutive group ids as
+    /// ranges (`// groups %model.2.cat: 42..=49 46..=49`: a concat whose second and third
+    /// parts share groups), when the channel-group analysis is held; empty otherwise.
+    pub fn describe_groups(&self, g: &Graph) -> String {
+        let Some(groups) = &self.groups else { return String::new() };
+        let mut s = String::new();
+        for (v, ids) in groups.of.iter().enumerate() {
+            let Some(ids) = ids.as_ref().filter(|ids| !ids.is_empty()) else { continue };
+            let mut runs: Vec<String> = vec![];
+            let mut start = 0;
+            for i in 1..=ids.len() {
+                if i == ids.len() || ids[i] != ids[i - 1] + 1 {
+                    runs.push(if i - 1 == start {
+                        ids[start].to_string()
+                    } else {
+                        format!("{}..={}", ids[start], ids[i - 1])
+                    });
+                    start = i;
+                }
+            }
+            s += &format!("// groups %{}: {}\n", g.values[v].name, runs.join(" "));
+        }
+        s
     }
 
     /// A one-paragraph summary of the analyses held and the report, as IR comments.

@@ -163,7 +163,8 @@ impl PassManager {
                 }
             }
             if self.print_after_all || self.print_after.contains(name) {
-                eprintln!("// ----- IR after {name} -----\n{}{}", cx.describe(), print_graph(&model.graph));
+                let (summary, groups) = (cx.describe(), cx.describe_groups(&model.graph));
+                eprintln!("// ----- IR after {name} -----\n{summary}{groups}{}", print_graph(&model.graph));
             }
         }
         if self.time_passes {
