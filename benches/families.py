@@ -3,6 +3,9 @@ benches/families.sh in a throwaway venv; never by CI).
 
   families.py counts          parameters and GFLOPs at 640 of every scale (nc 80 and nc 1), the
                               table tests/model_info.rs holds
+  families.py pt DIR          each DIR/<name>.pt slimc wrote, loaded by YOLO(): its parameter count
+                              and its eval output on DIR/<name>.input.npy against slimc's
+                              (DIR/<name>.slimc.npy)
   families.py fixtures DIR    the tiny per-family fixtures the repository's tests read
                               (tests/fixtures/{yolov8p-nc2,yolov8p-nc2-step,yolo12p-nc1,
                               yolo12p-nc1-step,yolov5p-nc1}), made the way the shared fixtures are
@@ -198,10 +201,28 @@ def fixtures(out_root):
     step_case("yolo12p", 1, 4, out_root)
 
 
+def pt(d):
+    from ultralytics import YOLO
+
+    print("| checkpoint slimc wrote | parameters in Ultralytics | eval output vs slimc, max rel |")
+    print("|---|---:|---:|")
+    for f in sorted(x for x in os.listdir(d) if x.endswith(".pt")):
+        name = f[:-3]
+        net = YOLO(os.path.join(d, f)).model.float().eval()
+        x = torch.from_numpy(np.load(os.path.join(d, f"{name}.input.npy")))
+        with torch.no_grad():
+            out = net(x)[0].numpy()
+        mine = np.load(os.path.join(d, f"{name}.slimc.npy"))
+        rel = float(np.abs(out - mine).max() / np.abs(out).max())
+        print(f"| {name} | {sum(p.numel() for p in net.parameters()):,} | {rel:.1e} |")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     if sys.argv[1] == "counts":
         counts()
+    elif sys.argv[1] == "pt":
+        pt(sys.argv[2])
     elif sys.argv[1] == "fixtures":
         fixtures(sys.argv[2])
     else:

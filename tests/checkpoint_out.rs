@@ -70,6 +70,31 @@ fn fp32_checkpoints_read_back_bit_equal_and_reproduce_ultralytics() {
     round_trip(&m, PtOptions { fp32: true }, &dir.join("yolo11n-nc3.pt"), bit_equal);
 }
 
+/// The other families (C2f, C3, C2, the legacy Detect head, A2C2f with its area attention and,
+/// at scale l, its `gamma`) write and read back bit-equal, and so do they pruned with even
+/// halves; the tiny fixtures' models reproduce Ultralytics' output after the round trip.
+#[test]
+fn every_family_reads_back_bit_equal_pruned_or_not() {
+    let dir = scratch("pt-families");
+    for (name, folder) in [("yolov8p", "yolov8p-nc2"), ("yolov5p", "yolov5p-nc1"), ("yolo12p", "yolo12p-nc1")] {
+        let opts = LoadOptions { weights: Some(fixture(&format!("{folder}/model.safetensors"))), ..Default::default() };
+        let m = load_model(&fixture(&format!("{folder}/{name}.yaml")).display().to_string(), &opts).unwrap();
+        let back = round_trip(&m, PtOptions { fp32: true }, &dir.join(format!("{name}.pt")), bit_equal);
+        let x = read_npy(&fixture(&format!("{folder}/input.npy"))).unwrap();
+        let want = read_npy(&fixture(&format!("{folder}/output-eval.npy"))).unwrap();
+        let err = rel_err(&run_once(&Cpu, &back, std::slice::from_ref(&x)).unwrap()[0], &want);
+        assert!(err <= 1e-5, "{name} written and read back: off Ultralytics' output by {err:.2e}");
+    }
+    for yaml in ["yolov8n.yaml", "yolov5nu.yaml", "yolo12n.yaml", "yolov8n-p6.yaml", "yolo12l.yaml"] {
+        let m = load_model(yaml, &LoadOptions { nc: Some(2), imgsz: Some([128, 128]), ..Default::default() }).unwrap();
+        round_trip(&m, PtOptions { fp32: true }, &dir.join(yaml.replace("yaml", "pt")), bit_equal);
+        let opts = PruneOptions { ratio: 0.5, policy: Policy::Groups, even_splits: true, ..Default::default() };
+        let p = slimc::prune::prune(&m, opts, false).unwrap().model;
+        assert!(p.tensors.values().map(|t| t.numel()).sum::<usize>() < m.tensors.values().map(|t| t.numel()).sum());
+        round_trip(&p, PtOptions { fp32: true }, &dir.join(yaml.replace(".yaml", "-pruned.pt")), bit_equal);
+    }
+}
+
 #[test]
 fn fp16_checkpoints_hold_each_tensor_rounded_to_half() {
     let dir = scratch("pt-fp16");

@@ -112,10 +112,8 @@ fn widths_round_as_asked_in_every_family() {
     for yaml in ["yolov8n.yaml", "yolov5nu.yaml", "yolo12n.yaml"] {
         let mut m = yaml_model(yaml, Some(3), 64);
         randomize_bn(&mut m, 10);
-        let mut cx = PassContext {
-            prune: PruneOptions { ratio: 0.5, round_to: 8, ..Default::default() },
-            ..Default::default()
-        };
+        let mut cx =
+            PassContext { prune: PruneOptions { ratio: 0.5, round_to: 8, ..Default::default() }, ..Default::default() };
         let mut p = m.clone();
         PassManager::parse(PIPELINE).unwrap().run_with(&mut p, &mut cx).unwrap();
         let mut narrowed = 0;

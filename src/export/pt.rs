@@ -2,8 +2,9 @@
 //! training (`strip_optimizer`), so `YOLO("x.pt")` loads it, fine-tunes it and exports it.
 //!
 //! The pickle holds a `DetectionModel` whose `model` is a `Sequential` of Ultralytics modules
-//! (`Conv`, `C3k2`, `C3k`, `Bottleneck`, `SPPF`, `C2PSA`, `PSABlock`, `Attention`, `Concat`,
-//! `Detect`, `DFL`) over `torch.nn` ones, each with the attributes PyTorch and Ultralytics read.
+//! (`Conv`, `DWConv`, `C3k2`, `C3k`, `C2f`, `C3`, `C2`, `Bottleneck`, `SPPF`, `C2PSA`, `PSABlock`,
+//! `Attention`, `A2C2f`, `ABlock`, `AAttn`, `Concat`, `Detect` in its current and legacy forms,
+//! `DFL`) over `torch.nn` ones, each with the attributes PyTorch and Ultralytics read.
 //! The module tree follows the model's YAML ([`slimc_ir::Metadata::architecture`]); every width
 //! comes from the tensors, so a pruned model's modules carry their narrowed channels. Tensors
 //! are fp16 (as Ultralytics saves them) or fp32, one storage each, in the zip layout
@@ -244,9 +245,13 @@ impl<'m> Builder<'m> {
         ))
     }
 
-    /// Ultralytics' `Conv` (conv, BN, SiLU or identity) at `prefix`; a grouped one is a
-    /// `DWConv`.
+    /// Ultralytics' `Conv` (conv, BN, SiLU or identity) at `prefix`.
     fn conv(&mut self, prefix: &str, top: Vec<(&str, Py)>) -> Result<Py> {
+        self.conv_as(prefix, "Conv", top)
+    }
+
+    /// [`Self::conv`] as `class` (`DWConv`, the same module built with `g = gcd(c1, c2)`).
+    fn conv_as(&mut self, prefix: &str, class: &str, top: Vec<(&str, Py)>) -> Result<Py> {
         let conv = self.conv2d(&format!("{prefix}.conv"))?;
         let bn = self.batch_norm(&format!("{prefix}.bn"))?;
         let act = if self.values.contains(prefix) {
@@ -254,8 +259,6 @@ impl<'m> Builder<'m> {
         } else {
             module(&format!("{NN}.linear"), "Identity", vec![], vec![], vec![], vec![])
         };
-        let groups = self.convs.get(&format!("{prefix}.conv.weight")).map_or(1, |c| c.groups);
-        let class = if groups > 1 { "DWConv" } else { "Conv" };
         let children = vec![("conv".into(), conv), ("bn".into(), bn), ("act".into(), act)];
         Ok(module(CONV, class, vec![], vec![], children, top))
     }
@@ -285,7 +288,8 @@ impl<'m> Builder<'m> {
         Ok(module(BLOCK, "Bottleneck", vec![], vec![], children, vec![("add", Py::Bool(add))]))
     }
 
-    fn c3k(&mut self, prefix: &str, top: Vec<(&str, Py)>) -> Result<Py> {
+    /// A `C3` (or its subclass `C3k`): `cv1`, `cv2`, `cv3` and the bottlenecks `m`.
+    fn c3(&mut self, prefix: &str, class: &str, top: Vec<(&str, Py)>) -> Result<Py> {
         let mut children = vec![];
         for cv in ["cv1", "cv2", "cv3"] {
             children.push((cv.to_string(), self.conv(&format!("{prefix}.{cv}"), vec![])?));
@@ -294,7 +298,7 @@ impl<'m> Builder<'m> {
             .map(|j| self.bottleneck(&format!("{prefix}.m.{j}")))
             .collect::<Result<Vec<_>>>()?;
         children.push(("m".into(), self.container("Sequential", m)));
-        Ok(module(BLOCK, "C3k", vec![], vec![], children, top))
+        Ok(module(BLOCK, class, vec![], vec![], children, top))
     }
 
     /// Half of `prefix.cv1`'s output channels (`C2f`'s and `C2PSA`'s `c`), which Ultralytics
@@ -338,7 +342,7 @@ impl<'m> Builder<'m> {
     /// A `C3k2` block: a `C3k` where it has one, else a `Bottleneck`.
     fn c3k2_member(&mut self, p: &str) -> Result<Py> {
         if self.has(&format!("{p}.cv3")) {
-            self.c3k(p, vec![])
+            self.c3(p, "C3k", vec![])
         } else {
             self.bottleneck(p)
         }
@@ -398,6 +402,74 @@ impl<'m> Builder<'m> {
         Ok(module(BLOCK, "PSABlock", vec![], vec![], children, vec![("add", Py::Bool(true))]))
     }
 
+    /// YOLO12's `AAttn` at `prefix` (`area` from the graph's view of the sequence).
+    fn area_attention(&mut self, prefix: &str) -> Result<Py> {
+        let dim = self.tensor(&format!("{prefix}.proj.conv.weight"))?.shape[0];
+        let g = &self.model.graph;
+        let view = format!("{prefix}.view");
+        let area = g
+            .nodes
+            .iter()
+            .filter(|n| g.value(n.outputs[0]).name == view)
+            .find_map(|n| match &n.op {
+                Op::Reshape(r) => match r.shape.get(3) {
+                    Some(slimc_ir::ReshapeDim::Fixed(a)) => Some(*a),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("{prefix}: no area view of the sequence"))?;
+        let heads = dim / 32;
+        if heads == 0 || dim % 32 != 0 {
+            bail!("{prefix}: {dim} channels do not make Ultralytics' 32-wide area attention heads");
+        }
+        let children = vec![
+            ("qkv".into(), self.conv(&format!("{prefix}.qkv"), vec![])?),
+            ("proj".into(), self.conv(&format!("{prefix}.proj"), vec![])?),
+            ("pe".into(), self.conv(&format!("{prefix}.pe"), vec![])?),
+        ];
+        let attrs = vec![
+            ("area", Py::Int(area as i64)),
+            ("num_heads", Py::Int(heads as i64)),
+            ("head_dim", Py::Int((dim / heads) as i64)),
+        ];
+        Ok(module(BLOCK, "AAttn", vec![], vec![], children, attrs))
+    }
+
+    /// YOLO12's `ABlock`: area attention and its MLP.
+    fn ablock(&mut self, p: &str) -> Result<Py> {
+        let attn = self.area_attention(&format!("{p}.attn"))?;
+        let mlp = vec![self.conv(&format!("{p}.mlp.0"), vec![])?, self.conv(&format!("{p}.mlp.1"), vec![])?];
+        let children = vec![("attn".into(), attn), ("mlp".into(), self.container("Sequential", mlp))];
+        Ok(module(BLOCK, "ABlock", vec![], vec![], children, vec![]))
+    }
+
+    /// An `A2C2f` member: two `ABlock`s in a `Sequential`, or a `C3k`.
+    fn a2c2f_member(&mut self, p: &str) -> Result<Py> {
+        if self.has(&format!("{p}.cv3")) {
+            return self.c3(p, "C3k", vec![]);
+        }
+        let blocks = vec![self.ablock(&format!("{p}.0"))?, self.ablock(&format!("{p}.1"))?];
+        Ok(self.container("Sequential", blocks))
+    }
+
+    /// YOLO12's `A2C2f`: `cv1`, the blocks `m`, `cv2` and, for scales l and x, the `gamma`
+    /// parameter of its residual.
+    fn a2c2f(&mut self, prefix: &str, top: Vec<(&str, Py)>) -> Result<Py> {
+        let cv1 = self.conv(&format!("{prefix}.cv1"), vec![])?;
+        let cv2 = self.conv(&format!("{prefix}.cv2"), vec![])?;
+        let n = self.count(&format!("{prefix}.m"));
+        let m = (0..n).map(|j| self.a2c2f_member(&format!("{prefix}.m.{j}"))).collect::<Result<Vec<_>>>()?;
+        let children = vec![("cv1".into(), cv1), ("cv2".into(), cv2), ("m".into(), self.container("ModuleList", m))];
+        let gamma = format!("{prefix}.gamma");
+        if self.model.tensors.contains_key(&gamma) {
+            let params = vec![("gamma", self.param(&gamma)?)];
+            Ok(module(BLOCK, "A2C2f", params, vec![], children, top))
+        } else {
+            Ok(module(BLOCK, "A2C2f", vec![], vec![], children, [vec![("gamma", Py::None)], top].concat()))
+        }
+    }
+
     fn detect(&mut self, prefix: &str, nc: usize, top: Vec<(&str, Py)>) -> Result<Py> {
         let nl = self.count(&format!("{prefix}.cv2"));
         let mut cv2 = vec![];
@@ -412,9 +484,19 @@ impl<'m> Builder<'m> {
             cv2.push(self.container("Sequential", branch));
             let p = format!("{prefix}.cv3.{i}");
             let mut branch = vec![];
+            // The legacy head (v3/v5/v8) has two plain convs; the later one a depthwise-separable
+            // pair in each place.
+            let legacy = !self.has(&format!("{p}.0.0"));
             for j in 0..2 {
-                let pair = vec![self.conv(&format!("{p}.{j}.0"), vec![])?, self.conv(&format!("{p}.{j}.1"), vec![])?];
-                branch.push(self.container("Sequential", pair));
+                branch.push(if legacy {
+                    self.conv(&format!("{p}.{j}"), vec![])?
+                } else {
+                    let pair = vec![
+                        self.conv_as(&format!("{p}.{j}.0"), "DWConv", vec![])?,
+                        self.conv(&format!("{p}.{j}.1"), vec![])?,
+                    ];
+                    self.container("Sequential", pair)
+                });
             }
             branch.push(self.conv2d(&format!("{p}.2"))?);
             cv3.push(self.container("Sequential", branch));
@@ -470,7 +552,7 @@ impl<'m> Builder<'m> {
         let (module_path, class) = match layer.module.as_str() {
             "Conv" => (CONV, "Conv"),
             "Concat" => (CONV, "Concat"),
-            "C3k2" | "C3k" | "SPPF" | "C2PSA" => (BLOCK, layer.module.as_str()),
+            "C3k2" | "C3k" | "SPPF" | "C2PSA" | "C2f" | "C3" | "C2" | "A2C2f" => (BLOCK, layer.module.as_str()),
             "Detect" => (HEAD, "Detect"),
             "nn.Upsample" => ("torch.nn.modules.upsampling", "Upsample"),
             other => bail!("layer {i}: {other} has no Ultralytics module slimc writes"),
@@ -488,7 +570,10 @@ impl<'m> Builder<'m> {
         Ok(match class {
             "Conv" => self.conv(&prefix, top)?,
             "C3k2" => self.halves_block(&prefix, "C3k2", "ModuleList", top, Self::c3k2_member)?,
-            "C3k" => self.c3k(&prefix, top)?,
+            "C3k" | "C3" => self.c3(&prefix, class, top)?,
+            "C2f" => self.halves_block(&prefix, "C2f", "ModuleList", top, Self::bottleneck)?,
+            "C2" => self.halves_block(&prefix, "C2", "Sequential", top, Self::bottleneck)?,
+            "A2C2f" => self.a2c2f(&prefix, top)?,
             "SPPF" => self.sppf(&prefix, int(1, 5) as usize, top)?,
             "C2PSA" => self.halves_block(&prefix, "C2PSA", "Sequential", top, Self::psa_block)?,
             "Detect" => self.detect(&prefix, nc, top)?,
