@@ -1,4 +1,4 @@
-//! slimc: network slimming of YOLO11 detectors as a compiler.
+//! slimc: network slimming of Ultralytics YOLO detectors (YOLO11, YOLOv8, YOLOv5u, YOLO12) as a compiler.
 //!
 //! Models (Ultralytics YAML or ONNX) are lowered to slimc's IR ([`slimc_ir`]), transformed by
 //! passes ([`slimc_passes`]), run by backends ([`backend`]), trained ([`train`]), and emitted as ONNX ([`export`])

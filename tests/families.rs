@@ -103,6 +103,17 @@ fn shared_forward_cases_match_ultralytics() {
     forward(&shared("yolo12n-nc1/model-bn.onnx").display().to_string(), None, None, &shared("yolo12n-nc1"));
     let release = shared("checkpoints/yolov8n-release");
     forward(&release.join("yolov8n.pt").display().to_string(), None, None, &release);
+    // The release checkpoint exports to ONNX that tract and onnxruntime run to slimc's output.
+    let m = load_model(&release.join("yolov8n.pt").display().to_string(), &LoadOptions::default()).unwrap();
+    let x = read_npy(&release.join("input.npy")).unwrap();
+    let want = run_once(&Cpu, &m, std::slice::from_ref(&x)).unwrap();
+    let dir = common::scratch("families-release");
+    let path = dir.join("yolov8n.onnx");
+    let opts = slimc::export::ExportOptions { imgsz: Some([320, 320]), ..Default::default() };
+    std::fs::write(&path, slimc::export::export_onnx(&m, &opts).unwrap().bytes).unwrap();
+    let rows = slimc::verify::verify_onnx(&path, &x, &want, 1e-4).unwrap();
+    assert!(rows.iter().all(|r| r.ok), "{rows:?}");
+    eprintln!("release yolov8n.pt exported: {rows:?}");
 }
 
 fn shared_step(yaml: &str, nc: usize, folder: &str) -> StepCase {

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 /// The command line.
 #[derive(Parser)]
-#[command(name = "slimc", version, about = "Network slimming of YOLO11 detectors, as a compiler", long_about = None)]
+#[command(name = "slimc", version, about = "Network slimming of Ultralytics YOLO detectors (YOLO11, YOLOv8, YOLOv5u, YOLO12), as a compiler", long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -221,6 +221,22 @@ fn arg_count(args: &[Arg], lo: usize, hi: usize, module: &str, at: &str) -> Resu
     Ok(())
 }
 
+/// The largest stride of the model's layers (32 for P3-P5 detectors, 64 with a P6 level): each
+/// layer's stride from its inputs, strided convs multiplying it and upsampling dividing it.
+fn max_stride(spec: &ModelSpec) -> usize {
+    let mut strides: Vec<usize> = Vec::with_capacity(spec.layers.len());
+    for layer in &spec.layers {
+        let from = layer.from.iter().map(|f| f.map_or(1, |k| strides[k])).max().unwrap_or(1);
+        let s = match (layer.module.as_str(), layer.args.get(1), layer.args.get(2)) {
+            ("Conv", _, Some(Arg::Int(s))) if *s > 0 => from.saturating_mul(*s as usize),
+            ("nn.Upsample" | "Upsample", Some(Arg::Int(f)), _) if *f > 0 => (from / *f as usize).max(1),
+            _ => from,
+        };
+        strides.push(s.min(1 << 16));
+    }
+    strides.into_iter().max().unwrap_or(1)
+}
+
 /// Lowers a parsed model YAML to a model with freshly initialised weights, at image size
 /// `imgsz` (h, w; the graph itself works at any multiple of the largest stride). `widths`
 /// (weight name to shape, from a checkpoint) gives convs the widths their weights have.
@@ -239,6 +255,17 @@ pub fn lower(
     // The text form's names take letters, digits and `_./-`; a file name may hold others.
     let graph_name: String =
         graph_name.chars().map(|c| if c.is_ascii_alphanumeric() || "_./-".contains(c) { c } else { '_' }).collect();
+    let stride = max_stride(spec);
+    if imgsz.iter().any(|&s| s == 0 || s % stride != 0) {
+        let (lo, hi) = (imgsz[0] / stride * stride, imgsz[0].div_ceil(stride) * stride);
+        bail!(
+            "{}: image size {}x{} is not a multiple of the model's largest stride {stride} (e.g. {})",
+            spec.source,
+            imgsz[0],
+            imgsz[1],
+            if lo > 0 { format!("{lo} or {hi}") } else { hi.to_string() }
+        );
+    }
     let mut l = Lowering::new(&graph_name, seed, widths);
     let images = l.g.add_input(
         "images",
