@@ -9,12 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-VENV=${VENV:-/tmp/slimc-vs-ultralytics-venv}
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import ultralytics, safetensors, onnxruntime" 2>/dev/null; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet torch torchvision --index-url https://download.pytorch.org/whl/cpu
-    "$VENV/bin/pip" install --quiet ultralytics==8.3.253 safetensors onnx onnxruntime
-fi
+. benches/ultralytics_venv.sh
+ultralytics_venv safetensors onnx onnxruntime
 PY="$VENV/bin/python"
 case "${1:-}" in
     counts) "$PY" benches/families.py counts ;;

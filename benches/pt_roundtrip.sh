@@ -11,14 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 OUT=$ROOT/runs/bench/pt-roundtrip
-VENV=${VENV:-/tmp/slimc-vs-ultralytics-venv}
+. benches/ultralytics_venv.sh
 FIX=$ROOT/tests/fixtures/checkpoints/yolo11n-release
 . scripts/setup.sh
 cargo build --release --quiet
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import ultralytics, onnxruntime" 2>/dev/null; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet ultralytics==8.3.253 onnx onnxruntime onnxslim
-fi
+ultralytics_venv onnx onnxruntime onnxslim
 rm -rf "$OUT" && mkdir -p "$OUT"
 sed "s|^path: .*|path: $ROOT/datasets/trees|" datasets/trees/trees.yaml > "$OUT/trees.yaml"
 S=$ROOT/target/release/slimc

@@ -13,16 +13,12 @@ ROOT=$(pwd)
 MODEL=${MODEL:-yolov8n.yaml}
 EPOCHS=${EPOCHS:-30}
 SEEDS=${SEEDS:-0 1 2}
-VENV=${VENV:-/tmp/slimc-vs-ultralytics-venv}
+. benches/ultralytics_venv.sh
 OUT=$ROOT/runs/bench/train-parity/${MODEL%.yaml}
 DATA=$ROOT/datasets/trees/trees.yaml
 . scripts/setup.sh
 cargo build --release --quiet
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import ultralytics" 2>/dev/null; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet torch torchvision --index-url https://download.pytorch.org/whl/cpu
-    "$VENV/bin/pip" install --quiet ultralytics==8.3.253
-fi
+ultralytics_venv
 rm -rf "$OUT" && mkdir -p "$OUT"
 sed "s|^path: .*|path: $ROOT/datasets/trees|" "$DATA" > "$OUT/trees.yaml"
 # A copy of the binary, so a rebuild during the run does not change it between seeds.

@@ -15,15 +15,11 @@ EPOCHS=${1:-4}
 IMGSZ=320
 BATCH=8
 OUT=$ROOT/runs/bench/vs-ultralytics
-VENV=${VENV:-/tmp/slimc-vs-ultralytics-venv}
+. benches/ultralytics_venv.sh
 DATA=$ROOT/datasets/trees/trees.yaml
 . scripts/setup.sh
 cargo build --release --quiet
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import ultralytics" 2>/dev/null; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet torch torchvision --index-url https://download.pytorch.org/whl/cpu
-    "$VENV/bin/pip" install --quiet ultralytics==8.3.253
-fi
+ultralytics_venv
 rm -rf "$OUT"
 mkdir -p "$OUT"
 threads=$(nproc)

@@ -10,13 +10,10 @@ ROOT=$(pwd)
 IMGSZ=${IMGSZ:-320}
 EPOCHS=${EPOCHS:-30}
 OUT=$ROOT/runs/bench/vs-ultralytics-predict
-VENV=${VENV:-/tmp/slimc-vs-ultralytics-venv}
+. benches/ultralytics_venv.sh
 . scripts/setup.sh
 cargo build --release --quiet
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import ultralytics" 2>/dev/null; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet ultralytics==8.3.253
-fi
+ultralytics_venv
 mkdir -p "$OUT"
 echo "machine: $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 # Ultralytics resolves the YAML's relative `path` against the working directory.

@@ -71,13 +71,8 @@ impl Lowering<'_> {
         scope: &str,
         inner: &mut dyn FnMut(&mut Self, ValueId, usize, &str) -> Result<ValueId>,
     ) -> Result<ValueId> {
-        let c = (c2 as f64 * e) as usize;
-        let y = self.conv(x, 2 * c, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
-        let c = self.halves(y, scope)?;
-        let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
-        let parts =
-            self.g.add_node(Op::Split(Split { axis: 1, sizes: vec![c, c] }), &[y], &[&names[0], &names[1]], scope)?;
-        let mut ys = parts.clone();
+        let (parts, c) = self.cv1_halves(x, c2, e, scope)?;
+        let mut ys = parts.to_vec();
         for i in 0..n {
             let last = *ys.last().expect("two parts");
             ys.push(inner(self, last, c, &format!("{scope}.m.{i}"))?);
@@ -114,12 +109,7 @@ impl Lowering<'_> {
     /// Ultralytics `C2(c1, c2, n, shortcut, e=0.5)` (YOLOv8-p6's head): the first half
     /// through `n` chained bottlenecks, concatenated with the second into `cv2`.
     pub fn c2(&mut self, x: ValueId, c2: usize, n: usize, shortcut: bool, e: f64, scope: &str) -> Result<ValueId> {
-        let c = (c2 as f64 * e) as usize;
-        let y = self.conv(x, 2 * c, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
-        let c = self.halves(y, scope)?;
-        let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
-        let ab =
-            self.g.add_node(Op::Split(Split { axis: 1, sizes: vec![c, c] }), &[y], &[&names[0], &names[1]], scope)?;
+        let (ab, c) = self.cv1_halves(x, c2, e, scope)?;
         let mut a = ab[0];
         for i in 0..n {
             a = self.bottleneck(a, c, shortcut, [3, 3], 1.0, &format!("{scope}.m.{i}"))?;
@@ -128,13 +118,20 @@ impl Lowering<'_> {
         self.conv(cat, c2, 1, 1, None, 1, true, &format!("{scope}.cv2"))
     }
 
-    /// Half the channels of `y`, which a C2f-style module splits in two (`chunk(2, 1)`).
-    fn halves(&self, y: ValueId, scope: &str) -> Result<usize> {
+    /// `cv1` to `2·int(c2·e)` channels chunked in two halves (`self.cv1(x).chunk(2, 1)` of C2f,
+    /// C3k2, C2 and C2PSA): the halves and their width (from the conv's actual width, which a
+    /// checkpoint may have narrowed).
+    fn cv1_halves(&mut self, x: ValueId, c2: usize, e: f64, scope: &str) -> Result<([ValueId; 2], usize)> {
+        let y = self.conv(x, 2 * (c2 as f64 * e) as usize, 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
         let c = self.channels(y);
         if c % 2 != 0 {
             bail!("{scope}: cv1 gives {c} channels, which no longer split in two halves");
         }
-        Ok(c / 2)
+        let c = c / 2;
+        let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
+        let parts =
+            self.g.add_node(Op::Split(Split { axis: 1, sizes: vec![c, c] }), &[y], &[&names[0], &names[1]], scope)?;
+        Ok(([parts[0], parts[1]], c))
     }
 
     /// Ultralytics `SPPF(c1, c2, k)`: three chained max pools.
@@ -205,14 +202,10 @@ impl Lowering<'_> {
         if c1 != c2 && self.widths.is_none() {
             bail!("{scope}: C2PSA needs equal input and output channels, got {c1} and {c2}");
         }
-        let y = self.conv(x, 2 * (c2 / 2), 1, 1, None, 1, true, &format!("{scope}.cv1"))?;
-        let c = self.halves(y, scope)?;
+        let (ab, c) = self.cv1_halves(x, c2, 0.5, scope)?;
         if c < 64 {
             bail!("{scope}: C2PSA with {} channels leaves no 64-wide attention head", 2 * c);
         }
-        let names = [format!("{scope}.split.0"), format!("{scope}.split.1")];
-        let ab =
-            self.g.add_node(Op::Split(Split { axis: 1, sizes: vec![c, c] }), &[y], &[&names[0], &names[1]], scope)?;
         let mut b = ab[1];
         for i in 0..n {
             let m = format!("{scope}.m.{i}");
