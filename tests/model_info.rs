@@ -87,3 +87,15 @@ fn other_families_match_ultralytics_parameters_exactly_and_gflops_within_one_per
         assert!((i.gflops - gflops).abs() / gflops < 0.01, "{name} nc {nc}: GFLOPs {} vs {gflops}", i.gflops);
     }
 }
+
+/// Built-in names resolve as Ultralytics' `yaml_model_load` resolves them: the old P6 name, the
+/// "u" and plain YOLOv5 names, and an unknown name is one line that lists what is built in.
+#[test]
+fn builtin_names_resolve_as_ultralytics_does() {
+    let params = |name: &str| model_info(&common::yaml_model(name, Some(1), 128), None).unwrap().parameters;
+    assert_eq!(params("yolov8n6.yaml"), params("yolov8n-p6.yaml"));
+    assert_eq!(params("yolov5n.yaml"), params("yolov5nu.yaml"));
+    assert_eq!(params("yolov8s-p2.yaml"), 10_637_236);
+    let err = common::fails(&["info", "yolov9n.yaml"]);
+    assert!(err.contains("yolov9n.yaml: no such file") && err.contains("yolov8-p6.yaml"), "{err}");
+}
