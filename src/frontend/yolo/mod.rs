@@ -221,6 +221,23 @@ fn arg_count(args: &[Arg], lo: usize, hi: usize, module: &str, at: &str) -> Resu
     Ok(())
 }
 
+/// `A2C2f`'s arguments after the layer's channels: `A2C2f(c1, c2, n, a2, area, residual,
+/// mlp_ratio, e, g=1, shortcut)`.
+pub struct A2C2fArgs {
+    /// Area attention blocks (true) or C3k blocks (false).
+    pub a2: bool,
+    /// Parts the sequence is split into (1: global attention).
+    pub area: usize,
+    /// The learnt residual scale `gamma` around the block (scales l and x).
+    pub residual: bool,
+    /// Hidden width of each `ABlock`'s MLP relative to its input.
+    pub mlp_ratio: f64,
+    /// Hidden channels relative to `c2`.
+    pub e: f64,
+    /// Residual adds in the C3k blocks (when `a2` is false).
+    pub shortcut: bool,
+}
+
 /// The largest stride of the model's layers (32 for P3-P5 detectors, 64 with a P6 level): each
 /// layer's stride from its inputs, strided convs multiplying it and upsampling dividing it.
 fn max_stride(spec: &ModelSpec) -> usize {
@@ -382,7 +399,7 @@ pub fn lower(
                         bail!("{at}: area {area} is outside -1..=64");
                     }
                     let area = area.max(1) as usize;
-                    let args = area::A2C2fArgs {
+                    let args = A2C2fArgs {
                         a2: bool_arg(&a, 1, true, &at)?,
                         area,
                         residual: bool_arg(&a, 3, false, &at)?,
