@@ -24,7 +24,7 @@ impl Lowering<'_> {
     /// by the per-channel `gamma`.
     pub fn a2c2f(&mut self, x: ValueId, c2: usize, n: usize, a: &A2C2fArgs, scope: &str) -> Result<ValueId> {
         let c_ = (c2 as f64 * a.e) as usize;
-        if a.a2 && c_ % HEAD_CHANNELS != 0 {
+        if a.a2 && !c_.is_multiple_of(HEAD_CHANNELS) {
             bail!("{scope}: A2C2f's hidden width {c_} is not a multiple of {HEAD_CHANNELS} (Ultralytics asserts it)");
         }
         let mut ys = vec![self.conv(x, c_, 1, 1, None, 1, true, &format!("{scope}.cv1"))?];
@@ -34,7 +34,7 @@ impl Lowering<'_> {
             ys.push(if a.a2 {
                 let c = self.channels(last);
                 let heads = c / HEAD_CHANNELS;
-                if heads == 0 || c % HEAD_CHANNELS != 0 {
+                if heads == 0 || !c.is_multiple_of(HEAD_CHANNELS) {
                     bail!("{m}: {c} channels do not make {HEAD_CHANNELS}-wide attention heads");
                 }
                 let hidden = (c as f64 * a.mlp_ratio) as usize;
