@@ -11,7 +11,10 @@ benches/families.sh in a throwaway venv; never by CI).
                               yolo12p-nc1-step,yolov5p-nc1}), made the way the shared fixtures are
                               described in their README: a seeded init, every BatchNorm given
                               non-trivial state, Ultralytics' eval output, and one training step
-                              through v8DetectionLoss (loss items, gradients, BN statistics)
+                              through v8DetectionLoss (loss items, gradients, BN statistics);
+                              and, under checkpoints/, release-style .pt files of yolov5p and
+                              yolo12p (strip_optimizer) with the output Ultralytics computes
+                              from them
 """
 
 import contextlib
@@ -192,6 +195,30 @@ def step_case(name, nc, seed, out_root):
     print(name, "step", items, "float32 run's worst gradient error", err, worst)
 
 
+def checkpoint_case(name, nc, seed, out_root):
+    """A checkpoint as Ultralytics releases one (`torch.save` of the trainer's dict, then
+    `strip_optimizer`: fp16, no optimizer) of the forward fixture's model, and the output
+    Ultralytics computes from the file it wrote."""
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    d = os.path.join(out_root, "checkpoints", f"{name}-release")
+    os.makedirs(d, exist_ok=True)
+    yaml = os.path.join(out_root, f"{name}-nc{nc}", f"{name}.yaml")
+    m = build(yaml, nc, seed)
+    m.names = {i: f"class{i}" for i in range(nc)}
+    f = os.path.join(d, f"{name}.pt")
+    torch.save({"epoch": 0, "best_fitness": None, "model": m, "ema": None, "updates": 0, "optimizer": None,
+                "train_args": {"model": os.path.basename(yaml), "imgsz": 160, "nc": nc}}, f)
+    strip_optimizer(f)
+    net = YOLO(f).model.float().eval()
+    x = np.load(os.path.join(out_root, f"{name}-nc{nc}", "input.npy"))
+    with torch.no_grad():
+        y = net(torch.from_numpy(x))[0].numpy()
+    np.save(os.path.join(d, "output-eval.npy"), y)
+    print(name, "release checkpoint", os.path.getsize(f), "bytes")
+
+
 def fixtures(out_root):
     torch.use_deterministic_algorithms(True)
     forward_case("yolov8p", 2, 3, 160, out_root)
@@ -199,6 +226,8 @@ def fixtures(out_root):
     forward_case("yolov5p", 1, 5, 160, out_root)
     step_case("yolov8p", 2, 3, out_root)
     step_case("yolo12p", 1, 4, out_root)
+    checkpoint_case("yolov5p", 1, 5, out_root)
+    checkpoint_case("yolo12p", 1, 4, out_root)
 
 
 def pt(d):

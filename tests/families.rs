@@ -70,6 +70,21 @@ fn yolo12_imported_from_onnx_matches_ultralytics() {
     forward(&dir.join("model-bn.onnx").display().to_string(), None, None, &dir);
 }
 
+/// Checkpoints Ultralytics wrote (`strip_optimizer`: fp16, its own pickled modules — C3,
+/// A2C2f, ABlock, AAttn) load and run to the output Ultralytics computes from them.
+#[test]
+fn ultralytics_checkpoints_of_yolov5u_and_yolo12_reproduce_ultralytics() {
+    for (name, folder) in [("yolov5p", "yolov5p-nc1"), ("yolo12p", "yolo12p-nc1")] {
+        let release = fixture(&format!("checkpoints/{name}-release"));
+        let model = load_model(&release.join(format!("{name}.pt")).display().to_string(), &LoadOptions::default())
+            .unwrap();
+        let x = read_npy(&fixture(&format!("{folder}/input.npy"))).unwrap();
+        let want = read_npy(&release.join("output-eval.npy")).unwrap();
+        let e = rel_err(&run_once(&Cpu, &model, &[x]).unwrap()[0], &want);
+        assert!(e < TOL, "{name}.pt: relative error {e:e} exceeds {TOL:e}");
+    }
+}
+
 #[test]
 fn yolov8_step_matches_ultralytics() {
     tiny_step("yolov8p", "yolov8p-nc2").check_gradients(&Cpu);
