@@ -72,6 +72,7 @@ impl StepCase {
             let err = rel_err(&r.running[name], want);
             assert!(err < 1e-5, "{name}: running statistic off by {err:.3e}");
         }
+        println!("  loss components, total and {} BN running-statistic tensors within 1e-5", bn.len());
     }
 }
 
@@ -92,6 +93,6 @@ pub fn assert_grads_match(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String
             worst = (err, name.clone());
         }
     }
-    eprintln!("worst gradient error: {} {:.3e}", worst.1, worst.0);
+    println!("  worst gradient error {:.3e} ({})", worst.0, worst.1);
     assert!(worst.0 < 1e-3, "gradient of {} off by {:.3e}", worst.1, worst.0);
 }
