@@ -71,8 +71,8 @@ fn yolo12_imported_from_onnx_matches_ultralytics() {
 fn ultralytics_checkpoints_of_yolov5u_and_yolo12_reproduce_ultralytics() {
     for (name, folder) in [("yolov5p", "yolov5p-nc1"), ("yolo12p", "yolo12p-nc1")] {
         let release = fixture(&format!("checkpoints/{name}-release"));
-        let model = load_model(&release.join(format!("{name}.pt")).display().to_string(), &LoadOptions::default())
-            .unwrap();
+        let model =
+            load_model(&release.join(format!("{name}.pt")).display().to_string(), &LoadOptions::default()).unwrap();
         let x = read_npy(&fixture(&format!("{folder}/input.npy"))).unwrap();
         let want = read_npy(&release.join("output-eval.npy")).unwrap();
         let e = rel_err(&run_once(&Cpu, &model, &[x]).unwrap()[0], &want);

@@ -96,6 +96,11 @@ fn builtin_names_resolve_as_ultralytics_does() {
     assert_eq!(params("yolov8n6.yaml"), params("yolov8n-p6.yaml"));
     assert_eq!(params("yolov5n.yaml"), params("yolov5nu.yaml"));
     assert_eq!(params("yolov8s-p2.yaml"), 10_637_236);
+    // The model's name: the file's, with the scale letter added where the file name has none.
+    let name = |path: &str| model_info(&common::yaml_model(path, None, 128), None).unwrap().name;
+    assert_eq!(name("yolov8n-p2.yaml"), "yolov8n-p2");
+    assert_eq!(name("yolo11.yaml"), "yolo11n");
+    assert_eq!(name(common::fixture("yolo11p-nc2/yolo11p.yaml").to_str().unwrap()), "yolo11p");
     let err = common::fails(&["info", "yolov9n.yaml"]);
     assert!(err.contains("yolov9n.yaml: no such file") && err.contains("yolov8-p6.yaml"), "{err}");
 }

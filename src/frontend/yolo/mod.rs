@@ -264,11 +264,12 @@ pub fn lower(
     widths: Option<&BTreeMap<String, Vec<usize>>>,
 ) -> Result<Model> {
     let name = spec.source.trim_end_matches(".yaml").to_string();
-    let graph_name = if spec.scale.is_empty() || super::yaml::guess_scale(&spec.source).is_some() {
-        name.clone()
-    } else {
-        format!("{name}{}", spec.scale)
-    };
+    let graph_name =
+        if spec.scale.is_empty() || name.ends_with(&spec.scale) || super::yaml::guess_scale(&spec.source).is_some() {
+            name.clone()
+        } else {
+            format!("{name}{}", spec.scale)
+        };
     // The text form's names take letters, digits and `_./-`; a file name may hold others.
     let graph_name: String =
         graph_name.chars().map(|c| if c.is_ascii_alphanumeric() || "_./-".contains(c) { c } else { '_' }).collect();
