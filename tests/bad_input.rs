@@ -64,6 +64,35 @@ fn yaml_with_wrong_argument_count() {
     );
 }
 
+/// Width arguments that leave a block no channels (`e` of C2f, C3, A2C2f's `mlp_ratio`), and an
+/// image size off the model's largest stride: one line naming the file, the layer and why.
+#[test]
+fn yaml_whose_arguments_leave_a_conv_no_channels() {
+    let dir = common::scratch("bad-widths");
+    let yaml = |name: &str, row: &str| {
+        let text =
+            format!("nc: 1\nbackbone:\n  - [-1, 1, Conv, [64, 3, 2]]\n  - {row}\nhead:\n  - [[1], 1, Detect, [nc]]\n");
+        write(&dir, name, text.as_bytes())
+    };
+    for (row, culprit) in [
+        ("[-1, 1, C2f, [16, True, 1, 0.01]]", "model.1.cv1.conv"),
+        ("[-1, 1, C3, [16, True, 1, 0.01]]", "model.1.cv1.conv"),
+        ("[-1, 1, A2C2f, [64, True, 1, False, 0.001]]", "model.1.m.0.0.mlp.0.conv"),
+    ] {
+        let p = yaml("narrow.yaml", row);
+        let e = fails(&["info", &p, "--imgsz", "64"]);
+        assert!(
+            e.contains("narrow.yaml")
+                && e.contains("layer 1")
+                && e.contains(culprit)
+                && e.contains("no output channels"),
+            "{e}"
+        );
+    }
+    let e = fails(&["info", "yolov8n-p6.yaml", "--imgsz", "160"]);
+    assert!(e.contains("yolov8n-p6.yaml") && e.contains("largest stride 64") && e.contains("128 or 192"), "{e}");
+}
+
 #[test]
 fn weights_with_a_wrong_shape() {
     let dir = common::scratch("bad-weights");

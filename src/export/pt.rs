@@ -381,11 +381,7 @@ impl<'m> Builder<'m> {
         }
         let head_dim = dim / heads;
         let key_dim = head_dim / 2;
-        let children = vec![
-            ("qkv".into(), self.conv(&format!("{prefix}.qkv"), vec![])?),
-            ("proj".into(), self.conv(&format!("{prefix}.proj"), vec![])?),
-            ("pe".into(), self.conv(&format!("{prefix}.pe"), vec![])?),
-        ];
+        let children = self.attention_convs(prefix)?;
         let attrs = vec![
             ("num_heads", Py::Int(heads as i64)),
             ("head_dim", Py::Int(head_dim as i64)),
@@ -400,6 +396,14 @@ impl<'m> Builder<'m> {
         let ffn = vec![self.conv(&format!("{p}.ffn.0"), vec![])?, self.conv(&format!("{p}.ffn.1"), vec![])?];
         let children = vec![("attn".into(), attn), ("ffn".into(), self.container("Sequential", ffn))];
         Ok(module(BLOCK, "PSABlock", vec![], vec![], children, vec![("add", Py::Bool(true))]))
+    }
+
+    /// An attention's `qkv`, `proj` and `pe` convs (C2PSA's `Attention` and YOLO12's `AAttn`).
+    fn attention_convs(&mut self, prefix: &str) -> Result<Vec<(String, Py)>> {
+        ["qkv", "proj", "pe"]
+            .iter()
+            .map(|c| Ok((c.to_string(), self.conv(&format!("{prefix}.{c}"), vec![])?)))
+            .collect()
     }
 
     /// YOLO12's `AAttn` at `prefix` (`area` from the graph's view of the sequence).
@@ -423,11 +427,7 @@ impl<'m> Builder<'m> {
         if heads == 0 || dim % 32 != 0 {
             bail!("{prefix}: {dim} channels do not make Ultralytics' 32-wide area attention heads");
         }
-        let children = vec![
-            ("qkv".into(), self.conv(&format!("{prefix}.qkv"), vec![])?),
-            ("proj".into(), self.conv(&format!("{prefix}.proj"), vec![])?),
-            ("pe".into(), self.conv(&format!("{prefix}.pe"), vec![])?),
-        ];
+        let children = self.attention_convs(prefix)?;
         let attrs = vec![
             ("area", Py::Int(area as i64)),
             ("num_heads", Py::Int(heads as i64)),

@@ -9,7 +9,7 @@
 
 use super::{A2C2fArgs, Lowering};
 use anyhow::{bail, Result};
-use slimc_ir::{Axis, Binary, Reshape, Split, Transpose};
+use slimc_ir::{Binary, Reshape, Transpose};
 use slimc_ir::{Op, ParamKind, ReshapeDim, ValueId};
 
 /// Channels per attention head in `A2C2f` (Ultralytics builds `ABlock(c_, c_ // 32, ...)`).
@@ -99,40 +99,15 @@ impl Lowering<'_> {
         // [B, heads, 3hd, area, n] -> [B, area, heads, 3hd, n]
         let t = Op::Transpose(Transpose { perm: vec![0, 3, 1, 2, 4] });
         let qkv = self.g.add1(t, &[qkv], &format!("{scope}.areas"), scope)?;
-        let names = [format!("{scope}.q"), format!("{scope}.k"), format!("{scope}.v")];
-        let qkv = self.g.add_node(
-            Op::Split(Split { axis: 3, sizes: vec![hd, hd, hd] }),
-            &[qkv],
-            &[&names[0], &names[1], &names[2]],
-            scope,
-        )?;
-        let (q, k, v) = (qkv[0], qkv[1], qkv[2]);
-        let swap = Op::Transpose(Transpose { perm: vec![0, 1, 2, 4, 3] });
-        let qt = self.g.add1(swap.clone(), &[q], &format!("{scope}.qT"), scope)?;
-        let attn = self.g.add1(Op::MatMul, &[qt, k], &format!("{scope}.qk"), scope)?;
-        let scale = self.scalar(&format!("{scope}.scale"), (hd as f32).powf(-0.5));
-        let attn = self.g.add1(Op::Binary(Binary::Mul), &[attn, scale], &format!("{scope}.scaled"), scope)?;
-        let attn = self.g.add1(Op::Softmax(Axis { axis: 4 }), &[attn], &format!("{scope}.softmax"), scope)?;
-        let at = self.g.add1(swap, &[attn], &format!("{scope}.attnT"), scope)?;
-        let o = self.g.add1(Op::MatMul, &[v, at], &format!("{scope}.av"), scope)?;
+        let (o, v) = self.dot_product_attention(qkv, 3, [hd, hd], scope)?;
         // [B, area, heads, hd, n] -> [B, heads, hd, area, n] -> [B, C, H, W]
         let mut image = |t: ValueId, name: &str| -> Result<ValueId> {
             let back = Op::Transpose(Transpose { perm: vec![0, 2, 3, 1, 4] });
             let t = self.g.add1(back, &[t], &format!("{scope}.{name}_seq"), scope)?;
-            let shape = Op::Reshape(Reshape {
-                shape: vec![
-                    b0.clone(),
-                    ReshapeDim::Fixed(dim),
-                    ReshapeDim::Of { input: 1, axis: 2 },
-                    ReshapeDim::Of { input: 1, axis: 3 },
-                ],
-            });
-            Ok(self.g.add1(shape, &[t, x], &format!("{scope}.{name}"), scope)?)
+            self.image_of(t, x, name, scope)
         };
         let o = image(o, "out")?;
         let vimg = image(v, "v_img")?;
-        let pe = self.conv(vimg, dim, 7, 1, Some(3), dim, false, &format!("{scope}.pe"))?;
-        let o = self.add(o, pe, &format!("{scope}.add"), scope)?;
-        self.conv(o, dim, 1, 1, None, 1, false, &format!("{scope}.proj"))
+        self.attention_out(o, vimg, 7, scope)
     }
 }

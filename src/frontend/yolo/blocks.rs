@@ -163,33 +163,62 @@ impl Lowering<'_> {
             ],
         });
         let qkv = self.g.add1(view, &[qkv], &format!("{scope}.view"), scope)?;
+        let (o, v) = self.dot_product_attention(qkv, 2, [key_dim, head_dim], scope)?;
+        let o = self.image_of(o, x, "out", scope)?;
+        let vimg = self.image_of(v, x, "v_img", scope)?;
+        self.attention_out(o, vimg, 3, scope)
+    }
+
+    /// The attention shared by C2PSA's `Attention` and YOLO12's `AAttn`: `qkv` split along
+    /// `axis` into q, k (`sizes[0]` each) and v (`sizes[1]`), each laid out `[..., d, n]`;
+    /// `softmax(qᵀk · d^-½)` over the last axis, and `v · attnᵀ`. Returns that product and v.
+    pub(super) fn dot_product_attention(
+        &mut self,
+        qkv: ValueId,
+        axis: usize,
+        sizes: [usize; 2],
+        scope: &str,
+    ) -> Result<(ValueId, ValueId)> {
         let names = [format!("{scope}.q"), format!("{scope}.k"), format!("{scope}.v")];
         let qkv = self.g.add_node(
-            Op::Split(Split { axis: 2, sizes: vec![key_dim, key_dim, head_dim] }),
+            Op::Split(Split { axis, sizes: vec![sizes[0], sizes[0], sizes[1]] }),
             &[qkv],
             &[&names[0], &names[1], &names[2]],
             scope,
         )?;
         let (q, k, v) = (qkv[0], qkv[1], qkv[2]);
-        let t = Op::Transpose(Transpose { perm: vec![0, 1, 3, 2] });
+        let r = self.g.ty(q).rank();
+        let mut perm: Vec<usize> = (0..r).collect();
+        perm.swap(r - 2, r - 1);
+        let t = Op::Transpose(Transpose { perm });
         let qt = self.g.add1(t.clone(), &[q], &format!("{scope}.qT"), scope)?;
         let attn = self.g.add1(Op::MatMul, &[qt, k], &format!("{scope}.qk"), scope)?;
-        let scale = self.scalar(&format!("{scope}.scale"), (key_dim as f32).powf(-0.5));
+        let scale = self.scalar(&format!("{scope}.scale"), (sizes[0] as f32).powf(-0.5));
         let attn = self.g.add1(Op::Binary(Binary::Mul), &[attn, scale], &format!("{scope}.scaled"), scope)?;
-        let attn = self.g.add1(Op::Softmax(Axis { axis: 3 }), &[attn], &format!("{scope}.softmax"), scope)?;
+        let attn = self.g.add1(Op::Softmax(Axis { axis: r - 1 }), &[attn], &format!("{scope}.softmax"), scope)?;
         let at = self.g.add1(t, &[attn], &format!("{scope}.attnT"), scope)?;
         let o = self.g.add1(Op::MatMul, &[v, at], &format!("{scope}.av"), scope)?;
+        Ok((o, v))
+    }
+
+    /// `t` viewed as a feature map shaped like `like` (`{scope}.{name}`).
+    pub(super) fn image_of(&mut self, t: ValueId, like: ValueId, name: &str, scope: &str) -> Result<ValueId> {
         let back = Op::Reshape(Reshape {
             shape: vec![
                 ReshapeDim::Of { input: 0, axis: 0 },
-                ReshapeDim::Fixed(dim),
+                ReshapeDim::Fixed(self.channels(like)),
                 ReshapeDim::Of { input: 1, axis: 2 },
                 ReshapeDim::Of { input: 1, axis: 3 },
             ],
         });
-        let o = self.g.add1(back.clone(), &[o, x], &format!("{scope}.out"), scope)?;
-        let vimg = self.g.add1(back, &[v, x], &format!("{scope}.v_img"), scope)?;
-        let pe = self.conv(vimg, dim, 3, 1, None, dim, false, &format!("{scope}.pe"))?;
+        Ok(self.g.add1(back, &[t, like], &format!("{scope}.{name}"), scope)?)
+    }
+
+    /// An attention's output: `o` plus the depthwise `k`×`k` position conv `pe` of the values
+    /// `vimg`, through the 1×1 `proj`.
+    pub(super) fn attention_out(&mut self, o: ValueId, vimg: ValueId, k: usize, scope: &str) -> Result<ValueId> {
+        let dim = self.channels(vimg);
+        let pe = self.conv(vimg, dim, k, 1, None, dim, false, &format!("{scope}.pe"))?;
         let o = self.add(o, pe, &format!("{scope}.add"), scope)?;
         self.conv(o, dim, 1, 1, None, 1, false, &format!("{scope}.proj"))
     }

@@ -119,6 +119,9 @@ impl<'w> Lowering<'w> {
             ),
             None => (c2, g),
         };
+        if c2 == 0 {
+            bail!("{scope}: the layer's arguments leave this conv no output channels");
+        }
         if g == 0 || c1 % g != 0 || c2 % g != 0 {
             bail!("{scope}: {c1} -> {c2} channels cannot use {g} groups");
         }
