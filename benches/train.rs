@@ -39,13 +39,13 @@ fn images_per_second(backend: &dyn Backend, imgsz: usize, steps: usize) -> f64 {
     let options = OptimizerOptions { rule: opt.rule(), weight_decay: 5e-4, ..Default::default() };
     let mut program = Program::with_optimizer(&model, backend, options).unwrap();
     let mut epoch = 0;
-    let mut rx = split.train_epoch(batch, Hyp::default(), 0, epoch);
+    let mut rx = split.train_epoch(batch, Hyp::default(), 0, epoch, 1, 0..1);
     let mut step = || {
         let b = match rx.recv() {
             Ok(b) => b.unwrap(),
             Err(_) => {
                 epoch += 1;
-                rx = split.train_epoch(batch, Hyp::default(), 0, epoch);
+                rx = split.train_epoch(batch, Hyp::default(), 0, epoch, 1, 0..1);
                 rx.recv().unwrap().unwrap()
             }
         };

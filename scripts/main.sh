@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-cargo build --release --quiet
+cargo build --release --quiet --features mpi
 rm -rf runs/main/pipeline
 "${CARGO_TARGET_DIR:-target}/release/slimc" pipeline --model yolo11n.yaml --data datasets/trees/trees.yaml --imgsz 320 --batch 8 \
   --epochs 10 --sr 1e-2 --sr-mode proximal --clip 10 --ratio 0.5 --policy groups --project runs/main --name pipeline "$@"

@@ -3,7 +3,8 @@
 //! the backend interface, and this module picks one.
 
 use crate::backend::{cpu, gpu, Backend};
-use anyhow::Result;
+use crate::dist::World;
+use anyhow::{bail, Result};
 
 /// Where graphs run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,6 +43,22 @@ impl Device {
             },
             _ => "cpu (auto: no hardware GPU; a software adapter such as lavapipe only with --device gpu)".into(),
         }
+    }
+
+    /// The backend for this device as one rank of `world`: on the GPU, each rank of a machine
+    /// takes the adapter of its local rank (an error when there are fewer adapters).
+    pub fn backend_in(self, world: &World) -> Result<Box<dyn Backend>> {
+        if world.local_size > 1 && self.resolve()? == Device::Gpu {
+            let found = gpu::adapters().len();
+            if found < world.local_size {
+                bail!(
+                    "{} ranks share this machine but it has {found} GPU adapter(s): one rank per adapter, or --device cpu",
+                    world.local_size
+                );
+            }
+            gpu::use_adapter(world.local_rank);
+        }
+        self.backend()
     }
 
     /// The backend for this device (resolved first).

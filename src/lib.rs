@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bn_hist;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod export;
 pub mod frontend;
 pub mod info;

@@ -13,8 +13,18 @@ fn main() {
     std::panic::set_hook(Box::new(|p| {
         eprintln!("slimc: internal error: {p} (please report this with the command you ran)");
     }));
-    if let Err(e) = cli::main() {
-        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+    let result = cli::main();
+    if let Err(e) = &result {
+        // A rank of several names itself: its message is the one that explains the job's end.
+        let rank = match slimc::dist::launched_size() {
+            1 => String::new(),
+            _ => slimc::dist::world().map(|w| format!("rank {}: ", w.rank())).unwrap_or_default(),
+        };
+        eprintln!("{rank}error: {}", format!("{e:#}").replace('\n', " "));
+    }
+    // MPI is finalised after success; a failed rank of several ends every rank.
+    slimc::dist::finish(result.is_ok());
+    if result.is_err() {
         std::process::exit(1);
     }
 }

@@ -6,6 +6,7 @@ use crate::bn_hist::bn_hist;
 use crate::data::dataset::{load_dataset_spec, scan};
 use crate::data::loader::Split;
 use crate::device::Device;
+use crate::dist::World;
 use crate::export::pt::{save_pt, PtOptions};
 use crate::export::{export_onnx, ExportOptions};
 use crate::info::model_info;
@@ -95,23 +96,40 @@ fn stage_dir(cfg: &PipelineConfig, name: &str, epochs: usize) -> TrainConfig {
     t
 }
 
-/// Trains one stage and returns its `best.slim`, or its `last.slim` with `last`.
-fn train_stage(model: Model, t: TrainConfig, last: bool, device: Device) -> Result<Model> {
+/// Trains one stage (on every rank of `world`) and returns its `best.slim`, or its `last.slim`
+/// with `last`, as rank 0 wrote it.
+fn train_stage(model: Model, t: TrainConfig, last: bool, device: Device, world: &World) -> Result<Model> {
     let file = t.save_dir.join(if last { "weights/last.slim" } else { "weights/best.slim" });
-    std::fs::create_dir_all(&t.save_dir)?;
-    Trainer::new(model, t, device.backend()?)?.run()?;
-    let mut m = Model::load(&file)?;
+    if world.is_root() {
+        std::fs::create_dir_all(&t.save_dir)?;
+    }
+    Trainer::new(model, t, device.backend_in(world)?, world.clone())?.run()?;
+    let mut m = from_root(world, || Model::load(&file))?;
     m.training_state.clear();
     Ok(m)
 }
 
-/// Runs the whole pipeline on `model` (built with the dataset's classes).
-pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
+/// Rank 0's model (made by `make` there only) on every rank.
+fn from_root(world: &World, make: impl FnOnce() -> Result<Model, slimc_ir::IrError>) -> Result<Model> {
+    if world.size() == 1 {
+        return Ok(make()?);
+    }
+    let bytes = if world.is_root() { make()?.to_bytes() } else { vec![] };
+    Ok(Model::from_bytes(&world.from_root(bytes)?, "rank 0's model")?)
+}
+
+/// Runs the whole pipeline on `model` (built with the dataset's classes) as one rank of
+/// `world`: every rank trains each stage; rank 0 alone validates, prunes (its pruned model goes
+/// to the others), exports, verifies and writes the summary, which only it returns.
+pub fn run_pipeline(model: Model, cfg: &PipelineConfig, world: &World) -> Result<Option<Summary>> {
     let t0 = Instant::now();
     let device = cfg.device.resolve()?;
-    let backend = device.backend()?;
-    eprintln!("pipeline: device {}", cfg.device.describe());
-    std::fs::create_dir_all(&cfg.dir).with_context(|| format!("{}", cfg.dir.display()))?;
+    let root = world.is_root();
+    let backend = device.backend_in(world)?;
+    if root {
+        eprintln!("pipeline: device {}", cfg.device.describe());
+        std::fs::create_dir_all(&cfg.dir).with_context(|| format!("{}", cfg.dir.display()))?;
+    }
     let imgsz = cfg.train.imgsz;
     let spec = load_dataset_spec(cfg.train.data.as_deref().ok_or_else(|| anyhow::anyhow!("no dataset"))?)?;
     let nc = spec.names.len();
@@ -149,13 +167,13 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     // 1. Train (or start from a trained model).
     let trained = match &cfg.trained {
         Some(p) => {
-            let mut m = Model::load(p)?;
+            let mut m = from_root(world, || Model::load(p))?;
             m.training_state.clear();
             m
         }
-        None => train_stage(model, stage_dir(cfg, "1-train", cfg.train.epochs), false, device)?,
+        None => train_stage(model, stage_dir(cfg, "1-train", cfg.train.epochs), false, device, world)?,
     };
-    let trained_val = row("train", &save(&trained, "trained.slim")?, &trained)?;
+    let trained_val = if root { Some(row("train", &save(&trained, "trained.slim")?, &trained)?) } else { None };
     // 2. Sparse training continues a trained model: no warm-up (a ramp from lr 0 would spend a
     // short run with the L1 term barely acting), and its last epoch is kept, the sparsest, rather
     // than the one with the best mAP.
@@ -163,26 +181,38 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     t.sr = cfg.train.sr;
     t.nbs = cfg.sparse_nbs;
     t.warmup_epochs = 0.0;
-    let sparse = train_stage(trained.clone(), t, true, device)?;
-    row("sparse", &save(&sparse, "sparse.slim")?, &sparse)?;
-    // 3. The gamma distribution before and after.
-    let (hist, _) = bn_hist(
-        &[("trained".to_string(), trained), ("sparse".to_string(), sparse.clone())],
-        &cfg.train.sr_scope,
-        &cfg.dir.join("gamma.png"),
-    )?;
-    slimc_ir::write_atomic(&cfg.dir.join("gamma.json"), serde_json::to_string_pretty(&hist)?.as_bytes())?;
-    // 4. Prune, at the ratio or as little as meets the budget.
-    let pruned = match cfg.budget {
-        Some(b) => {
-            let r = prune_to_budget(&sparse, &cfg.prune, b)?;
-            eprintln!("pipeline: {}", r.describe());
-            r.pruned
-        }
-        None => prune(&sparse, cfg.prune.clone(), false)?,
+    let sparse = train_stage(trained.clone(), t, true, device, world)?;
+    let pruned = if root {
+        row("sparse", &save(&sparse, "sparse.slim")?, &sparse)?;
+        // 3. The gamma distribution before and after.
+        let (hist, _) = bn_hist(
+            &[("trained".to_string(), trained), ("sparse".to_string(), sparse.clone())],
+            &cfg.train.sr_scope,
+            &cfg.dir.join("gamma.png"),
+        )?;
+        slimc_ir::write_atomic(&cfg.dir.join("gamma.json"), serde_json::to_string_pretty(&hist)?.as_bytes())?;
+        // 4. Prune, at the ratio or as little as meets the budget.
+        let pruned = match cfg.budget {
+            Some(b) => {
+                let r = prune_to_budget(&sparse, &cfg.prune, b)?;
+                eprintln!("pipeline: {}", r.describe());
+                r.pruned
+            }
+            None => prune(&sparse, cfg.prune.clone(), false)?,
+        };
+        std::fs::write(cfg.dir.join("prune.txt"), pruned.summary.table())?;
+        row("pruned", &save(&pruned.model, "pruned.slim")?, &pruned.model)?;
+        Some(pruned)
+    } else {
+        None
     };
-    std::fs::write(cfg.dir.join("prune.txt"), pruned.summary.table())?;
-    row("pruned", &save(&pruned.model, "pruned.slim")?, &pruned.model)?;
+    // The ranks fine-tune rank 0's pruned model.
+    let pruned_model = from_root(world, || Ok(pruned.as_ref().expect("rank 0 pruned").model.clone()))?;
+    let Some(pruned) = pruned else {
+        train_stage(pruned_model, stage_dir(cfg, "3-finetune", cfg.finetune_epochs), false, device, world)?;
+        return Ok(None);
+    };
+    let trained_val = trained_val.expect("rank 0 validated");
     // The pruned and the final model as Ultralytics checkpoints, for its own tools (a model
     // without an Ultralytics architecture, say a .slim from before slimc kept one, gets none).
     let mut pt_warnings = vec![];
@@ -193,7 +223,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     };
     write_pt(&pruned.model, "pruned.pt");
     // 5. Fine-tune the narrower graph.
-    let tuned = train_stage(pruned.model, stage_dir(cfg, "3-finetune", cfg.finetune_epochs), false, device)?;
+    let tuned = train_stage(pruned_model, stage_dir(cfg, "3-finetune", cfg.finetune_epochs), false, device, world)?;
     let final_path = save(&tuned, "final.slim")?;
     write_pt(&tuned, "final.pt");
     let final_val = row("fine-tuned", &final_path, &tuned)?;
@@ -225,7 +255,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig) -> Result<Summary> {
     if checks.iter().any(|c| !c.ok) {
         anyhow::bail!("the final ONNX export differs from the interpreter beyond 1e-4: {checks:?}");
     }
-    Ok(summary)
+    Ok(Some(summary))
 }
 
 /// The stages with fewer GFLOPs than the first whose onnxruntime latency is not lower: a slimmed

@@ -29,7 +29,8 @@ fn distinct(shape: &[usize], seed: u64) -> Tensor {
 fn check(op: Op, inputs: Vec<Tensor>, diff: &[bool], eps: f32) {
     let mut g = Graph::new("rule");
     let ins: Vec<_> = inputs.iter().enumerate().map(|(i, t)| g.add_input(&format!("x{i}"), t.ty())).collect();
-    let outs = g.add_node(op.clone(), &ins, &(0..op.num_outputs()).map(|_| "y").collect::<Vec<_>>(), "").unwrap();
+    let outs =
+        g.add_node(op.clone(), &ins, &(0..op.num_outputs(ins.len())).map(|_| "y").collect::<Vec<_>>(), "").unwrap();
     let y = outs[0];
     g.outputs = vec![y];
     let forward = Model { graph: g.clone(), ..Default::default() };

@@ -6,7 +6,7 @@
 //! ; passes: group-channels,rewrite-widths
 //! ; ratio: 0.5            (also: policy seed|groups, min-channels N, round-to N)
 //! ; optimizer: adamw      (the `optimizer` pass: sgd or adamw; `; sr: subgradient|proximal`
-//!                          puts every BN gamma under the L1 term)
+//!                          puts every BN gamma under the L1 term; `; world-size: N` its ranks)
 //! ; tensor bn.weight = 1 0.001 0.5 0.002
 //! graph g(%x: f32[1,4,8,8]) { ... }
 //! ; expected:
@@ -58,6 +58,7 @@ fn parse_case(text: &str) -> Result<Case, String> {
             "policy" => case.prune.policy = if value == "seed" { Policy::Seed } else { Policy::Groups },
             "optimizer" if value == "sgd" => case.optimizer.rule = UpdateRule::Sgd,
             "optimizer" if value == "adamw" => case.optimizer.rule = UpdateRule::AdamW { beta1: 0.9 },
+            "world-size" => case.optimizer.world_size = num(value)? as usize,
             "sr" => {
                 let proximal = value == "proximal";
                 case.optimizer.sparsity = Some(Sparsity { gammas: None, proximal, keep: 0 });

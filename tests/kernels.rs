@@ -14,7 +14,8 @@ use slimc::backend::{cpu::Cpu, gpu, run_once, Backend};
 use slimc_ir::eval::eval;
 use slimc_ir::step_scalars as ss;
 use slimc_ir::{
-    Anchors, Axis, BatchNorm, Binary, DetectLoss, Pool, Reshape, Slice, Split, Transpose, Unary, UnaryGrad, Upsample,
+    Anchors, Axis, BatchNorm, Binary, DetectLoss, Pool, Reshape, Root, Slice, Split, Transpose, Unary, UnaryGrad,
+    Upsample,
 };
 use slimc_ir::{Conv2d, Model, Op, OpKind, ReshapeDim, Tensor, Update, ALL_OP_KINDS};
 
@@ -241,6 +242,10 @@ fn cases() -> Vec<Case> {
         vec![p.clone(), g, norm, scalars(true), r(&[4, 3, 3, 3], 1905), positive(&[4, 3, 3, 3], 1906)],
     );
     add("ema_update", Op::EmaUpdate, vec![r(&[4, 3, 3, 3], 1907), p, scalars(true)]);
+
+    // The collectives, in a world of one rank (the reference semantics).
+    add("all_reduce", Op::AllReduce, vec![r(&[4, 3, 3, 3], 1908), r(&[5], 1909), scalars(true)]);
+    add("broadcast", Op::Broadcast(Root { root: 0 }), vec![r(&[2, 3], 1910), r(&[7], 1911)]);
     out
 }
 
@@ -327,4 +332,66 @@ fn every_convolution_lowering_matches_the_cpu_backend() {
         failures.extend(f.into_iter().map(|f| format!("{lowering:?}: {f}")));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A world of two ranks seen from rank 0, where rank 1 holds this rank's tensors plus one: an
+/// all-reduce gives `2x + 1`, a broadcast from rank 1 `x + 1`.
+struct PlusOne;
+
+impl slimc::dist::Communicator for PlusOne {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        2
+    }
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> anyhow::Result<()> {
+        buf.iter_mut().for_each(|v| *v = 2.0 * *v + 1.0);
+        Ok(())
+    }
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> anyhow::Result<()> {
+        if root == 1 {
+            buf.iter_mut().for_each(|v| *v += 1.0);
+        }
+        Ok(())
+    }
+    fn all_gather(&self, bytes: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+        Ok(vec![bytes.to_vec(); 2])
+    }
+    fn abort(&self, code: i32) -> ! {
+        panic!("abort({code})")
+    }
+}
+
+/// Both backends run the collectives through the communicator they are given, as one bucket:
+/// the all-reduce only when its step scalars say the optimizer steps, the broadcast always.
+#[test]
+fn collectives_run_through_the_given_communicator_on_every_backend() {
+    let (a, b) = (random(&[4, 3, 3, 3], 1912), random(&[5], 1913));
+    let add = |t: &Tensor, k: f32, c: f32| map(t, |v| k * v + c);
+    let cases = [
+        (Op::AllReduce, vec![a.clone(), b.clone(), scalars(true)], vec![add(&a, 2.0, 1.0), add(&b, 2.0, 1.0)]),
+        (Op::AllReduce, vec![a.clone(), b.clone(), scalars(false)], vec![a.clone(), b.clone()]),
+        (Op::Broadcast(Root { root: 1 }), vec![a.clone(), b.clone()], vec![add(&a, 1.0, 1.0), add(&b, 1.0, 1.0)]),
+    ];
+    let backends: [Box<dyn Backend>; 2] = [Box::new(Cpu), Box::new(gpu())];
+    for backend in &backends {
+        for (op, args, want) in &cases {
+            let model = single_op(op, &args.iter().map(Tensor::ty).collect::<Vec<_>>()).unwrap();
+            let mut exe = backend.compile_in(&model, std::sync::Arc::new(PlusOne)).unwrap();
+            let got = exe.run_in_order(args).unwrap();
+            for (g, w) in got.iter().zip(want) {
+                assert_eq!(g.shape, w.shape);
+                let worst =
+                    g.f32s().unwrap().iter().zip(w.f32s().unwrap()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+                assert!(
+                    worst < 1e-6,
+                    "{} {:?} on {}: off by {worst}",
+                    op.name(),
+                    args[args.len() - 1].shape,
+                    backend.name()
+                );
+            }
+        }
+    }
 }

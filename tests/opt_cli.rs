@@ -89,3 +89,26 @@ fn the_optimizer_pass_prints_the_whole_step() {
     assert_eq!(adamw.matches(" = adamw_update(").count(), sgd.matches(" = sgd_update(").count());
     assert_eq!(adamw.matches("prox=0").count(), 81, "the proximal step on every BN gamma only");
 }
+
+/// With `--world-size 2` the optimizer step of yolo11n sums its accumulated gradients across the
+/// ranks in one `all_reduce` (every trained parameter in one bucket) after accumulation and
+/// before the L1 subgradient, the global norm and the updates; a world of one has none.
+#[test]
+fn two_ranks_put_one_all_reduce_before_the_sparsity_term_and_the_update() {
+    let args = ["yolo11n.yaml", "--passes", "autodiff,optimizer", "--sr-mode", "subgradient", "--print-ir-after-all"];
+    let (ok, _, stderr) = opt(&[&args[..], &["--world-size", "2"]].concat());
+    assert!(ok, "{stderr}");
+    let step = &stderr[stderr.find("// ----- IR after optimizer").unwrap()..];
+    let lines: Vec<&str> = step.lines().collect();
+    let at = |pat: &str| lines.iter().position(|l| l.contains(pat)).unwrap_or_else(|| panic!("no {pat}"));
+    let reduce: Vec<&&str> = lines.iter().filter(|l| l.contains("= all_reduce(")).collect();
+    assert_eq!(reduce.len(), 1, "one bucket");
+    let accumulates = lines.iter().filter(|l| l.contains("= accumulate(")).count();
+    assert_eq!(reduce[0].matches(".grad_sum").count(), accumulates, "every accumulated gradient in it");
+    let last_accumulate = lines.iter().rposition(|l| l.contains("= accumulate(")).unwrap();
+    assert!(last_accumulate < at("= all_reduce("));
+    assert!(at("= all_reduce(") < at("= sign(") && at("= sign(") < at("= global_norm("));
+    assert!(at("= global_norm(") < at("= sgd_update("));
+    let (ok, _, stderr) = opt(&args);
+    assert!(ok && !stderr.contains("all_reduce("), "{stderr}");
+}

@@ -69,6 +69,7 @@ fn whole_step(backend: &dyn Backend) {
         max_norm: 0.0,
         sparsity: Some(Sparsity { gammas: None, proximal: false, keep: 0 }),
         ema: true,
+        world_size: 1,
     };
     let mut p = Program::with_optimizer(&m, backend, opts).unwrap();
     let lr = 1000.0f32;

@@ -379,14 +379,22 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             for t in std::iter::once(&second).chain(state) {
                 same_shape(t, x, op.name())?;
             }
-            if scalars.shape != [Dim::Fixed(crate::step_scalars::LEN)] || scalars.dtype != DType::F32 {
-                return invalid(format!(
-                    "{}: the step scalars must be f32[{}], found {scalars}",
-                    op.name(),
-                    crate::step_scalars::LEN
-                ));
+            step_scalars_type(scalars, op)?;
+            vec![x.clone(); op.num_outputs(inputs.len())]
+        }
+        Op::AllReduce => {
+            let (scalars, xs) = inputs.split_last().expect("arity");
+            step_scalars_type(scalars, op)?;
+            if xs.iter().any(|t| t.dtype != DType::F32) {
+                return invalid("all_reduce: expects f32 tensors");
             }
-            vec![x.clone(); op.num_outputs()]
+            xs.iter().map(|&t| t.clone()).collect()
+        }
+        Op::Broadcast(_) => {
+            if inputs.iter().any(|t| t.dtype != DType::F32) {
+                return invalid("broadcast: expects f32 tensors");
+            }
+            inputs.iter().map(|&t| t.clone()).collect()
         }
         Op::GlobalNorm => {
             if inputs.iter().any(|t| t.dtype != DType::F32) {
@@ -417,6 +425,18 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
         }
     })
+}
+
+/// Checks that `scalars`, an operand of `op`, is the f32 vector of [`crate::step_scalars`].
+fn step_scalars_type(scalars: &TensorType, op: &Op) -> Result<()> {
+    if scalars.shape != [Dim::Fixed(crate::step_scalars::LEN)] || scalars.dtype != DType::F32 {
+        return invalid(format!(
+            "{}: the step scalars must be f32[{}], found {scalars}",
+            op.name(),
+            crate::step_scalars::LEN
+        ));
+    }
+    Ok(())
 }
 
 fn same_shape(a: &TensorType, b: &TensorType, what: &str) -> Result<()> {

@@ -48,12 +48,12 @@ pub fn verify(g: &Graph) -> Result<()> {
                 return invalid(format!("{}: operand #{} is used before it is defined", where_(), v.0));
             }
         }
-        if node.outputs.len() != node.op.num_outputs() {
+        if node.outputs.len() != node.op.num_outputs(node.inputs.len()) {
             return invalid(format!(
                 "{}: has {} results, the op makes {}",
                 where_(),
                 node.outputs.len(),
-                node.op.num_outputs()
+                node.op.num_outputs(node.inputs.len())
             ));
         }
         let types = infer_node_types(g, &node.op, &node.inputs).or_else(|e| invalid(format!("{}: {e}", where_())))?;

@@ -452,6 +452,7 @@ impl Builder<'_> {
             Op::Accumulate | Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => {
                 return Err(no_rule(&n.op, s))
             }
+            Op::AllReduce | Op::Broadcast(_) => return Err(no_rule(&n.op, s)),
         }
         Ok(out)
     }

@@ -166,6 +166,8 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
                 freeze_all(n, &mut frozen_el)
             }
             Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => freeze_all(n, &mut frozen_el),
+            // The collectives move whole training-state tensors between ranks.
+            Op::AllReduce | Op::Broadcast(_) => freeze_all(n, &mut frozen_el),
         }
     }
     for &v in g.inputs.iter().chain(&g.outputs) {

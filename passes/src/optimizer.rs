@@ -142,17 +142,29 @@ pub struct OptimizerOptions {
     pub sparsity: Option<Sparsity>,
     /// Whether to keep Ultralytics' EMA of the weights and BN buffers.
     pub ema: bool,
+    /// Data-parallel ranks the program runs on: above 1, the accumulated gradients are summed
+    /// across them (one `all_reduce`) before the L1 term, the norm and the update.
+    pub world_size: usize,
 }
 
 impl Default for OptimizerOptions {
-    /// SGD, decay 5e-4, clipping at 10, no sparsity, with the EMA (Ultralytics' SGD defaults).
+    /// SGD, decay 5e-4, clipping at 10, no sparsity, with the EMA (Ultralytics' SGD defaults),
+    /// one rank.
     fn default() -> Self {
-        OptimizerOptions { rule: UpdateRule::Sgd, weight_decay: 5e-4, max_norm: 10.0, sparsity: None, ema: true }
+        OptimizerOptions {
+            rule: UpdateRule::Sgd,
+            weight_decay: 5e-4,
+            max_norm: 10.0,
+            sparsity: None,
+            ema: true,
+            world_size: 1,
+        }
     }
 }
 
 /// Appends one optimizer step to a training program (`autodiff`'s output), with the options of
-/// the run's [`PassContext`]: each parameter's gradient is added to its accumulator; under the
+/// the run's [`PassContext`]: each parameter's gradient is added to its accumulator; on several
+/// ranks, the accumulated gradients are summed across them in one `all_reduce`; under the
 /// subgradient L1 term, `sr·sign(γ)` is added for the chosen gammas; the global norm of those
 /// gradients feeds the clipping of every update; each parameter is updated by SGD-Nesterov or
 /// AdamW with its group's learning rate (with the proximal L1 step under the proximal term);
@@ -222,6 +234,14 @@ impl Pass for Optimizer {
             let outs = g.add_node(Op::Accumulate, &[acc, d, scalars], &[&format!("{name}.grad_sum"), &next], scope)?;
             sums.push(outs[0]);
             state.push(outs[1]);
+        }
+        if opts.world_size > 1 {
+            // One bucket: every accumulated gradient summed across the ranks when the optimizer
+            // steps, so what follows sees the global batch's gradient, as one process would.
+            let names: Vec<String> = grads.iter().map(|&(p, _)| format!("{}.grad_global", g.value(p).name)).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let inputs: Vec<ValueId> = sums.iter().copied().chain([scalars]).collect();
+            sums = g.add_node(Op::AllReduce, &inputs, &refs, scope)?;
         }
         if opts.sparsity.as_ref().is_some_and(|s| !s.proximal) {
             let at = step_scalars::SR as i64;

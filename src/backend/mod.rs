@@ -2,12 +2,14 @@
 //! parameters, runs it on named inputs, and reads and writes named tensors. `cpu` is the
 //! reference every other backend is tested against.
 
+pub mod collective;
 pub mod compiled;
 pub mod cpu;
 pub mod fusion;
 pub mod gpu;
 pub mod memory;
 
+use crate::dist::{Communicator, Solo};
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::{Graph, Model, Tensor, TensorType};
 use std::collections::BTreeMap;
@@ -18,8 +20,13 @@ pub trait Backend {
     /// The backend's name as `--device` spells it.
     fn name(&self) -> &'static str;
     /// Compiles `model` (graph and tensors) into an executable holding its own copy of the
-    /// parameters.
-    fn compile(&self, model: &Model) -> Result<Box<dyn Executable>>;
+    /// parameters, running any collective op through `comm`.
+    fn compile_in(&self, model: &Model, comm: Arc<dyn Communicator>) -> Result<Box<dyn Executable>>;
+
+    /// Compiles `model` for a process alone (collectives hand their operands on).
+    fn compile(&self, model: &Model) -> Result<Box<dyn Executable>> {
+        self.compile_in(model, Arc::new(Solo))
+    }
 }
 
 /// A compiled graph with its parameters and buffers. The graph's state updates (outputs named

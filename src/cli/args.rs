@@ -2,9 +2,11 @@
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
+use slimc::data::augment::Hyp;
 use slimc::data::dataset::{load_dataset_spec, scan, DatasetSpec};
 use slimc::data::loader::Split;
 use slimc::device::Device;
+use slimc::dist::World;
 use slimc::load::{check_finite, format_of, load_model, LoadOptions, ModelFormat};
 use slimc::prune::{Budget, Metric};
 use slimc::train::optim::SrMode;
@@ -216,6 +218,12 @@ pub fn run_dir(project: &Path, name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// [`run_dir`] as rank 0 of `world` picks it (the others would find it taken and number theirs).
+pub fn root_run_dir(world: &World, project: &Path, name: &str) -> Result<PathBuf> {
+    let mine = if world.is_root() { run_dir(project, name)?.display().to_string() } else { String::new() };
+    Ok(PathBuf::from(String::from_utf8(world.from_root(mine.into_bytes())?)?))
+}
+
 /// `--device` on the command line: where graphs run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceArg {
@@ -338,6 +346,38 @@ pub struct TrainOptions {
     /// matrices, val_batchN mosaics in the run folder).
     #[arg(long)]
     pub no_plots: bool,
+    /// HSV hue augmentation gain (0: off).
+    #[arg(long, default_value_t = Hyp::default().hsv_h)]
+    pub hsv_h: f32,
+    /// HSV saturation augmentation gain.
+    #[arg(long, default_value_t = Hyp::default().hsv_s)]
+    pub hsv_s: f32,
+    /// HSV value augmentation gain.
+    #[arg(long, default_value_t = Hyp::default().hsv_v)]
+    pub hsv_v: f32,
+    /// Random rotation range in degrees.
+    #[arg(long, default_value_t = Hyp::default().degrees)]
+    pub degrees: f32,
+    /// Random translation as a fraction of the image.
+    #[arg(long, default_value_t = Hyp::default().translate)]
+    pub translate: f32,
+    /// Random scale gain.
+    #[arg(long, default_value_t = Hyp::default().scale)]
+    pub scale: f32,
+    /// Probability of a left-right flip.
+    #[arg(long, default_value_t = Hyp::default().fliplr)]
+    pub fliplr: f32,
+    /// Probability of a mosaic (until --close-mosaic).
+    #[arg(long, default_value_t = Hyp::default().mosaic)]
+    pub mosaic: f32,
+    /// Reproduce a run of N data-parallel ranks in this one process: each optimizer step
+    /// accumulates the N ranks' micro-batches (batch/N images each) in turn, as `mpirun -np N`
+    /// would feed and all-reduce them.
+    #[arg(long, default_value_t = 1)]
+    pub emulate_ranks: usize,
+    /// Also keep every N-th epoch's last.slim as weights/epochN.slim (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub save_period: usize,
 }
 
 impl From<TrainOptions> for TrainConfig {
@@ -365,6 +405,18 @@ impl From<TrainOptions> for TrainConfig {
             sr_keep: a.sr_keep,
             clip: a.clip,
             no_plots: a.no_plots,
+            augment: Hyp {
+                hsv_h: a.hsv_h,
+                hsv_s: a.hsv_s,
+                hsv_v: a.hsv_v,
+                degrees: a.degrees,
+                translate: a.translate,
+                scale: a.scale,
+                fliplr: a.fliplr,
+                mosaic: a.mosaic,
+            },
+            emulate_ranks: a.emulate_ranks,
+            save_period: a.save_period,
             ..TrainConfig::default()
         }
     }

@@ -242,6 +242,10 @@ pub struct OptArgs {
     /// given).
     #[arg(long, value_enum)]
     sr_mode: Option<SrModeArg>,
+    /// The `optimizer` pass's data-parallel ranks: above 1, one `all_reduce` sums the
+    /// accumulated gradients across them before the L1 term, the norm and the update.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    world_size: u32,
     /// Output .slim file.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -279,6 +283,7 @@ pub fn opt(a: OptArgs) -> Result<()> {
         cx.optimizer.rule = UpdateRule::AdamW { beta1: 0.9 };
     }
     cx.optimizer.sparsity = a.sr_mode.map(|m| Sparsity { gammas: None, proximal: m == SrModeArg::Proximal, keep: 0 });
+    cx.optimizer.world_size = a.world_size as usize;
     let reports = pm.run_with(&mut model, &mut cx)?;
     if !a.time_passes {
         for r in &reports {

@@ -1,8 +1,8 @@
 //! Subcommands of slimming: bn-hist, prune, pipeline.
 
 use super::args::{
-    load_for_training, refuse_overwrite, run_dir, save, train_imgsz, val_scorer, BudgetArgs, DeviceArg, ImportanceArg,
-    ModelArgs, PolicyArg, SrModeArg,
+    load_for_training, refuse_overwrite, root_run_dir, run_dir, save, train_imgsz, val_scorer, BudgetArgs, DeviceArg,
+    ImportanceArg, ModelArgs, PolicyArg, SrModeArg,
 };
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
@@ -268,6 +268,10 @@ pub struct PipelineArgs {
 
 /// Runs the whole slimming pipeline and prints its summary.
 pub fn pipeline(a: PipelineArgs) -> Result<()> {
+    let world = slimc::dist::world()?;
+    if world.size() > 1 && world.is_root() {
+        eprintln!("{}", world.describe());
+    }
     let spec = load_dataset_spec(&a.data)?;
     let imgsz = train_imgsz(a.imgsz);
     let opts = LoadOptions { seed: a.seed, ..Default::default() };
@@ -306,10 +310,11 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
         prune: PruneOptions { ratio: a.ratio, policy: a.policy.into(), even_splits: true, ..Default::default() },
         budget: a.budget.budget()?,
         trained: a.trained,
-        dir: run_dir(&a.project, &a.name)?,
+        dir: root_run_dir(&world, &a.project, &a.name)?,
         device: a.device.into(),
     };
-    run_pipeline(m, &cfg)?;
-    print!("{}", std::fs::read_to_string(cfg.dir.join("summary.md"))?);
+    if run_pipeline(m, &cfg, &world)?.is_some() {
+        print!("{}", std::fs::read_to_string(cfg.dir.join("summary.md"))?);
+    }
     Ok(())
 }

@@ -1,17 +1,19 @@
 //! Subcommands that train and evaluate: train, step, val.
 
 use super::args::{
-    load_for_training, refuse_overwrite, run_dir, train_imgsz, val_split, DeviceArg, ModelArgs, TrainOptions,
+    load_for_training, refuse_overwrite, root_run_dir, run_dir, train_imgsz, val_split, DeviceArg, ModelArgs,
+    TrainOptions,
 };
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use slimc::data::dataset::load_dataset_spec;
 use slimc::device::Device;
+use slimc::dist::world;
 use slimc::frontend::weights::write_safetensors;
 use slimc::io;
 use slimc::train::step;
 use slimc::train::trainer::{TrainConfig, Trainer};
-use slimc::val::validate::{validate, ValOptions};
+use slimc::val::validate::{validate_ranks, ValOptions};
 use slimc_ir::{Binary, Unary};
 use std::path::{Path, PathBuf};
 
@@ -38,10 +40,18 @@ pub struct TrainArgs {
 
 /// Trains (or resumes) a run.
 pub fn train(a: TrainArgs) -> Result<()> {
-    let backend = Device::from(a.device).backend()?;
+    let world = world()?;
+    if world.size() > 1 && world.is_root() {
+        eprintln!("{}", world.describe());
+    }
+    let backend = Device::from(a.device).backend_in(&world)?;
     if a.resume {
-        let t = Trainer::resume(Path::new(&a.m.model), backend)?;
-        eprintln!("device: {}", Device::from(a.device).describe());
+        // A resumed run keeps its settings; --emulate-ranks alone may change how it is fed.
+        let emulate = (a.cfg.emulate_ranks != 1).then_some(a.cfg.emulate_ranks);
+        let t = Trainer::resume(Path::new(&a.m.model), backend, world.clone(), emulate)?;
+        if world.is_root() {
+            eprintln!("device: {}", Device::from(a.device).describe());
+        }
         t.run()?;
         return Ok(());
     }
@@ -58,9 +68,12 @@ pub fn train(a: TrainArgs) -> Result<()> {
     cfg.seed = a.m.seed;
     let mut model = load_for_training(&a.m.model, spec.names.len(), cfg.imgsz, a.m.options())?;
     model.meta.names = spec.names.clone();
-    cfg.save_dir = run_dir(&a.project, &a.name)?;
-    let t = Trainer::new(model, cfg, backend)?;
-    eprintln!("device: {}", Device::from(a.device).describe());
+    cfg.save_dir = root_run_dir(&world, &a.project, &a.name)?;
+    let root = world.is_root();
+    let t = Trainer::new(model, cfg, backend, world)?;
+    if root {
+        eprintln!("device: {}", Device::from(a.device).describe());
+    }
     t.run()?;
     Ok(())
 }
@@ -193,15 +206,20 @@ pub fn val(a: ValArgs) -> Result<()> {
     let model = a.m.load()?;
     let imgsz = a.m.imgsz.map(|s| s[0].max(s[1])).unwrap_or(model.meta.imgsz[0].max(model.meta.imgsz[1]));
     let (spec, split) = val_split(&a.data, imgsz)?;
-    let backend = Device::from(a.device).backend()?;
+    // Under mpirun each rank validates its share of the batches and rank 0 reports the whole.
+    let world = world()?;
+    let backend = Device::from(a.device).backend_in(&world)?;
     let plots = !a.no_plots;
     let opts = ValOptions {
         batch: a.batch,
         keep_predictions: a.save_json.is_some(),
-        bar: !a.json,
+        bar: !a.json && world.is_root(),
         plot_batches: if plots { 3 } else { 0 },
     };
-    let r = validate(&*backend, &model, &split, spec.names.len(), &opts)?;
+    let r = validate_ranks(&*backend, &model, &split, spec.names.len(), &opts, &world)?;
+    if !world.is_root() {
+        return Ok(());
+    }
     if let Some(p) = &a.save_json {
         slimc_ir::write_atomic(p, serde_json::to_string_pretty(&r.predictions)?.as_bytes())?;
         eprintln!("wrote {} detections to {}", r.predictions.len(), p.display());

@@ -3,6 +3,7 @@
 
 use super::image::{letterbox, Img, PAD};
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
 /// An object in pixel coordinates of the current image.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -13,11 +14,17 @@ pub struct Obj {
     pub xyxy: [f32; 4],
 }
 
-/// Augmentation hyper-parameters (Ultralytics' names and defaults).
-#[derive(Clone, Copy, Debug)]
+/// Augmentation hyper-parameters (Ultralytics' names and defaults); all zero trains on the
+/// letterboxed images as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Hyp {
-    /// Hue, saturation and value gains.
-    pub hsv: [f32; 3],
+    /// Hue gain.
+    pub hsv_h: f32,
+    /// Saturation gain.
+    pub hsv_s: f32,
+    /// Value gain.
+    pub hsv_v: f32,
     /// Rotation range in degrees.
     pub degrees: f32,
     /// Translation fraction.
@@ -32,7 +39,38 @@ pub struct Hyp {
 
 impl Default for Hyp {
     fn default() -> Self {
-        Hyp { hsv: [0.015, 0.7, 0.4], degrees: 0.0, translate: 0.1, scale: 0.5, fliplr: 0.5, mosaic: 1.0 }
+        Hyp { hsv_h: 0.015, hsv_s: 0.7, hsv_v: 0.4, degrees: 0.0, translate: 0.1, scale: 0.5, fliplr: 0.5, mosaic: 1.0 }
+    }
+}
+
+impl Hyp {
+    /// Checks every gain is finite and in Ultralytics' range.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let gains = [
+            ("hsv-h", self.hsv_h, 1.0),
+            ("hsv-s", self.hsv_s, 1.0),
+            ("hsv-v", self.hsv_v, 1.0),
+            ("degrees", self.degrees, 180.0),
+            ("translate", self.translate, 1.0),
+            ("scale", self.scale, 1.0),
+            ("fliplr", self.fliplr, 1.0),
+            ("mosaic", self.mosaic, 1.0),
+        ];
+        for (what, v, hi) in gains {
+            if !(v.is_finite() && (0.0..=hi).contains(&v)) {
+                anyhow::bail!("--{what} {v} must be a finite number in [0, {hi}]");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Python's `random.uniform(a, b)`: `a` when the range is empty (a gain of 0).
+fn uniform(rng: &mut impl Rng, a: f64, b: f64) -> f64 {
+    if a < b {
+        rng.random_range(a..b)
+    } else {
+        a
     }
 }
 
@@ -85,10 +123,10 @@ pub fn random_affine(img: &Img, objs: &[Obj], border: isize, hyp: &Hyp, rng: &mu
     let (cx, cy) = (-(img.w as f64) / 2.0, -(img.h as f64) / 2.0);
     let deg = hyp.degrees as f64;
     let angle = if deg > 0.0 { rng.random_range(-deg..deg) } else { 0.0 };
-    let sc = rng.random_range((1.0 - hyp.scale as f64)..(1.0 + hyp.scale as f64));
+    let sc = uniform(rng, 1.0 - hyp.scale as f64, 1.0 + hyp.scale as f64);
     let t = hyp.translate as f64;
-    let tx = rng.random_range(0.5 - t..0.5 + t) * out_w as f64;
-    let ty = rng.random_range(0.5 - t..0.5 + t) * out_h as f64;
+    let tx = uniform(rng, 0.5 - t, 0.5 + t) * out_w as f64;
+    let ty = uniform(rng, 0.5 - t, 0.5 + t) * out_h as f64;
     let (sa, ca) = angle.to_radians().sin_cos();
     let (a, b) = (sc * ca, sc * sa);
     // M = T · R · C
@@ -118,8 +156,9 @@ pub fn random_affine(img: &Img, objs: &[Obj], border: isize, hyp: &Hyp, rng: &mu
 
 /// HSV jitter and a random horizontal flip, in Ultralytics' order.
 pub fn color_and_flip(img: &mut Img, objs: &mut [Obj], hyp: &Hyp, rng: &mut impl Rng) {
-    if hyp.hsv.iter().any(|&g| g > 0.0) {
-        let g = hyp.hsv.map(|g| rng.random_range(-1.0f32..1.0) * g);
+    let hsv = [hyp.hsv_h, hyp.hsv_s, hyp.hsv_v];
+    if hsv.iter().any(|&g| g > 0.0) {
+        let g = hsv.map(|g| rng.random_range(-1.0f32..1.0) * g);
         img.hsv_jitter(g);
     }
     if rng.random::<f32>() < hyp.fliplr {

@@ -87,12 +87,20 @@ impl Split {
 
     /// The training batches of one epoch: a seeded shuffle, each batch assembled in parallel
     /// on a background thread that keeps `ahead` batches ready.
+    ///
+    /// Data-parallel, the epoch's order is sharded among `ranks` ranks as PyTorch's
+    /// `DistributedSampler` does ([`crate::dist::shard`]), each rank batching its share by
+    /// `batch` with augmentation seeded per rank; this process feeds the ranks `hosted` (its own
+    /// under MPI; all of them when one process reproduces a run of several): their `k`-th
+    /// batches one after the other, then the `k+1`-th. With one rank this is the plain order.
     pub fn train_epoch(
         self: &Arc<Self>,
         batch: usize,
         hyp: Hyp,
         seed: u64,
         epoch: usize,
+        ranks: usize,
+        hosted: std::ops::Range<usize>,
     ) -> std::sync::mpsc::Receiver<Result<Batch>> {
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let me = Arc::clone(self);
@@ -103,16 +111,30 @@ impl Split {
             for i in (1..order.len()).rev() {
                 order.swap(i, rng.random_range(0..=i));
             }
-            for chunk in order.chunks(batch) {
-                let seeds: Vec<u64> = chunk.iter().map(|_| rng.random()).collect();
-                let items: Result<Vec<_>> = chunk
-                    .par_iter()
-                    .zip(seeds)
-                    .map(|(&i, sd)| me.train_item(i, &hyp, &mut rand_chacha::ChaCha8Rng::seed_from_u64(sd)))
-                    .collect();
-                let b = items.and_then(|items| assemble(items, chunk.to_vec()));
-                if tx.send(b).is_err() {
-                    return;
+            // Augmentation: one stream per rank (a run of one rank keeps the shuffle's).
+            let mut feeds: Vec<(Vec<usize>, rand_chacha::ChaCha8Rng)> = hosted
+                .map(|r| {
+                    let mut own = rng.clone();
+                    if ranks > 1 {
+                        own.set_stream(r as u64 + 1);
+                    }
+                    (crate::dist::shard::shard(&order, r, ranks), own)
+                })
+                .collect();
+            let per_rank = feeds.first().map_or(0, |f| f.0.len().div_ceil(batch));
+            for k in 0..per_rank {
+                for (share, rng) in &mut feeds {
+                    let chunk = &share[k * batch..((k + 1) * batch).min(share.len())];
+                    let seeds: Vec<u64> = chunk.iter().map(|_| rng.random()).collect();
+                    let items: Result<Vec<_>> = chunk
+                        .par_iter()
+                        .zip(seeds)
+                        .map(|(&i, sd)| me.train_item(i, &hyp, &mut rand_chacha::ChaCha8Rng::seed_from_u64(sd)))
+                        .collect();
+                    let b = items.and_then(|items| assemble(items, chunk.to_vec()));
+                    if tx.send(b).is_err() {
+                        return;
+                    }
                 }
             }
         });

@@ -291,6 +291,7 @@ impl Emitter<'_> {
             Op::Accumulate | Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => {
                 return training_only(&n.op, &n.scope)
             }
+            Op::AllReduce | Op::Broadcast(_) => return training_only(&n.op, &n.scope),
         }
         Ok(())
     }

@@ -3,13 +3,27 @@
 //! whole training step (`autodiff` then `optimizer`: the update, accumulation, clipping, the
 //! sparsity term and the EMA in the program, its state held by the executable).
 
-use crate::backend::{Backend, Executable};
+use crate::backend::{cpu::Cpu, Backend, Executable};
+use crate::dist::{Communicator, Solo, World};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
-use slimc_ir::{Model, Op, ParamKind, Tensor, ValueDef};
+use slimc_ir::{Graph, Model, Op, ParamKind, Root, Tensor, ValueDef, ValueId};
 use slimc_passes::{grad_name, pipelines, OptimizerOptions, PassContext, GRAD_NORM, LOSS_ITEMS, LOSS_TOTAL};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+
+/// `tensors` as rank 0 holds them, on every rank of `world`: one `broadcast` op run on the host
+/// through the world's communicator.
+pub fn broadcast(tensors: Vec<Tensor>, world: &World) -> Result<Vec<Tensor>> {
+    let mut g = Graph::new("broadcast");
+    let inputs: Vec<ValueId> = tensors.iter().enumerate().map(|(k, t)| g.add_input(&format!("x{k}"), t.ty())).collect();
+    let names: Vec<String> = (0..tensors.len()).map(|k| format!("y{k}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    g.outputs = g.add_node(Op::Broadcast(Root { root: 0 }), &inputs, &refs, "")?;
+    let model = Model { graph: g, tensors: BTreeMap::new(), meta: Default::default(), training_state: vec![] };
+    Cpu.compile_in(&model, world.comm.clone())?.run_in_order(&tensors)
+}
 
 /// A model's training program compiled on a backend, and the names of what it trains.
 pub struct Program {
@@ -53,24 +67,51 @@ impl Program {
         backend: &dyn Backend,
         pipeline: pipelines::Pipeline,
         cx: &mut PassContext,
+        comm: Arc<dyn Communicator>,
     ) -> Result<Program> {
         let gammas = slimc_passes::bn_gammas(&model.graph);
         let (params, buffers) = trained_and_buffers(model);
         let mut m = model.clone();
         pipeline.manager().run_with(&mut m, cx)?;
-        let exe = backend.compile(&m)?;
+        let exe = backend.compile_in(&m, comm)?;
         Ok(Program { model: m, exe, params, buffers, gammas })
     }
 
     /// The gradient program: one forward and backward pass per run ([`Program::gradients`]).
     pub fn new(model: &Model, backend: &dyn Backend) -> Result<Program> {
-        Program::build(model, backend, pipelines::TRAIN, &mut PassContext::default())
+        Program::build(model, backend, pipelines::TRAIN, &mut PassContext::default(), Arc::new(Solo))
     }
 
     /// The whole training step with the optimizer `opts` describes ([`Program::train_step`]).
     pub fn with_optimizer(model: &Model, backend: &dyn Backend, opts: OptimizerOptions) -> Result<Program> {
+        Program::with_optimizer_in(model, backend, opts, Arc::new(Solo))
+    }
+
+    /// [`Program::with_optimizer`] as one rank of a data-parallel run: its all-reduce runs
+    /// through `comm`.
+    pub fn with_optimizer_in(
+        model: &Model,
+        backend: &dyn Backend,
+        opts: OptimizerOptions,
+        comm: Arc<dyn Communicator>,
+    ) -> Result<Program> {
         let mut cx = PassContext { optimizer: opts, ..Default::default() };
-        Program::build(model, backend, pipelines::TRAIN_STEP, &mut cx)
+        Program::build(model, backend, pipelines::TRAIN_STEP, &mut cx, comm)
+    }
+
+    /// Replaces every tensor the program holds (weights, BN statistics, accumulators, optimizer
+    /// state, the EMA) with rank 0's, in one broadcast.
+    pub fn sync_from_root(&mut self, world: &World) -> Result<()> {
+        if world.size() == 1 {
+            return Ok(());
+        }
+        let g = &self.model.graph;
+        let names: Vec<String> = g.params.iter().map(|&p| g.value(p).name.clone()).collect();
+        let values = names.iter().map(|n| self.exe.read(n)).collect::<Result<Vec<_>>>()?;
+        for (n, t) in names.iter().zip(broadcast(values, world)?) {
+            self.exe.write(n, &t)?;
+        }
+        Ok(())
     }
 
     /// A copy of one of the program's tensors (a parameter, a BN statistic, optimizer state,

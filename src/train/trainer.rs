@@ -9,9 +9,10 @@ use crate::backend::Backend;
 use crate::data::augment::Hyp;
 use crate::data::dataset::{load_dataset_spec, scan};
 use crate::data::loader::Split;
+use crate::dist::World;
 use crate::plot::annotate::save_train_batch;
 use crate::plot::results::plot_results;
-use crate::val::validate::{validate, ValOptions};
+use crate::val::validate::{validate, validate_ranks, ValOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -82,8 +83,23 @@ pub struct TrainConfig {
     /// matrices, val_batchN mosaics in the run folder).
     #[serde(default)]
     pub no_plots: bool,
+    /// Training augmentation (Ultralytics' hsv_h … mosaic).
+    #[serde(default, flatten)]
+    pub augment: Hyp,
+    /// Also keep this epoch's `last.slim` as `weights/epochN.slim` every this many epochs (0: off).
+    #[serde(default)]
+    pub save_period: usize,
+    /// Train in one process on the micro-batches a run of this many data-parallel ranks feeds
+    /// its ranks (1: off): each rank's batch in turn, accumulated as the ranks' all-reduce sums
+    /// them, so an N-rank run can be reproduced, or checked, on one device.
+    #[serde(default = "one")]
+    pub emulate_ranks: usize,
     /// Run folder (from --project and --name).
     pub save_dir: PathBuf,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for TrainConfig {
@@ -114,6 +130,9 @@ impl Default for TrainConfig {
             sr_keep: 0,
             clip: None,
             no_plots: false,
+            augment: Hyp::default(),
+            save_period: 0,
+            emulate_ranks: 1,
             save_dir: PathBuf::new(),
         }
     }
@@ -129,6 +148,8 @@ impl TrainConfig {
         count("epochs", self.epochs)?;
         count("batch", self.batch)?;
         count("nbs", self.nbs)?;
+        count("emulate-ranks", self.emulate_ranks)?;
+        self.augment.validate()?;
         if self.imgsz == 0 || self.imgsz > MAX_IMGSZ {
             bail!("--imgsz {} is outside 32..={MAX_IMGSZ}", self.imgsz);
         }
@@ -170,6 +191,36 @@ fn non_finite(tensors: &BTreeMap<String, Tensor>) -> Vec<&str> {
         .map(|(n, _)| n.as_str())
         .take(3)
         .collect()
+}
+
+/// A split as the ranks compare it: its images and labels, and a hash of every image's file
+/// name, size and labels (so that two ranks reading different files disagree).
+fn split_fingerprint(samples: &[crate::data::dataset::Sample]) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    use std::hash::{Hash, Hasher};
+    for s in samples {
+        s.path.file_name().hash(&mut h);
+        s.shape.hash(&mut h);
+        for l in &s.labels {
+            l.cls.hash(&mut h);
+            l.xywh.map(f32::to_bits).hash(&mut h);
+        }
+    }
+    let labels: usize = samples.iter().map(|s| s.labels.len()).sum();
+    format!("{} images, {labels} labels (hash {:016x})", samples.len(), h.finish())
+}
+
+/// Replaces `tensors` on every rank with rank 0's, in one broadcast.
+fn sync_tensors(tensors: &mut BTreeMap<String, Tensor>, world: &World) -> Result<()> {
+    if world.size() == 1 {
+        return Ok(());
+    }
+    let names: Vec<String> = tensors.keys().cloned().collect();
+    let values: Vec<Tensor> = names.iter().map(|n| tensors[n].clone()).collect();
+    for (n, t) in names.into_iter().zip(super::step::broadcast(values, world)?) {
+        tensors.insert(n, t);
+    }
+    Ok(())
 }
 
 /// What a stopped run leaves: where the last completed epoch's weights are, if any.
@@ -243,6 +294,30 @@ fn pack_state(
 /// files written before they were saved) and the optimizer state.
 type Unpacked = (RunState, BTreeMap<String, Tensor>, BTreeMap<String, Tensor>, BTreeMap<String, Vec<f32>>);
 
+/// The training state a `last.slim` (or `epochN.slim`) holds besides its EMA weights.
+pub struct SavedState {
+    /// The last completed epoch, from 0.
+    pub epoch: usize,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// The trained weights and BN running statistics as the optimizer left them.
+    pub raw: BTreeMap<String, Tensor>,
+    /// The gradients accumulated since the last step.
+    pub accumulated: BTreeMap<String, Tensor>,
+    /// Per trained parameter, its optimizer state (SGD's momentum, or AdamW's two moments one
+    /// after the other).
+    pub optimizer: BTreeMap<String, Vec<f32>>,
+}
+
+/// Reads the training state of `model` (a `last.slim` of an unfinished run).
+pub fn saved_state(model: &Model) -> Result<SavedState> {
+    if model.training_state.is_empty() {
+        bail!("no training state (not a last.slim of an unfinished run)");
+    }
+    let (state, raw, accumulated, optimizer) = unpack_state(&model.training_state)?;
+    Ok(SavedState { epoch: state.epoch, steps: state.optimizer.steps, raw, accumulated, optimizer })
+}
+
 fn unpack_state(bytes: &[u8]) -> Result<Unpacked> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)?;
     let run = meta.metadata().as_ref().and_then(|m| m.get("run")).ok_or_else(|| anyhow!("no run state"))?;
@@ -286,32 +361,54 @@ pub struct Trainer {
     /// Whether the accumulators hold this run's gradients (false until the first micro-batch,
     /// and after resuming a file that did not save them).
     accumulating: bool,
+    /// The processes of the run; rank 0 prints and writes the run's files.
+    world: World,
+    /// Data-parallel ranks the epoch is sharded among (the world's, or `--emulate-ranks`).
+    ranks: usize,
+    /// The ranks whose micro-batches this process runs.
+    hosted: std::ops::Range<usize>,
 }
 
 impl Trainer {
     /// Prepares a run of `model` (built with the dataset's class count) under `cfg`, training and
-    /// validating on `backend`.
-    pub fn new(model: Model, cfg: TrainConfig, backend: Box<dyn Backend>) -> Result<Trainer> {
+    /// validating on `backend`, as one rank of `world` (rank 0's weights are everyone's).
+    pub fn new(model: Model, cfg: TrainConfig, backend: Box<dyn Backend>, world: World) -> Result<Trainer> {
         cfg.validate()?;
+        let (ranks, hosted) = match (world.size(), cfg.emulate_ranks) {
+            (1, n) => (n, 0..n),
+            (n, 1) => (n, world.rank()..world.rank() + 1),
+            (n, e) => bail!("--emulate-ranks {e} reproduces a run of several ranks in one process; this run has {n}"),
+        };
+        if !cfg.batch.is_multiple_of(ranks) {
+            bail!("--batch {} (the global batch) does not divide among {ranks} ranks", cfg.batch);
+        }
+        let root = world.is_root();
         let data = cfg.data.as_ref().ok_or_else(|| anyhow!("--data is required (a dataset YAML)"))?;
         let spec = load_dataset_spec(data)?;
         let nc = spec.names.len();
+        let tag = if world.size() > 1 { format!("rank {}: ", world.rank()) } else { String::new() };
         let (train, rep) = scan(&spec.train, nc, "train")?;
         for w in &rep.warnings {
-            eprintln!("WARNING {w}");
+            eprintln!("{tag}WARNING {w}");
         }
-        eprintln!("{}", rep.summary("train"));
+        if root {
+            eprintln!("{}", rep.summary("train"));
+        }
+        world.agree("the train set", &split_fingerprint(&train), &rep.warnings.join("; "))?;
         if rep.found == 0 {
             bail!("train: no image has labels; training needs labelled objects");
         }
         let (val, rep) = scan(&spec.val, nc, "val")?;
         for w in &rep.warnings {
-            eprintln!("WARNING {w}");
+            eprintln!("{tag}WARNING {w}");
         }
-        eprintln!("{}", rep.summary("val"));
+        if root {
+            eprintln!("{}", rep.summary("val"));
+        }
+        world.agree("the val set", &split_fingerprint(&val), &rep.warnings.join("; "))?;
         let train = Arc::new(Split::new(train, cfg.imgsz, cfg.cache)?);
         let val = Split::new(val, cfg.imgsz, cfg.cache)?;
-        let nb = train.samples.len().div_ceil(cfg.batch);
+        let nb = train.samples.len().div_ceil(ranks).div_ceil(cfg.batch / ranks);
         let iterations = train.samples.len().div_ceil(cfg.batch.max(cfg.nbs)) * cfg.epochs;
         let choice = choose(&cfg.optimizer, cfg.lr0, cfg.momentum, cfg.warmup_bias_lr, iterations, nc)
             .map_err(|e| anyhow!(e))?;
@@ -321,10 +418,17 @@ impl Trainer {
             c if c > 0.0 => format!("clip {c}"),
             _ => "no clipping".to_string(),
         };
-        eprintln!(
-            "optimizer: {:?}(lr={}, momentum={}) with parameter groups (no decay: biases, BN gammas; decay {decay}: weights), {clip}; {nb} batches per epoch",
-            choice.rule, choice.lr, choice.momentum
-        );
+        if root {
+            eprintln!(
+                "optimizer: {:?}(lr={}, momentum={}) with parameter groups (no decay: biases, BN gammas; decay {decay}: weights), {clip}; {nb} batches per epoch",
+                choice.rule, choice.lr, choice.momentum
+            );
+            if ranks > 1 {
+                let how =
+                    if world.size() > 1 { world.describe() } else { format!("{ranks} ranks emulated in one process") };
+                eprintln!("data parallel: {how}; {} images per rank and batch, the gradient summed across ranks once per optimizer step", cfg.batch / ranks);
+            }
+        }
         let gammas = slimc_passes::bn_gammas(&model.graph);
         let sr_gammas = match cfg.sr_scope.as_str() {
             "all" => gammas,
@@ -345,8 +449,10 @@ impl Trainer {
                 keep: cfg.sr_keep,
             }),
             ema: true,
+            world_size: world.size(),
         };
-        let program = Program::with_optimizer(&model, &*backend, options).context("building the training program")?;
+        let program = Program::with_optimizer_in(&model, &*backend, options, world.comm.clone())
+            .context("building the training program")?;
         Ok(Trainer {
             names: spec.names,
             sr_gammas,
@@ -363,13 +469,27 @@ impl Trainer {
             accumulating: false,
             cfg,
             backend,
+            world,
+            ranks,
+            hosted,
         })
     }
 
     /// Continues the run saved in `last.slim` on `backend`: weights, optimizer, EMA and
-    /// schedule state.
-    pub fn resume(last: &Path, backend: Box<dyn Backend>) -> Result<Trainer> {
-        let saved = Model::load(last)?;
+    /// schedule state. Of several ranks, rank 0 reads the file and sends it to the others (a
+    /// file written by a run of any number of ranks resumes on any number).
+    pub fn resume(
+        last: &Path,
+        backend: Box<dyn Backend>,
+        world: World,
+        emulate_ranks: Option<usize>,
+    ) -> Result<Trainer> {
+        let bytes = match world.is_root() {
+            true => std::fs::read(last).with_context(|| format!("{}: cannot read", last.display()))?,
+            false => vec![],
+        };
+        let bytes = world.from_root(bytes)?;
+        let saved = Model::from_bytes(&bytes, &last.display().to_string())?;
         if saved.training_state.is_empty() {
             bail!("{}: no training state to resume (it is not a last.slim of an unfinished run)", last.display());
         }
@@ -380,7 +500,15 @@ impl Trainer {
         }
         let mut model = saved.clone();
         model.training_state.clear();
-        let mut t = Trainer::new(model, state.config, backend)?;
+        let mut config = state.config;
+        if let Some(n) = emulate_ranks {
+            config.emulate_ranks = n;
+        }
+        if world.size() > 1 {
+            // The world decides the ranks; a run that emulated some is now run by them.
+            config.emulate_ranks = 1;
+        }
+        let mut t = Trainer::new(model, config, backend, world)?;
         let p = &mut t.program;
         for n in p.params.clone().iter().chain(&p.buffers.clone()) {
             p.write(&ema_name(n), &saved.tensors[n])?;
@@ -420,7 +548,9 @@ impl Trainer {
         t.last_opt_step = state.last_opt_step;
         t.results = state.results;
         t.accumulating = !acc.is_empty();
-        eprintln!("resuming {} from epoch {} of {}", t.cfg.save_dir.display(), t.start_epoch + 1, t.cfg.epochs);
+        if t.world.is_root() {
+            eprintln!("resuming {} from epoch {} of {}", t.cfg.save_dir.display(), t.start_epoch + 1, t.cfg.epochs);
+        }
         Ok(t)
     }
 
@@ -467,8 +597,13 @@ impl Trainer {
     /// Runs the remaining epochs; returns the best fitness (mAP50-95).
     pub fn run(mut self) -> Result<f64> {
         let cfg = self.cfg.clone();
+        let root = self.world.is_root();
         let wdir = cfg.save_dir.join("weights");
-        std::fs::create_dir_all(&wdir).with_context(|| format!("{}: cannot create", wdir.display()))?;
+        if root {
+            std::fs::create_dir_all(&wdir).with_context(|| format!("{}: cannot create", wdir.display()))?;
+        }
+        // Every rank starts from rank 0's weights, optimizer state, EMA and accumulators.
+        self.program.sync_from_root(&self.world)?;
         let csv_path = cfg.save_dir.join("results.csv");
         let write_csv = |rows: &[String]| -> Result<()> {
             let mut csv = RESULT_COLUMNS.join(",") + "\n";
@@ -478,38 +613,46 @@ impl Trainer {
             }
             Ok(slimc_ir::write_atomic(&csv_path, csv.as_bytes())?)
         };
-        write_csv(&self.results)?;
-        if self.start_epoch == 0 {
+        if root {
+            write_csv(&self.results)?;
+        }
+        if root && self.start_epoch == 0 {
             std::fs::write(cfg.save_dir.join("args.json"), serde_json::to_string_pretty(&cfg)?)?;
         }
-        let nb = self.train.samples.len().div_ceil(cfg.batch);
+        let micro = cfg.batch / self.ranks;
+        let nb = self.train.samples.len().div_ceil(self.ranks).div_ceil(micro);
         let nw = warmup_iterations(cfg.warmup_epochs, nb);
+        let hosted = self.hosted.len();
         let accumulate_final = ((cfg.nbs as f64 / cfg.batch as f64).round() as usize).max(1);
         let mut accumulate = accumulate_final;
         let t0 = std::time::Instant::now();
         let nc = self.names.len();
         for epoch in self.start_epoch..cfg.epochs {
-            let mut hyp = Hyp::default();
+            let mut hyp = cfg.augment;
             if epoch + cfg.close_mosaic >= cfg.epochs {
                 hyp.mosaic = 0.0;
             }
             let lf = lr_factor(epoch, cfg.epochs, cfg.lrf, cfg.cos_lr);
             let base = self.opt.choice.lr * lf;
             self.opt.lr = [base; 3];
-            let pb = ProgressBar::new(nb as u64);
+            let pb = if root { ProgressBar::new(nb as u64) } else { ProgressBar::hidden() };
             pb.set_style(
                 ProgressStyle::with_template("{prefix:>9} {msg} {bar:24} {pos}/{len} [{elapsed}<{eta}, {per_sec}]")
                     .expect("template"),
             );
             pb.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
             let mut mean = [0.0f64; 3];
-            let rx = self.train.train_epoch(cfg.batch, hyp, cfg.seed, epoch);
+            let rx = self.train.train_epoch(micro, hyp, cfg.seed, epoch, self.ranks, self.hosted.clone());
             let mut seen = 0;
             let sr = if cfg.sr_decay { cfg.sr * (1.0 - 0.9 * epoch as f32 / cfg.epochs as f32) } else { cfg.sr };
-            for (i, batch) in rx.iter().enumerate() {
+            let mut seen_batches = 0;
+            for (k, batch) in rx.iter().enumerate() {
                 let batch = batch?;
+                seen_batches += 1;
+                // Iteration i runs one micro-batch of each hosted rank; the last of them steps.
+                let (i, last) = (k / hosted, k % hosted + 1 == hosted);
                 let ni = (i + nb * epoch) as i64;
-                if ni <= nw {
+                if k % hosted == 0 && ni <= nw {
                     let x = ni as f64;
                     accumulate =
                         (interp(x, 0.0, nw as f64, 1.0, cfg.nbs as f64 / cfg.batch as f64).round() as usize).max(1);
@@ -521,8 +664,8 @@ impl Trainer {
                         self.opt.momentum = interp(x, 0.0, nw as f64, cfg.warmup_momentum, cfg.momentum);
                     }
                 }
-                if epoch == self.start_epoch && i < 3 {
-                    let path = cfg.save_dir.join(format!("train_batch{i}.jpg"));
+                if root && epoch == self.start_epoch && k < 3 {
+                    let path = cfg.save_dir.join(format!("train_batch{k}.jpg"));
                     if let Err(e) = save_train_batch(&batch.images, &batch.targets, &self.names, &path) {
                         eprintln!("WARNING {}: {e:#}", path.display());
                     }
@@ -530,7 +673,7 @@ impl Trainer {
                 // Accumulated gradients carry over an epoch's end (Ultralytics 8.3.253 zeroes them
                 // once, before its epoch loop); the optimizer steps once `accumulate`
                 // micro-batches have passed since its last step.
-                let steps = ni - self.last_opt_step >= accumulate as i64;
+                let steps = last && ni - self.last_opt_step >= accumulate as i64;
                 if steps {
                     self.opt.steps += 1;
                     self.ema_updates += 1;
@@ -560,8 +703,8 @@ impl Trainer {
                     let which = bad.iter().map(|n| n.trim_end_matches(".grad_acc")).collect::<Vec<_>>().join(", ");
                     bail!("{at}: non-finite gradient (norm {}) of {which}; stopping ({kept})", r.grad_norm);
                 }
-                for (k, m) in mean.iter_mut().enumerate() {
-                    *m = (*m * i as f64 + r.items[k] as f64) / (i + 1) as f64;
+                for (c, m) in mean.iter_mut().enumerate() {
+                    *m = (*m * k as f64 + r.items[c] as f64) / (k + 1) as f64;
                 }
                 if steps {
                     self.last_opt_step = ni;
@@ -571,7 +714,12 @@ impl Trainer {
                     "box {:.4} cls {:.4} dfl {:.4} inst {:>3} {}",
                     mean[0], mean[1], mean[2], batch.targets.shape[0], cfg.imgsz
                 ));
-                pb.inc(1);
+                if last {
+                    pb.inc(1);
+                }
+            }
+            if seen_batches != nb * hosted {
+                bail!("epoch {}: the data loader stopped after {seen_batches} of {} batches", epoch + 1, nb * hosted);
             }
             let train_secs = pb.elapsed().as_secs_f64();
             pb.finish_and_clear();
@@ -581,13 +729,17 @@ impl Trainer {
                 let kept = kept_weights(&cfg.save_dir);
                 bail!("epoch {}: the updates made {} non-finite; stopping ({kept})", epoch + 1, bad.join(", "));
             }
-            let ema_model = self.ema_model()?;
-            let v = validate(
+            let mut ema_model = self.ema_model()?;
+            // Rank 0's model is the run's (the EMA of the BN statistics differs per rank); the
+            // ranks validate it together.
+            sync_tensors(&mut ema_model.tensors, &self.world)?;
+            let v = validate_ranks(
                 &*self.backend,
                 &ema_model,
                 &self.val,
                 nc,
-                &ValOptions { bar: true, ..ValOptions::quiet(cfg.batch * 2) },
+                &ValOptions { bar: root, ..ValOptions::quiet(cfg.batch * 2) },
+                &self.world,
             )?;
             let m = &v.metrics;
             let fitness = m.map;
@@ -611,7 +763,8 @@ impl Trainer {
                 lrs[2],
                 sparse,
             ];
-            eprintln!(
+            let rate = seen as f64 * (self.ranks / hosted) as f64 / train_secs;
+            let line = format!(
                 "epoch {}/{}: box {:.4} cls {:.4} dfl {:.4} | P {:.3} R {:.3} mAP50 {:.3} mAP50-95 {:.3} | gamma<1e-2 {:.1}% | {:.1} img/s",
                 epoch + 1,
                 cfg.epochs,
@@ -623,8 +776,11 @@ impl Trainer {
                 row[7],
                 row[8],
                 sparse * 100.0,
-                seen as f64 / train_secs
+                rate
             );
+            if root {
+                eprintln!("{line}");
+            }
             self.results.push(row.iter().map(|x| format!("{x:.6}")).collect::<Vec<_>>().join(","));
             let improved = fitness >= self.best_fitness;
             if improved {
@@ -640,6 +796,9 @@ impl Trainer {
                 last_opt_step: self.last_opt_step,
                 results: self.results.clone(),
             };
+            if !root {
+                continue;
+            }
             if improved {
                 last.save(&wdir.join("best.slim"))?;
             }
@@ -649,10 +808,16 @@ impl Trainer {
                 last.training_state = pack_state(&state, &raw, &acc, &self.optimizer_state()?)?;
             }
             last.save(&wdir.join("last.slim"))?;
+            if cfg.save_period > 0 && (epoch + 1) % cfg.save_period == 0 {
+                last.save(&wdir.join(format!("epoch{}.slim", epoch + 1)))?;
+            }
             write_csv(&self.results)?;
             if let Err(e) = plot_results(&csv_path, &cfg.save_dir.join("results.png")) {
                 eprintln!("WARNING results.png: {e:#}");
             }
+        }
+        if !root {
+            return Ok(self.best_fitness);
         }
         eprintln!(
             "{} epochs completed in {:.3} hours; results in {}",

@@ -7,13 +7,14 @@ use super::nms::{non_max_suppression, Detection, NmsOptions};
 use crate::backend::Backend;
 use crate::data::image::batch_image;
 use crate::data::loader::Split;
+use crate::dist::World;
 use anyhow::{anyhow, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use slimc_ir::Model;
 
 /// One kept detection of a validation run, as `--save-json` writes it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Prediction {
     /// Image file.
     pub image: String,
@@ -103,6 +104,30 @@ fn with_loss(model: &Model) -> Result<Model> {
     Ok(m)
 }
 
+/// The matching statistics of one validation batch.
+#[derive(Default, Serialize, Deserialize)]
+struct BatchStats {
+    /// The batch's place among the run's batches.
+    index: usize,
+    /// Per detection: matched at each IoU threshold.
+    tp: Vec<[bool; 10]>,
+    /// Per detection: confidence and class.
+    conf: Vec<f32>,
+    pred_cls: Vec<usize>,
+    /// Per label: its class.
+    true_cls: Vec<usize>,
+}
+
+/// What a rank sends rank 0 after validating its share of the batches.
+#[derive(Serialize, Deserialize)]
+struct Share {
+    batches: Vec<BatchStats>,
+    images_per_class: Vec<usize>,
+    loss: [f32; 3],
+    confusion: Vec<Vec<f64>>,
+    predictions: Vec<Prediction>,
+}
+
 /// Validates `model` (its inference graph, compiled once on `backend`) on `split`, a dataset of
 /// `nc` classes.
 pub fn validate(
@@ -111,6 +136,21 @@ pub fn validate(
     split: &Split,
     nc: usize,
     opts: &ValOptions,
+) -> Result<ValResult> {
+    validate_ranks(backend, model, split, nc, opts, &World::solo())
+}
+
+/// [`validate`] with the batches shared among the ranks of `world` (rank `r` takes batches
+/// `r, r + N, …`, each at the rect shape one process gives it) and the statistics gathered, so
+/// every rank returns what one process validating every batch would (the kept mosaic images
+/// are this rank's own batches).
+pub fn validate_ranks(
+    backend: &dyn Backend,
+    model: &Model,
+    split: &Split,
+    nc: usize,
+    opts: &ValOptions,
+    world: &World,
 ) -> Result<ValResult> {
     let ValOptions { batch, keep_predictions, bar, plot_batches } = *opts;
     let nms = NmsOptions { multi_label: nc > 1, ..Default::default() };
@@ -121,12 +161,14 @@ pub fn validate(
         ));
     }
     let batches = split.val_batches(batch);
-    let pb = if bar { ProgressBar::new(batches.len() as u64) } else { ProgressBar::hidden() };
+    let (rank, ranks) = (world.rank(), world.size());
+    let mine = (batches.len() + ranks - 1 - rank) / ranks;
+    let pb = if bar { ProgressBar::new(mine as u64) } else { ProgressBar::hidden() };
     pb.set_style(
         ProgressStyle::with_template("{msg:>24} {bar:30} {pos}/{len} [{elapsed}<{eta}, {per_sec}]").expect("template"),
     );
     pb.set_message("Class Images Instances");
-    let (mut tp, mut conf, mut pcls, mut tcls) = (vec![], vec![], vec![], vec![]);
+    let mut stats: Vec<BatchStats> = vec![];
     let mut images_per_class = vec![0; nc];
     let mut predictions = vec![];
     let mut confusion = ConfusionMatrix::new(nc);
@@ -155,7 +197,9 @@ pub fn validate(
     let mut exe = backend.compile(&program)?;
     let mut loss = [0.0f32; 3];
     let start = std::time::Instant::now();
-    for (ni, idx) in batches.iter().enumerate() {
+    let total = batches.len();
+    for (ni, idx) in batches.iter().enumerate().filter(|(k, _)| k % ranks == rank) {
+        let mut st = BatchStats { index: ni, ..Default::default() };
         let b = match shape {
             Some(s) => split.val_batch_at(idx, s)?,
             None => split.val_batch(idx)?,
@@ -164,7 +208,7 @@ pub fn validate(
         let out = exe.run_in_order(&inputs).map_err(|e| anyhow!("validation: {e:#}"))?;
         if has_head {
             for (l, v) in loss.iter_mut().zip(out[1].f32s()?) {
-                *l += v / batches.len() as f32;
+                *l += v / total as f32;
             }
         }
         let o = &out[0];
@@ -177,7 +221,7 @@ pub fn validate(
         for (k, objs) in b.objects.iter().enumerate() {
             let dets = non_max_suppression(&data[k * rows * anchors..(k + 1) * rows * anchors], nc, anchors, &nms);
             confusion.add_image(&dets, objs);
-            if ni < plot_batches {
+            if kept.len() < plot_batches {
                 kept_images.push(keep(&b, split, k, &dets)?);
             }
             let true_cls: Vec<usize> = objs.iter().map(|o| o.cls).collect();
@@ -186,8 +230,8 @@ pub fn validate(
                 .iter()
                 .map(|o| dets.iter().map(|d| if d.class == o.cls { box_iou(&o.xyxy, &d.xyxy) } else { 0.0 }).collect())
                 .collect();
-            tp.extend(match_predictions(&pred_cls, &true_cls, &iou));
-            conf.extend(dets.iter().map(|d| d.score));
+            st.tp.extend(match_predictions(&pred_cls, &true_cls, &iou));
+            st.conf.extend(dets.iter().map(|d| d.score));
             let mut seen = vec![false; nc];
             for &c in &true_cls {
                 seen[c] = true;
@@ -195,8 +239,8 @@ pub fn validate(
             for (c, s) in seen.iter().enumerate() {
                 images_per_class[c] += *s as usize;
             }
-            tcls.extend(true_cls);
-            pcls.extend(pred_cls);
+            st.true_cls.extend(true_cls);
+            st.pred_cls.extend(pred_cls);
             if keep_predictions {
                 let sample = &split.samples[b.indices[k]];
                 let (h, w) = (b.images.shape[2] as f32, b.images.shape[3] as f32);
@@ -217,12 +261,38 @@ pub fn validate(
                 }
             }
         }
-        if ni < plot_batches {
+        if kept.len() < plot_batches {
             kept.push(kept_images);
         }
+        stats.push(st);
         pb.inc(1);
     }
     pb.finish_and_clear();
+    if ranks > 1 {
+        let mine = Share { batches: stats, images_per_class, loss, confusion: confusion.matrix, predictions };
+        let shares = world.comm.all_gather(&serde_json::to_vec(&mine)?)?;
+        let shares: Vec<Share> = shares.iter().map(|b| serde_json::from_slice(b)).collect::<Result<_, _>>()?;
+        (stats, images_per_class, loss, predictions) = (vec![], vec![0; nc], [0.0; 3], vec![]);
+        confusion = ConfusionMatrix::new(nc);
+        for sh in shares {
+            stats.extend(sh.batches);
+            images_per_class.iter_mut().zip(sh.images_per_class).for_each(|(a, b)| *a += b);
+            loss.iter_mut().zip(sh.loss).for_each(|(a, b)| *a += b);
+            for (row, other) in confusion.matrix.iter_mut().zip(sh.confusion) {
+                row.iter_mut().zip(other).for_each(|(a, b)| *a += b);
+            }
+            predictions.extend(sh.predictions);
+        }
+        // One process's order: batch by batch.
+        stats.sort_by_key(|s| s.index);
+    }
+    let (mut tp, mut conf, mut pcls, mut tcls) = (vec![], vec![], vec![], vec![]);
+    for s in stats {
+        tp.extend(s.tp);
+        conf.extend(s.conf);
+        pcls.extend(s.pred_cls);
+        tcls.extend(s.true_cls);
+    }
     let n = split.samples.len();
     Ok(ValResult {
         metrics: ap_per_class(&tp, &conf, &pcls, &tcls),

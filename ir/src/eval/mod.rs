@@ -148,7 +148,7 @@ pub fn foldable(op: &Op) -> bool {
         Op::Conv2d(_) | Op::BatchNorm(_) | Op::MaxPool2d(_) | Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) => false,
         Op::BatchNormTrain(_) | Op::BatchNormGrad | Op::MaxPool2dGrad(_) | Op::DetectLoss(_) => false,
         Op::DetectLossGrad(_) | Op::Accumulate | Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) => false,
-        Op::EmaUpdate => false,
+        Op::EmaUpdate | Op::AllReduce | Op::Broadcast(_) => false,
     }
 }
 
@@ -236,6 +236,10 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
             Ok(r.into_iter().enumerate().map(|(k, v)| f32_at(k, v)).collect())
         }
         Op::EmaUpdate => one(TensorData::F32(optim::ema_update(x.f32s()?, arg(1)?, arg(2)?))),
+        // In a world of one rank the collectives hand their operands on (a backend given a
+        // communicator of several ranks runs them through it).
+        Op::AllReduce => Ok(inputs[..inputs.len() - 1].iter().map(|&t| t.clone()).collect()),
+        Op::Broadcast(_) => Ok(inputs.iter().map(|&t| t.clone()).collect()),
         Op::UnaryGrad(UnaryGrad::Silu) => {
             let g = inputs[1].f32s()?.iter().zip(x.f32s()?).map(|(&v, &dy)| {
                 let s = sigmoid(v);

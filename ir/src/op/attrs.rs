@@ -277,6 +277,14 @@ attr_struct! {
 }
 
 attr_struct! {
+    /// The rank whose tensors a broadcast sends to every other.
+    Root {
+        /// The sending rank.
+        root: usize,
+    }
+}
+
+attr_struct! {
     /// A split into pieces.
     Split {
         /// The axis.

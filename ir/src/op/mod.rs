@@ -11,8 +11,8 @@
 mod attrs;
 
 pub use attrs::{
-    Anchors, Attr, Axis, BatchNorm, Conv2d, DetectLoss, Pool, Reshape, ReshapeDim, Slice, Split, Transpose, Update,
-    Upsample,
+    Anchors, Attr, Axis, BatchNorm, Conv2d, DetectLoss, Pool, Reshape, ReshapeDim, Root, Slice, Split, Transpose,
+    Update, Upsample,
 };
 
 use crate::error::Result;
@@ -224,6 +224,14 @@ op_set! {
         /// [`crate::step_scalars`]. Output: `d·ema + (1 − d)·x` when the step flag is set, else
         /// the average.
         EmaUpdate = "ema_update",
+        /// Data-parallel gradient sum. Inputs: tensors `x_1..x_k`, then the
+        /// [`crate::step_scalars`]. Outputs: `y_i` shaped like `x_i`: the sum of `x_i` over every
+        /// rank of the world when the step flag is set (one collective over all `x_i` taken as
+        /// one bucket), else `x_i`. In a world of one rank (the reference semantics) `y_i = x_i`.
+        AllReduce = "all_reduce",
+        /// Data-parallel broadcast. Inputs: tensors `x_1..x_k`. Outputs: `y_i` shaped like `x_i`:
+        /// rank `root`'s `x_i` on every rank. In a world of one rank `y_i = x_i`.
+        Broadcast(Root) = "broadcast",
     }
 }
 
@@ -240,8 +248,8 @@ impl Op {
         self.kind().name()
     }
 
-    /// The number of outputs the op produces.
-    pub fn num_outputs(&self) -> usize {
+    /// The number of outputs the op produces when given `inputs` operands.
+    pub fn num_outputs(&self, inputs: usize) -> usize {
         match self {
             Op::Split(s) => s.sizes.len(),
             Op::DetectLossGrad(d) => d.strides.len(),
@@ -253,6 +261,8 @@ impl Op {
             Op::MatMul | Op::Softmax(_) | Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) => 1,
             Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) | Op::UpsampleNearestGrad(_) | Op::SliceGrad(_) => 1,
             Op::SumTo | Op::GlobalNorm | Op::EmaUpdate => 1,
+            Op::AllReduce => inputs.saturating_sub(1),
+            Op::Broadcast(_) => inputs,
         }
     }
 
@@ -264,7 +274,8 @@ impl Op {
             Op::UpsampleNearest(_) | Op::Transpose(_) | Op::Softmax(_) | Op::UpsampleNearestGrad(_) => (1, 1),
             Op::Binary(_) | Op::UnaryGrad(_) | Op::MatMul | Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) => (2, 2),
             Op::SliceGrad(_) | Op::SumTo => (2, 2),
-            Op::Concat(_) | Op::Anchors(_) | Op::GlobalNorm => (1, usize::MAX),
+            Op::Concat(_) | Op::Anchors(_) | Op::GlobalNorm | Op::Broadcast(_) => (1, usize::MAX),
+            Op::AllReduce => (2, usize::MAX),
             Op::Reshape(_) => (1, 2),
             Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) | Op::Accumulate | Op::EmaUpdate => (3, 3),
             Op::BatchNorm(_) | Op::BatchNormTrain(_) | Op::BatchNormGrad | Op::SgdUpdate(_) => (5, 5),
@@ -344,7 +355,7 @@ impl Op {
             // No attributes, or none with a constraint of their own.
             Op::Unary(_) | Op::UnaryGrad(_) | Op::Binary(_) | Op::Concat(_) | Op::Reshape(_) | Op::Transpose(_) => {}
             Op::MatMul | Op::Softmax(_) | Op::SoftmaxGrad(_) | Op::BatchNormGrad | Op::SumTo => {}
-            Op::Accumulate | Op::GlobalNorm | Op::EmaUpdate => {}
+            Op::Accumulate | Op::GlobalNorm | Op::EmaUpdate | Op::AllReduce | Op::Broadcast(_) => {}
         }
         Ok(())
     }

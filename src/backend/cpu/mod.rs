@@ -19,13 +19,15 @@ mod simd;
 mod tests;
 
 use super::compiled::{Compiled, Planned};
-use super::{Backend, ByShape, Executable};
+use super::{collective, Backend, ByShape, Executable};
+use crate::dist::{Communicator, Solo};
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::eval::optim;
 use slimc_ir::memory::Plan;
 use slimc_ir::BatchNorm;
 use slimc_ir::{DType, Model, Op, Tensor, TensorData, TensorType, ValueId};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// The CPU backend.
 pub struct Cpu;
@@ -35,8 +37,10 @@ impl Backend for Cpu {
         "cpu"
     }
 
-    fn compile(&self, model: &Model) -> Result<Box<dyn Executable>> {
-        Ok(Box::new(CpuExecutable::new(model)?))
+    fn compile_in(&self, model: &Model, comm: Arc<dyn Communicator>) -> Result<Box<dyn Executable>> {
+        let mut exe = CpuExecutable::new(model)?;
+        exe.comm = comm;
+        Ok(Box::new(exe))
     }
 }
 
@@ -50,13 +54,15 @@ pub struct CpuExecutable {
     pool: Vec<Vec<f32>>,
     /// Kernels' working memory (the weight gradient's partial sums).
     scratch: Vec<f32>,
+    /// What the collective ops run through.
+    comm: Arc<dyn Communicator>,
 }
 
 impl CpuExecutable {
     /// Compiles `model`: every parameter must have its tensor.
     pub fn new(model: &Model) -> Result<CpuExecutable> {
         let core = Compiled::new(model, true, |_, t| Ok(t.clone()))?;
-        Ok(CpuExecutable { core, plans: ByShape::default(), pool: vec![], scratch: vec![] })
+        Ok(CpuExecutable { core, plans: ByShape::default(), pool: vec![], scratch: vec![], comm: Arc::new(Solo) })
     }
 }
 
@@ -116,7 +122,7 @@ impl Executable for CpuExecutable {
         let core = &self.core;
         let planned = self.plans.get(inputs, |types| core.plan(types, &inputs[0].shape))?;
         let (plan, types) = (&planned.plan, &planned.types);
-        let CpuExecutable { core, pool, scratch, .. } = self;
+        let CpuExecutable { core, pool, scratch, comm, .. } = self;
         let Compiled { graph: g, params, profile, state, fused, absorbed, .. } = core;
         if pool.len() < plan.slot_bytes.len() {
             pool.resize_with(plan.slot_bytes.len(), Vec::new);
@@ -157,6 +163,10 @@ impl Executable for CpuExecutable {
                         let parts: Vec<&Tensor> = g.nodes[k].inputs.iter().map(arg).collect();
                         let wb: Vec<&Tensor> = n.inputs[1..].iter().map(arg).collect();
                         node::conv_concatenated(&parts, &wb, &shapes[0], &mut bufs[0])
+                    }
+                    None if collective::is_collective(&n.op) => {
+                        let args: Vec<&Tensor> = n.inputs.iter().map(arg).collect();
+                        collective::run(&n.op, &args, &**comm)
                     }
                     None => {
                         let args: Vec<&Tensor> = n.inputs.iter().map(arg).collect();

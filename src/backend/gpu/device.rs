@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Whether GPU drivers may print while slimc probes adapters (`--verbose`).
@@ -148,6 +148,15 @@ pub fn adapters() -> Vec<AdapterSummary> {
     enumerate().iter().map(summary).collect()
 }
 
+/// Which adapter, best first, [`Context::get`] opens ([`use_adapter`]).
+static ADAPTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes [`Context::get`] open the `index`-th adapter, best first (a data-parallel rank takes
+/// the adapter of its local rank); to be called before the first use.
+pub fn use_adapter(index: usize) {
+    ADAPTER.store(index, Ordering::Relaxed);
+}
+
 /// Whether a hardware GPU is present (what `--device auto` asks).
 pub fn hardware_present() -> bool {
     static PRESENT: OnceLock<bool> = OnceLock::new();
@@ -180,11 +189,17 @@ impl Context {
     }
 
     fn open() -> Result<Context> {
-        let Some(adapter) = enumerate().into_iter().next() else {
+        let all = enumerate();
+        if all.is_empty() {
             bail!(
                 "--device gpu: no GPU adapter found (Vulkan, Metal, DX12 or GL); install a driver \
                  (on Debian without a GPU, mesa-vulkan-drivers gives lavapipe) or use --device cpu"
             );
+        }
+        let at = ADAPTER.load(Ordering::Relaxed);
+        let count = all.len();
+        let Some(adapter) = all.into_iter().nth(at) else {
+            bail!("--device gpu: adapter {at} was asked for, {count} found");
         };
         let limits = adapter.limits();
         let desc =

@@ -11,13 +11,15 @@ mod device;
 mod kernels;
 mod lower;
 
-pub use device::{adapters, hardware_present, show_driver_messages, AdapterSummary, Context};
+pub use device::{adapters, hardware_present, show_driver_messages, use_adapter, AdapterSummary, Context};
 pub use lower::ConvLowering;
 
 use super::compiled::{Compiled, Planned};
 use super::{check_inputs, Backend, ByShape, Executable};
+use crate::backend::collective;
+use crate::dist::{Communicator, Solo};
 use anyhow::{anyhow, bail, Result};
-use lower::{Graphs, Loc, Program};
+use lower::{Graphs, HostStep, Loc, Program};
 use slimc_ir::{DType, Model, Tensor};
 use std::sync::Arc;
 
@@ -58,8 +60,10 @@ impl Backend for Gpu {
         "gpu"
     }
 
-    fn compile(&self, model: &Model) -> Result<Box<dyn Executable>> {
-        Ok(Box::new(GpuExecutable::new(self.ctx.clone(), model, self.conv)?))
+    fn compile_in(&self, model: &Model, comm: Arc<dyn Communicator>) -> Result<Box<dyn Executable>> {
+        let mut exe = GpuExecutable::new(self.ctx.clone(), model, self.conv)?;
+        exe.comm = comm;
+        Ok(Box::new(exe))
     }
 }
 
@@ -72,6 +76,8 @@ pub struct GpuExecutable {
     /// Bound where a kernel's optional operand is absent.
     dummy: wgpu::Buffer,
     conv: ConvLowering,
+    /// What the collective ops run through.
+    comm: Arc<dyn Communicator>,
 }
 
 impl GpuExecutable {
@@ -86,7 +92,7 @@ impl GpuExecutable {
             })
         })?;
         let dummy = lower::storage(&ctx, 16, "absent operand");
-        Ok(GpuExecutable { ctx, core, programs: ByShape::default(), dummy, conv })
+        Ok(GpuExecutable { ctx, core, programs: ByShape::default(), dummy, conv, comm: Arc::new(Solo) })
     }
 
     /// The program for inputs of these shapes, lowered on first use.
@@ -111,6 +117,82 @@ impl GpuExecutable {
             Loc::Param(p) => self.core.params[p.0].as_ref().expect("every parameter has its buffer"),
             Loc::Slot(s) => &program.slots[s],
         }
+    }
+
+    /// Records the dispatches `steps` into `enc`; profiling, runs each alone, waited for and
+    /// timed, and returns a fresh encoder.
+    fn record(
+        &mut self,
+        program: &Program,
+        mut enc: wgpu::CommandEncoder,
+        steps: std::ops::Range<usize>,
+    ) -> Result<wgpu::CommandEncoder> {
+        let ctx = &self.ctx;
+        match &mut self.core.profile {
+            None => program.record(&mut enc, steps),
+            Some(profile) => {
+                ctx.queue.submit([enc.finish()]);
+                for k in steps {
+                    let t = std::time::Instant::now();
+                    let mut one = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+                    program.record(&mut one, k..k + 1);
+                    ctx.queue.submit([one.finish()]);
+                    ctx.device
+                        .poll(wgpu::PollType::wait_indefinitely())
+                        .map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
+                    profile.add(&program.steps[k].label, t.elapsed());
+                }
+                enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+            }
+        }
+        Ok(enc)
+    }
+
+    /// Runs a collective after the dispatches recorded in `enc`: when it communicates, the
+    /// operands are read back in one bucket, exchanged and written to the results (the work so
+    /// far is submitted, and a fresh encoder returned); otherwise each result is a copy of its
+    /// operand on the device.
+    fn host_step(
+        &self,
+        program: &Program,
+        h: &HostStep,
+        inputs: &[&Tensor],
+        mut enc: wgpu::CommandEncoder,
+    ) -> Result<wgpu::CommandEncoder> {
+        let scalars = h.scalars.map(|k| inputs[k].f32s()).transpose()?;
+        let pairs = h.operands.iter().zip(&h.results);
+        if !collective::communicates(&h.op, scalars, &*self.comm) {
+            for (&(from, bytes), &to) in pairs {
+                if from != to && bytes > 0 {
+                    enc.copy_buffer_to_buffer(self.buffer(program, from), 0, self.buffer(program, to), 0, bytes);
+                }
+            }
+            return Ok(enc);
+        }
+        let total: u64 = h.operands.iter().map(|o| o.1).sum();
+        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("collective"),
+            size: total.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut at = 0;
+        for &(from, bytes) in &h.operands {
+            if bytes > 0 {
+                enc.copy_buffer_to_buffer(self.buffer(program, from), 0, &staging, at, bytes);
+            }
+            at += bytes;
+        }
+        self.ctx.queue.submit([enc.finish()]);
+        let mut bucket = self.download(&staging, total)?;
+        collective::exchange(&h.op, &mut bucket, &*self.comm)?;
+        let mut at = 0;
+        for (&(_, bytes), &to) in pairs {
+            let n = bytes as usize / 4;
+            self.ctx.queue.write_buffer(self.buffer(program, to), 0, bytemuck::cast_slice(&bucket[at..at + n]));
+            at += n;
+        }
+        Ok(self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") }))
     }
 
     /// Copies `bytes` of `buf` back to the host.
@@ -155,25 +237,13 @@ impl Executable for GpuExecutable {
                 }
             }
             let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
-            match &mut self.core.profile {
-                None => program.record(&mut enc, 0..program.steps.len()),
-                // Each dispatch alone, waited for and timed.
-                Some(profile) => {
-                    ctx.queue.submit([enc.finish()]);
-                    for (k, s) in program.steps.iter().enumerate() {
-                        let t = std::time::Instant::now();
-                        let mut one =
-                            ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-                        program.record(&mut one, k..k + 1);
-                        ctx.queue.submit([one.finish()]);
-                        ctx.device
-                            .poll(wgpu::PollType::wait_indefinitely())
-                            .map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
-                        profile.add(&s.label, t.elapsed());
-                    }
-                    enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
-                }
+            let mut done = 0;
+            for h in &program.hosts {
+                enc = self.record(&program, enc, done..h.at)?;
+                done = h.at;
+                enc = self.host_step(&program, h, inputs, enc)?;
             }
+            enc = self.record(&program, enc, done..program.steps.len())?;
             // Results first (a result that is also a parameter is read before its update), then
             // the state updates into their parameters.
             let mut at = 0;

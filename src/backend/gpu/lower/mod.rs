@@ -96,6 +96,22 @@ pub struct Step {
     pub label: String,
 }
 
+/// A collective op, run on the host between two dispatches: its operands are read back, passed
+/// through the communicator in one bucket, and the results written to their buffers.
+pub struct HostStep {
+    /// It runs after this many dispatches.
+    pub at: usize,
+    /// The op.
+    pub op: Op,
+    /// The graph input holding the all-reduce's step scalars (read on the host to know whether
+    /// it communicates).
+    pub scalars: Option<usize>,
+    /// Each carried operand's place and bytes.
+    pub operands: Vec<(Loc, u64)>,
+    /// Each result's place.
+    pub results: Vec<Loc>,
+}
+
 /// A graph lowered for one set of input shapes.
 pub struct Program {
     /// One buffer per graph input.
@@ -104,6 +120,8 @@ pub struct Program {
     pub slots: Vec<wgpu::Buffer>,
     /// The dispatches in order.
     pub steps: Vec<Step>,
+    /// The collectives, in order, each between two dispatches.
+    pub hosts: Vec<HostStep>,
     /// Where each graph output is, its shape and its bytes.
     pub outputs: Vec<(Loc, Vec<usize>, u64)>,
     /// Where the readback lands.
@@ -180,6 +198,7 @@ struct Builder<'a> {
     slots: &'a [wgpu::Buffer],
     dummy: &'a wgpu::Buffer,
     steps: Vec<Step>,
+    hosts: Vec<HostStep>,
     scratch: Vec<wgpu::Buffer>,
     targets: Vec<(usize, usize, usize)>,
     /// The op being lowered.
@@ -212,6 +231,7 @@ pub fn lower(ctx: &Context, g: &Graphs, types: &[TensorType], plan: &Plan, dummy
         slots: &slots,
         dummy,
         steps: vec![],
+        hosts: vec![],
         scratch: vec![],
         targets: vec![],
         op: "",
@@ -236,8 +256,8 @@ pub fn lower(ctx: &Context, g: &Graphs, types: &[TensorType], plan: &Plan, dummy
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let Builder { steps, scratch, targets, .. } = b;
-    Ok(Program { inputs, slots, steps, outputs, staging, targets, _scratch: scratch })
+    let Builder { steps, hosts, scratch, targets, .. } = b;
+    Ok(Program { inputs, slots, steps, hosts, outputs, staging, targets, _scratch: scratch })
 }
 
 impl Builder<'_> {
@@ -367,7 +387,25 @@ impl Builder<'_> {
             Op::AdamWUpdate(u) => self.update(at, u, true),
             Op::DetectLoss(d) => self.detect_loss(i, d, false),
             Op::DetectLossGrad(d) => self.detect_loss(i, d, true),
+            Op::AllReduce | Op::Broadcast(_) => self.collective(n),
         }
+    }
+
+    /// A collective: a host step between the dispatches before and after it.
+    fn collective(&mut self, n: &slimc_ir::Node) -> Result<()> {
+        let carried = crate::backend::collective::carried(&n.op, n.inputs.len());
+        let scalars = match n.op {
+            Op::AllReduce => match self.loc(n.inputs[carried]) {
+                Loc::Input(k) => Some(k),
+                _ => bail!("the GPU backend reads the all-reduce's step scalars from a graph input"),
+            },
+            _ => None,
+        };
+        let bytes = |v: ValueId| value_bytes(&self.types[v.0]).expect("checked");
+        let operands = n.inputs[..carried].iter().map(|&v| (self.loc(v), bytes(v))).collect();
+        let results = n.outputs.iter().map(|&v| self.loc(v)).collect();
+        self.hosts.push(HostStep { at: self.steps.len(), op: n.op.clone(), scalars, operands, results });
+        Ok(())
     }
 }
 
