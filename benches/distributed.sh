@@ -36,6 +36,9 @@ speed() {
     rm -rf "$OUT/speed-"*
     RAYON_NUM_THREADS=2 "$OUT/slimc" "${common[@]}" --name speed-1x2 2> "$OUT/speed-1x2.log"
     RAYON_NUM_THREADS=1 "${MPIRUN[@]}" "$OUT/slimc" "${common[@]}" --name speed-2x1 2> "$OUT/speed-2x1.log"
+    # The same 2-rank epoch with the op profile: the all-reduce's share of each rank's step.
+    SLIMC_PROFILE_OPS=1 RAYON_NUM_THREADS=1 "${MPIRUN[@]}" "$OUT/slimc" "${common[@]}" --name speed-2x1-profile \
+        2> "$OUT/speed-2x1-profile.log"
     "${MPIRUN[@]}" target/release/examples/collective_time yolo11n.yaml yolo11x.yaml > "$OUT/collective.txt"
     {
         echo "# Data-parallel speed on this machine ($CPU, $(nproc) cores)"
@@ -44,6 +47,11 @@ speed() {
         echo "|---|---:|"
         echo "| 1 process x 2 threads | $(rate "$OUT/speed-1x2.log") |"
         echo "| 2 ranks x 1 thread (mpirun -np 2) | $(rate "$OUT/speed-2x1.log") |"
+        echo
+        echo "The all-reduce in each rank's training step over the epoch (SLIMC_PROFILE_OPS; seconds, share of the"
+        echo "step's op time, calls; the time includes waiting for the other rank):"
+        echo
+        grep -E '^all_reduce ' "$OUT/speed-2x1-profile.log" | sed 's/^/    /'
         echo
         echo "All-reduce per optimizer step, 2 ranks on this machine (shared memory):"
         echo
@@ -65,13 +73,13 @@ sparsity() {
             local one="$OUT/sparse-$1-1-seed$s" two="$OUT/sparse-$1-2-seed$s"
             if ! grep -q "epochs completed" "$one.log" 2>/dev/null; then
                 rm -rf "$one"
-                RAYON_NUM_THREADS=2 "$OUT/slimc" "${common[@]}" --sr-mode "$1" --epochs "$2" --seed "$s" --project "$OUT" \
+                RAYON_NUM_THREADS=2 "$OUT/slimc" "${common[@]}" --sr-mode "$1" --epochs "$2" --seed "$s" \
                     --name "$(basename "$one")" 2> "$one.log"
             fi
             if ! grep -q "epochs completed" "$two.log" 2>/dev/null; then
                 rm -rf "$two"
                 RAYON_NUM_THREADS=1 "${MPIRUN[@]}" "$OUT/slimc" "${common[@]}" --sr-mode "$1" --epochs "$2" --seed "$s" \
-                    --project "$OUT" --name "$(basename "$two")" 2> "$two.log"
+                    --name "$(basename "$two")" 2> "$two.log"
             fi
         done
     done
