@@ -138,36 +138,46 @@ fn two_ranks_equal_one_process_accumulating_the_same_micro_batches() {
     }
 }
 
-/// `slimc val` under two ranks (each validating every other rect batch, statistics gathered)
-/// reports what one process reports, on a model that finds trees.
+/// `slimc val` under two ranks (rank 0 the plotted batches, then every other rect batch each;
+/// statistics gathered in batch order) reports what one process reports, on a model that finds
+/// trees: the metrics, every kept detection in order, and rank 0's validation plots.
 #[test]
 fn validation_shared_by_two_ranks_equals_one_process() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let d = scratch("dp-val");
-    let args = |c: &mut Command| {
+    let args = |c: &mut Command, name: &str| {
         c.arg(SLIMC)
             .arg("val")
             .arg(fixture("trees-trained/yolo11p-trees.slim"))
             .arg("--data")
             .arg(root.join("datasets/trees/trees.yaml"))
-            .args(["--imgsz", "160", "--batch", "4", "--device", "cpu", "--json", "--no-plots", "--project"])
-            .arg(&*d);
+            .args(["--imgsz", "160", "--batch", "4", "--device", "cpu", "--json", "--project"])
+            .arg(&*d)
+            .args(["--name", name, "--save-json"])
+            .arg(d.join(format!("{name}.json")));
     };
     let metrics = |t: &str| -> serde_json::Value {
-        let start = t.find('{').unwrap();
+        let start = t.find("{\n").unwrap();
         serde_json::from_str(&t[start..t.rfind('}').unwrap() + 1]).unwrap()
     };
     let mut c = mpirun(2);
-    args(&mut c);
+    args(&mut c, "two");
     let two = metrics(&run(c));
     let mut c = Command::new("env");
-    args(&mut c);
+    args(&mut c, "one");
     let one = metrics(&run(c));
     for key in ["map50", "map", "mp", "mr"] {
         let (a, b) = (two[key].as_f64().unwrap(), one[key].as_f64().unwrap());
         assert!((a - b).abs() <= 1e-6, "{key}: two ranks {a}, one process {b}");
     }
     assert!(one["map50"].as_f64().unwrap() > 0.1, "the model finds trees: {one}");
+    let preds = |n: &str| std::fs::read_to_string(d.join(format!("{n}.json"))).unwrap();
+    assert!(preds("one").len() > 100 && preds("one") == preds("two"), "the kept detections differ");
+    for f in ["val_batch0_pred.jpg", "val_batch2_labels.jpg", "BoxPR_curve.png", "confusion_matrix.csv"] {
+        assert!(d.join("two").join(f).exists(), "{f}");
+    }
+    let table = |n: &str| std::fs::read_to_string(d.join(n).join("confusion_matrix.csv")).unwrap();
+    assert_eq!(table("one"), table("two"));
 }
 
 /// Runs `c` to its end or `limit`, killing it then; returns its output and how long it took.

@@ -116,6 +116,8 @@ struct BatchStats {
     pred_cls: Vec<usize>,
     /// Per label: its class.
     true_cls: Vec<usize>,
+    /// The kept detections (when asked for).
+    predictions: Vec<Prediction>,
 }
 
 /// What a rank sends rank 0 after validating its share of the batches.
@@ -125,7 +127,6 @@ struct Share {
     images_per_class: Vec<usize>,
     loss: [f32; 3],
     confusion: Vec<Vec<f64>>,
-    predictions: Vec<Prediction>,
 }
 
 /// Validates `model` (its inference graph, compiled once on `backend`) on `split`, a dataset of
@@ -140,10 +141,11 @@ pub fn validate(
     validate_ranks(backend, model, split, nc, opts, &World::solo())
 }
 
-/// [`validate`] with the batches shared among the ranks of `world` (rank `r` takes batches
-/// `r, r + N, …`, each at the rect shape one process gives it) and the statistics gathered, so
-/// every rank returns what one process validating every batch would (the kept mosaic images
-/// are this rank's own batches).
+/// [`validate`] with the batches shared among the ranks of `world` (rank 0 takes the first
+/// [`ValOptions::plot_batches`], whose images it keeps for the mosaics; of the others rank `r`
+/// takes every N-th from the `r`-th, each at the rect shape one process gives it) and the
+/// statistics gathered in batch order, so every rank returns what one process validating every
+/// batch would (the mosaic images on rank 0).
 pub fn validate_ranks(
     backend: &dyn Backend,
     model: &Model,
@@ -162,7 +164,8 @@ pub fn validate_ranks(
     }
     let batches = split.val_batches(batch);
     let (rank, ranks) = (world.rank(), world.size());
-    let mine = (batches.len() + ranks - 1 - rank) / ranks;
+    let owner = |k: usize| if k < plot_batches { 0 } else { (k - plot_batches) % ranks };
+    let mine = (0..batches.len()).filter(|&k| owner(k) == rank).count();
     let pb = if bar { ProgressBar::new(mine as u64) } else { ProgressBar::hidden() };
     pb.set_style(
         ProgressStyle::with_template("{msg:>24} {bar:30} {pos}/{len} [{elapsed}<{eta}, {per_sec}]").expect("template"),
@@ -170,7 +173,6 @@ pub fn validate_ranks(
     pb.set_message("Class Images Instances");
     let mut stats: Vec<BatchStats> = vec![];
     let mut images_per_class = vec![0; nc];
-    let mut predictions = vec![];
     let mut confusion = ConfusionMatrix::new(nc);
     let mut kept = vec![];
     // A graph with a Detect head runs at any size, in rect batches, with the loss beside the
@@ -198,7 +200,7 @@ pub fn validate_ranks(
     let mut loss = [0.0f32; 3];
     let start = std::time::Instant::now();
     let total = batches.len();
-    for (ni, idx) in batches.iter().enumerate().filter(|(k, _)| k % ranks == rank) {
+    for (ni, idx) in batches.iter().enumerate().filter(|(k, _)| owner(*k) == rank) {
         let mut st = BatchStats { index: ni, ..Default::default() };
         let b = match shape {
             Some(s) => split.val_batch_at(idx, s)?,
@@ -221,7 +223,7 @@ pub fn validate_ranks(
         for (k, objs) in b.objects.iter().enumerate() {
             let dets = non_max_suppression(&data[k * rows * anchors..(k + 1) * rows * anchors], nc, anchors, &nms);
             confusion.add_image(&dets, objs);
-            if kept.len() < plot_batches {
+            if ni < plot_batches {
                 kept_images.push(keep(&b, split, k, &dets)?);
             }
             let true_cls: Vec<usize> = objs.iter().map(|o| o.cls).collect();
@@ -251,7 +253,7 @@ pub fn validate_ranks(
                 for d in &dets {
                     let x = d.xyxy;
                     let un = |v: f32, p: f32, lim: f32| ((v - p) / r).clamp(0.0, lim);
-                    predictions.push(Prediction {
+                    st.predictions.push(Prediction {
                         image: sample.path.display().to_string(),
                         class: d.class,
                         score: d.score,
@@ -261,7 +263,7 @@ pub fn validate_ranks(
                 }
             }
         }
-        if kept.len() < plot_batches {
+        if ni < plot_batches {
             kept.push(kept_images);
         }
         stats.push(st);
@@ -269,10 +271,10 @@ pub fn validate_ranks(
     }
     pb.finish_and_clear();
     if ranks > 1 {
-        let mine = Share { batches: stats, images_per_class, loss, confusion: confusion.matrix, predictions };
+        let mine = Share { batches: stats, images_per_class, loss, confusion: confusion.matrix };
         let shares = world.comm.all_gather(&serde_json::to_vec(&mine)?)?;
         let shares: Vec<Share> = shares.iter().map(|b| serde_json::from_slice(b)).collect::<Result<_, _>>()?;
-        (stats, images_per_class, loss, predictions) = (vec![], vec![0; nc], [0.0; 3], vec![]);
+        (stats, images_per_class, loss) = (vec![], vec![0; nc], [0.0; 3]);
         confusion = ConfusionMatrix::new(nc);
         for sh in shares {
             stats.extend(sh.batches);
@@ -281,13 +283,13 @@ pub fn validate_ranks(
             for (row, other) in confusion.matrix.iter_mut().zip(sh.confusion) {
                 row.iter_mut().zip(other).for_each(|(a, b)| *a += b);
             }
-            predictions.extend(sh.predictions);
         }
         // One process's order: batch by batch.
         stats.sort_by_key(|s| s.index);
     }
-    let (mut tp, mut conf, mut pcls, mut tcls) = (vec![], vec![], vec![], vec![]);
+    let (mut tp, mut conf, mut pcls, mut tcls, mut predictions) = (vec![], vec![], vec![], vec![], vec![]);
     for s in stats {
+        predictions.extend(s.predictions);
         tp.extend(s.tp);
         conf.extend(s.conf);
         pcls.extend(s.pred_cls);
