@@ -5,7 +5,7 @@ mod common;
 use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto};
 use std::path::Path;
 
-use common::{fails, write};
+use common::{fails, scratch, write};
 
 #[test]
 fn truncated_onnx() {
@@ -233,4 +233,16 @@ fn checkpoint_tensor_with_a_short_storage() {
     let p = rezip(BEST, &dir, "short.pt", |n, b| n.ends_with("/data/3").then(|| b[..b.len() / 2].to_vec()));
     let e = fails(&["info", &p]);
     assert!(e.contains("short.pt") && e.contains("storage 3 holds"), "{e}");
+}
+
+/// A global batch that does not divide among the data-parallel ranks is a one-line error before
+/// any work.
+#[test]
+fn a_batch_that_does_not_divide_among_the_ranks() {
+    let d = scratch("ranks");
+    let yaml = common::dataset(&d, 4);
+    let (yaml, project) = (yaml.display().to_string(), d.display().to_string());
+    let args = ["train", "yolo11n.yaml", "--imgsz", "64", "--batch", "8", "--epochs", "1", "--device", "cpu"];
+    let e = fails(&[&args[..], &["--emulate-ranks", "3", "--data", &yaml, "--project", &project]].concat());
+    assert!(e.contains("--batch 8 (the global batch) does not divide among 3 ranks"), "{e}");
 }

@@ -128,11 +128,14 @@ fn two_ranks_equal_one_process_accumulating_the_same_micro_batches() {
         eprintln!("{opt} {mode}: {compared} tensors, worst relative difference {worst:.2e} ({what})");
         assert!(worst <= 1e-5, "{opt} {mode}: {what} differs by {worst:e}");
         assert_eq!(state(&at("ranks")).1.steps, 3);
+        // Rank 0 alone wrote the run: no second, numbered run folder.
+        assert!(!project.join(format!("{}2", name("ranks"))).exists());
         if opt == "SGD" && mode == "subgradient" {
             let mut c = Command::new(SLIMC);
             c.args(train_args(&yaml, &project, &name("whole"), 2, &extra)).env("RAYON_NUM_THREADS", "1");
             run(c);
             let (control, what, _) = worst_difference(&at("whole"), &at("emulated"));
+            eprintln!("control, micro-batches of 8: worst relative difference {control:.2e} ({what})");
             assert!(control > 1e-3, "micro-batches of 8 should differ from two of 4: {control:e} ({what})");
         }
     }
@@ -208,6 +211,7 @@ fn a_rank_with_an_unreadable_label_ends_the_job_naming_the_file() {
     let (out, took) = bounded(c, Duration::from_secs(120));
     let t = text(&out);
     assert!(!out.status.success(), "the job succeeded:\n{t}");
+    eprintln!("the job ended {took:?} after its start");
     assert!(took < Duration::from_secs(60), "took {took:?}:\n{t}");
     assert!(t.contains("im5.txt") && t.contains("the ranks disagree on the train set"), "{t}");
 }
@@ -253,6 +257,7 @@ fn killing_one_rank_ends_the_job() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let status = child.try_wait().unwrap();
+    eprintln!("mpirun ended {:?} after the kill", killed.elapsed());
     let _ = child.kill();
     let _ = child.wait();
     assert!(status.is_some_and(|s| !s.success()), "mpirun still running or succeeded: {status:?}");
