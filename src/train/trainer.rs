@@ -386,12 +386,12 @@ impl Trainer {
         let data = cfg.data.as_ref().ok_or_else(|| anyhow!("--data is required (a dataset YAML)"))?;
         let spec = load_dataset_spec(data)?;
         let nc = spec.names.len();
-        let tag = if world.size() > 1 { format!("rank {}: ", world.rank()) } else { String::new() };
+        // Rank 0 reports the data; another rank's differences come out in the check below.
         let (train, rep) = scan(&spec.train, nc, "train")?;
-        for w in &rep.warnings {
-            eprintln!("{tag}WARNING {w}");
-        }
         if root {
+            for w in &rep.warnings {
+                eprintln!("WARNING {w}");
+            }
             eprintln!("{}", rep.summary("train"));
         }
         world.agree("the train set", &split_fingerprint(&train), &rep.warnings.join("; "))?;
@@ -399,10 +399,10 @@ impl Trainer {
             bail!("train: no image has labels; training needs labelled objects");
         }
         let (val, rep) = scan(&spec.val, nc, "val")?;
-        for w in &rep.warnings {
-            eprintln!("{tag}WARNING {w}");
-        }
         if root {
+            for w in &rep.warnings {
+                eprintln!("WARNING {w}");
+            }
             eprintln!("{}", rep.summary("val"));
         }
         world.agree("the val set", &split_fingerprint(&val), &rep.warnings.join("; "))?;
