@@ -211,7 +211,7 @@ fn a_rank_with_an_unreadable_label_ends_the_job_naming_the_file() {
     let (out, took) = bounded(c, Duration::from_secs(120));
     let t = text(&out);
     assert!(!out.status.success(), "the job succeeded:\n{t}");
-    eprintln!("the job ended {took:?} after its start");
+    eprintln!("the job ended {took:?} after its start:\n{t}");
     assert!(took < Duration::from_secs(60), "took {took:?}:\n{t}");
     assert!(t.contains("im5.txt") && t.contains("the ranks disagree on the train set"), "{t}");
 }
