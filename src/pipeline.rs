@@ -104,18 +104,9 @@ fn train_stage(model: Model, t: TrainConfig, last: bool, device: Device, world: 
         std::fs::create_dir_all(&t.save_dir)?;
     }
     Trainer::new(model, t, device.backend_in(world)?, world.clone())?.run()?;
-    let mut m = from_root(world, || Model::load(&file))?;
+    let mut m = world.model_from_root(|| Ok(Model::load(&file)?))?;
     m.training_state.clear();
     Ok(m)
-}
-
-/// Rank 0's model (made by `make` there only) on every rank.
-fn from_root(world: &World, make: impl FnOnce() -> Result<Model, slimc_ir::IrError>) -> Result<Model> {
-    if world.size() == 1 {
-        return Ok(make()?);
-    }
-    let bytes = if world.is_root() { make()?.to_bytes() } else { vec![] };
-    Ok(Model::from_bytes(&world.from_root(bytes)?, "rank 0's model")?)
 }
 
 /// Runs the whole pipeline on `model` (built with the dataset's classes) as one rank of
@@ -167,7 +158,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig, world: &World) -> Result
     // 1. Train (or start from a trained model).
     let trained = match &cfg.trained {
         Some(p) => {
-            let mut m = from_root(world, || Model::load(p))?;
+            let mut m = world.model_from_root(|| Ok(Model::load(p)?))?;
             m.training_state.clear();
             m
         }
@@ -207,7 +198,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig, world: &World) -> Result
         None
     };
     // The ranks fine-tune rank 0's pruned model.
-    let pruned_model = from_root(world, || Ok(pruned.as_ref().expect("rank 0 pruned").model.clone()))?;
+    let pruned_model = world.model_from_root(|| Ok(pruned.as_ref().expect("rank 0 pruned").model.clone()))?;
     let Some(pruned) = pruned else {
         train_stage(pruned_model, stage_dir(cfg, "3-finetune", cfg.finetune_epochs), false, device, world)?;
         return Ok(None);

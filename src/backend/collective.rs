@@ -37,28 +37,24 @@ pub fn exchange(op: &Op, bucket: &mut [f32], comm: &dyn Communicator) -> Result<
     }
 }
 
-/// The collective `op` on host tensors: its results, each shaped like its operand.
-pub fn run(op: &Op, args: &[&Tensor], comm: &dyn Communicator) -> Result<Vec<Tensor>> {
-    let carried = &args[..carried(op, args.len())];
-    let scalars = match op {
-        Op::AllReduce => Some(args[args.len() - 1].f32s()?),
-        _ => None,
-    };
+/// The collective `op` on host tensors: `carried` (its operands but the all-reduce's step
+/// `scalars`) are moved in and come back as its results, exchanged in one bucket when it
+/// communicates and untouched otherwise.
+pub fn run(op: &Op, mut carried: Vec<Tensor>, scalars: Option<&[f32]>, comm: &dyn Communicator) -> Result<Vec<Tensor>> {
     if !communicates(op, scalars, comm) {
-        return Ok(carried.iter().map(|&t| t.clone()).collect());
+        return Ok(carried);
     }
     let mut bucket = Vec::with_capacity(carried.iter().map(|t| t.numel()).sum());
-    for t in carried {
+    for t in &carried {
         bucket.extend_from_slice(t.f32s()?);
     }
     exchange(op, &mut bucket, comm)?;
     let mut at = 0;
-    carried
-        .iter()
-        .map(|t| {
-            let n = t.numel();
-            at += n;
-            Ok(Tensor::from_f32(t.shape.clone(), bucket[at - n..at].to_vec())?)
-        })
-        .collect()
+    for t in &mut carried {
+        let v = t.f32s_mut()?;
+        let n = v.len();
+        v.copy_from_slice(&bucket[at..at + n]);
+        at += n;
+    }
+    Ok(carried)
 }

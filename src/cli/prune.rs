@@ -269,9 +269,6 @@ pub struct PipelineArgs {
 /// Runs the whole slimming pipeline and prints its summary.
 pub fn pipeline(a: PipelineArgs) -> Result<()> {
     let world = slimc::dist::world()?;
-    if world.size() > 1 && world.is_root() {
-        eprintln!("{}", world.describe());
-    }
     let spec = load_dataset_spec(&a.data)?;
     let imgsz = train_imgsz(a.imgsz);
     let opts = LoadOptions { seed: a.seed, ..Default::default() };

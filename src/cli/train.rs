@@ -41,9 +41,6 @@ pub struct TrainArgs {
 /// Trains (or resumes) a run.
 pub fn train(a: TrainArgs) -> Result<()> {
     let world = world()?;
-    if world.size() > 1 && world.is_root() {
-        eprintln!("{}", world.describe());
-    }
     let backend = Device::from(a.device).backend_in(&world)?;
     if a.resume {
         // A resumed run keeps its settings; --emulate-ranks alone may change how it is fed.

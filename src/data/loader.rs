@@ -121,7 +121,7 @@ impl Split {
                     (crate::dist::shard::shard(&order, r, ranks), own)
                 })
                 .collect();
-            let per_rank = feeds.first().map_or(0, |f| f.0.len().div_ceil(batch));
+            let per_rank = crate::dist::shard::batches_per_rank(me.samples.len(), ranks, batch);
             for k in 0..per_rank {
                 for (share, rng) in &mut feeds {
                     let chunk = &share[k * batch..((k + 1) * batch).min(share.len())];

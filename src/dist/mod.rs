@@ -25,8 +25,8 @@ pub fn launched_size() -> usize {
 
 static WORLD: OnceLock<std::result::Result<World, String>> = OnceLock::new();
 
-/// The process's world, set up on first use: MPI's when a launcher started several ranks, else
-/// the process alone.
+/// The process's world, set up on first use: MPI's when a launcher started several ranks (rank 0
+/// says so: `ranks: 2 (Open MPI v4.1.4), local ranks 2`), else the process alone.
 pub fn world() -> Result<World> {
     WORLD.get_or_init(|| connect().map_err(|e| format!("{e:#}"))).clone().map_err(anyhow::Error::msg)
 }
@@ -37,6 +37,9 @@ fn connect() -> Result<World> {
         return Ok(World::solo());
     }
     let world = mpi::connect()?;
+    if world.is_root() {
+        eprintln!("{}", world.describe());
+    }
     // Ranks sharing a machine share its cores (unless RAYON_NUM_THREADS says otherwise).
     if world.local_size > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -17,9 +17,10 @@ static UNIVERSE: Mutex<Option<Universe>> = Mutex::new(None);
 /// The most elements one MPI call carries (counts are C ints).
 const CHUNK: usize = 1 << 28;
 
-/// The world communicator behind a mutex.
+/// The world communicator behind a mutex, with the send buffer its all-reduce reuses (MPI
+/// reduces from one buffer into another).
 struct Mpi {
-    comm: Mutex<SimpleCommunicator>,
+    comm: Mutex<(SimpleCommunicator, Vec<f32>)>,
     rank: usize,
     size: usize,
 }
@@ -31,7 +32,7 @@ unsafe impl Send for Mpi {}
 unsafe impl Sync for Mpi {}
 
 impl Mpi {
-    fn comm(&self) -> std::sync::MutexGuard<'_, SimpleCommunicator> {
+    fn comm(&self) -> std::sync::MutexGuard<'_, (SimpleCommunicator, Vec<f32>)> {
         self.comm.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -44,9 +45,11 @@ impl RankComm for Mpi {
         self.size
     }
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
-        let comm = self.comm();
+        let mut guard = self.comm();
+        let (comm, send) = &mut *guard;
         for part in buf.chunks_mut(CHUNK) {
-            let send = part.to_vec();
+            send.clear();
+            send.extend_from_slice(part);
             comm.all_reduce_into(&send[..], part, SystemOperation::sum());
         }
         Ok(())
@@ -55,15 +58,16 @@ impl RankComm for Mpi {
         if root >= self.size {
             bail!("broadcast from rank {root} in a world of {} ranks", self.size);
         }
-        let comm = self.comm();
-        let process = comm.process_at_rank(root as i32);
+        let guard = self.comm();
+        let process = guard.0.process_at_rank(root as i32);
         for part in buf.chunks_mut(CHUNK) {
             process.broadcast_into(part);
         }
         Ok(())
     }
     fn all_gather(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
-        let comm = self.comm();
+        let guard = self.comm();
+        let comm = &guard.0;
         let len = Count::try_from(bytes.len()).map_err(|_| anyhow!("{} bytes are too many to gather", bytes.len()))?;
         let mut counts = vec![0 as Count; self.size];
         comm.all_gather_into(&len, &mut counts[..]);
@@ -77,7 +81,7 @@ impl RankComm for Mpi {
         Ok(counts.iter().zip(&displs).map(|(&c, &d)| all[d as usize..(d + c) as usize].to_vec()).collect())
     }
     fn abort(&self, code: i32) -> ! {
-        self.comm().abort(code)
+        self.comm().0.abort(code)
     }
 }
 
@@ -97,7 +101,7 @@ pub(super) fn connect() -> Result<World> {
         .and_then(|v| v.split(',').next().map(|s| s.trim().to_string()))
         .unwrap_or_else(|| "MPI".into());
     *UNIVERSE.lock().unwrap_or_else(|p| p.into_inner()) = Some(universe);
-    let comm: Arc<dyn RankComm> = Arc::new(Mpi { comm: Mutex::new(world), rank, size });
+    let comm: Arc<dyn RankComm> = Arc::new(Mpi { comm: Mutex::new((world, vec![])), rank, size });
     Ok(World { comm, local_rank, local_size, library })
 }
 

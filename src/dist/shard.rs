@@ -8,6 +8,12 @@ pub fn shard(order: &[usize], rank: usize, world: usize) -> Vec<usize> {
     order.iter().cycle().take(total).skip(rank).step_by(world).copied().collect()
 }
 
+/// The batches of `batch` samples each of `ranks` ranks runs in an epoch of `samples` (the
+/// last may be short).
+pub fn batches_per_rank(samples: usize, ranks: usize, batch: usize) -> usize {
+    samples.div_ceil(ranks).div_ceil(batch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::shard;

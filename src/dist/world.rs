@@ -1,6 +1,7 @@
 //! The world of ranks a run belongs to and the communicator its collectives run through.
 
 use anyhow::{bail, Result};
+use slimc_ir::Model;
 use std::sync::Arc;
 
 /// The collectives a data-parallel run needs, over the ranks of one world. Every rank calls
@@ -96,28 +97,29 @@ impl World {
         Ok(self.comm.all_gather(&mine)?.swap_remove(0))
     }
 
+    /// Rank 0's model (made by `make` on rank 0 only) on every rank.
+    pub fn model_from_root(&self, make: impl FnOnce() -> Result<Model>) -> Result<Model> {
+        if self.size() == 1 {
+            return make();
+        }
+        let bytes = if self.is_root() { make()?.to_bytes() } else { vec![] };
+        Ok(Model::from_bytes(&self.from_root(bytes)?, "rank 0's model")?)
+    }
+
     /// Checks that every rank holds the same `what` (by `fingerprint`), naming the ranks that
     /// differ from rank 0 and what each said (`detail`).
     pub fn agree(&self, what: &str, fingerprint: &str, detail: &str) -> Result<()> {
         if self.size() == 1 {
             return Ok(());
         }
-        let mine = format!("{fingerprint}\n{detail}");
-        let all = self.comm.all_gather(mine.as_bytes())?;
-        let split = |b: &Vec<u8>| {
-            let s = String::from_utf8_lossy(b).into_owned();
-            let (f, d) = s.split_once('\n').map(|(f, d)| (f.to_string(), d.to_string())).unwrap_or((s, String::new()));
-            (f, d)
-        };
-        let (root, _) = split(&all[0]);
+        let all = self.comm.all_gather(&serde_json::to_vec(&(fingerprint, detail))?)?;
+        let all: Vec<(String, String)> = all.iter().map(|b| serde_json::from_slice(b)).collect::<Result<_, _>>()?;
+        let root = &all[0].0;
         let differ: Vec<String> = all
             .iter()
             .enumerate()
-            .filter_map(|(r, b)| {
-                let (f, d) = split(b);
-                (f != root)
-                    .then(|| format!("rank {r}: {f}{}", if d.is_empty() { String::new() } else { format!(" ({d})") }))
-            })
+            .filter(|(_, (f, _))| f != root)
+            .map(|(r, (f, d))| format!("rank {r}: {f}{}", if d.is_empty() { String::new() } else { format!(" ({d})") }))
             .collect();
         if !differ.is_empty() {
             bail!("the ranks disagree on {what}: rank 0 has {root}; {}", differ.join("; "));

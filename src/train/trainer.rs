@@ -9,6 +9,7 @@ use crate::backend::Backend;
 use crate::data::augment::Hyp;
 use crate::data::dataset::{load_dataset_spec, scan};
 use crate::data::loader::Split;
+use crate::dist::shard::batches_per_rank;
 use crate::dist::World;
 use crate::plot::annotate::save_train_batch;
 use crate::plot::results::plot_results;
@@ -210,14 +211,14 @@ fn split_fingerprint(samples: &[crate::data::dataset::Sample]) -> String {
     format!("{} images, {labels} labels (hash {:016x})", samples.len(), h.finish())
 }
 
-/// Replaces `tensors` on every rank with rank 0's, in one broadcast.
-fn sync_tensors(tensors: &mut BTreeMap<String, Tensor>, world: &World) -> Result<()> {
+/// Replaces `tensors[names]` on every rank with rank 0's, in one broadcast.
+fn sync_tensors(tensors: &mut BTreeMap<String, Tensor>, names: &[String], world: &World) -> Result<()> {
     if world.size() == 1 {
         return Ok(());
     }
-    let names: Vec<String> = tensors.keys().cloned().collect();
-    let values: Vec<Tensor> = names.iter().map(|n| tensors[n].clone()).collect();
-    for (n, t) in names.into_iter().zip(super::step::broadcast(values, world)?) {
+    let values =
+        names.iter().map(|n| tensors.get(n).cloned().ok_or_else(|| anyhow!("no tensor {n}"))).collect::<Result<_>>()?;
+    for (n, t) in names.iter().cloned().zip(super::step::broadcast(values, world)?) {
         tensors.insert(n, t);
     }
     Ok(())
@@ -302,8 +303,6 @@ pub struct SavedState {
     pub steps: u64,
     /// The trained weights and BN running statistics as the optimizer left them.
     pub raw: BTreeMap<String, Tensor>,
-    /// The gradients accumulated since the last step.
-    pub accumulated: BTreeMap<String, Tensor>,
     /// Per trained parameter, its optimizer state (SGD's momentum, or AdamW's two moments one
     /// after the other).
     pub optimizer: BTreeMap<String, Vec<f32>>,
@@ -314,8 +313,8 @@ pub fn saved_state(model: &Model) -> Result<SavedState> {
     if model.training_state.is_empty() {
         bail!("no training state (not a last.slim of an unfinished run)");
     }
-    let (state, raw, accumulated, optimizer) = unpack_state(&model.training_state)?;
-    Ok(SavedState { epoch: state.epoch, steps: state.optimizer.steps, raw, accumulated, optimizer })
+    let (state, raw, _, optimizer) = unpack_state(&model.training_state)?;
+    Ok(SavedState { epoch: state.epoch, steps: state.optimizer.steps, raw, optimizer })
 }
 
 fn unpack_state(bytes: &[u8]) -> Result<Unpacked> {
@@ -408,7 +407,7 @@ impl Trainer {
         world.agree("the val set", &split_fingerprint(&val), &rep.warnings.join("; "))?;
         let train = Arc::new(Split::new(train, cfg.imgsz, cfg.cache)?);
         let val = Split::new(val, cfg.imgsz, cfg.cache)?;
-        let nb = train.samples.len().div_ceil(ranks).div_ceil(cfg.batch / ranks);
+        let nb = batches_per_rank(train.samples.len(), ranks, cfg.batch / ranks);
         let iterations = train.samples.len().div_ceil(cfg.batch.max(cfg.nbs)) * cfg.epochs;
         let choice = choose(&cfg.optimizer, cfg.lr0, cfg.momentum, cfg.warmup_bias_lr, iterations, nc)
             .map_err(|e| anyhow!(e))?;
@@ -424,9 +423,8 @@ impl Trainer {
                 choice.rule, choice.lr, choice.momentum
             );
             if ranks > 1 {
-                let how =
-                    if world.size() > 1 { world.describe() } else { format!("{ranks} ranks emulated in one process") };
-                eprintln!("data parallel: {how}; {} images per rank and batch, the gradient summed across ranks once per optimizer step", cfg.batch / ranks);
+                let how = if world.size() > 1 { "" } else { ", emulated in one process" };
+                eprintln!("data parallel over {ranks} ranks{how}: {} images per rank and batch, the gradient summed across ranks once per optimizer step", cfg.batch / ranks);
             }
         }
         let gammas = slimc_passes::bn_gammas(&model.graph);
@@ -484,12 +482,7 @@ impl Trainer {
         world: World,
         emulate_ranks: Option<usize>,
     ) -> Result<Trainer> {
-        let bytes = match world.is_root() {
-            true => std::fs::read(last).with_context(|| format!("{}: cannot read", last.display()))?,
-            false => vec![],
-        };
-        let bytes = world.from_root(bytes)?;
-        let saved = Model::from_bytes(&bytes, &last.display().to_string())?;
+        let saved = world.model_from_root(|| Ok(Model::load(last)?))?;
         if saved.training_state.is_empty() {
             bail!("{}: no training state to resume (it is not a last.slim of an unfinished run)", last.display());
         }
@@ -620,7 +613,7 @@ impl Trainer {
             std::fs::write(cfg.save_dir.join("args.json"), serde_json::to_string_pretty(&cfg)?)?;
         }
         let micro = cfg.batch / self.ranks;
-        let nb = self.train.samples.len().div_ceil(self.ranks).div_ceil(micro);
+        let nb = batches_per_rank(self.train.samples.len(), self.ranks, micro);
         let nw = warmup_iterations(cfg.warmup_epochs, nb);
         let hosted = self.hosted.len();
         let accumulate_final = ((cfg.nbs as f64 / cfg.batch as f64).round() as usize).max(1);
@@ -730,9 +723,9 @@ impl Trainer {
                 bail!("epoch {}: the updates made {} non-finite; stopping ({kept})", epoch + 1, bad.join(", "));
             }
             let mut ema_model = self.ema_model()?;
-            // Rank 0's model is the run's (the EMA of the BN statistics differs per rank); the
-            // ranks validate it together.
-            sync_tensors(&mut ema_model.tensors, &self.world)?;
+            // Rank 0's model is the run's: the EMA of the weights is the same on every rank, that
+            // of the BN statistics (per rank) is taken from rank 0; the ranks validate it together.
+            sync_tensors(&mut ema_model.tensors, &self.program.buffers, &self.world)?;
             let v = validate_ranks(
                 &*self.backend,
                 &ema_model,

@@ -101,6 +101,36 @@ fn release(dead: &[usize], env: &mut [Option<Cow<Tensor>>], pool: &mut [Vec<f32>
     }
 }
 
+/// Runs the collective node `n` through `comm`: its carried operands that die here (`dead`) and
+/// were computed by the program move into its results (the accumulated gradients: no copy on a
+/// micro-batch that does not step), the others are copied.
+fn collective_node(
+    n: &slimc_ir::Node,
+    dead: &[usize],
+    env: &mut [Option<Cow<Tensor>>],
+    comm: &dyn Communicator,
+) -> Result<Vec<Tensor>> {
+    let k = collective::carried(&n.op, n.inputs.len());
+    let scalars = match n.inputs.get(k) {
+        Some(v) => Some(env[v.0].as_deref().expect("topological order").f32s()?.to_vec()),
+        None => None,
+    };
+    let mut carried = Vec::with_capacity(k);
+    for (j, v) in n.inputs[..k].iter().enumerate() {
+        let once = !n.inputs[..j].contains(v) && !n.inputs[j + 1..].contains(v);
+        let t = match env[v.0].take().expect("topological order") {
+            Cow::Owned(t) if once && dead.contains(&v.0) => t,
+            other => {
+                let t = other.as_ref().clone();
+                env[v.0] = Some(other);
+                t
+            }
+        };
+        carried.push(t);
+    }
+    collective::run(&n.op, carried, scalars.as_deref(), comm)
+}
+
 /// Gives a dead value's buffer back to its slot.
 fn recycle(pool: &mut [Vec<f32>], slot: usize, t: Tensor) {
     if let TensorData::F32(v) = t.data {
@@ -149,6 +179,19 @@ impl Executable for CpuExecutable {
                 release(&plan.frees[i], &mut env, pool, plan);
                 continue;
             }
+            if collective::is_collective(&n.op) {
+                let started = profile.as_ref().map(|_| std::time::Instant::now());
+                let outs = collective_node(n, &plan.frees[i], &mut env, &**comm)
+                    .map_err(|e| anyhow!("node {i} ({} @{}): {e}", n.op.name(), n.scope))?;
+                if let (Some(p), Some(t)) = (profile.as_mut(), started) {
+                    p.add(n.op.name(), t.elapsed());
+                }
+                for (&o, t) in n.outputs.iter().zip(outs) {
+                    env[o.0] = Some(Cow::Owned(t));
+                }
+                release(&plan.frees[i], &mut env, pool, plan);
+                continue;
+            }
             let slot = |o: ValueId| plan.slot[o.0].filter(|_| types[o.0].dtype == DType::F32);
             let mut bufs: Vec<Vec<f32>> =
                 n.outputs.iter().map(|&o| slot(o).map(|s| std::mem::take(&mut pool[s])).unwrap_or_default()).collect();
@@ -163,10 +206,6 @@ impl Executable for CpuExecutable {
                         let parts: Vec<&Tensor> = g.nodes[k].inputs.iter().map(arg).collect();
                         let wb: Vec<&Tensor> = n.inputs[1..].iter().map(arg).collect();
                         node::conv_concatenated(&parts, &wb, &shapes[0], &mut bufs[0])
-                    }
-                    None if collective::is_collective(&n.op) => {
-                        let args: Vec<&Tensor> = n.inputs.iter().map(arg).collect();
-                        collective::run(&n.op, &args, &**comm)
                     }
                     None => {
                         let args: Vec<&Tensor> = n.inputs.iter().map(arg).collect();

@@ -169,22 +169,15 @@ impl GpuExecutable {
             }
             return Ok(enc);
         }
-        let total: u64 = h.operands.iter().map(|o| o.1).sum();
-        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("collective"),
-            size: total.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut at = 0;
+        let mut total = 0;
         for &(from, bytes) in &h.operands {
             if bytes > 0 {
-                enc.copy_buffer_to_buffer(self.buffer(program, from), 0, &staging, at, bytes);
+                enc.copy_buffer_to_buffer(self.buffer(program, from), 0, &h.staging, total, bytes);
             }
-            at += bytes;
+            total += bytes;
         }
         self.ctx.queue.submit([enc.finish()]);
-        let mut bucket = self.download(&staging, total)?;
+        let mut bucket = self.download(&h.staging, total)?;
         collective::exchange(&h.op, &mut bucket, &*self.comm)?;
         let mut at = 0;
         for (&(_, bytes), &to) in pairs {

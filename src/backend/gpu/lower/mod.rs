@@ -110,6 +110,8 @@ pub struct HostStep {
     pub operands: Vec<(Loc, u64)>,
     /// Each result's place.
     pub results: Vec<Loc>,
+    /// Where the operands are read back, made with the program.
+    pub staging: wgpu::Buffer,
 }
 
 /// A graph lowered for one set of input shapes.
@@ -402,9 +404,15 @@ impl Builder<'_> {
             _ => None,
         };
         let bytes = |v: ValueId| value_bytes(&self.types[v.0]).expect("checked");
-        let operands = n.inputs[..carried].iter().map(|&v| (self.loc(v), bytes(v))).collect();
+        let operands: Vec<(Loc, u64)> = n.inputs[..carried].iter().map(|&v| (self.loc(v), bytes(v))).collect();
         let results = n.outputs.iter().map(|&v| self.loc(v)).collect();
-        self.hosts.push(HostStep { at: self.steps.len(), op: n.op.clone(), scalars, operands, results });
+        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("collective"),
+            size: operands.iter().map(|o| o.1).sum::<u64>().max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.hosts.push(HostStep { at: self.steps.len(), op: n.op.clone(), scalars, operands, results, staging });
         Ok(())
     }
 }
