@@ -10,7 +10,8 @@ mod common;
 
 use common::single_op::single_op;
 use rand::{Rng, SeedableRng};
-use slimc::backend::{cpu::Cpu, gpu, run_once, Backend};
+use slimc::backend::cpu::{isa, Cpu};
+use slimc::backend::{gpu, run_once, Backend};
 use slimc_ir::eval::eval;
 use slimc_ir::step_scalars as ss;
 use slimc_ir::{
@@ -296,10 +297,43 @@ fn every_op_kind_has_a_case() {
     assert!(missing.is_empty(), "op kinds without a case: {missing:?}");
 }
 
+/// The CPU backend at every vector level this CPU has (the baseline, AVX2 + FMA, AVX-512 on
+/// x86-64), each against the IR's scalar reference; fails if a level the CPU can run did not run
+/// a kernel.
 #[test]
-fn the_cpu_backend_matches_the_reference_semantics() {
-    let failures = suite(&Cpu, &|c| eval(&c.op, &c.args.iter().collect::<Vec<_>>()).unwrap(), &[]);
+fn the_cpu_backend_matches_the_reference_semantics_at_every_vector_level() {
+    let levels = isa::supported();
+    let mut failures = vec![];
+    for &level in &levels {
+        isa::force(level);
+        let f = suite(&Cpu, &|c| eval(&c.op, &c.args.iter().collect::<Vec<_>>()).unwrap(), &[]);
+        failures.extend(f.into_iter().map(|f| format!("{}: {f}", level.name())));
+        assert!(isa::ran(level), "no kernel ran with the {} level", level.name());
+    }
+    isa::force(isa::widest());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!("vector levels checked: {:?}", levels.iter().map(|l| l.name()).collect::<Vec<_>>());
+}
+
+/// The levels slimc offers are the ones the CPU reports, asked independently of `isa`.
+#[test]
+fn the_vector_levels_are_the_ones_the_cpu_has() {
+    let have = isa::supported();
+    assert_eq!(have[0], isa::Isa::Baseline);
+    #[cfg(target_arch = "x86_64")]
+    {
+        // The flags Linux lists for the first CPU.
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or_default().to_string();
+        let f = |s: &str| flags.split_whitespace().any(|w| w == s);
+        if !flags.is_empty() {
+            assert_eq!(have.contains(&isa::Isa::Avx2), f("avx2") && f("fma"), "{have:?}");
+            let avx512 = ["avx512f", "avx512bw", "avx512dq", "avx512vl"].iter().all(|s| f(s)) && f("fma");
+            assert_eq!(have.contains(&isa::Isa::Avx512), avx512, "{have:?}");
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    assert_eq!(have, vec![isa::Isa::Baseline]);
 }
 
 fn gpu() -> gpu::Gpu {

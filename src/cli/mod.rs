@@ -109,6 +109,7 @@ pub fn main() -> Result<()> {
 /// Runs the subcommand.
 pub fn run(cli: Cli) -> Result<()> {
     slimc::backend::gpu::show_driver_messages(cli.verbose);
+    slimc::backend::cpu::isa::from_env().map_err(anyhow::Error::msg)?;
     if let Some(gb) = cli.max_memory {
         if !(gb.is_finite() && gb > 0.0) {
             anyhow::bail!("--max-memory {gb}: expected a positive number of GB");

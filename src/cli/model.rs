@@ -39,6 +39,9 @@ pub struct InfoArgs {
     /// List the GPU adapters wgpu finds (backend, type, key limits) instead of a model.
     #[arg(long, conflicts_with_all = ["model", "memory"])]
     devices: bool,
+    /// Describe the CPU and the vector kernels slimc runs on it instead of a model.
+    #[arg(long, conflicts_with_all = ["model", "memory", "devices"])]
+    cpu: bool,
     /// Also print the planned memory of inference and of one training step.
     #[arg(long)]
     memory: bool,
@@ -68,7 +71,10 @@ pub fn info(a: InfoArgs) -> Result<()> {
     if a.devices {
         return print_devices(a.json);
     }
-    let Some(m) = &a.m else { bail!("slimc info needs a model, or --devices") };
+    if a.cpu {
+        return print_cpu(a.json);
+    }
+    let Some(m) = &a.m else { bail!("slimc info needs a model, --devices or --cpu") };
     let model = m.load()?;
     let i = info::model_info(&model, m.imgsz)?;
     if a.batch == 0 {
@@ -147,6 +153,28 @@ fn print_devices(json: bool) -> Result<()> {
         None => "auto picks the cpu (no hardware GPU; software adapters only with --device gpu)".into(),
     };
     println!("--device gpu takes #0; {auto}");
+    Ok(())
+}
+
+/// The CPU, the vector levels it can run and the kernels chosen (`SLIMC_CPU_KERNELS` overrides).
+fn print_cpu(json: bool) -> Result<()> {
+    use slimc::backend::cpu::isa;
+    let active = isa::active();
+    let threads = rayon::current_num_threads();
+    let levels: Vec<_> = isa::supported().iter().map(|l| l.name()).collect();
+    if json {
+        let v = serde_json::json!({
+            "cpu": isa::cpu_model(), "arch": std::env::consts::ARCH, "threads": threads,
+            "levels": levels, "kernels": active.name(), "gemm": isa::gemm_kernels(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("cpu:      {} ({}, {threads} threads)", isa::cpu_model(), std::env::consts::ARCH);
+    println!("levels:   {} (the CPU can run)", levels.join(", "));
+    let how = if std::env::var_os("SLIMC_CPU_KERNELS").is_some() { "set by SLIMC_CPU_KERNELS" } else { "the widest" };
+    println!("kernels:  {} — {} ({how})", active.name(), active.describe());
+    println!("gemm:     {}", isa::gemm_kernels());
     Ok(())
 }
 

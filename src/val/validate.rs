@@ -206,8 +206,8 @@ pub fn validate_ranks(
             Some(s) => split.val_batch_at(idx, s)?,
             None => split.val_batch(idx)?,
         };
-        let inputs = if has_head { vec![b.images.clone(), b.targets.clone()] } else { vec![b.images.clone()] };
-        let out = exe.run_in_order(&inputs).map_err(|e| anyhow!("validation: {e:#}"))?;
+        let inputs = if has_head { vec![&b.images, &b.targets] } else { vec![&b.images] };
+        let out = exe.run(&inputs).map_err(|e| anyhow!("validation: {e:#}"))?;
         if has_head {
             for (l, v) in loss.iter_mut().zip(out[1].f32s()?) {
                 *l += v / total as f32;

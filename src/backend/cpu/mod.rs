@@ -9,6 +9,7 @@
 mod buffers;
 mod conv;
 mod gemm;
+pub mod isa;
 mod layout;
 mod node;
 mod norm;

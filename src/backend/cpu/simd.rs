@@ -1,7 +1,8 @@
 //! Vector code for the elementwise loops: a branch-free `exp` the compiler vectorises (the C
-//! library's `expf` is a scalar call), and [`simd_fn!`], which compiles a loop twice — for the
-//! baseline x86-64 and for AVX2 with FMA — and picks one at run time, so one binary uses 8-wide
-//! vectors where the CPU has them. (The GEMM crate dispatches its own kernels the same way.)
+//! library's `expf` is a scalar call), and [`simd_fn!`], which compiles a loop once per vector
+//! level (AVX-512, AVX2 + FMA, the baseline) and runs the one [`super::isa`] picks, so one binary
+//! uses 16-wide vectors where the CPU has them. (The GEMM crate dispatches its own kernels the
+//! same way.)
 
 /// `e^x` within 2 ulp for x in [-87, 88]; outside, x is clamped there (e^-87 ≈ 1.6e-38,
 /// e^88 ≈ 1.7e38). NaN propagates through the callers' other uses of x, not through this.
@@ -33,27 +34,39 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// Defines a function whose body is compiled for AVX2 + FMA as well as for the baseline, the
-/// AVX2 copy running when the CPU has those features. Write the body as a plain loop over
-/// slices; the compiler vectorises each copy for its target.
+/// Defines a function whose body is compiled once per vector level of [`super::isa`] (AVX-512
+/// and AVX2 + FMA on x86-64, besides the baseline) and runs the copy for [`isa::active`]. Write
+/// the body as a plain loop over slices; the compiler vectorises each copy for its target.
 macro_rules! simd_fn {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            use $crate::backend::cpu::isa::{self, Isa};
             #[inline(always)]
             fn imp($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                fn fast($($arg: $ty),*) $(-> $ret)? {
-                    imp($($arg),*)
+            let level = isa::active();
+            isa::note(level);
+            match level {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => {
+                    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                    fn avx512($($arg: $ty),*) $(-> $ret)? {
+                        imp($($arg),*)
+                    }
+                    // SAFETY: `active` only returns a level the CPU supports.
+                    unsafe { avx512($($arg),*) }
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has the features `fast` is compiled for.
-                    return unsafe { fast($($arg),*) };
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => {
+                    #[target_feature(enable = "avx2,fma")]
+                    fn avx2($($arg: $ty),*) $(-> $ret)? {
+                        imp($($arg),*)
+                    }
+                    // SAFETY: as above.
+                    unsafe { avx2($($arg),*) }
                 }
+                _ => imp($($arg),*),
             }
-            imp($($arg),*)
         }
     };
 }

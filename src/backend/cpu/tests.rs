@@ -2,6 +2,7 @@
 //! fast kernel, on seeded random operands, over the geometries YOLO11 uses and the corners it
 //! does not (asymmetric padding, dilation, grouped convs, odd sizes).
 
+use super::isa;
 use super::node::compute;
 use slimc_ir::eval::eval;
 use slimc_ir::{infer_types, Conv2d, Op, ReshapeDim, Tensor};
@@ -19,11 +20,24 @@ fn positive(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_f32(shape.to_vec(), t.f32s().unwrap().iter().map(|v| v.abs() + 0.5).collect()).unwrap()
 }
 
-/// Runs `op` through the kernel (twice, the second time into the first run's dirty buffers) and
-/// through the reference; every result must agree to `tol` relative to the result's largest
-/// magnitude, or to 1e-2 where that is smaller (a result that is zero by cancellation, as batch
-/// norm's input gradient over one element per channel, meets rounding of its O(1) terms).
+/// Serialises the tests that switch the vector level (it is process-wide).
+static LEVELS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `op` through the kernel at every vector level the CPU has (twice each, the second time
+/// into the first run's dirty buffers) and through the reference; every result must agree to
+/// `tol` relative to the result's largest magnitude, or to 1e-2 where that is smaller (a result
+/// that is zero by cancellation, as batch norm's input gradient over one element per channel,
+/// meets rounding of its O(1) terms).
 fn agree(op: &Op, args: &[Tensor], tol: f32) {
+    let _one = LEVELS.lock().unwrap_or_else(|e| e.into_inner());
+    for level in isa::supported() {
+        isa::force(level);
+        agree_at(op, args, tol, level.name());
+    }
+    isa::force(isa::widest());
+}
+
+fn agree_at(op: &Op, args: &[Tensor], tol: f32, level: &str) {
     let refs: Vec<&Tensor> = args.iter().collect();
     let want = eval(op, &refs).unwrap();
     let types: Vec<_> = args.iter().map(|t| t.ty()).collect();
@@ -34,13 +48,13 @@ fn agree(op: &Op, args: &[Tensor], tol: f32) {
     let first = compute(op, &refs, &shapes, &mut bufs, &mut scratch).unwrap();
     let mut dirty: Vec<Vec<f32>> = first.iter().map(|t| t.f32s().unwrap().iter().map(|v| v + 1.0).collect()).collect();
     let got = compute(op, &refs, &shapes, &mut dirty, &mut scratch).unwrap();
-    assert_eq!(got.len(), want.len(), "{}", op.name());
+    assert_eq!(got.len(), want.len(), "{} ({level})", op.name());
     for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(g.shape, w.shape, "{} result {k}", op.name());
+        assert_eq!(g.shape, w.shape, "{} result {k} ({level})", op.name());
         let (g, w) = (g.f32s().unwrap(), w.f32s().unwrap());
         let scale = w.iter().fold(1e-2f32, |m, v| m.max(v.abs()));
         let worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(worst <= tol * scale, "{} result {k}: off by {worst:e} (scale {scale:e})", op.name());
+        assert!(worst <= tol * scale, "{} result {k} ({level}): off by {worst:e} (scale {scale:e})", op.name());
     }
 }
 
@@ -273,4 +287,22 @@ fn fused_convolution_epilogues_match_the_ops_one_by_one() {
     // 3×3 c6 reads k6 itself.
     assert_eq!(fused.len(), 4, "{fused:?}");
     assert_eq!(absorbed.iter().filter(|&&a| a).count(), 5);
+}
+
+#[test]
+fn stride_two_copies_pick_the_even_elements_at_every_level() {
+    let _one = LEVELS.lock().unwrap_or_else(|e| e.into_inner());
+    for level in isa::supported() {
+        isa::force(level);
+        // Lengths around the 8- and 16-lane steps; x one element short of 2n, as im2col gives it.
+        for n in 0..70 {
+            let x: Vec<f32> = (0..(2 * n).max(1) - 1).map(|i| i as f32).collect();
+            let mut o = vec![-1.0; n];
+            super::conv::even_elements(&mut o, &x);
+            let want: Vec<f32> = (0..n).map(|j| (2 * j) as f32).collect();
+            assert_eq!(o, want, "{} at length {n}", level.name());
+        }
+        assert!(isa::ran(level));
+    }
+    isa::force(isa::widest());
 }
