@@ -5,7 +5,8 @@
 //! uploading the operands and reading the result back, as a one-node program does).
 //!
 //! Run: `cargo bench --bench gpu` (the GPU is the best adapter: lavapipe where there is no GPU;
-//! `. scripts/setup.sh` first). Prints a table; nothing is asserted. Under `cargo test` (no
+//! `. scripts/setup.sh` first); with `GPU_PEAK_TFLOPS` set, the best GPU forward rate is also
+//! given as a share of that f32 peak. Prints a table; nothing is asserted. Under `cargo test` (no
 //! `--bench` argument) it runs the pointwise layer only, to check the bench runs.
 
 #[path = "../tests/common/single_op.rs"]
@@ -63,6 +64,11 @@ fn main() {
             header += &format!(" {:>10}", format!("{what} {backend}"));
         }
     }
+    // The adapter's f32 peak in TFLOP/s, when known (benches/gpu_check.sh looks it up by name).
+    let peak = std::env::var("GPU_PEAK_TFLOPS").ok().and_then(|v| v.parse::<f64>().ok());
+    if peak.is_some() {
+        header += &format!(" {:>10}", "fwd % peak");
+    }
     println!("{header}");
     let layers = if std::env::args().any(|a| a == "--bench") { LAYERS } else { &LAYERS[4..5] };
     for &(what, xs, ws, stride, pad, groups) in layers {
@@ -78,10 +84,18 @@ fn main() {
             (Op::Conv2dGradWeight(c.clone()), vec![dy, x, w]),
         ];
         let mut row = format!("{what:<22} {gflop:>8.3}");
-        for (op, args) in &ops {
-            for backend in backends {
-                row += &format!(" {:>10.2}", gflop / seconds(backend, op, args));
+        let mut best_gpu_forward = 0.0f64;
+        for (k, (op, args)) in ops.iter().enumerate() {
+            for (b, backend) in backends.iter().enumerate() {
+                let rate = gflop / seconds(*backend, op, args);
+                if k == 0 && b > 0 {
+                    best_gpu_forward = best_gpu_forward.max(rate);
+                }
+                row += &format!(" {rate:>10.2}");
             }
+        }
+        if let Some(p) = peak {
+            row += &format!(" {:>9.2}%", 100.0 * best_gpu_forward / (p * 1e3));
         }
         println!("{row}");
     }

@@ -13,7 +13,7 @@ use crate::dist::shard::batches_per_rank;
 use crate::dist::World;
 use crate::plot::annotate::save_train_batch;
 use crate::plot::results::plot_results;
-use crate::val::validate::{validate, validate_ranks, ValOptions};
+use crate::val::validate::{validate, validate_reusing, ValOptions, ValProgram};
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -366,6 +366,8 @@ pub struct Trainer {
     ranks: usize,
     /// The ranks whose micro-batches this process runs.
     hosted: std::ops::Range<usize>,
+    /// The validation program, compiled at the first epoch's end and reused by the others.
+    val_program: ValProgram,
 }
 
 impl Trainer {
@@ -470,6 +472,7 @@ impl Trainer {
             world,
             ranks,
             hosted,
+            val_program: ValProgram::default(),
         })
     }
 
@@ -726,13 +729,14 @@ impl Trainer {
             // Rank 0's model is the run's: the EMA of the weights is the same on every rank, that
             // of the BN statistics (per rank) is taken from rank 0; the ranks validate it together.
             sync_tensors(&mut ema_model.tensors, &self.program.buffers, &self.world)?;
-            let v = validate_ranks(
+            let v = validate_reusing(
                 &*self.backend,
                 &ema_model,
                 &self.val,
                 nc,
                 &ValOptions { bar: root, ..ValOptions::quiet(cfg.batch * 2) },
                 &self.world,
+                &mut self.val_program,
             )?;
             let m = &v.metrics;
             let fitness = m.map;

@@ -4,14 +4,14 @@
 use super::confusion::ConfusionMatrix;
 use super::metrics::{ap_per_class, box_iou, match_predictions, DetMetrics};
 use super::nms::{non_max_suppression, Detection, NmsOptions};
-use crate::backend::Backend;
+use crate::backend::{Backend, Executable};
 use crate::data::image::batch_image;
 use crate::data::loader::Split;
 use crate::dist::World;
 use anyhow::{anyhow, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use slimc_ir::Model;
+use slimc_ir::{Graph, Model};
 
 /// One kept detection of a validation run, as `--save-json` writes it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -154,6 +154,48 @@ pub fn validate_ranks(
     opts: &ValOptions,
     world: &World,
 ) -> Result<ValResult> {
+    validate_reusing(backend, model, split, nc, opts, world, &mut ValProgram::default())
+}
+
+/// The compiled validation program of one graph, kept between validations of that graph with
+/// new weights (the trainer's, every epoch): compiled once, its arena's memory kept.
+#[derive(Default)]
+pub struct ValProgram {
+    compiled: Option<(Graph, Box<dyn Executable>)>,
+}
+
+impl ValProgram {
+    /// The program for `model` on `backend` (the same backend on every call): the kept one with
+    /// `model`'s weights written into it when it was compiled from the same graph, else a new one.
+    fn for_model(&mut self, backend: &dyn Backend, model: &Model, has_head: bool) -> Result<&mut dyn Executable> {
+        match &mut self.compiled {
+            Some((graph, exe)) if *graph == model.graph => {
+                for &p in &model.graph.params {
+                    let name = &model.graph.value(p).name;
+                    let t = model.tensors.get(name).ok_or_else(|| anyhow!("no tensor for parameter {name}"))?;
+                    exe.write(name, t)?;
+                }
+            }
+            kept => {
+                let program = if has_head { with_loss(model)? } else { model.clone() };
+                *kept = Some((model.graph.clone(), backend.compile(&program)?));
+            }
+        }
+        Ok(&mut *self.compiled.as_mut().expect("compiled above").1)
+    }
+}
+
+/// [`validate_ranks`] with the program kept in `program` for the next call.
+#[allow(clippy::too_many_arguments)]
+pub fn validate_reusing(
+    backend: &dyn Backend,
+    model: &Model,
+    split: &Split,
+    nc: usize,
+    opts: &ValOptions,
+    world: &World,
+    program: &mut ValProgram,
+) -> Result<ValResult> {
     let ValOptions { batch, keep_predictions, bar, plot_batches } = *opts;
     let nms = NmsOptions { multi_label: nc > 1, ..Default::default() };
     if model.graph.inputs.len() != 1 {
@@ -181,22 +223,22 @@ pub fn validate_ranks(
     let has_head = model.head_classes().is_some();
     let input = model.graph.ty(model.graph.inputs[0]).clone();
     let fixed = |i: usize| input.shape.get(i).and_then(|d| d.fixed());
-    let (program, batches) = if has_head {
-        (with_loss(model)?, batches)
+    let batches = if has_head {
+        batches
     } else {
         let n = fixed(0).unwrap_or(batch);
         let all: Vec<usize> = batches.into_iter().flatten().collect();
         if all.len() % n != 0 {
             return Err(anyhow!("the model takes batches of exactly {n} images; the split has {}", all.len()));
         }
-        (model.clone(), all.chunks(n).map(|c| c.to_vec()).collect())
+        all.chunks(n).map(|c| c.to_vec()).collect()
     };
     let shape = match (has_head, fixed(2), fixed(3)) {
         (false, Some(h), Some(w)) => Some([h, w]),
         (false, _, _) => Some([split.imgsz; 2]),
         _ => None,
     };
-    let mut exe = backend.compile(&program)?;
+    let exe = program.for_model(backend, model, has_head)?;
     let mut loss = [0.0f32; 3];
     let start = std::time::Instant::now();
     let total = batches.len();

@@ -12,7 +12,11 @@ use std::process::Command;
 
 /// A file under tests/fixtures.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    // Cargo sets the variable when it runs a test; a test binary run by itself (benches/gpu_check.sh
+    // on a machine without Rust) is given it, else the checkout it was built in is used.
+    let root =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    root.join("tests/fixtures").join(rel)
 }
 
 /// A scratch directory unique to one test, removed when dropped unless the test is failing
