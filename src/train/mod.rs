@@ -3,5 +3,6 @@
 //! its meaning is in `slimc_ir::eval::detect_loss`.)
 
 pub mod optim;
+pub mod saver;
 pub mod step;
 pub mod trainer;

@@ -13,6 +13,7 @@ use crate::dist::shard::batches_per_rank;
 use crate::dist::World;
 use crate::plot::annotate::save_train_batch;
 use crate::plot::results::plot_results;
+use crate::train::saver::Saver;
 use crate::val::validate::{validate, validate_reusing, ValOptions, ValProgram};
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -623,6 +624,8 @@ impl Trainer {
         let mut accumulate = accumulate_final;
         let t0 = std::time::Instant::now();
         let nc = self.names.len();
+        // The epoch's model files are written while the next epoch trains.
+        let mut saver = Saver::default();
         for epoch in self.start_epoch..cfg.epochs {
             let mut hyp = cfg.augment;
             if epoch + cfg.close_mosaic >= cfg.epochs {
@@ -796,23 +799,26 @@ impl Trainer {
             if !root {
                 continue;
             }
+            let mut files = vec![];
             if improved {
-                last.save(&wdir.join("best.slim"))?;
+                files.push((last.clone(), wdir.join("best.slim")));
             }
             if epoch + 1 < cfg.epochs {
                 let acc = self.program.params.iter().map(|n| Ok((n.clone(), self.program.read(&accumulator_name(n))?)));
                 let acc = acc.collect::<Result<BTreeMap<_, _>>>()?;
                 last.training_state = pack_state(&state, &raw, &acc, &self.optimizer_state()?)?;
             }
-            last.save(&wdir.join("last.slim"))?;
             if cfg.save_period > 0 && (epoch + 1) % cfg.save_period == 0 {
-                last.save(&wdir.join(format!("epoch{}.slim", epoch + 1)))?;
+                files.push((last.clone(), wdir.join(format!("epoch{}.slim", epoch + 1))));
             }
+            files.push((last, wdir.join("last.slim")));
+            saver.save(files)?;
             write_csv(&self.results)?;
             if let Err(e) = plot_results(&csv_path, &cfg.save_dir.join("results.png")) {
                 eprintln!("WARNING results.png: {e:#}");
             }
         }
+        saver.wait()?;
         if !root {
             return Ok(self.best_fitness);
         }
