@@ -149,6 +149,31 @@ impl Executable for CpuExecutable {
     }
 
     fn run(&mut self, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        // On one of rayon's workers: each kernel's parallel loop then starts from that worker's
+        // own queue, instead of waking the pool from outside once per op.
+        if rayon::current_thread_index().is_some() {
+            return self.run_here(inputs);
+        }
+        rayon::scope(|_| self.run_here(inputs))
+    }
+
+    fn read(&self, name: &str) -> Result<Tensor> {
+        Ok(self.core.param(name)?.1.clone())
+    }
+
+    fn write(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        let (_, old) = self.core.param_mut(name)?;
+        if old.shape != value.shape || old.dtype() != value.dtype() {
+            bail!("{name} is {}, cannot write {}", old.ty(), value.ty());
+        }
+        old.data.clone_from(&value.data);
+        Ok(())
+    }
+}
+
+impl CpuExecutable {
+    /// [`Executable::run`] on the calling thread.
+    fn run_here(&mut self, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         super::check_inputs(&self.core.graph, inputs)?;
         let core = &self.core;
         let planned = self.plans.get(inputs, |types| core.plan(types, &inputs[0].shape))?;
@@ -274,18 +299,5 @@ impl Executable for CpuExecutable {
             }
         }
         Ok(outs)
-    }
-
-    fn read(&self, name: &str) -> Result<Tensor> {
-        Ok(self.core.param(name)?.1.clone())
-    }
-
-    fn write(&mut self, name: &str, value: &Tensor) -> Result<()> {
-        let (_, old) = self.core.param_mut(name)?;
-        if old.shape != value.shape || old.dtype() != value.dtype() {
-            bail!("{name} is {}, cannot write {}", old.ty(), value.ty());
-        }
-        old.data.clone_from(&value.data);
-        Ok(())
     }
 }
