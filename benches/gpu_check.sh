@@ -106,7 +106,7 @@ say '```'
 say '```'
 adapter=$("$SLIMC" info --devices --json | python3 -c 'import json, sys
 a = json.load(sys.stdin)
-print(f"{a[0][\"name\"]}|{a[0][\"hardware\"]}" if a else "|")')
+print("%s|%s" % (a[0]["name"], str(a[0]["hardware"]).lower()) if a else "|")')
 name=${adapter%|*}
 hardware=${adapter#*|}
 [ -n "$name" ] || { say "no GPU adapter: nothing to check"; exit 1; }
