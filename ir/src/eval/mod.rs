@@ -26,34 +26,10 @@ pub fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
         // A new allocation: the old elements need not be copied into it.
         buf.clear();
         buf.reserve_exact(n);
-        advise_huge_pages(buf);
     }
     buf.resize(n, 0.0);
     buf.truncate(n);
     buf
-}
-
-/// Asks the kernel to back the allocation of a large buffer with transparent huge pages (Linux,
-/// where THP is in `madvise` mode): a first touch then faults once per 2 MB rather than per
-/// 4 KB, which is most of the cost of a program's first run on a fresh arena.
-fn advise_huge_pages(buf: &mut Vec<f32>) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let (start, bytes) = (buf.as_mut_ptr() as usize, buf.capacity() * 4);
-        if bytes < 2 * HUGE {
-            return;
-        }
-        let first = start.next_multiple_of(HUGE);
-        let len = (start + bytes - first) / HUGE * HUGE;
-        // SAFETY: the range lies inside the buffer's own allocation; the advice changes how
-        // pages are backed, never their contents. Failure (THP off) leaves 4 KB pages.
-        unsafe {
-            libc::madvise(first as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = buf;
 }
 
 /// Row-major strides of `shape`.

@@ -134,6 +134,25 @@ pub(crate) fn im2col_row(
     let (lo, hi) = inside(ow, stride, off, w);
     let end = first + dst.len();
     let (mut oy, mut p) = (first / ow, first);
+    let (sy, dy) = (c.stride[0], (ky * c.dilation[0]) as isize - c.pad[0] as isize);
+    let at = ((lo * stride) as isize + off).max(0) as usize;
+    // Whole output rows (all but the stretch's first and last, usually): the same columns
+    // from each input row, the few padded ones zeroed by plain loops (not a memset call each).
+    if p % ow == 0 {
+        while p + ow <= end {
+            let d = &mut dst[p - first..p - first + ow];
+            let iy = (oy * sy) as isize + dy;
+            (oy, p) = (oy + 1, p + ow);
+            if iy < 0 || iy >= h as isize || lo >= hi {
+                d.fill(0.0);
+                continue;
+            }
+            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+            d[..lo].iter_mut().for_each(|v| *v = 0.0);
+            d[hi..].iter_mut().for_each(|v| *v = 0.0);
+            strided_copy(&mut d[lo..hi], &src[at..], stride);
+        }
+    }
     while p < end {
         // Output row oy's stretch: columns ox0..ox1, positions p..q.
         let (ox0, ox1) = (p - oy * ow, ow.min(end - oy * ow));
