@@ -4,7 +4,7 @@
 
 use super::buffers::{each_image, sized, zeroed, Block, CHUNK};
 use super::gemm::{gemm_into, sgemm, Mat};
-use super::simd;
+use super::simd::{self, simd_fn};
 use rayon::prelude::*;
 use slimc_ir::eval::nn::{tap, ConvGeometry};
 use slimc_ir::Conv2d;
@@ -325,34 +325,76 @@ fn depthwise(
         let ci = plane % ch;
         let src = &x[plane * h * wi..(plane + 1) * h * wi];
         let k = &w[ci * kh * kw..(ci + 1) * kh * kw];
+        depthwise_plane(dst, src, k, c, [h, wi, kh, kw, oh, ow]);
+    });
+}
+
+simd_fn! {
+    /// One plane of a depthwise convolution (input `src [h × wi]`, taps `k [kh × kw]`, output
+    /// `dst [oh × ow]`), row by row. At stride 1 the columns every tap reads inside the row go
+    /// by blocks of 16 outputs held in registers across all taps; the others (the borders) tap
+    /// by tap. Either way each output sums its taps in the same order.
+    fn depthwise_plane(dst: &mut [f32], src: &[f32], k: &[f32], c: &Conv2d, dims: [usize; 6]) {
+        const V: usize = 16;
+        let [h, wi, kh, kw, oh, ow] = dims;
         let (s, dil) = (c.stride[1], c.dilation[1]);
+        // Per kernel column: the output columns whose input column is inside the row, and the
+        // first input column they read.
+        let col = |kx: usize| {
+            let off = (kx * dil) as isize - c.pad[1] as isize;
+            let (lo, hi) = inside(ow, s, off, wi);
+            (lo, hi, if lo < hi { ((lo * s) as isize + off) as usize } else { 0 })
+        };
+        let cols: Vec<(usize, usize, usize)> = (0..kw).map(col).collect();
+        let (xl, xr) = cols.iter().fold((0, ow), |(l, r), &(lo, hi, _)| (l.max(lo), r.min(hi)));
+        let blocks = if s == 1 && xr > xl { (xr - xl) / V } else { 0 };
+        let (bl, br) = (xl, xl + blocks * V);
+        let rows = |oy: usize| {
+            (0..kh).filter_map(move |ky| {
+                let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.pad[0] as isize;
+                (iy >= 0 && iy < h as isize).then(|| (ky, &src[iy as usize * wi..(iy as usize + 1) * wi]))
+            })
+        };
         for oy in 0..oh {
             let d = &mut dst[oy * ow..(oy + 1) * ow];
-            d.fill(0.0);
-            for ky in 0..kh {
-                let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.pad[0] as isize;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                let row = &src[iy as usize * wi..(iy as usize + 1) * wi];
-                for kx in 0..kw {
-                    let off = (kx * dil) as isize - c.pad[1] as isize;
-                    let (lo, hi) = inside(ow, s, off, wi);
-                    if lo >= hi {
-                        continue;
+            d.iter_mut().for_each(|v| *v = 0.0);
+            for b in 0..blocks {
+                let x0 = bl + b * V;
+                let mut acc = [0.0f32; V];
+                for (ky, row) in rows(oy) {
+                    for (kx, &(lo, _, first)) in cols.iter().enumerate() {
+                        let a = k[ky * kw + kx];
+                        let r = &row[first + x0 - lo..first + x0 - lo + V];
+                        for j in 0..V {
+                            acc[j] += a * r[j];
+                        }
                     }
-                    let (a, first) = (k[ky * kw + kx], (lo * s) as isize + off);
-                    if s == 1 {
-                        simd::axpy(&mut d[lo..hi], &row[first as usize..first as usize + hi - lo], a);
-                    } else {
-                        for (j, o) in d[lo..hi].iter_mut().enumerate() {
-                            *o += a * row[first as usize + j * s];
+                }
+                d[x0..x0 + V].copy_from_slice(&acc);
+            }
+            for (ky, row) in rows(oy) {
+                for (kx, &(lo, hi, first)) in cols.iter().enumerate() {
+                    let a = k[ky * kw + kx];
+                    // The columns outside the register blocks: [lo, bl) and [br, hi).
+                    for (x0, x1) in [(lo, hi.min(bl)), (lo.max(br), hi)] {
+                        if x0 >= x1 {
+                            continue;
+                        }
+                        let at = first + (x0 - lo) * s;
+                        if s == 1 {
+                            for (o, &v) in d[x0..x1].iter_mut().zip(&row[at..at + x1 - x0]) {
+                                *o += a * v;
+                            }
+                        } else {
+                            for (j, o) in d[x0..x1].iter_mut().enumerate() {
+                                *o += a * row[at + j * s];
+                            }
                         }
                     }
                 }
             }
         }
-    });
+    }
 }
 
 /// The gradient of a convolution with respect to its input `[n, cin, h, w]`, into `dx`.

@@ -72,6 +72,10 @@ fn geometries() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
         ([1, 4, 9, 7], [6, 4, 3, 3], conv(2, [1; 4], 1, 1)),
         ([2, 5, 8, 8], [5, 1, 3, 3], conv(1, [1; 4], 1, 5)),
         ([1, 6, 7, 9], [6, 1, 5, 5], conv(2, [2; 4], 1, 6)),
+        // Depthwise rows wide enough for blocks of 16 outputs in registers, and borders beside
+        // them: 3×3, and 5×5 dilated with asymmetric padding.
+        ([1, 4, 5, 41], [4, 1, 3, 3], conv(1, [1; 4], 1, 4)),
+        ([2, 3, 9, 53], [3, 1, 5, 5], conv(1, [4, 3, 4, 1], 2, 3)),
         ([1, 4, 6, 6], [6, 2, 3, 3], conv(1, [1; 4], 1, 2)),
         ([1, 3, 10, 9], [2, 3, 3, 2], conv(1, [0, 1, 2, 0], 2, 1)),
         ([1, 4, 7, 7], [3, 4, 1, 1], conv(2, [0; 4], 1, 1)),
