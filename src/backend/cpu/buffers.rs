@@ -35,6 +35,16 @@ pub(crate) fn zeroed(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
 
 pub(crate) use slimc_ir::eval::sized;
 
+/// The first `n` elements of a scratch buffer, of unspecified value. The buffer keeps its
+/// length between uses, so a smaller use does not shrink it and make the next larger one
+/// zero-fill it again (as [`sized`] would).
+pub(crate) fn scratch(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buf.len() < n {
+        sized(buf, n);
+    }
+    &mut buf[..n]
+}
+
 /// An output shared by parallel tasks that each write their own disjoint elements of it (the
 /// columns of a tiled convolution, the inner positions of a softmax).
 #[derive(Clone, Copy)]

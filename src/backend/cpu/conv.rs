@@ -2,7 +2,7 @@
 //! pointwise convolutions as plain products, depthwise as direct loops, and col2im for the
 //! input gradient.
 
-use super::buffers::{each_image, sized, zeroed, Block, CHUNK};
+use super::buffers::{each_image, scratch, sized, zeroed, Block, CHUNK};
 use super::gemm::{gemm_into, sgemm, Mat};
 use super::simd::{self, simd_fn};
 use rayon::prelude::*;
@@ -31,7 +31,7 @@ pub fn conv2d(
         let pointwise = d.pointwise(c);
         let tile = (!pointwise).then(|| column_tile(kdim, ohw)).flatten();
         each_image(out, d.n, d.cout * ohw, |b, out, col, par| {
-            let col = sized(col, if pointwise || tile.is_some() { 0 } else { kdim * ohw });
+            let col = scratch(col, if pointwise || tile.is_some() { 0 } else { kdim * ohw });
             for gi in 0..d.g {
                 let xg = &x[(b * d.cin + gi * cg) * hw..(b * d.cin + (gi + 1) * cg) * hw];
                 let wg = &w[gi * og * kdim..(gi + 1) * og * kdim];
@@ -269,7 +269,7 @@ fn conv_tiled(xg: &[f32], wg: &[f32], c: &Conv2d, d: &ConvGeometry, tile: usize,
         let nt = n1 - n0;
         TILE.with(|buf| {
             let mut buf = buf.borrow_mut();
-            let col = sized(&mut buf, kdim * nt);
+            let col = scratch(&mut buf, kdim * nt);
             for (row, r) in col.chunks_mut(nt).enumerate() {
                 im2col_row(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], row, n0, r);
             }
@@ -424,7 +424,7 @@ pub fn conv2d_grad_input(dx: &mut Vec<f32>, dy: &[f32], w: &[f32], ws: &[usize],
     let pointwise = d.pointwise(c);
     let tile = (!pointwise).then(|| column_tile(kdim, ohw)).flatten();
     each_image(dx, d.n, d.cin * hw, |b, dx, col, par| {
-        let col = sized(col, if pointwise { 0 } else { kdim * tile.unwrap_or(ohw) });
+        let col = scratch(col, if pointwise { 0 } else { kdim * tile.unwrap_or(ohw) });
         for gi in 0..d.g {
             let wg = &w[gi * og * kdim..(gi + 1) * og * kdim];
             let dyg = &dy[(b * d.cout + gi * og) * ohw..(b * d.cout + (gi + 1) * og) * ohw];
@@ -568,7 +568,7 @@ pub fn conv2d_grad_weight(
     // Group `k` sums images k·per_group.. into its partial.
     let tile = (!pointwise).then(|| column_tile(kdim, ohw)).flatten();
     let group = |k: usize, dst: &mut [f32], col: &mut Vec<f32>, par: bool| {
-        let col = sized(col, if pointwise { 0 } else { kdim * tile.unwrap_or(ohw) });
+        let col = scratch(col, if pointwise { 0 } else { kdim * tile.unwrap_or(ohw) });
         for (j, b) in (k * per_group..((k + 1) * per_group).min(d.n)).enumerate() {
             for gi in 0..d.g {
                 let xg = &x[(b * d.cin + gi * d.cg) * hw..(b * d.cin + (gi + 1) * d.cg) * hw];
