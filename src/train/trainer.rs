@@ -225,8 +225,22 @@ fn sync_tensors(tensors: &mut BTreeMap<String, Tensor>, names: &[String], world:
     Ok(())
 }
 
-/// What a stopped run leaves: where the last completed epoch's weights are, if any.
-fn kept_weights(save_dir: &Path) -> String {
+/// results.csv: the header and one row per epoch.
+fn csv_text(rows: &[String]) -> String {
+    let mut csv = RESULT_COLUMNS.join(",") + "\n";
+    for r in rows {
+        csv += r;
+        csv.push('\n');
+    }
+    csv
+}
+
+/// What a stopped run leaves: where the last completed epoch's weights are, if any (once the
+/// files being written are).
+fn kept_weights(save_dir: &Path, saver: &mut Saver) -> String {
+    if let Err(e) = saver.wait() {
+        return format!("the last checkpoint could not be written: {e:#}");
+    }
     let last = save_dir.join("weights/last.slim");
     if last.exists() {
         format!("the last good weights are in {}", last.display())
@@ -602,16 +616,8 @@ impl Trainer {
         // Every rank starts from rank 0's weights, optimizer state, EMA and accumulators.
         self.program.sync_from_root(&self.world)?;
         let csv_path = cfg.save_dir.join("results.csv");
-        let write_csv = |rows: &[String]| -> Result<()> {
-            let mut csv = RESULT_COLUMNS.join(",") + "\n";
-            for r in rows {
-                csv += r;
-                csv.push('\n');
-            }
-            Ok(slimc_ir::write_atomic(&csv_path, csv.as_bytes())?)
-        };
         if root {
-            write_csv(&self.results)?;
+            slimc_ir::write_atomic(&csv_path, csv_text(&self.results).as_bytes())?;
         }
         if root && self.start_epoch == 0 {
             std::fs::write(cfg.save_dir.join("args.json"), serde_json::to_string_pretty(&cfg)?)?;
@@ -685,7 +691,7 @@ impl Trainer {
                 // times; slimc's steps are deterministic, so a retry would meet the same values).
                 let at = || format!("epoch {}, batch {}", epoch + 1, i + 1);
                 if let Some(k) = (0..3).find(|&k| !r.items[k].is_finite()) {
-                    let (at, kept) = (at(), kept_weights(&cfg.save_dir));
+                    let (at, kept) = (at(), kept_weights(&cfg.save_dir, &mut saver));
                     bail!("{at}: the {} loss is {}; stopping ({kept})", ["box", "cls", "dfl"][k], r.items[k]);
                 }
                 if !r.grad_norm.is_finite() {
@@ -698,7 +704,7 @@ impl Trainer {
                     };
                     let read = self.read_all(&names)?;
                     let bad = non_finite(&read);
-                    let (at, kept) = (at(), kept_weights(&cfg.save_dir));
+                    let (at, kept) = (at(), kept_weights(&cfg.save_dir, &mut saver));
                     let which = bad.iter().map(|n| n.trim_end_matches(".grad_acc")).collect::<Vec<_>>().join(", ");
                     bail!("{at}: non-finite gradient (norm {}) of {which}; stopping ({kept})", r.grad_norm);
                 }
@@ -725,7 +731,7 @@ impl Trainer {
             let raw = self.read_all(self.program.params.iter().chain(&self.program.buffers))?;
             let bad = non_finite(&raw);
             if !bad.is_empty() {
-                let kept = kept_weights(&cfg.save_dir);
+                let kept = kept_weights(&cfg.save_dir, &mut saver);
                 bail!("epoch {}: the updates made {} non-finite; stopping ({kept})", epoch + 1, bad.join(", "));
             }
             let mut ema_model = self.ema_model()?;
@@ -812,11 +818,16 @@ impl Trainer {
                 files.push((last.clone(), wdir.join(format!("epoch{}.slim", epoch + 1))));
             }
             files.push((last, wdir.join("last.slim")));
-            saver.save(files)?;
-            write_csv(&self.results)?;
-            if let Err(e) = plot_results(&csv_path, &cfg.save_dir.join("results.png")) {
-                eprintln!("WARNING results.png: {e:#}");
-            }
+            // The epoch's row once its model files are whole (a run killed in between resumes
+            // from the previous epoch, whose row the CSV then still ends with).
+            let (csv, csv_path, png) = (csv_text(&self.results), csv_path.clone(), cfg.save_dir.join("results.png"));
+            saver.save(files, move || {
+                slimc_ir::write_atomic(&csv_path, csv.as_bytes())?;
+                if let Err(e) = plot_results(&csv_path, &png) {
+                    eprintln!("WARNING results.png: {e:#}");
+                }
+                Ok(())
+            })?;
         }
         saver.wait()?;
         if !root {

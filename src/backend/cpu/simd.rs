@@ -41,6 +41,7 @@ macro_rules! simd_fn {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[allow(unused_imports)] // Isa names the x86 levels only.
             use $crate::backend::cpu::isa::{self, Isa};
             #[inline(always)]
             fn imp($($arg: $ty),*) $(-> $ret)? $body
