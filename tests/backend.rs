@@ -25,6 +25,28 @@ fn a_reused_executable_matches_fresh_runs_across_sizes() {
     }
 }
 
+/// Programs run from several threads at once: each runs on one of rayon's workers, and a worker
+/// waiting inside one program's kernel may run another program's kernel meanwhile (the kernels'
+/// per-thread scratch must not be taken twice); every result equals a run alone.
+#[test]
+fn executables_run_from_several_threads_at_once() {
+    let mut m = yaml_model("yolo11n.yaml", Some(1), 96);
+    randomize_bn(&mut m, 2);
+    let x = image(1, 96, 96, 3);
+    let want = run_once(&Cpu, &m, std::slice::from_ref(&x)).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (m, x, want) = (&m, &x, &want);
+            s.spawn(move || {
+                let mut exe = Cpu.compile(m).unwrap();
+                for k in 0..15 {
+                    assert_eq!(&exe.run_in_order(std::slice::from_ref(x)).unwrap(), want, "thread {t}, run {k}");
+                }
+            });
+        }
+    });
+}
+
 #[test]
 fn named_inputs_and_named_tensors() {
     let m = yaml_model("yolo11n.yaml", Some(1), 64);

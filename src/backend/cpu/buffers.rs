@@ -19,10 +19,23 @@ pub(crate) fn each_image(
     f: impl Fn(usize, &mut [f32], &mut Vec<f32>, bool) + Sync + Send,
 ) {
     if n <= 1 || per == 0 {
-        COL.with(|c| f(0, out, &mut c.borrow_mut(), true));
+        with_scratch(&COL, |c| f(0, out, c, true));
     } else {
-        out.par_chunks_mut(per).enumerate().for_each(|(b, dst)| COL.with(|c| f(b, dst, &mut c.borrow_mut(), false)));
+        out.par_chunks_mut(per).enumerate().for_each(|(b, dst)| with_scratch(&COL, |c| f(b, dst, c, false)));
     }
+}
+
+/// Runs `f` with this thread's scratch buffer in `key`, or with a fresh one when the thread is
+/// using it already: a rayon worker waiting inside one program's kernel may run another
+/// program's kernel (programs run on the workers), which then needs scratch of its own.
+pub(crate) fn with_scratch<R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    f: impl FnOnce(&mut Vec<f32>) -> R,
+) -> R {
+    key.with(|c| match c.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 /// `buf` as `n` zeros, reusing its allocation.

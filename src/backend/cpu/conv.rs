@@ -2,7 +2,7 @@
 //! pointwise convolutions as plain products, depthwise as direct loops, and col2im for the
 //! input gradient.
 
-use super::buffers::{each_image, scratch, sized, zeroed, Block, CHUNK};
+use super::buffers::{each_image, scratch, sized, with_scratch, zeroed, Block, CHUNK};
 use super::gemm::{gemm_into, sgemm, Mat};
 use super::simd::{self, simd_fn};
 use rayon::prelude::*;
@@ -267,9 +267,8 @@ fn conv_tiled(xg: &[f32], wg: &[f32], c: &Conv2d, d: &ConvGeometry, tile: usize,
     let run = |t: usize| {
         let (n0, n1) = (t * tile, ohw.min((t + 1) * tile));
         let nt = n1 - n0;
-        TILE.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let col = scratch(&mut buf, kdim * nt);
+        with_scratch(&TILE, |buf| {
+            let col = scratch(buf, kdim * nt);
             for (row, r) in col.chunks_mut(nt).enumerate() {
                 im2col_row(xg, c, [d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], row, n0, r);
             }
