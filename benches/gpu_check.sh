@@ -17,8 +17,10 @@
 #   bash benches/gpu_check.sh              build here (cargo), then run
 #   bash benches/gpu_check.sh --bundle     build without MPI into target/gpu-check and pack the
 #                                          binaries and the Vulkan loader into gpu-check-bundle/
-#                                          (for a machine without Rust or network: carry it there)
-#   bash benches/gpu_check.sh --prebuilt   run from gpu-check-bundle/ (no cargo, no network)
+#                                          and gpu-check-bundle.tar.xz (about 28 MB: carry that to
+#                                          a machine without Rust or network, beside a checkout)
+#   bash benches/gpu_check.sh --prebuilt   run from gpu-check-bundle/ (unpacked from the .tar.xz
+#                                          if need be; no cargo, no network)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -56,10 +58,14 @@ for line in sys.stdin:
     strip "$BUNDLE"/* 2>/dev/null || true
     # The Vulkan loader: a machine with only the GPU driver may lack it (the driver brings the ICD).
     cp -L "$(ldconfig -p | awk '/libvulkan.so.1 /{print $NF; exit}')" "$BUNDLE/libvulkan.so.1"
-    du -sh "$BUNDLE"
+    tar -C "$BUNDLE" -cf - . | xz -T0 -6 >"$BUNDLE.tar.xz"
+    du -sh "$BUNDLE" "$BUNDLE.tar.xz"
     exit 0
     ;;
 --prebuilt)
+    if [ ! -x "$BUNDLE/slimc" ] && [ -f "$BUNDLE.tar.xz" ]; then
+        mkdir -p "$BUNDLE" && xz -dc "$BUNDLE.tar.xz" | tar -C "$BUNDLE" -xf -
+    fi
     [ -x "$BUNDLE/slimc" ] || { echo "no $BUNDLE: run benches/gpu_check.sh --bundle on a machine with Rust" >&2; exit 1; }
     export LD_LIBRARY_PATH=$BUNDLE${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     export CARGO_MANIFEST_DIR=$ROOT
