@@ -29,9 +29,9 @@ OUT=$ROOT/runs/bench/gpu-check
 BUNDLE=$ROOT/gpu-check-bundle
 start=$(date +%s)
 
-# Test and bench executables cargo built for the given cargo arguments, by target name.
+# Test and bench executables cargo builds for `cargo SUBCOMMAND ARGS`, by target name.
 executables() {
-    cargo test --release --no-run --message-format=json "$@" 2>/dev/null |
+    cargo "$@" --no-run --message-format=json 2>/dev/null |
         python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -47,12 +47,8 @@ case "$MODE" in
     rm -rf "$BUNDLE"
     mkdir -p "$BUNDLE"
     cp "$CARGO_TARGET_DIR/release/slimc" "$BUNDLE/"
-    executables --test kernels --test train_step >"$BUNDLE/list"
-    cargo bench --no-run --bench gpu --message-format=json 2>/dev/null | python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["target"]["name"], m["executable"])' >>"$BUNDLE/list"
+    executables test --release --test kernels --test train_step >"$BUNDLE/list"
+    executables bench --bench gpu >>"$BUNDLE/list"
     while read -r name exe; do cp "$exe" "$BUNDLE/$name"; done <"$BUNDLE/list"
     rm "$BUNDLE/list"
     strip "$BUNDLE"/* 2>/dev/null || true

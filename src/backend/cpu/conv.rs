@@ -320,31 +320,41 @@ fn depthwise(
     [oh, ow]: [usize; 2],
     out: &mut [f32],
 ) {
+    // Per kernel column: the output columns whose input column is inside the row, and the first
+    // input column they read (the same for every plane and row).
+    let (s, dil) = (c.stride[1], c.dilation[1]);
+    let cols: Vec<(usize, usize, usize)> = (0..kw)
+        .map(|kx| {
+            let off = (kx * dil) as isize - c.pad[1] as isize;
+            let (lo, hi) = inside(ow, s, off, wi);
+            (lo, hi, if lo < hi { ((lo * s) as isize + off) as usize } else { 0 })
+        })
+        .collect();
     out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
         let ci = plane % ch;
         let src = &x[plane * h * wi..(plane + 1) * h * wi];
         let k = &w[ci * kh * kw..(ci + 1) * kh * kw];
-        depthwise_plane(dst, src, k, c, [h, wi, kh, kw, oh, ow]);
+        depthwise_plane(dst, src, k, c, &cols, [h, wi, kh, kw, oh, ow]);
     });
 }
 
 simd_fn! {
-    /// One plane of a depthwise convolution (input `src [h × wi]`, taps `k [kh × kw]`, output
+    /// One plane of a depthwise convolution (input `src [h × wi]`, taps `k [kh × kw]`, `cols` per
+    /// kernel column as [`depthwise`] computes them, output
     /// `dst [oh × ow]`), row by row. At stride 1 the columns every tap reads inside the row go
     /// by blocks of 16 outputs held in registers across all taps; the others (the borders) tap
     /// by tap. Either way each output sums its taps in the same order.
-    fn depthwise_plane(dst: &mut [f32], src: &[f32], k: &[f32], c: &Conv2d, dims: [usize; 6]) {
+    fn depthwise_plane(
+        dst: &mut [f32],
+        src: &[f32],
+        k: &[f32],
+        c: &Conv2d,
+        cols: &[(usize, usize, usize)],
+        dims: [usize; 6],
+    ) {
         const V: usize = 16;
         let [h, wi, kh, kw, oh, ow] = dims;
-        let (s, dil) = (c.stride[1], c.dilation[1]);
-        // Per kernel column: the output columns whose input column is inside the row, and the
-        // first input column they read.
-        let col = |kx: usize| {
-            let off = (kx * dil) as isize - c.pad[1] as isize;
-            let (lo, hi) = inside(ow, s, off, wi);
-            (lo, hi, if lo < hi { ((lo * s) as isize + off) as usize } else { 0 })
-        };
-        let cols: Vec<(usize, usize, usize)> = (0..kw).map(col).collect();
+        let s = c.stride[1];
         let (xl, xr) = cols.iter().fold((0, ow), |(l, r), &(lo, hi, _)| (l.max(lo), r.min(hi)));
         let blocks = if s == 1 && xr > xl { (xr - xl) / V } else { 0 };
         let (bl, br) = (xl, xl + blocks * V);
