@@ -32,6 +32,6 @@ pub use op::{
     Anchors, Attr, Axis, BatchNorm, Binary, Conv2d, DetectLoss, Op, OpKind, Pool, Reshape, ReshapeDim, Root, Slice,
     Split, Transpose, Unary, UnaryGrad, Update, Upsample, ALL_OP_KINDS,
 };
-pub use tensor::{checked_numel, DType, Dim, Tensor, TensorData, TensorType};
+pub use tensor::{checked_numel, le_bytes, DType, Dim, Tensor, TensorData, TensorType};
 pub use text::{parse_graph, print_graph};
 pub use verify::verify;

@@ -143,35 +143,52 @@ impl Model {
 
     /// Serialises the model to bytes (magic + protobuf).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let tensors = self
-            .tensors
-            .iter()
-            .map(|(name, t)| {
-                let (dtype, data) = match &t.data {
-                    TensorData::F32(v) => (1, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                    TensorData::I64(v) => (2, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                };
-                TensorMsg { name: name.clone(), dtype, dims: t.shape.iter().map(|&d| d as u64).collect(), data }
-            })
-            .collect();
-        let m = &self.meta;
-        let msg = ModelFileMsg {
-            graph_text: print_graph(&self.graph),
-            tensors,
-            meta: Some(MetaMsg {
-                names: m.names.clone(),
-                strides: m.strides.clone(),
-                imgsz: m.imgsz.iter().map(|&d| d as u64).collect(),
-                source: m.source.clone(),
-                scale: m.scale.clone(),
-                origin: m.origin.clone(),
-                architecture: m.architecture.clone(),
-            }),
-            training_state: self.training_state.clone(),
-        };
-        let mut out = MAGIC.to_vec();
-        out.extend(prost::Message::encode_to_vec(&msg));
+        let mut out = vec![];
+        self.write_to(&mut out).expect("writing to memory cannot fail");
         out
+    }
+
+    /// Writes the model file's bytes (magic + protobuf, the same bytes as one encoded message)
+    /// to `w`, the tensors' data and the training state straight from memory: a checkpoint with
+    /// optimizer state (about 50 MB for yolo11n) is not copied into an encoded buffer first.
+    pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
+        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+        use prost::Message;
+        // A length-delimited field's key and length.
+        let field = |tag: u32, len: usize, buf: &mut Vec<u8>| {
+            encode_key(tag, WireType::LengthDelimited, buf);
+            encode_varint(len as u64, buf);
+        };
+        let field_len =
+            |tag: u32, len: usize| if len == 0 { 0 } else { key_len(tag) + encoded_len_varint(len as u64) + len };
+        w.write_all(MAGIC)?;
+        // The fields in tag order, as prost writes them; a message's encoding followed by another's
+        // is the message with both sets of fields.
+        let graph = ModelFileMsg { graph_text: print_graph(&self.graph), ..Default::default() };
+        w.write_all(&graph.encode_to_vec())?;
+        let mut head = vec![];
+        for (name, t) in &self.tensors {
+            let data = t.data.le_bytes();
+            // The tensor without its data (tag 4, the last), then the data's key and length.
+            let msg = tensor_msg(name, t, vec![]);
+            head.clear();
+            field(2, msg.encoded_len() + field_len(4, data.len()), &mut head);
+            msg.encode(&mut head).expect("a Vec grows as needed");
+            if !data.is_empty() {
+                field(4, data.len(), &mut head);
+            }
+            w.write_all(&head)?;
+            w.write_all(&data)?;
+        }
+        let meta = ModelFileMsg { meta: Some(meta_msg(&self.meta)), ..Default::default() };
+        w.write_all(&meta.encode_to_vec())?;
+        if !self.training_state.is_empty() {
+            head.clear();
+            field(4, self.training_state.len(), &mut head);
+            w.write_all(&head)?;
+            w.write_all(&self.training_state)?;
+        }
+        Ok(())
     }
 
     /// Reads a model from bytes; `what` names the source in errors.
@@ -230,7 +247,11 @@ impl Model {
 
     /// Writes the model file atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        write_atomic(path, &self.to_bytes())
+        write_atomic_with(path, |f| {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            self.write_to(&mut w)?;
+            w.flush()
+        })
     }
 
     /// Reads a model file.
@@ -240,8 +261,35 @@ impl Model {
     }
 }
 
+/// A tensor's message, with `data` as its bytes.
+fn tensor_msg(name: &str, t: &Tensor, data: Vec<u8>) -> TensorMsg {
+    let dtype = match t.data {
+        TensorData::F32(_) => 1,
+        TensorData::I64(_) => 2,
+    };
+    TensorMsg { name: name.to_string(), dtype, dims: t.shape.iter().map(|&d| d as u64).collect(), data }
+}
+
+/// The metadata's message.
+fn meta_msg(m: &Metadata) -> MetaMsg {
+    MetaMsg {
+        names: m.names.clone(),
+        strides: m.strides.clone(),
+        imgsz: m.imgsz.iter().map(|&d| d as u64).collect(),
+        source: m.source.clone(),
+        scale: m.scale.clone(),
+        origin: m.origin.clone(),
+        architecture: m.architecture.clone(),
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a synced temporary file in the same folder renamed over it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] with the contents written by `write` into the temporary file.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
     let ferr = |e: std::io::Error| IrError::File(format!("{}: {e}", path.display()));
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let fname = path.file_name().ok_or_else(|| IrError::File(format!("{}: not a file path", path.display())))?;
@@ -250,7 +298,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!("{prefix}{}.tmp", std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+        write(&mut f)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Ok(d) = std::fs::File::open(dir) {
@@ -276,6 +324,36 @@ fn remove_stale_temporaries(dir: &Path, prefix: &str) {
         let dead = pid == std::process::id() || (proc_fs && !Path::new(&format!("/proc/{pid}")).exists());
         if dead {
             let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The streamed file is byte for byte prost's encoding of the whole message, for tensors of
+    /// both element types, an empty one, lengths over one varint byte, with and without state.
+    #[test]
+    fn streamed_file_is_the_encoded_message() {
+        let mut m = Model::default();
+        let f32s = |n: usize| (0..n).map(|i| i as f32 * 0.37 - 5.0).collect::<Vec<f32>>();
+        m.tensors.insert("a".into(), Tensor::from_f32(vec![2, 3], f32s(6)).unwrap());
+        m.tensors.insert("big".into(), Tensor::from_f32(vec![10, 10], f32s(100)).unwrap());
+        m.tensors.insert("empty".into(), Tensor::from_f32(vec![0, 4], vec![]).unwrap());
+        m.tensors.insert("steps".into(), Tensor::from_i64(vec![2], vec![-3, 1 << 40]).unwrap());
+        m.meta.names = vec!["tree".into()];
+        m.meta.imgsz = [320, 256];
+        for state in [vec![], vec![9u8; 300]] {
+            m.training_state = state;
+            let whole = ModelFileMsg {
+                graph_text: print_graph(&m.graph),
+                tensors: m.tensors.iter().map(|(n, t)| tensor_msg(n, t, t.data.le_bytes().into_owned())).collect(),
+                meta: Some(meta_msg(&m.meta)),
+                training_state: m.training_state.clone(),
+            };
+            let expected = [MAGIC.to_vec(), prost::Message::encode_to_vec(&whole)].concat();
+            assert_eq!(m.to_bytes(), expected);
         }
     }
 }

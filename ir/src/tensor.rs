@@ -182,6 +182,26 @@ impl Tensor {
     }
 }
 
+/// The little-endian bytes of `v` (as model files, safetensors and ONNX store elements): a view
+/// of its memory on little-endian targets, a copy only on big-endian ones.
+pub fn le_bytes<T: bytemuck::NoUninit>(v: &[T]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(v))
+    } else {
+        std::borrow::Cow::Owned(v.iter().flat_map(|x| bytemuck::bytes_of(x).iter().rev().copied()).collect())
+    }
+}
+
+impl TensorData {
+    /// The elements' little-endian bytes (see [`le_bytes`]).
+    pub fn le_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            TensorData::F32(v) => le_bytes(v),
+            TensorData::I64(v) => le_bytes(v),
+        }
+    }
+}
+
 /// The element count of `shape`, or None when it overflows (or exceeds what one allocation of
 /// 8-byte elements can hold).
 pub fn checked_numel(shape: &[usize]) -> Option<usize> {

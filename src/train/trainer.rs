@@ -20,6 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use slimc_ir::{Model, Tensor};
 use slimc_passes::{accumulator_name, ema_name, state_names, OptimizerOptions, Sparsity};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -288,15 +289,15 @@ fn pack_state(
     acc: &BTreeMap<String, Tensor>,
     opt: &BTreeMap<String, Vec<f32>>,
 ) -> Result<Vec<u8>> {
-    let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    // The tensors' memory viewed as bytes (copied once, into the serialized state).
+    let mut bytes: Vec<(String, Vec<usize>, Cow<[u8]>)> = vec![];
     for (prefix, tensors) in [("model", model), ("acc", acc)] {
         for (n, t) in tensors {
-            let data = t.f32s()?.iter().flat_map(|v| v.to_le_bytes()).collect();
-            bytes.push((format!("{prefix}/{n}"), t.shape.clone(), data));
+            bytes.push((format!("{prefix}/{n}"), t.shape.clone(), slimc_ir::le_bytes(t.f32s()?)));
         }
     }
     for (n, v) in opt {
-        bytes.push((format!("opt/{n}"), vec![v.len()], v.iter().flat_map(|v| v.to_le_bytes()).collect()));
+        bytes.push((format!("opt/{n}"), vec![v.len()], slimc_ir::le_bytes(v)));
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
