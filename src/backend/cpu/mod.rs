@@ -132,10 +132,12 @@ fn collective_node(
     collective::run(&n.op, carried, scalars.as_deref(), comm)
 }
 
-/// Gives a dead value's buffer back to its slot.
+/// Gives a dead value's buffer back to its slot, unless the slot holds a larger one already.
 fn recycle(pool: &mut [Vec<f32>], slot: usize, t: Tensor) {
     if let TensorData::F32(v) = t.data {
-        pool[slot] = v;
+        if v.capacity() >= pool[slot].capacity() {
+            pool[slot] = v;
+        }
     }
 }
 
@@ -244,8 +246,13 @@ impl CpuExecutable {
                 p.add(&profile_key(&n.op, &n.inputs.iter().map(|v| &types[v.0]).collect::<Vec<_>>()), t.elapsed());
             }
             // A result computed by the reference semantics brought its own allocation: the slot's
-            // buffer it did not use is dropped, so a slot never holds two.
-            drop(bufs);
+            // buffer it did not use goes back to the slot (a slot keeps its largest buffer, so the
+            // next value there does not allocate and fault in fresh pages again).
+            for (&o, b) in n.outputs.iter().zip(bufs) {
+                if let Some(s) = slot(o).filter(|_| b.capacity() > 0) {
+                    pool[s] = b;
+                }
+            }
             match fused.get(&i).filter(|e| e.bn.is_some() || e.silu) {
                 Some(e) => {
                     let mut t = outs.into_iter().next().expect("a convolution has one result");
