@@ -9,8 +9,71 @@ use rayon::prelude::*;
 use slimc_ir::eval::nn::{tap, ConvGeometry};
 use slimc_ir::Conv2d;
 
-/// 2-D convolution into `out`. `x` is `[n, cin, h, w]`, `w` is `[cout, cin/groups, kh, kw]`.
-/// Returns the output shape `[n, cout, oh, ow]`.
+/// What a convolution applies to its result while it is still in cache: each output channel's
+/// `a·x + c` (an inference batch norm; the convolution's bias is folded into `c`), then SiLU
+/// when `silu`.
+pub struct Epilogue {
+    /// Per output channel, `[a, c]`.
+    pub coef: Vec<[f32; 2]>,
+    /// Whether SiLU follows the affine.
+    pub silu: bool,
+}
+
+impl Epilogue {
+    /// This epilogue after a per-channel `bias`: `a·(x + b) + c = a·x + (a·b + c)`.
+    fn after_bias(&self, bias: &[f32]) -> Epilogue {
+        let coef = self.coef.iter().zip(bias).map(|(&[a, c], &b)| [a, a * b + c]).collect();
+        Epilogue { coef, silu: self.silu }
+    }
+
+    /// Applies channel `ch`'s epilogue to `o`, a stretch of that channel's plane.
+    fn apply(&self, ch: usize, o: &mut [f32]) {
+        let [a, c] = self.coef[ch];
+        epilogue_plane(o, a, c, self.silu);
+    }
+
+    /// Applies it to every plane of `out` (`[n, coef.len(), plane]`), planes in parallel with
+    /// `par`.
+    fn planes(&self, out: &mut [f32], plane: usize, par: bool) {
+        let c = self.coef.len();
+        if par {
+            out.par_chunks_mut(plane).enumerate().for_each(|(i, o)| self.apply(i % c, o));
+        } else {
+            out.chunks_mut(plane).enumerate().for_each(|(i, o)| self.apply(i % c, o));
+        }
+    }
+}
+
+simd_fn! {
+    /// `o = a·o + c`, then `o = o·sigmoid(o)` with `silu`, in place.
+    fn epilogue_plane(o: &mut [f32], a: f32, c: f32, silu: bool) {
+        if silu {
+            for v in o.iter_mut() {
+                let y = a * *v + c;
+                *v = y / (1.0 + simd::exp(-y));
+            }
+        } else {
+            for v in o.iter_mut() {
+                *v = a * *v + c;
+            }
+        }
+    }
+}
+
+/// The epilogue a convolution applies: `epi` with `bias` folded in, or the bias alone.
+fn with_bias(epi: Option<&Epilogue>, bias: Option<&[f32]>, cout: usize) -> Option<Epilogue> {
+    match (epi, bias) {
+        (Some(e), Some(b)) => Some(e.after_bias(b)),
+        (Some(e), None) => Some(Epilogue { coef: e.coef.clone(), silu: e.silu }),
+        (None, Some(b)) => Some(Epilogue { coef: b.iter().map(|&b| [1.0, b]).collect(), silu: false }),
+        (None, None) => None,
+    }
+    .inspect(|e| assert_eq!(e.coef.len(), cout, "epilogue channels"))
+}
+
+/// 2-D convolution into `out`, then its bias and `epi`. `x` is `[n, cin, h, w]`, `w` is
+/// `[cout, cin/groups, kh, kw]`. Returns the output shape `[n, cout, oh, ow]`.
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     out: &mut Vec<f32>,
     x: &[f32],
@@ -19,12 +82,15 @@ pub fn conv2d(
     ws: &[usize],
     bias: Option<&[f32]>,
     c: &Conv2d,
+    epi: Option<&Epilogue>,
 ) -> Vec<usize> {
     let d = ConvGeometry::new(xs, ws, c);
     let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
     let out = sized(out, d.n * d.cout * ohw);
+    let epi = with_bias(epi, bias, d.cout);
+    let epi = epi.as_ref();
     if d.depthwise() {
-        depthwise(x, w, c, [d.n, d.cin, d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], out);
+        depthwise(x, w, c, [d.n, d.cin, d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], out, epi);
     } else {
         let (og, cg) = (d.og, d.cg);
         let kdim = cg * d.kh * d.kw;
@@ -37,7 +103,7 @@ pub fn conv2d(
                 let wg = &w[gi * og * kdim..(gi + 1) * og * kdim];
                 let dst = &mut out[gi * og * ohw..(gi + 1) * og * ohw];
                 if let Some(tile) = tile {
-                    conv_tiled(xg, wg, c, &d, tile, dst, par);
+                    conv_tiled(xg, wg, c, &d, tile, dst, par, epi.map(|e| (e, gi * og)));
                     continue;
                 }
                 let rhs: &[f32] = if pointwise {
@@ -48,20 +114,13 @@ pub fn conv2d(
                 };
                 sgemm(og, ohw, kdim, wg, rhs, dst, par);
             }
+            // The image's result while it is in this core's cache (the tiles applied their own).
+            if let (Some(e), None) = (epi, tile) {
+                e.planes(out, ohw, par);
+            }
         });
     }
-    if let Some(bias) = bias {
-        add_bias(out, bias, ohw);
-    }
     vec![d.n, d.cout, d.oh, d.ow]
-}
-
-/// Adds each channel's bias to its planes of `out` (`[n, c, plane]`).
-fn add_bias(out: &mut [f32], bias: &[f32], plane: usize) {
-    out.par_chunks_mut(plane).enumerate().for_each(|(i, p)| {
-        let v = bias[i % bias.len()];
-        p.iter_mut().for_each(|o| *o += v);
-    });
 }
 
 /// A pointwise convolution of the concatenation of `parts` along channels (`channels[i]` of
@@ -74,10 +133,12 @@ pub fn conv_pointwise_parts(
     w: &[f32],
     bias: Option<&[f32]>,
     shape: &[usize],
+    epi: Option<&Epilogue>,
 ) {
     let (n, cout, hw) = (shape[0], shape[1], shape[2] * shape[3]);
     let cin: usize = channels.iter().sum();
     let out = sized(out, n * cout * hw);
+    let epi = with_bias(epi, bias, cout);
     each_image(out, n, cout * hw, |b, dst, _, par| {
         let mut k0 = 0;
         for (p, &c) in parts.iter().zip(channels) {
@@ -85,10 +146,10 @@ pub fn conv_pointwise_parts(
             gemm_into(cout, hw, c, a, Mat::rows(&p[b * c * hw..(b + 1) * c * hw], hw), dst, k0 > 0, par);
             k0 += c;
         }
+        if let Some(e) = &epi {
+            e.planes(dst, hw, par);
+        }
     });
-    if let Some(bias) = bias {
-        add_bias(out, bias, hw);
-    }
 }
 
 /// The output positions `lo..hi` (of `n`) whose input index `o·stride + off` lies in `0..size`.
@@ -260,7 +321,19 @@ thread_local! {
 /// One group of one image of a convolution, by tiles of `tile` output positions: each tile
 /// unfolds its stretch of the input into a cache-sized scratch and multiplies it into its own
 /// columns of `dst [og × ohw]`; tiles run in parallel with `par`.
-fn conv_tiled(xg: &[f32], wg: &[f32], c: &Conv2d, d: &ConvGeometry, tile: usize, dst: &mut [f32], par: bool) {
+/// `epi` with the group's first output channel: the epilogue each tile applies to its columns
+/// while they are in cache.
+#[allow(clippy::too_many_arguments)]
+fn conv_tiled(
+    xg: &[f32],
+    wg: &[f32],
+    c: &Conv2d,
+    d: &ConvGeometry,
+    tile: usize,
+    dst: &mut [f32],
+    par: bool,
+    epi: Option<(&Epilogue, usize)>,
+) {
     let (og, ohw, kdim) = (d.og, d.oh * d.ow, d.cg * d.kh * d.kw);
     assert!(dst.len() >= og * ohw && wg.len() >= og * kdim, "conv_tiled operand sizes");
     let block = Block(dst.as_mut_ptr());
@@ -298,6 +371,13 @@ fn conv_tiled(xg: &[f32], wg: &[f32], c: &Conv2d, d: &ConvGeometry, tile: usize,
                     gemm::Parallelism::None,
                 );
             }
+            if let Some((e, ch0)) = epi {
+                for r in 0..og {
+                    // SAFETY: row r's columns n0..n1 of `dst`, this tile's alone (above).
+                    let o = unsafe { std::slice::from_raw_parts_mut(block.0.add(r * ohw + n0), nt) };
+                    e.apply(ch0 + r, o);
+                }
+            }
         });
     };
     let tiles = ohw.div_ceil(tile);
@@ -319,6 +399,7 @@ fn depthwise(
     [kh, kw]: [usize; 2],
     [oh, ow]: [usize; 2],
     out: &mut [f32],
+    epi: Option<&Epilogue>,
 ) {
     // Per kernel column: the output columns whose input column is inside the row, and the first
     // input column they read (the same for every plane and row).
@@ -335,6 +416,9 @@ fn depthwise(
         let src = &x[plane * h * wi..(plane + 1) * h * wi];
         let k = &w[ci * kh * kw..(ci + 1) * kh * kw];
         depthwise_plane(dst, src, k, c, &cols, [h, wi, kh, kw, oh, ow]);
+        if let Some(e) = epi {
+            e.apply(ci, dst);
+        }
     });
 }
 

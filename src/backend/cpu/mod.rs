@@ -226,6 +226,25 @@ impl CpuExecutable {
             let shapes: Vec<Vec<usize>> =
                 n.outputs.iter().map(|&o| types[o.0].fixed_shape().expect("inputs are concrete")).collect();
             let started = profile.as_ref().map(|_| std::time::Instant::now());
+            // A convolution's batch norm and SiLU, applied by its kernel.
+            let fusion = fused.get(&i).filter(|e| e.bn.is_some() || e.silu);
+            let epi = match fusion {
+                Some(e) => Some(conv::Epilogue {
+                    coef: match e.bn {
+                        Some(j) => {
+                            let p: Vec<&Tensor> = g.nodes[j].inputs[1..]
+                                .iter()
+                                .map(|v| env[v.0].as_deref().expect("parameters"))
+                                .collect();
+                            let Op::BatchNorm(BatchNorm { eps, .. }) = g.nodes[j].op else { unreachable!("fusions") };
+                            norm::bn_coefficients(p[0].f32s()?, p[1].f32s()?, p[2].f32s()?, p[3].f32s()?, eps)
+                        }
+                        None => vec![[1.0, 0.0]; shapes[0][1]],
+                    },
+                    silu: e.silu,
+                }),
+                None => None,
+            };
             let outs = {
                 let arg = |v: &ValueId| env[v.0].as_deref().expect("topological order");
                 match fused.get(&i).and_then(|f| f.concat) {
@@ -233,11 +252,11 @@ impl CpuExecutable {
                         // The concatenation never ran: its operands stand in for its result.
                         let parts: Vec<&Tensor> = g.nodes[k].inputs.iter().map(arg).collect();
                         let wb: Vec<&Tensor> = n.inputs[1..].iter().map(arg).collect();
-                        node::conv_concatenated(&parts, &wb, &shapes[0], &mut bufs[0])
+                        node::conv_concatenated(&parts, &wb, &shapes[0], &mut bufs[0], epi.as_ref())
                     }
                     None => {
                         let args: Vec<&Tensor> = n.inputs.iter().map(arg).collect();
-                        node::compute(&n.op, &args, &shapes, &mut bufs, scratch)
+                        node::compute(&n.op, &args, &shapes, &mut bufs, scratch, epi.as_ref())
                     }
                 }
                 .map_err(|e| anyhow!("node {i} ({} @{}): {e}", n.op.name(), n.scope))?
@@ -253,28 +272,13 @@ impl CpuExecutable {
                     pool[s] = b;
                 }
             }
-            match fused.get(&i).filter(|e| e.bn.is_some() || e.silu) {
-                Some(e) => {
-                    let mut t = outs.into_iter().next().expect("a convolution has one result");
-                    let coef = match e.bn {
-                        Some(j) => {
-                            let p: Vec<&Tensor> = g.nodes[j].inputs[1..]
-                                .iter()
-                                .map(|v| env[v.0].as_deref().expect("parameters"))
-                                .collect();
-                            let Op::BatchNorm(BatchNorm { eps, .. }) = g.nodes[j].op else { unreachable!("fusions") };
-                            norm::bn_coefficients(p[0].f32s()?, p[1].f32s()?, p[2].f32s()?, p[3].f32s()?, eps)
-                        }
-                        None => vec![[1.0, 0.0, 0.0]; t.shape[1]],
-                    };
-                    norm::epilogue(&mut t, &coef, e.silu)?;
-                    env[e.out.0] = Some(Cow::Owned(t));
-                }
-                None => {
-                    for (&o, t) in n.outputs.iter().zip(outs) {
-                        env[o.0] = Some(Cow::Owned(t));
-                    }
-                }
+            // A fused convolution's result is its epilogue's value.
+            let results = match fusion {
+                Some(e) => vec![e.out],
+                None => n.outputs.clone(),
+            };
+            for (o, t) in results.into_iter().zip(outs) {
+                env[o.0] = Some(Cow::Owned(t));
             }
             release(&plan.frees[i], &mut env, pool, plan);
         }

@@ -10,13 +10,15 @@ use slimc_ir::{DType, Op, Tensor, TensorData};
 
 /// Computes `op` on `args`; `shapes` are its results' shapes (from shape inference) and `bufs`
 /// one reusable buffer per result: a kernel that writes into one takes it, leaving it empty.
-/// `scratch` is working memory kept between calls.
+/// `scratch` is working memory kept between calls; `epi` the epilogue a convolution applies to
+/// its result.
 pub(super) fn compute(
     op: &Op,
     args: &[&Tensor],
     shapes: &[Vec<usize>],
     bufs: &mut [Vec<f32>],
     scratch: &mut Vec<f32>,
+    epi: Option<&conv::Epilogue>,
 ) -> Result<Vec<Tensor>> {
     let x = args[0];
     let take = |bufs: &mut [Vec<f32>], k: usize| Tensor {
@@ -32,7 +34,7 @@ pub(super) fn compute(
     match op {
         Op::Conv2d(c) => {
             let bias = args.get(2).map(|b| b.f32s()).transpose()?;
-            conv::conv2d(&mut bufs[0], x.f32s()?, &x.shape, args[1].f32s()?, &args[1].shape, bias, c);
+            conv::conv2d(&mut bufs[0], x.f32s()?, &x.shape, args[1].f32s()?, &args[1].shape, bias, c, epi);
         }
         Op::BatchNorm(BatchNorm { eps, .. }) => {
             let p = |i: usize| args[i].f32s();
@@ -138,16 +140,18 @@ pub(super) fn compute(
 
 /// A pointwise convolution (weight and optional bias in `wb`) of the concatenation of `parts`
 /// along channels, without building it: each part is multiplied by its columns of the weight
-/// and the products summed. `shape` is the result's, `buf` its reusable buffer.
+/// and the products summed, then `epi` applied. `shape` is the result's, `buf` its reusable
+/// buffer.
 pub(super) fn conv_concatenated(
     parts: &[&Tensor],
     wb: &[&Tensor],
     shape: &[usize],
     buf: &mut Vec<f32>,
+    epi: Option<&conv::Epilogue>,
 ) -> Result<Vec<Tensor>> {
     let data = parts.iter().map(|p| p.f32s()).collect::<Result<Vec<_>, _>>()?;
     let channels: Vec<usize> = parts.iter().map(|p| p.shape[1]).collect();
     let bias = wb.get(1).map(|b| b.f32s()).transpose()?;
-    conv::conv_pointwise_parts(buf, &data, &channels, wb[0].f32s()?, bias, shape);
+    conv::conv_pointwise_parts(buf, &data, &channels, wb[0].f32s()?, bias, shape, epi);
     Ok(vec![Tensor { shape: shape.to_vec(), data: TensorData::F32(std::mem::take(buf)) }])
 }

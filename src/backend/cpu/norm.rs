@@ -1,8 +1,8 @@
-//! Batch normalisation: inference (and the fused convolution epilogue), training-mode
+//! Batch normalisation: inference (its coefficients for the convolution epilogue), training-mode
 //! statistics and the gradient.
 
 use super::buffers::sized;
-use super::simd::{self, simd_fn};
+use super::simd;
 use rayon::prelude::*;
 use slimc_ir::eval::nn::running_update;
 
@@ -18,42 +18,14 @@ pub fn batch_norm(
     var: &[f32],
     eps: f32,
 ) {
-    let coef = bn_coefficients(gamma, beta, mean, var, eps);
+    let coef: Vec<[f32; 3]> = bn_coefficients(gamma, beta, mean, var, eps).iter().map(|&[a, c]| [a, 0.0, c]).collect();
     per_channel(sized(out, x.len()), shape, x, None, &coef);
 }
 
-/// Inference batch norm as per-channel `(a, 0, c)` of `a·x + c`.
-pub fn bn_coefficients(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f32) -> Vec<[f32; 3]> {
+/// Inference batch norm as per-channel `(a, c)` of `a·x + c`.
+pub fn bn_coefficients(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f32) -> Vec<[f32; 2]> {
     let scale = slimc_ir::eval::nn::bn_scale(gamma, var, eps);
-    scale.iter().zip(beta).zip(mean).map(|((&s, &b), &m)| [s, 0.0, b - m * s]).collect()
-}
-
-simd_fn! {
-    /// `o = a·o + c`, then `o = o·sigmoid(o)` with `silu`, in place.
-    fn epilogue_plane(o: &mut [f32], a: f32, c: f32, silu: bool) {
-        if silu {
-            for v in o.iter_mut() {
-                let y = a * *v + c;
-                *v = y / (1.0 + simd::exp(-y));
-            }
-        } else {
-            for v in o.iter_mut() {
-                *v = a * *v + c;
-            }
-        }
-    }
-}
-
-/// A convolution's epilogue on its `[n, c, …]` result, plane by plane in parallel: each
-/// channel's `coef` affine (the inference batch norm; `(1, 0, 0)` for none), then SiLU.
-pub fn epilogue(t: &mut slimc_ir::Tensor, coef: &[[f32; 3]], silu: bool) -> slimc_ir::Result<()> {
-    let c = t.shape[1];
-    let inner = t.shape[2..].iter().product::<usize>().max(1);
-    t.f32s_mut()?.par_chunks_mut(inner).enumerate().for_each(|(i, plane)| {
-        let [a, _, k] = coef[i % c];
-        epilogue_plane(plane, a, k, silu);
-    });
-    Ok(())
+    scale.iter().zip(beta).zip(mean).map(|((&s, &b), &m)| [s, b - m * s]).collect()
 }
 
 /// Applies `o = coef(ch)(x, y)` plane by plane, in parallel: `coef` gives each channel's

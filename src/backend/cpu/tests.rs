@@ -45,9 +45,9 @@ fn agree_at(op: &Op, args: &[Tensor], tol: f32, level: &str) {
         infer_types(op, &types.iter().collect::<Vec<_>>()).unwrap().iter().map(|t| t.fixed_shape().unwrap()).collect();
     let mut scratch = vec![];
     let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|_| vec![7.0; 3]).collect();
-    let first = compute(op, &refs, &shapes, &mut bufs, &mut scratch).unwrap();
+    let first = compute(op, &refs, &shapes, &mut bufs, &mut scratch, None).unwrap();
     let mut dirty: Vec<Vec<f32>> = first.iter().map(|t| t.f32s().unwrap().iter().map(|v| v + 1.0).collect()).collect();
-    let got = compute(op, &refs, &shapes, &mut dirty, &mut scratch).unwrap();
+    let got = compute(op, &refs, &shapes, &mut dirty, &mut scratch, None).unwrap();
     assert_eq!(got.len(), want.len(), "{} ({level})", op.name());
     for (k, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g.shape, w.shape, "{} result {k} ({level})", op.name());
@@ -223,8 +223,6 @@ fn data_movement_and_broadcasting_match_the_reference() {
 /// returned, or a 3×3 convolution of a concatenation is not fused and still agrees.
 #[test]
 fn fused_convolution_epilogues_match_the_ops_one_by_one() {
-    use crate::backend::{cpu::Cpu, Backend};
-    use slimc_ir::{parse_graph, Model};
     let text = "graph g(%x: f32[2,3,9,8]) {
   weight %w: f32[5,3,3,3]
   weight %g: f32[5]
@@ -253,6 +251,57 @@ fn fused_convolution_epilogues_match_the_ops_one_by_one() {
   %c6: f32[2,4,9,8] = conv2d(%k6, %w6) {stride=[1,1], pad=[1,1,1,1], dilation=[1,1], groups=1}
   return %y4, %c4, %c5, %c6
 }";
+    let g = fused_run_agrees(text, &[2, 3, 9, 8]);
+    let (fused, absorbed) = crate::backend::fusion::fusions(&g, true);
+    // c takes BN n and SiLU y; c2 takes y2; c3 takes n3 but not s3 (n3 is read twice); c4's
+    // result is returned, so nothing is fused into it; the pointwise c5 reads k's parts; the
+    // 3×3 c6 reads k6 itself.
+    assert_eq!(fused.len(), 4, "{fused:?}");
+    assert_eq!(absorbed.iter().filter(|&&a| a).count(), 5);
+}
+
+/// The epilogue where the kernels apply it themselves: per tile of a convolution tiled to the
+/// cache (with its bias folded in), per plane of a depthwise convolution, per image after a
+/// pointwise convolution of a concatenation (with bias) — one image (products split across
+/// threads) and two (an image per thread); each agrees with the ops one by one.
+#[test]
+fn epilogues_inside_tiled_depthwise_and_concatenated_convolutions_match() {
+    let text = "graph g(%x: f32[1,3,100,100]) {
+  weight %w: f32[4,3,3,3]
+  weight %cb: f32[4]
+  weight %g: f32[4]
+  weight %b: f32[4]
+  buffer %m: f32[4]
+  buffer %v: f32[4]
+  weight %wd: f32[4,1,3,3]
+  weight %w2: f32[6,8,1,1]
+  weight %b2: f32[6]
+  %c: f32[1,4,100,100] = conv2d(%x, %w, %cb) {stride=[1,1], pad=[1,1,1,1], dilation=[1,1], groups=1}
+  %n: f32[1,4,100,100] = batch_norm(%c, %g, %b, %m, %v) {eps=0.001, momentum=0.03}
+  %y: f32[1,4,100,100] = silu(%n)
+  %d: f32[1,4,100,100] = conv2d(%y, %wd) {stride=[1,1], pad=[1,1,1,1], dilation=[1,1], groups=4}
+  %dn: f32[1,4,100,100] = batch_norm(%d, %g, %b, %m, %v) {eps=0.001, momentum=0.03}
+  %dy: f32[1,4,100,100] = silu(%dn)
+  %k: f32[1,8,100,100] = concat(%y, %dy) {axis=1}
+  %c2: f32[1,6,100,100] = conv2d(%k, %w2, %b2) {stride=[1,1], pad=[0,0,0,0], dilation=[1,1], groups=1}
+  %y2: f32[1,6,100,100] = silu(%c2)
+  return %y2
+}";
+    // The first convolution's unfolded input (27 × 10000 floats) is over the tiling threshold.
+    assert!(super::conv::column_tile(27, 100 * 100).is_some());
+    for batch in [1, 2] {
+        let g = fused_run_agrees(&text.replace("f32[1,", &format!("f32[{batch},")), &[batch, 3, 100, 100]);
+        let (fused, _) = crate::backend::fusion::fusions(&g, true);
+        assert_eq!(fused.values().filter(|f| f.silu).count(), 3, "{fused:?}");
+    }
+}
+
+/// Runs the graph `text` (its weights random, `v` positive) on the CPU backend, twice, against
+/// every node evaluated by the reference semantics one by one on a random input of `x_shape`;
+/// returns the graph.
+fn fused_run_agrees(text: &str, x_shape: &[usize]) -> slimc_ir::Graph {
+    use crate::backend::{cpu::Cpu, Backend};
+    use slimc_ir::{parse_graph, Model};
     let graph = parse_graph(text).unwrap();
     let mut tensors = std::collections::BTreeMap::new();
     for (k, &p) in graph.params.iter().enumerate() {
@@ -262,7 +311,7 @@ fn fused_convolution_epilogues_match_the_ops_one_by_one() {
         tensors.insert(v.name.clone(), t);
     }
     let model = Model { graph, tensors, meta: Default::default(), training_state: vec![] };
-    let x = random(&[2, 3, 9, 8], 99);
+    let x = random(x_shape, 99);
     // The reference: every node through `eval`, in order.
     let g = &model.graph;
     let mut env: Vec<Option<Tensor>> = vec![None; g.values.len()];
@@ -285,12 +334,7 @@ fn fused_convolution_epilogues_match_the_ops_one_by_one() {
             assert!(worst < 1e-4, "{}: off by {worst:e}", g.value(*o).name);
         }
     }
-    let (fused, absorbed) = crate::backend::fusion::fusions(g, true);
-    // c takes BN n and SiLU y; c2 takes y2; c3 takes n3 but not s3 (n3 is read twice); c4's
-    // result is returned, so nothing is fused into it; the pointwise c5 reads k's parts; the
-    // 3×3 c6 reads k6 itself.
-    assert_eq!(fused.len(), 4, "{fused:?}");
-    assert_eq!(absorbed.iter().filter(|&&a| a).count(), 5);
+    model.graph
 }
 
 #[test]
