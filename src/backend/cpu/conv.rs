@@ -390,7 +390,8 @@ fn conv_tiled(
 
 /// Depthwise convolution, one plane per task: each output row accumulates, tap by tap, a
 /// scaled input row over the output positions whose input lies inside the plane (a contiguous
-/// `axpy` at stride 1), so no bounds are tested per element.
+/// `axpy` at stride 1), so no bounds are tested per element; `epi` applied to each plane.
+#[allow(clippy::too_many_arguments)]
 fn depthwise(
     x: &[f32],
     w: &[f32],
