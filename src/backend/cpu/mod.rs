@@ -182,6 +182,10 @@ impl CpuExecutable {
         let (plan, types) = (&planned.plan, &planned.types);
         let CpuExecutable { core, pool, scratch, comm, .. } = self;
         let Compiled { graph: g, params, profile, state, fused, absorbed, .. } = core;
+        // A run whose arena grows faults in fresh memory: the profile keeps its time apart.
+        let first = profile.is_some()
+            && (pool.len() < plan.slot_bytes.len()
+                || plan.slot_bytes.iter().zip(pool.iter()).any(|(&b, v)| (v.capacity() as u64) * 4 < b));
         if pool.len() < plan.slot_bytes.len() {
             pool.resize_with(plan.slot_bytes.len(), Vec::new);
         }
@@ -212,7 +216,7 @@ impl CpuExecutable {
                 let outs = collective_node(n, &plan.frees[i], &mut env, &**comm)
                     .map_err(|e| anyhow!("node {i} ({} @{}): {e}", n.op.name(), n.scope))?;
                 if let (Some(p), Some(t)) = (profile.as_mut(), started) {
-                    p.add(n.op.name(), t.elapsed());
+                    p.add(n.op.name(), t.elapsed(), first);
                 }
                 for (&o, t) in n.outputs.iter().zip(outs) {
                     env[o.0] = Some(Cow::Owned(t));
@@ -262,7 +266,8 @@ impl CpuExecutable {
                 .map_err(|e| anyhow!("node {i} ({} @{}): {e}", n.op.name(), n.scope))?
             };
             if let (Some(p), Some(t)) = (profile.as_mut(), started) {
-                p.add(&profile_key(&n.op, &n.inputs.iter().map(|v| &types[v.0]).collect::<Vec<_>>()), t.elapsed());
+                let key = profile_key(&n.op, &n.inputs.iter().map(|v| &types[v.0]).collect::<Vec<_>>());
+                p.add(&key, t.elapsed(), first);
             }
             // A result computed by the reference semantics brought its own allocation: the slot's
             // buffer it did not use goes back to the slot (a slot keeps its largest buffer, so the

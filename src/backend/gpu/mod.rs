@@ -140,7 +140,8 @@ impl GpuExecutable {
                     ctx.device
                         .poll(wgpu::PollType::wait_indefinitely())
                         .map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
-                    profile.add(&program.steps[k].label, t.elapsed());
+                    // The device's buffers exist before the first dispatch: every run counts.
+                    profile.add(&program.steps[k].label, t.elapsed(), false);
                 }
                 enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
             }
