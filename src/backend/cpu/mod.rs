@@ -52,7 +52,7 @@ pub struct CpuExecutable {
     /// Plans for the input shapes met so far, most recent last.
     plans: ByShape<Planned>,
     /// One buffer per arena slot, grown to the largest value the slot has held.
-    pool: Vec<Vec<f32>>,
+    pool: Vec<Slot>,
     /// Kernels' working memory (the weight gradient's partial sums).
     scratch: Vec<f32>,
     /// What the collective ops run through.
@@ -94,7 +94,7 @@ fn profile_key(op: &slimc_ir::Op, inputs: &[&TensorType]) -> String {
 
 /// Takes the values `dead` out of `env`, giving the buffers of those computed here back to their
 /// slots.
-fn release(dead: &[usize], env: &mut [Option<Cow<Tensor>>], pool: &mut [Vec<f32>], plan: &Plan) {
+fn release(dead: &[usize], env: &mut [Option<Cow<Tensor>>], pool: &mut [Slot], plan: &Plan) {
     for &v in dead {
         if let (Some(Cow::Owned(t)), Some(s)) = (env[v].take(), plan.slot[v]) {
             recycle(pool, s, t);
@@ -132,12 +132,45 @@ fn collective_node(
     collective::run(&n.op, carried, scalars.as_deref(), comm)
 }
 
-/// Gives a dead value's buffer back to its slot, unless the slot holds a larger one already.
-fn recycle(pool: &mut [Vec<f32>], slot: usize, t: Tensor) {
-    if let TensorData::F32(v) = t.data {
-        if v.capacity() >= pool[slot].capacity() {
-            pool[slot] = v;
+/// An arena slot's buffer, and the allocation (address, capacity) and length it had when a value
+/// took it, until it comes back.
+#[derive(Default)]
+struct Slot {
+    buf: Vec<f32>,
+    taken: Option<(usize, usize, usize)>,
+}
+
+impl Slot {
+    /// The buffer, for a value to write into. While in the slot a buffer keeps the length of
+    /// the largest value it has held, so a value after a smaller one reuses the elements already
+    /// there instead of zero-filling them again (`sized`).
+    fn take(&mut self) -> Vec<f32> {
+        let b = std::mem::take(&mut self.buf);
+        self.taken = Some((b.as_ptr() as usize, b.capacity(), b.len()));
+        b
+    }
+
+    /// Gives a dead value's buffer back, unless the slot holds a larger one already.
+    fn put(&mut self, mut v: Vec<f32>) {
+        if let Some((ptr, cap, len)) = self.taken.take() {
+            if (v.as_ptr() as usize, v.capacity()) == (ptr, cap) && len > v.len() {
+                // SAFETY: the buffer is the allocation taken with `len` elements written (the
+                // same address and capacity, and it has lived in a value since); kernels only
+                // write or shorten a buffer of that capacity, so those elements are still
+                // initialized f32s.
+                unsafe { v.set_len(len) };
+            }
         }
+        if v.capacity() >= self.buf.capacity() {
+            self.buf = v;
+        }
+    }
+}
+
+/// Gives a dead value's buffer back to its slot.
+fn recycle(pool: &mut [Slot], slot: usize, t: Tensor) {
+    if let TensorData::F32(v) = t.data {
+        pool[slot].put(v);
     }
 }
 
@@ -185,9 +218,9 @@ impl CpuExecutable {
         // A run whose arena grows faults in fresh memory: the profile keeps its time apart.
         let first = profile.is_some()
             && (pool.len() < plan.slot_bytes.len()
-                || plan.slot_bytes.iter().zip(pool.iter()).any(|(&b, v)| (v.capacity() as u64) * 4 < b));
+                || plan.slot_bytes.iter().zip(pool.iter()).any(|(&b, v)| (v.buf.capacity() as u64) * 4 < b));
         if pool.len() < plan.slot_bytes.len() {
-            pool.resize_with(plan.slot_bytes.len(), Vec::new);
+            pool.resize_with(plan.slot_bytes.len(), Slot::default);
         }
         let mut env: Vec<Option<Cow<Tensor>>> = vec![None; g.values.len()];
         for (&v, t) in g.inputs.iter().zip(inputs) {
@@ -226,7 +259,7 @@ impl CpuExecutable {
             }
             let slot = |o: ValueId| plan.slot[o.0].filter(|_| types[o.0].dtype == DType::F32);
             let mut bufs: Vec<Vec<f32>> =
-                n.outputs.iter().map(|&o| slot(o).map(|s| std::mem::take(&mut pool[s])).unwrap_or_default()).collect();
+                n.outputs.iter().map(|&o| slot(o).map(|s| pool[s].take()).unwrap_or_default()).collect();
             let shapes: Vec<Vec<usize>> =
                 n.outputs.iter().map(|&o| types[o.0].fixed_shape().expect("inputs are concrete")).collect();
             let started = profile.as_ref().map(|_| std::time::Instant::now());
@@ -274,7 +307,7 @@ impl CpuExecutable {
             // next value there does not allocate and fault in fresh pages again).
             for (&o, b) in n.outputs.iter().zip(bufs) {
                 if let Some(s) = slot(o).filter(|_| b.capacity() > 0) {
-                    pool[s] = b;
+                    pool[s].put(b);
                 }
             }
             // A fused convolution's result is its epilogue's value.
