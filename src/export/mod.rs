@@ -75,10 +75,11 @@ fn us(v: &[usize]) -> Vec<i64> {
 
 /// Converts a slimc tensor to an ONNX initializer.
 pub fn tensor_proto(name: &str, t: &Tensor) -> TensorProto {
-    let (data_type, raw_data) = match &t.data {
-        TensorData::F32(v) => (1, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        TensorData::I64(v) => (7, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+    let data_type = match &t.data {
+        TensorData::F32(_) => 1,
+        TensorData::I64(_) => 7,
     };
+    let raw_data = t.data.le_bytes().into_owned();
     TensorProto { name: name.into(), dims: us(&t.shape), data_type, raw_data, ..Default::default() }
 }
 

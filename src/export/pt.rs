@@ -169,13 +169,11 @@ impl<'m> Builder<'m> {
     /// `t` as a new storage; the pickled tensor (or parameter) over it.
     fn store(&mut self, t: &Tensor, parameter: bool) -> Result<Py> {
         let (dtype, bytes) = match &t.data {
-            TensorData::F32(v) if self.opts.fp32 => {
-                (StorageDtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            }
+            TensorData::F32(v) if self.opts.fp32 => (StorageDtype::F32, slimc_ir::le_bytes(v).into_owned()),
             TensorData::F32(v) => {
                 (StorageDtype::F16, v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect())
             }
-            TensorData::I64(v) => (StorageDtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::I64(v) => (StorageDtype::I64, slimc_ir::le_bytes(v).into_owned()),
         };
         self.storages.push(bytes);
         Ok(Py::Tensor { key: (self.storages.len() - 1).to_string(), dtype, shape: t.shape.clone(), parameter })

@@ -31,17 +31,24 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
 
 /// Writes f32 tensors as a safetensors file (atomically).
 pub fn write_safetensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>) -> Result<()> {
-    let mut views = vec![];
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(n, t)| Ok((n.clone(), t.shape.clone(), t.f32s()?.iter().flat_map(|v| v.to_le_bytes()).collect())))
-        .collect::<Result<_>>()?;
-    for (n, shape, data) in &bytes {
-        views.push((n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)?));
-    }
-    let out = safetensors::serialize(views, None)?;
-    slimc_ir::write_atomic(path, &out)?;
+    let arrays =
+        tensors.into_iter().map(|(n, t)| Ok((n.clone(), t.shape.clone(), t.f32s()?))).collect::<Result<Vec<_>>>()?;
+    slimc_ir::write_atomic(path, &safetensors_bytes(arrays, None)?)?;
     Ok(())
+}
+
+/// The safetensors encoding of named f32 arrays `(name, shape, elements)`, with `meta` in its
+/// header; the arrays' memory is viewed as bytes, copied once, into the encoding.
+pub fn safetensors_bytes<'a>(
+    arrays: impl IntoIterator<Item = (String, Vec<usize>, &'a [f32])>,
+    meta: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let arrays: Vec<_> = arrays.into_iter().map(|(n, shape, v)| (n, shape, slimc_ir::le_bytes(v))).collect();
+    let views = arrays
+        .iter()
+        .map(|(n, shape, data)| Ok((n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(safetensors::serialize(views, meta)?)
 }
 
 /// Replaces the model's weights, frozen parameters and buffers by `file`'s tensors, which must

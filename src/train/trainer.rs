@@ -11,6 +11,7 @@ use crate::data::dataset::{load_dataset_spec, scan};
 use crate::data::loader::Split;
 use crate::dist::shard::batches_per_rank;
 use crate::dist::World;
+use crate::frontend::weights::safetensors_bytes;
 use crate::plot::annotate::save_train_batch;
 use crate::plot::results::plot_results;
 use crate::train::saver::Saver;
@@ -20,7 +21,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use slimc_ir::{Model, Tensor};
 use slimc_passes::{accumulator_name, ema_name, state_names, OptimizerOptions, Sparsity};
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -289,22 +289,17 @@ fn pack_state(
     acc: &BTreeMap<String, Tensor>,
     opt: &BTreeMap<String, Vec<f32>>,
 ) -> Result<Vec<u8>> {
-    // The tensors' memory viewed as bytes (copied once, into the serialized state).
-    let mut bytes: Vec<(String, Vec<usize>, Cow<[u8]>)> = vec![];
+    let mut arrays = vec![];
     for (prefix, tensors) in [("model", model), ("acc", acc)] {
         for (n, t) in tensors {
-            bytes.push((format!("{prefix}/{n}"), t.shape.clone(), slimc_ir::le_bytes(t.f32s()?)));
+            arrays.push((format!("{prefix}/{n}"), t.shape.clone(), t.f32s()?));
         }
     }
     for (n, v) in opt {
-        bytes.push((format!("opt/{n}"), vec![v.len()], slimc_ir::le_bytes(v)));
+        arrays.push((format!("opt/{n}"), vec![v.len()], v.as_slice()));
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-        .iter()
-        .map(|(n, s, d)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)?)))
-        .collect::<Result<_>>()?;
     let meta = std::collections::HashMap::from([("run".to_string(), serde_json::to_string(state)?)]);
-    Ok(safetensors::serialize(views, Some(meta))?)
+    safetensors_bytes(arrays, Some(meta))
 }
 
 /// A run's saved state: the run, the raw weights and buffers, the gradient accumulators (empty in

@@ -20,12 +20,6 @@ pub struct Epilogue {
 }
 
 impl Epilogue {
-    /// This epilogue after a per-channel `bias`: `a·(x + b) + c = a·x + (a·b + c)`.
-    fn after_bias(&self, bias: &[f32]) -> Epilogue {
-        let coef = self.coef.iter().zip(bias).map(|(&[a, c], &b)| [a, a * b + c]).collect();
-        Epilogue { coef, silu: self.silu }
-    }
-
     /// Applies channel `ch`'s epilogue to `o`, a stretch of that channel's plane.
     fn apply(&self, ch: usize, o: &mut [f32]) {
         let [a, c] = self.coef[ch];
@@ -60,13 +54,16 @@ simd_fn! {
     }
 }
 
-/// The epilogue a convolution applies: `epi` with `bias` folded in, or the bias alone.
-fn with_bias(epi: Option<&Epilogue>, bias: Option<&[f32]>, cout: usize) -> Option<Epilogue> {
+/// The epilogue a convolution applies: `epi` after the per-channel `bias`
+/// (`a·(x + b) + c = a·x + (a·b + c)`), or the bias alone.
+fn with_bias(epi: Option<Epilogue>, bias: Option<&[f32]>, cout: usize) -> Option<Epilogue> {
     match (epi, bias) {
-        (Some(e), Some(b)) => Some(e.after_bias(b)),
-        (Some(e), None) => Some(Epilogue { coef: e.coef.clone(), silu: e.silu }),
+        (Some(mut e), Some(b)) => {
+            e.coef.iter_mut().zip(b).for_each(|([a, c], &b)| *c += *a * b);
+            Some(e)
+        }
         (None, Some(b)) => Some(Epilogue { coef: b.iter().map(|&b| [1.0, b]).collect(), silu: false }),
-        (None, None) => None,
+        (e, None) => e,
     }
     .inspect(|e| assert_eq!(e.coef.len(), cout, "epilogue channels"))
 }
@@ -82,7 +79,7 @@ pub fn conv2d(
     ws: &[usize],
     bias: Option<&[f32]>,
     c: &Conv2d,
-    epi: Option<&Epilogue>,
+    epi: Option<Epilogue>,
 ) -> Vec<usize> {
     let d = ConvGeometry::new(xs, ws, c);
     let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
@@ -133,7 +130,7 @@ pub fn conv_pointwise_parts(
     w: &[f32],
     bias: Option<&[f32]>,
     shape: &[usize],
-    epi: Option<&Epilogue>,
+    epi: Option<Epilogue>,
 ) {
     let (n, cout, hw) = (shape[0], shape[1], shape[2] * shape[3]);
     let cin: usize = channels.iter().sum();

@@ -289,11 +289,11 @@ impl CpuExecutable {
                         // The concatenation never ran: its operands stand in for its result.
                         let parts: Vec<&Tensor> = g.nodes[k].inputs.iter().map(arg).collect();
                         let wb: Vec<&Tensor> = n.inputs[1..].iter().map(arg).collect();
-                        node::conv_concatenated(&parts, &wb, &shapes[0], &mut bufs[0], epi.as_ref())
+                        node::conv_concatenated(&parts, &wb, &shapes[0], &mut bufs[0], epi)
                     }
                     None => {
                         let args: Vec<&Tensor> = n.inputs.iter().map(arg).collect();
-                        node::compute(&n.op, &args, &shapes, &mut bufs, scratch, epi.as_ref())
+                        node::compute(&n.op, &args, &shapes, &mut bufs, scratch, epi)
                     }
                 }
                 .map_err(|e| anyhow!("node {i} ({} @{}): {e}", n.op.name(), n.scope))?

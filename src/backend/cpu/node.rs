@@ -18,7 +18,7 @@ pub(super) fn compute(
     shapes: &[Vec<usize>],
     bufs: &mut [Vec<f32>],
     scratch: &mut Vec<f32>,
-    epi: Option<&conv::Epilogue>,
+    epi: Option<conv::Epilogue>,
 ) -> Result<Vec<Tensor>> {
     let x = args[0];
     let take = |bufs: &mut [Vec<f32>], k: usize| Tensor {
@@ -147,7 +147,7 @@ pub(super) fn conv_concatenated(
     wb: &[&Tensor],
     shape: &[usize],
     buf: &mut Vec<f32>,
-    epi: Option<&conv::Epilogue>,
+    epi: Option<conv::Epilogue>,
 ) -> Result<Vec<Tensor>> {
     let data = parts.iter().map(|p| p.f32s()).collect::<Result<Vec<_>, _>>()?;
     let channels: Vec<usize> = parts.iter().map(|p| p.shape[1]).collect();
