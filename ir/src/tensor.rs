@@ -180,6 +180,49 @@ impl Tensor {
             TensorData::F32(_) => invalid("expected an i64 tensor, found f32"),
         }
     }
+
+    /// Entries `range` of the outermost axis (images `range` of a batch), copied.
+    pub fn outer_range(&self, range: std::ops::Range<usize>) -> Result<Tensor> {
+        let Some(&n) = self.shape.first() else { return invalid("a 0-d tensor has no outer axis") };
+        if range.start > range.end || range.end > n {
+            return invalid(format!("entries {range:?} of a tensor of shape {:?}", self.shape));
+        }
+        let inner: usize = self.shape[1..].iter().product();
+        let (a, b) = (range.start * inner, range.end * inner);
+        let mut shape = self.shape.clone();
+        shape[0] = range.len();
+        let data = match &self.data {
+            TensorData::F32(v) => TensorData::F32(v[a..b].to_vec()),
+            TensorData::I64(v) => TensorData::I64(v[a..b].to_vec()),
+        };
+        Ok(Tensor { shape, data })
+    }
+
+    /// `parts` (of one element type and one shape past the outermost axis) joined along their
+    /// outermost axis.
+    pub fn concat_outer(parts: &[Tensor]) -> Result<Tensor> {
+        let Some(first) = parts.first() else { return invalid("nothing to concatenate") };
+        let Some(inner) = first.shape.get(1..) else { return invalid("a 0-d tensor has no outer axis") };
+        if let Some(p) = parts.iter().find(|p| p.shape.get(1..) != Some(inner) || p.dtype() != first.dtype()) {
+            return invalid(format!("cannot join {} to {} along the outer axis", p.ty(), first.ty()));
+        }
+        let mut shape = first.shape.clone();
+        shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+        let total = checked_numel(&shape).unwrap_or(0);
+        let data = match &first.data {
+            TensorData::F32(_) => {
+                let mut v = Vec::with_capacity(total);
+                parts.iter().try_for_each(|p| p.f32s().map(|d| v.extend_from_slice(d)))?;
+                TensorData::F32(v)
+            }
+            TensorData::I64(_) => {
+                let mut v = Vec::with_capacity(total);
+                parts.iter().try_for_each(|p| p.i64s().map(|d| v.extend_from_slice(d)))?;
+                TensorData::I64(v)
+            }
+        };
+        Ok(Tensor { shape, data })
+    }
 }
 
 /// The little-endian bytes of `v` (as model files, safetensors and ONNX store elements): a view

@@ -23,6 +23,12 @@ pub trait Backend {
     /// parameters, running any collective op through `comm`.
     fn compile_in(&self, model: &Model, comm: Arc<dyn Communicator>) -> Result<Box<dyn Executable>>;
 
+    /// How many images an inference run (images independent of each other) should take at a
+    /// time for speed; None: as many as there are.
+    fn inference_batch(&self) -> Option<usize> {
+        None
+    }
+
     /// Compiles `model` for a process alone (collectives hand their operands on).
     fn compile(&self, model: &Model) -> Result<Box<dyn Executable>> {
         self.compile_in(model, Arc::new(Solo))

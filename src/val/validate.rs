@@ -11,7 +11,8 @@ use crate::dist::World;
 use anyhow::{anyhow, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use slimc_ir::{Graph, Model};
+use slimc_ir::{Graph, Model, Tensor, ValueId};
+use slimc_passes::{LOSS_ITEMS, LOSS_TOTAL};
 
 /// One kept detection of a validation run, as `--save-json` writes it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -94,14 +95,20 @@ fn keep(b: &crate::data::loader::Batch, split: &Split, k: usize, dets: &[Detecti
     Ok(KeptImage { image: batch_image(&b.images, k)?, name, labels, detections: dets.to_vec() })
 }
 
-/// The inference graph with the detection loss beside it: outputs are the predictions and the
-/// loss components.
-fn with_loss(model: &Model) -> Result<Model> {
-    let mut m = model.clone();
-    let pred = m.graph.outputs[0];
-    let node = slimc_passes::attach_detect_loss(&mut m.graph).map_err(|e| anyhow!("validation loss: {e}"))?;
-    m.graph.outputs = vec![pred, m.graph.nodes[node.0].outputs[0]];
-    Ok(m)
+/// The detection loss of `model`'s Detect head as a graph of its own: the head's level maps
+/// and the targets in, the loss components out; with the level maps (the loss's inputs but the
+/// last) as `model`'s graph names them.
+fn loss_graph(model: &Model) -> Result<(Model, Vec<ValueId>)> {
+    let mut g = model.graph.clone();
+    let node = slimc_passes::attach_detect_loss(&mut g).map_err(|e| anyhow!("validation loss: {e}"))?;
+    let n = &g.nodes[node.0];
+    let mut loss = Graph::new("loss");
+    let inputs: Vec<ValueId> = n.inputs.iter().map(|&v| loss.add_input(&g.value(v).name, g.ty(v).clone())).collect();
+    let outs = loss.add_node(n.op.clone(), &inputs, &[LOSS_ITEMS, LOSS_TOTAL], "loss")?;
+    loss.outputs = vec![outs[0]];
+    let levels = n.inputs[..n.inputs.len() - 1].to_vec();
+    let meta = model.meta.clone();
+    Ok((Model { graph: loss, tensors: Default::default(), meta, training_state: vec![] }, levels))
 }
 
 /// The matching statistics of one validation batch.
@@ -157,31 +164,74 @@ pub fn validate_ranks(
     validate_reusing(backend, model, split, nc, opts, world, &mut ValProgram::default())
 }
 
-/// The compiled validation program of one graph, kept between validations of that graph with
-/// new weights (the trainer's, every epoch): compiled once, its arena's memory kept.
+/// The compiled validation programs of one graph, kept between validations of that graph with
+/// new weights (the trainer's, every epoch): compiled once, their arenas' memory kept.
 #[derive(Default)]
 pub struct ValProgram {
-    compiled: Option<(Graph, Box<dyn Executable>)>,
+    compiled: Option<(Graph, Programs)>,
+}
+
+/// A graph's validation programs: the inference graph, with a Detect head's level maps as extra
+/// outputs, and for a model with a Detect head the detection loss over a whole batch's level
+/// maps and targets (so the forward can run in chunks of images while the loss, normalised over
+/// the whole batch, sees the batch).
+struct Programs {
+    forward: Box<dyn Executable>,
+    loss: Option<Box<dyn Executable>>,
 }
 
 impl ValProgram {
-    /// The program for `model` on `backend` (the same backend on every call): the kept one with
-    /// `model`'s weights written into it when it was compiled from the same graph, else a new one.
-    fn for_model(&mut self, backend: &dyn Backend, model: &Model, has_head: bool) -> Result<&mut dyn Executable> {
+    /// The programs for `model` on `backend` (the same backend on every call): the kept ones with
+    /// `model`'s weights written into them when they were compiled from the same graph, else new.
+    fn for_model(&mut self, backend: &dyn Backend, model: &Model, has_head: bool) -> Result<&mut Programs> {
         match &mut self.compiled {
-            Some((graph, exe)) if *graph == model.graph => {
+            Some((graph, programs)) if *graph == model.graph => {
                 for &p in &model.graph.params {
                     let name = &model.graph.value(p).name;
                     let t = model.tensors.get(name).ok_or_else(|| anyhow!("no tensor for parameter {name}"))?;
-                    exe.write(name, t)?;
+                    programs.forward.write(name, t)?;
                 }
             }
             kept => {
-                let program = if has_head { with_loss(model)? } else { model.clone() };
-                *kept = Some((model.graph.clone(), backend.compile(&program)?));
+                let mut forward = model.clone();
+                let loss = if has_head {
+                    let (loss, levels) = loss_graph(model)?;
+                    forward.graph.outputs.extend(levels);
+                    Some(backend.compile(&loss)?)
+                } else {
+                    None
+                };
+                *kept = Some((model.graph.clone(), Programs { forward: backend.compile(&forward)?, loss }));
             }
         }
-        Ok(&mut *self.compiled.as_mut().expect("compiled above").1)
+        Ok(&mut self.compiled.as_mut().expect("compiled above").1)
+    }
+}
+
+impl Programs {
+    /// The predictions for `images` (run through the forward `chunk` images at a time) and,
+    /// with a loss program, the loss components against `targets` over the whole batch.
+    fn run(&mut self, images: &Tensor, targets: &Tensor, chunk: usize) -> Result<(Tensor, Option<Vec<f32>>)> {
+        let n = images.shape[0];
+        let mut outs = if chunk >= n {
+            self.forward.run(&[images])?
+        } else {
+            let mut parts: Vec<Vec<Tensor>> = vec![];
+            for k in (0..n).step_by(chunk) {
+                parts.push(self.forward.run(&[&images.outer_range(k..n.min(k + chunk))?])?);
+            }
+            (0..parts[0].len())
+                .map(|j| Tensor::concat_outer(&parts.iter().map(|p| p[j].clone()).collect::<Vec<_>>()))
+                .collect::<Result<_, _>>()?
+        };
+        let loss = match &mut self.loss {
+            Some(exe) => {
+                let inputs: Vec<&Tensor> = outs[1..].iter().chain([targets]).collect();
+                Some(exe.run(&inputs)?[0].f32s()?.to_vec())
+            }
+            None => None,
+        };
+        Ok((outs.swap_remove(0), loss))
     }
 }
 
@@ -238,7 +288,13 @@ pub fn validate_reusing(
         (false, _, _) => Some([split.imgsz; 2]),
         _ => None,
     };
-    let exe = program.for_model(backend, model, has_head)?;
+    let programs = program.for_model(backend, model, has_head)?;
+    // Images are independent at inference: a graph that takes any batch runs in the backend's
+    // chunks (on the CPU one image per thread, whose activations stay in its cache).
+    let chunk = match fixed(0) {
+        Some(n) => n,
+        None => backend.inference_batch().unwrap_or(usize::MAX),
+    };
     let mut loss = [0.0f32; 3];
     let start = std::time::Instant::now();
     let total = batches.len();
@@ -248,14 +304,10 @@ pub fn validate_reusing(
             Some(s) => split.val_batch_at(idx, s)?,
             None => split.val_batch(idx)?,
         };
-        let inputs = if has_head { vec![&b.images, &b.targets] } else { vec![&b.images] };
-        let out = exe.run(&inputs).map_err(|e| anyhow!("validation: {e:#}"))?;
-        if has_head {
-            for (l, v) in loss.iter_mut().zip(out[1].f32s()?) {
-                *l += v / total as f32;
-            }
+        let (o, batch_loss) = programs.run(&b.images, &b.targets, chunk).map_err(|e| anyhow!("validation: {e:#}"))?;
+        for (l, v) in loss.iter_mut().zip(batch_loss.unwrap_or_default()) {
+            *l += v / total as f32;
         }
-        let o = &out[0];
         let (rows, anchors) = (o.shape[1], o.shape[2]);
         if rows != 4 + nc {
             return Err(anyhow!("the model predicts {} classes, the dataset has {nc}", rows - 4));

@@ -38,6 +38,12 @@ impl Backend for Cpu {
         "cpu"
     }
 
+    /// One image per worker thread: each thread runs an image's convolutions alone, on
+    /// activations that stay in its cache, and the arena stays small.
+    fn inference_batch(&self) -> Option<usize> {
+        Some(rayon::current_num_threads())
+    }
+
     fn compile_in(&self, model: &Model, comm: Arc<dyn Communicator>) -> Result<Box<dyn Executable>> {
         let mut exe = CpuExecutable::new(model)?;
         exe.comm = comm;
