@@ -1,72 +1,15 @@
-//! Convolution and its gradients: im2col + GEMM (tiled to the cache for large images),
-//! pointwise convolutions as plain products, depthwise as direct loops, and col2im for the
-//! input gradient.
+//! Convolution and its gradients: im2col + GEMM (tiled to the cache for large images) where
+//! the direct kernel ([`super::direct`]) does not run, pointwise convolutions as plain
+//! products, depthwise as direct loops, and col2im for the input gradient.
 
 use super::buffers::{each_image, scratch, sized, with_scratch, zeroed, Block, CHUNK};
+use super::direct;
+use super::epilogue::{with_bias, Epilogue};
 use super::gemm::{gemm_into, sgemm, Mat};
 use super::simd::{self, simd_fn};
 use rayon::prelude::*;
 use slimc_ir::eval::nn::{tap, ConvGeometry};
 use slimc_ir::Conv2d;
-
-/// What a convolution applies to its result while it is still in cache: each output channel's
-/// `a·x + c` (an inference batch norm; the convolution's bias is folded into `c`), then SiLU
-/// when `silu`.
-pub struct Epilogue {
-    /// Per output channel, `[a, c]`.
-    pub coef: Vec<[f32; 2]>,
-    /// Whether SiLU follows the affine.
-    pub silu: bool,
-}
-
-impl Epilogue {
-    /// Applies channel `ch`'s epilogue to `o`, a stretch of that channel's plane.
-    fn apply(&self, ch: usize, o: &mut [f32]) {
-        let [a, c] = self.coef[ch];
-        epilogue_plane(o, a, c, self.silu);
-    }
-
-    /// Applies it to every plane of `out` (`[n, coef.len(), plane]`), planes in parallel with
-    /// `par`.
-    fn planes(&self, out: &mut [f32], plane: usize, par: bool) {
-        let c = self.coef.len();
-        if par {
-            out.par_chunks_mut(plane).enumerate().for_each(|(i, o)| self.apply(i % c, o));
-        } else {
-            out.chunks_mut(plane).enumerate().for_each(|(i, o)| self.apply(i % c, o));
-        }
-    }
-}
-
-simd_fn! {
-    /// `o = a·o + c`, then `o = o·sigmoid(o)` with `silu`, in place.
-    fn epilogue_plane(o: &mut [f32], a: f32, c: f32, silu: bool) {
-        if silu {
-            for v in o.iter_mut() {
-                let y = a * *v + c;
-                *v = y / (1.0 + simd::exp(-y));
-            }
-        } else {
-            for v in o.iter_mut() {
-                *v = a * *v + c;
-            }
-        }
-    }
-}
-
-/// The epilogue a convolution applies: `epi` after the per-channel `bias`
-/// (`a·(x + b) + c = a·x + (a·b + c)`), or the bias alone.
-fn with_bias(epi: Option<Epilogue>, bias: Option<&[f32]>, cout: usize) -> Option<Epilogue> {
-    match (epi, bias) {
-        (Some(mut e), Some(b)) => {
-            e.coef.iter_mut().zip(b).for_each(|([a, c], &b)| *c += *a * b);
-            Some(e)
-        }
-        (None, Some(b)) => Some(Epilogue { coef: b.iter().map(|&b| [1.0, b]).collect(), silu: false }),
-        (e, None) => e,
-    }
-    .inspect(|e| assert_eq!(e.coef.len(), cout, "epilogue channels"))
-}
 
 /// 2-D convolution into `out`, then its bias and `epi`. `x` is `[n, cin, h, w]`, `w` is
 /// `[cout, cin/groups, kh, kw]`. Returns the output shape `[n, cout, oh, ow]`.
@@ -88,6 +31,12 @@ pub fn conv2d(
     let epi = epi.as_ref();
     if d.depthwise() {
         depthwise(x, w, c, [d.n, d.cin, d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], out, epi);
+    } else if direct::applies(&d, c) {
+        let kdim = d.cg * d.kh * d.kw;
+        for gi in 0..d.g {
+            let wg = &w[gi * d.og * kdim..(gi + 1) * d.og * kdim];
+            direct::conv_direct(x, wg, c, &d, [gi * d.cg, gi * d.og], out, true, epi);
+        }
     } else {
         let (og, cg) = (d.og, d.cg);
         let kdim = cg * d.kh * d.kw;
@@ -492,6 +441,9 @@ simd_fn! {
 pub fn conv2d_grad_input(dx: &mut Vec<f32>, dy: &[f32], w: &[f32], ws: &[usize], xs: &[usize], c: &Conv2d) {
     let d = ConvGeometry::new(xs, ws, c);
     let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
+    if !d.depthwise() && direct::grad_input(sized(dx, d.n * d.cin * hw), dy, w, &d, c) {
+        return;
+    }
     let dx = zeroed(dx, d.n * d.cin * hw);
     if d.depthwise() {
         // The forward's row-by-row taps, transposed: each tap adds its weight times a stretch of

@@ -8,6 +8,8 @@
 
 mod buffers;
 mod conv;
+mod direct;
+mod epilogue;
 mod gemm;
 pub mod isa;
 mod layout;
@@ -272,7 +274,7 @@ impl CpuExecutable {
             // A convolution's batch norm and SiLU, applied by its kernel.
             let fusion = fused.get(&i).filter(|e| e.bn.is_some() || e.silu);
             let epi = match fusion {
-                Some(e) => Some(conv::Epilogue {
+                Some(e) => Some(epilogue::Epilogue {
                     coef: match e.bn {
                         Some(j) => {
                             let p: Vec<&Tensor> = g.nodes[j].inputs[1..]

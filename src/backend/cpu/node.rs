@@ -2,7 +2,7 @@
 //! the arena's buffers, or, by name, the IR's reference semantics ([`slimc_ir::eval`]) where
 //! that is the kernel (small, rare or integer-valued work).
 
-use super::{conv, layout, norm, pointwise, pool};
+use super::{conv, epilogue, layout, norm, pointwise, pool};
 use anyhow::Result;
 use slimc_ir::eval::{broadcast_strides, eval, optim, slice_view, transpose_strides};
 use slimc_ir::{Axis, BatchNorm, Pool, Slice, Split, Transpose, Unary, UnaryGrad, Upsample};
@@ -18,7 +18,7 @@ pub(super) fn compute(
     shapes: &[Vec<usize>],
     bufs: &mut [Vec<f32>],
     scratch: &mut Vec<f32>,
-    epi: Option<conv::Epilogue>,
+    epi: Option<epilogue::Epilogue>,
 ) -> Result<Vec<Tensor>> {
     let x = args[0];
     let take = |bufs: &mut [Vec<f32>], k: usize| Tensor {
@@ -147,7 +147,7 @@ pub(super) fn conv_concatenated(
     wb: &[&Tensor],
     shape: &[usize],
     buf: &mut Vec<f32>,
-    epi: Option<conv::Epilogue>,
+    epi: Option<epilogue::Epilogue>,
 ) -> Result<Vec<Tensor>> {
     let data = parts.iter().map(|p| p.f32s()).collect::<Result<Vec<_>, _>>()?;
     let channels: Vec<usize> = parts.iter().map(|p| p.shape[1]).collect();

@@ -85,6 +85,11 @@ fn geometries() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
         // (one image) and in sequence (two), stride 2 with padding.
         ([1, 16, 64, 64], [8, 16, 3, 3], conv(1, [1; 4], 1, 1)),
         ([2, 16, 130, 97], [6, 16, 3, 3], conv(2, [1, 1, 0, 1], 1, 1)),
+        // Direct stride-1 convolutions at AVX-512 (padded input, panels of positions, the last
+        // one overlapping): grouped with asymmetric padding and channels past whole panels of
+        // rows; 5×5 at one image (panels in parallel).
+        ([2, 6, 5, 40], [14, 3, 3, 3], conv(1, [0, 1, 2, 0], 1, 2)),
+        ([1, 5, 13, 37], [13, 5, 5, 5], conv(1, [2; 4], 1, 1)),
     ]
 }
 
@@ -260,10 +265,12 @@ fn fused_convolution_epilogues_match_the_ops_one_by_one() {
     assert_eq!(absorbed.iter().filter(|&&a| a).count(), 5);
 }
 
-/// The epilogue where the kernels apply it themselves: per tile of a convolution tiled to the
-/// cache (with its bias folded in), per plane of a depthwise convolution, per image after a
-/// pointwise convolution of a concatenation (with bias) — one image (products split across
-/// threads) and two (an image per thread); each agrees with the ops one by one.
+/// The epilogue where the kernels apply it themselves: per panel of a direct convolution
+/// (AVX-512; the last panel overlapping the one before) or per tile of one tiled to the cache
+/// (the other levels), with its bias folded in, per plane of a depthwise convolution, per image
+/// after a pointwise convolution of a concatenation (with bias) — one image (products split
+/// across threads) and two (an image per thread), at every level the CPU has; each agrees with
+/// the ops one by one.
 #[test]
 fn epilogues_inside_tiled_depthwise_and_concatenated_convolutions_match() {
     let text = "graph g(%x: f32[1,3,100,100]) {
@@ -287,13 +294,20 @@ fn epilogues_inside_tiled_depthwise_and_concatenated_convolutions_match() {
   %y2: f32[1,6,100,100] = silu(%c2)
   return %y2
 }";
-    // The first convolution's unfolded input (27 × 10000 floats) is over the tiling threshold.
+    // The first convolution's unfolded input (27 × 10000 floats) is over the tiling threshold;
+    // at the padded width its 100 × 102 positions are no whole number of panels.
     assert!(super::conv::column_tile(27, 100 * 100).is_some());
-    for batch in [1, 2] {
-        let g = fused_run_agrees(&text.replace("f32[1,", &format!("f32[{batch},")), &[batch, 3, 100, 100]);
-        let (fused, _) = crate::backend::fusion::fusions(&g, true);
-        assert_eq!(fused.values().filter(|f| f.silu).count(), 3, "{fused:?}");
+    assert!((100 * 102) % 64 != 0);
+    let _one = LEVELS.lock().unwrap_or_else(|e| e.into_inner());
+    for level in isa::supported() {
+        isa::force(level);
+        for batch in [1, 2] {
+            let g = fused_run_agrees(&text.replace("f32[1,", &format!("f32[{batch},")), &[batch, 3, 100, 100]);
+            let (fused, _) = crate::backend::fusion::fusions(&g, true);
+            assert_eq!(fused.values().filter(|f| f.silu).count(), 3, "{fused:?}");
+        }
     }
+    isa::force(isa::widest());
 }
 
 /// Runs the graph `text` (its weights random, `v` positive) on the CPU backend, twice, against
