@@ -1,18 +1,22 @@
-//! Direct stride-1 convolution, without im2col: the input planes are padded once, and the output
-//! is computed at the padded width, where every reduction index (input channel, tap) reads the
-//! inputs of a run of consecutive output positions as one contiguous stretch of the padded input
-//! (the positions' offset plus the index's own). A register-blocked kernel sums `ROWS` output
-//! channels × one panel of positions straight from there: no unfolded copy of the input, no
-//! packing of it. The padded width's extra columns are computed and dropped on write-back.
+//! Direct convolution, without im2col: the input is padded once (at stride s, split into s×s
+//! phase planes), and the output is computed at the planes' width, where every reduction index
+//! (input channel, tap) reads the inputs of a run of consecutive output positions as one
+//! contiguous stretch of the planes (the positions' offset plus the index's own). A
+//! register-blocked kernel sums `ROWS` output channels × one panel of positions straight from
+//! there: no unfolded copy of the input, no packing of it. The planes' extra columns are
+//! computed and dropped on write-back.
 //!
-//! AVX-512 only, and only for outputs at least [`MIN_WIDTH`] wide: measured one convolution at a
-//! time against im2col + GEMM on an AVX-512 EPYC, it is 1.1-1.8x faster from 40x40 up, mixed at
-//! 20x20 and slower at 10x10, where the padded width's extra columns are a fifth of the work.
-//! Other levels and narrower outputs keep im2col + GEMM.
+//! AVX-512 only, for outputs at least [`MIN_WIDTH`] wide with at least [`MIN_REDUCTION`]
+//! products per output: measured one convolution at a time against im2col + GEMM on an AVX-512
+//! EPYC (batch 1), stride 1 is 1.2-2.6x faster from 40x40 up, mixed at 20x20 and slower at
+//! 10x10 (where the padded width's columns are a fifth of the work); stride 2 is 0.85-1.35x,
+//! mostly faster; a 3-channel input (27 products) gains nothing. Other levels and shapes keep
+//! im2col + GEMM.
 
 use super::buffers::{with_scratch, Block};
 use super::epilogue::Epilogue;
 use super::isa::{self, Isa};
+use super::layout::strided_copy;
 use rayon::prelude::*;
 use slimc_ir::eval::nn::ConvGeometry;
 use slimc_ir::Conv2d;
@@ -31,53 +35,85 @@ const PANEL: usize = 64;
 /// The narrowest output the direct kernel computes (see the module's note).
 const MIN_WIDTH: usize = 32;
 
-/// Whether the direct kernel runs convolution `d` (stride 1, no dilation, not pointwise, at
-/// least [`MIN_WIDTH`] wide) at the active level.
+/// The fewest products per output the direct kernel sums (see the module's note).
+const MIN_REDUCTION: usize = 32;
+
+/// Whether the direct kernel runs convolution `d` (one stride both ways, no dilation, not
+/// pointwise, at least [`MIN_WIDTH`] wide, at least [`MIN_REDUCTION`] products per output) at
+/// the active level.
 pub(crate) fn applies(d: &ConvGeometry, c: &Conv2d) -> bool {
-    let wp = c.pad[1] + d.w + c.pad[3];
     isa::active() == Isa::Avx512
-        && c.stride == [1, 1]
+        && c.stride[0] == c.stride[1]
         && c.dilation == [1, 1]
         && d.kh * d.kw > 1
+        && d.cg * d.kh * d.kw >= MIN_REDUCTION
         && d.ow >= MIN_WIDTH
-        && d.oh * wp >= PANEL
+        && d.oh * Phases::new(d, c).wq >= PANEL
 }
 
-/// The padded geometry: padded height and width, and the offset of each reduction index
-/// (channel, tap; the weight's order) into the padded planes.
-struct Padded {
-    hp: usize,
-    wp: usize,
+/// The padded input split into phase planes: at stride `s`, phase `(a, b)` holds the padded
+/// input's rows `s·i + a` and columns `s·j + b`, so tap `(ky, kx)` of output `(oy, ox)` is
+/// element `(oy + ky / s, ox + kx / s)` of phase `(ky mod s, kx mod s)`: at the phase planes'
+/// width `wq`, one offset per reduction index (channel, tap; the weight's order) reaches every
+/// output position's input. At stride 1 there is one phase, the padded input itself.
+struct Phases {
+    s: usize,
+    hq: usize,
+    wq: usize,
     offsets: Vec<usize>,
+    /// Elements read or written: the phase planes, and the stretch the last panel reads past
+    /// them.
+    len: usize,
 }
 
-impl Padded {
-    fn new(d: &ConvGeometry, c: &Conv2d) -> Padded {
-        let (hp, wp) = (c.pad[0] + d.h + c.pad[2], c.pad[1] + d.w + c.pad[3]);
-        let offsets = (0..d.cg)
-            .flat_map(|ci| (0..d.kh).flat_map(move |ky| (0..d.kw).map(move |kx| ci * hp * wp + ky * wp + kx)))
+impl Phases {
+    fn new(d: &ConvGeometry, c: &Conv2d) -> Phases {
+        let s = c.stride[0].max(1);
+        let (hq, wq) = ((c.pad[0] + d.h + c.pad[2]).div_ceil(s), (c.pad[1] + d.w + c.pad[3]).div_ceil(s));
+        let plane = hq * wq;
+        let offsets: Vec<usize> = (0..d.cg)
+            .flat_map(|ci| {
+                (0..d.kh).flat_map(move |ky| {
+                    (0..d.kw)
+                        .map(move |kx| ((ky % s) * s + kx % s) * d.cg * plane + ci * plane + (ky / s) * wq + kx / s)
+                })
+            })
             .collect();
-        Padded { hp, wp, offsets }
+        let reach = offsets.iter().max().map_or(0, |&o| o + d.oh * wq);
+        Phases { s, hq, wq, offsets, len: reach.max(s * s * d.cg * plane) }
     }
 
-    /// Elements of the padded planes, plus the stretch the last panel reads past them.
-    fn len(&self, d: &ConvGeometry) -> usize {
-        d.cg * self.hp * self.wp + d.kw
-    }
-
-    /// Writes `x [cg × h·w]` into `xp` with zero borders (and a zero tail).
-    fn fill(&self, x: &[f32], d: &ConvGeometry, c: &Conv2d, xp: &mut [f32]) {
-        let (hp, wp) = (self.hp, self.wp);
-        let (planes, tail) = xp.split_at_mut(d.cg * hp * wp);
+    /// Writes the phase planes of `x [cg × h·w]` into `xp` (zero where they fall in the
+    /// padding), and zeros past them; planes in parallel with `par`.
+    fn fill(&self, x: &[f32], d: &ConvGeometry, c: &Conv2d, xp: &mut [f32], par: bool) {
+        let (s, wq, plane) = (self.s, self.wq, self.hq * self.wq);
+        let [pt, pl] = [c.pad[0], c.pad[1]];
+        let (planes, tail) = xp[..self.len].split_at_mut(s * s * d.cg * plane);
         tail.fill(0.0);
-        for (src, dst) in x.chunks(d.h * d.w).zip(planes.chunks_mut(hp * wp)) {
-            dst[..c.pad[0] * wp].fill(0.0);
-            dst[(c.pad[0] + d.h) * wp..].fill(0.0);
-            for (s, row) in src.chunks(d.w).zip(dst[c.pad[0] * wp..].chunks_mut(wp)) {
-                row[..c.pad[1]].fill(0.0);
-                row[c.pad[1]..c.pad[1] + d.w].copy_from_slice(s);
-                row[c.pad[1] + d.w..].fill(0.0);
+        let one = |(p, dst): (usize, &mut [f32])| {
+            let ((a, b), ci) = ((p / d.cg / s, p / d.cg % s), p % d.cg);
+            let src = &x[ci * d.h * d.w..(ci + 1) * d.h * d.w];
+            // Columns j whose input column s·j + b − pl lies inside the row.
+            let lo = pl.saturating_sub(b).div_ceil(s).min(wq);
+            let hi = if d.w + pl > b { ((d.w + pl - b - 1) / s + 1).min(wq) } else { 0 }.max(lo);
+            for (i, row) in dst.chunks_mut(wq).enumerate() {
+                let iy = (s * i + a) as isize - pt as isize;
+                if iy < 0 || iy >= d.h as isize {
+                    row.fill(0.0);
+                    continue;
+                }
+                let r = &src[iy as usize * d.w..(iy as usize + 1) * d.w];
+                row[..lo].fill(0.0);
+                row[hi..].fill(0.0);
+                if lo < hi {
+                    strided_copy(&mut row[lo..hi], &r[s * lo + b - pl..], s);
+                }
             }
+        };
+        if par {
+            planes.par_chunks_mut(plane).enumerate().for_each(one);
+        } else {
+            planes.chunks_mut(plane).enumerate().for_each(one);
         }
     }
 }
@@ -113,9 +149,9 @@ pub(crate) fn conv_direct(
     epi: Option<&Epilogue>,
 ) {
     let kdim = d.cg * d.kh * d.kw;
-    let geo = Padded::new(d, c);
+    let geo = Phases::new(d, c);
     let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
-    let total = d.oh * geo.wp;
+    let total = d.oh * geo.wq;
     let panels = total.div_ceil(PANEL);
     assert!(total >= PANEL && out.len() >= d.n * d.cout * ohw, "conv_direct operand sizes");
     with_scratch(&PACKED, |packed| {
@@ -124,12 +160,12 @@ pub(crate) fn conv_direct(
         let block = Block(out.as_mut_ptr());
         let image = |b: usize, par: bool| {
             with_scratch(&XPAD, |xp| {
-                if xp.len() < geo.len(d) {
-                    xp.resize(geo.len(d), 0.0);
+                if xp.len() < geo.len {
+                    xp.resize(geo.len, 0.0);
                 }
-                let xp = &mut xp[..geo.len(d)];
+                let xp = &mut xp[..geo.len];
                 let xb = &x[(b * d.cin + ci0) * hw..(b * d.cin + ci0 + d.cg) * hw];
-                geo.fill(xb, d, c, xp);
+                geo.fill(xb, d, c, xp, par);
                 let xp = &xp[..];
                 let run = |t: usize| {
                     let block = block;
@@ -153,10 +189,10 @@ pub(crate) fn conv_direct(
                             // Row by row of the output, the positions of this panel it holds.
                             let mut q = from;
                             while q < n0 + PANEL {
-                                let (oy, ox) = (q / geo.wp, q % geo.wp);
-                                let end = (n0 + PANEL).min(oy * geo.wp + geo.wp);
+                                let (oy, ox) = (q / geo.wq, q % geo.wq);
+                                let end = (n0 + PANEL).min(oy * geo.wq + geo.wq);
                                 if ox < d.ow {
-                                    let len = (oy * geo.wp + d.ow).min(end) - q;
+                                    let len = (oy * geo.wq + d.ow).min(end) - q;
                                     // SAFETY: output channel co, row oy, columns ox..ox + len:
                                     // this panel's positions alone (panels write disjoint
                                     // positions, images disjoint planes).
@@ -192,7 +228,7 @@ pub(crate) fn conv_direct(
 pub(crate) fn grad_input(dx: &mut [f32], dy: &[f32], w: &[f32], d: &ConvGeometry, c: &Conv2d) -> bool {
     let [pt, pl, pb, pr] = c.pad;
     let (kh, kw) = (d.kh, d.kw);
-    if pt.max(pb) >= kh || pl.max(pr) >= kw {
+    if c.stride != [1, 1] || pt.max(pb) >= kh || pl.max(pr) >= kw {
         return false;
     }
     let ct = Conv2d { pad: [kh - 1 - pt, kw - 1 - pl, kh - 1 - pb, kw - 1 - pr], ..c.clone() };
@@ -233,26 +269,25 @@ thread_local! {
 /// `tile[r][j] = Σ_k a[k][r] · x[offsets[k] + j]` for [`ROWS`] rows and [`PANEL`] positions.
 fn kernel(a: &[f32], x: &[f32], offsets: &[usize], tile: &mut [f32; ROWS * PANEL]) {
     assert!(isa::active() == Isa::Avx512 && a.len() >= offsets.len() * ROWS, "direct kernel operands");
-    // The offsets increase (channel, then tap): the last is the largest.
-    assert!(offsets.last().is_none_or(|&o| o + PANEL <= x.len()), "direct kernel reads past its input");
-    // SAFETY: the CPU has AVX-512 (the active level is one it supports); the reads are checked
-    // above, the tile holds every write.
+    // SAFETY: the CPU has AVX-512 (the active level is one it supports); `a` is checked above,
+    // every read of `x` in the kernel, and the tile holds every write.
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        kernel_avx512(a.as_ptr(), x.as_ptr(), offsets, tile.as_mut_ptr())
+        kernel_avx512(a.as_ptr(), x, offsets, tile.as_mut_ptr())
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("AVX-512 on a CPU that is not x86-64 ({:?})", (x.len(), tile.len()))
+    unreachable!("AVX-512 on a CPU that is not x86-64 ({:?})", (a.len(), x.len(), offsets.len(), tile.len()))
 }
 
 /// [`kernel`] with AVX-512: 6 rows × 64 positions in 24 accumulators.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn kernel_avx512(a: *const f32, x: *const f32, offsets: &[usize], tile: *mut f32) {
+unsafe fn kernel_avx512(a: *const f32, x: &[f32], offsets: &[usize], tile: *mut f32) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 4]; ROWS];
     for (k, &o) in offsets.iter().enumerate() {
-        let p = x.add(o);
+        assert!(o + PANEL <= x.len(), "direct kernel reads past its input");
+        let p = x.as_ptr().add(o);
         let b =
             [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p.add(32)), _mm512_loadu_ps(p.add(48))];
         let ak = a.add(k * ROWS);

@@ -154,3 +154,71 @@ pub fn upsample_nearest_grad(dx: &mut Vec<f32>, dy: &[f32], dys: &[usize], scale
         }
     });
 }
+
+/// `o[j] = x[j·stride]`: a copy at stride 1, even elements by vector permutes at stride 2.
+pub(crate) fn strided_copy(o: &mut [f32], x: &[f32], stride: usize) {
+    match stride {
+        1 => o.copy_from_slice(&x[..o.len()]),
+        2 => even_elements(o, x),
+        _ => o.iter_mut().zip(x.iter().step_by(stride)).for_each(|(o, &v)| *o = v),
+    }
+}
+
+/// `o[j] = x[2j]`. The compiler turns this loop into gathers (slow on every x86 core), so the
+/// AVX-512 and AVX2 levels pick the even elements of two loaded vectors with one permute.
+pub(crate) fn even_elements(o: &mut [f32], x: &[f32]) {
+    let Some(last) = (2 * o.len()).checked_sub(1) else { return };
+    let x = &x[..last];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::isa::{self, Isa};
+        let level = isa::active();
+        isa::note(level);
+        match level {
+            // SAFETY: `active` only returns a level the CPU supports; the slices are checked.
+            Isa::Avx512 => return unsafe { even_elements_avx512(o, x) },
+            Isa::Avx2 => return unsafe { even_elements_avx2(o, x) },
+            Isa::Baseline => {}
+        }
+    }
+    for (j, o) in o.iter_mut().enumerate() {
+        *o = x[2 * j];
+    }
+}
+
+/// [`even_elements`] with AVX-512: 16 outputs from 32 inputs per step (`x.len() = 2·o.len() − 1`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn even_elements_avx512(o: &mut [f32], x: &[f32]) {
+    use std::arch::x86_64::*;
+    let idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    // Whole steps whose 32 inputs lie inside x.
+    let steps = (x.len() / 32).min(o.len() / 16);
+    for k in 0..steps {
+        // SAFETY: inputs 32k..32k+32 ≤ x.len() and outputs 16k..16k+16 ≤ o.len() by `steps`.
+        let (a, b) = (_mm512_loadu_ps(x.as_ptr().add(32 * k)), _mm512_loadu_ps(x.as_ptr().add(32 * k + 16)));
+        _mm512_storeu_ps(o.as_mut_ptr().add(16 * k), _mm512_permutex2var_ps(a, idx, b));
+    }
+    for j in 16 * steps..o.len() {
+        o[j] = x[2 * j];
+    }
+}
+
+/// [`even_elements`] with AVX2: 8 outputs from 16 inputs per step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn even_elements_avx2(o: &mut [f32], x: &[f32]) {
+    use std::arch::x86_64::*;
+    let steps = (x.len() / 16).min(o.len() / 8);
+    for k in 0..steps {
+        // SAFETY: as in the AVX-512 copy, at 16 inputs and 8 outputs per step.
+        let (a, b) = (_mm256_loadu_ps(x.as_ptr().add(16 * k)), _mm256_loadu_ps(x.as_ptr().add(16 * k + 8)));
+        // Evens of each 128-bit lane (a0 a2 b0 b2 | a4 a6 b4 b6), then the 64-bit pairs reordered.
+        let e = _mm256_shuffle_ps(a, b, 0b10_00_10_00);
+        let e = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0b11_01_10_00));
+        _mm256_storeu_ps(o.as_mut_ptr().add(8 * k), e);
+    }
+    for j in 8 * steps..o.len() {
+        o[j] = x[2 * j];
+    }
+}

@@ -90,6 +90,10 @@ fn geometries() -> Vec<([usize; 4], [usize; 4], Conv2d)> {
         // rows; 5×5 at one image (panels in parallel).
         ([2, 6, 5, 40], [14, 3, 3, 3], conv(1, [0, 1, 2, 0], 1, 2)),
         ([1, 5, 13, 37], [13, 5, 5, 5], conv(1, [2; 4], 1, 1)),
+        // Direct at strides 2 (grouped) and 3 (asymmetric padding): the input split into phase
+        // planes. (The tiled stride-2 geometry above runs direct at AVX-512 too.)
+        ([1, 4, 21, 70], [6, 2, 3, 3], conv(2, [1; 4], 1, 2)),
+        ([1, 3, 20, 110], [5, 3, 3, 3], conv(3, [0, 1, 2, 0], 1, 1)),
     ]
 }
 
@@ -360,7 +364,7 @@ fn stride_two_copies_pick_the_even_elements_at_every_level() {
         for n in 0..70 {
             let x: Vec<f32> = (0..(2 * n).max(1) - 1).map(|i| i as f32).collect();
             let mut o = vec![-1.0; n];
-            super::conv::even_elements(&mut o, &x);
+            super::layout::even_elements(&mut o, &x);
             let want: Vec<f32> = (0..n).map(|j| (2 * j) as f32).collect();
             assert_eq!(o, want, "{} at length {n}", level.name());
         }
