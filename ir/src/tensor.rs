@@ -200,7 +200,7 @@ impl Tensor {
 
     /// `parts` (of one element type and one shape past the outermost axis) joined along their
     /// outermost axis.
-    pub fn concat_outer(parts: &[Tensor]) -> Result<Tensor> {
+    pub fn concat_outer(parts: &[&Tensor]) -> Result<Tensor> {
         let Some(first) = parts.first() else { return invalid("nothing to concatenate") };
         let Some(inner) = first.shape.get(1..) else { return invalid("a 0-d tensor has no outer axis") };
         if let Some(p) = parts.iter().find(|p| p.shape.get(1..) != Some(inner) || p.dtype() != first.dtype()) {

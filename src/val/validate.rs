@@ -212,7 +212,7 @@ impl Programs {
     /// The predictions for `images` (run through the forward `chunk` images at a time) and,
     /// with a loss program, the loss components against `targets` over the whole batch.
     fn run(&mut self, images: &Tensor, targets: &Tensor, chunk: usize) -> Result<(Tensor, Option<Vec<f32>>)> {
-        let n = images.shape[0];
+        let (n, chunk) = (images.shape[0], chunk.max(1));
         let mut outs = if chunk >= n {
             self.forward.run(&[images])?
         } else {
@@ -221,7 +221,7 @@ impl Programs {
                 parts.push(self.forward.run(&[&images.outer_range(k..n.min(k + chunk))?])?);
             }
             (0..parts[0].len())
-                .map(|j| Tensor::concat_outer(&parts.iter().map(|p| p[j].clone()).collect::<Vec<_>>()))
+                .map(|j| Tensor::concat_outer(&parts.iter().map(|p| &p[j]).collect::<Vec<_>>()))
                 .collect::<Result<_, _>>()?
         };
         let loss = match &mut self.loss {
@@ -308,9 +308,12 @@ pub fn validate_reusing(
         for (l, v) in loss.iter_mut().zip(batch_loss.unwrap_or_default()) {
             *l += v / total as f32;
         }
-        let (rows, anchors) = (o.shape[1], o.shape[2]);
+        let &[_, rows, anchors] = o.shape.as_slice() else {
+            return Err(anyhow!("the model's first output is {}, not [batch, 4 + classes, anchors]", o.ty()));
+        };
         if rows != 4 + nc {
-            return Err(anyhow!("the model predicts {} classes, the dataset has {nc}", rows - 4));
+            let what = rows.checked_sub(4).map_or(format!("{rows} rows"), |c| format!("{c} classes"));
+            return Err(anyhow!("the model predicts {what}, the dataset has {nc} classes"));
         }
         let data = o.f32s()?;
         let mut kept_images = vec![];

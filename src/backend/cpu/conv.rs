@@ -33,11 +33,7 @@ pub fn conv2d(
     if d.depthwise() {
         depthwise(x, w, c, [d.n, d.cin, d.h, d.w], [d.kh, d.kw], [d.oh, d.ow], out, epi);
     } else if direct::applies(&d, c) {
-        let kdim = d.cg * d.kh * d.kw;
-        for gi in 0..d.g {
-            let wg = &w[gi * d.og * kdim..(gi + 1) * d.og * kdim];
-            direct::conv_direct(x, wg, c, &d, [gi * d.cg, gi * d.og], out, true, epi);
-        }
+        direct::conv_direct(x, w, c, &d, out, epi);
     } else {
         let (og, cg) = (d.og, d.cg);
         let kdim = cg * d.kh * d.kw;

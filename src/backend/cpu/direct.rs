@@ -13,7 +13,7 @@
 //! mostly faster; a 3-channel input (27 products) gains nothing. Other levels and shapes keep
 //! im2col + GEMM.
 
-use super::buffers::{with_scratch, Block};
+use super::buffers::{each_image, scratch, with_scratch, Block};
 use super::epilogue::Epilogue;
 use super::isa::{self, Isa};
 use super::layout::strided_copy;
@@ -118,36 +118,29 @@ impl Phases {
     }
 }
 
-/// `w [og × kdim]` as panels of [`ROWS`] channels, reduction index outermost within a panel
-/// (`packed[panel][k][row]`), rows past `og` zero.
-fn pack(w: &[f32], og: usize, kdim: usize, packed: &mut Vec<f32>) {
+/// Each group's `w [og × kdim]` as panels of [`ROWS`] channels, reduction index outermost within
+/// a panel (`packed[group][panel][k][row]`), rows past `og` zero.
+fn pack(w: &[f32], d: &ConvGeometry, packed: &mut Vec<f32>) {
+    let kdim = d.cg * d.kh * d.kw;
+    let per_group = d.og.div_ceil(ROWS) * ROWS * kdim;
     packed.clear();
-    packed.resize(og.div_ceil(ROWS) * ROWS * kdim, 0.0);
-    for (p, dst) in packed.chunks_mut(ROWS * kdim).enumerate() {
-        for r in 0..ROWS.min(og - p * ROWS) {
-            let src = &w[(p * ROWS + r) * kdim..(p * ROWS + r + 1) * kdim];
-            for (k, &v) in src.iter().enumerate() {
-                dst[k * ROWS + r] = v;
+    packed.resize(d.g * per_group, 0.0);
+    for (gi, group) in packed.chunks_mut(per_group).enumerate() {
+        for (p, dst) in group.chunks_mut(ROWS * kdim).enumerate() {
+            for r in 0..ROWS.min(d.og - p * ROWS) {
+                let src = &w[(gi * d.og + p * ROWS + r) * kdim..][..kdim];
+                for (k, &v) in src.iter().enumerate() {
+                    dst[k * ROWS + r] = v;
+                }
             }
         }
     }
 }
 
-/// One group of a batch's convolution, image by image: `x [n × cin × h·w]` (its group's
-/// channels at `ci0`), weights `wg [og × kdim]`, into channels `co0..co0 + og` of
-/// `out [n × cout × oh·ow]`, with `epi` (indexed by output channel). Images in parallel with
-/// several of them; one image's panels in parallel with `par`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn conv_direct(
-    x: &[f32],
-    wg: &[f32],
-    c: &Conv2d,
-    d: &ConvGeometry,
-    [ci0, co0]: [usize; 2],
-    out: &mut [f32],
-    par: bool,
-    epi: Option<&Epilogue>,
-) {
+/// Convolution `d` of `x [n × cin × h·w]` with `w [cout × cg × kh × kw]` into
+/// `out [n × cout × oh·ow]`, then `epi`: image by image ([`each_image`]: several images in
+/// parallel, or one image's panels in parallel), group by group.
+pub(crate) fn conv_direct(x: &[f32], w: &[f32], c: &Conv2d, d: &ConvGeometry, out: &mut [f32], epi: Option<&Epilogue>) {
     let kdim = d.cg * d.kh * d.kw;
     let geo = Phases::new(d, c);
     let (hw, ohw) = (d.h * d.w, d.oh * d.ow);
@@ -155,19 +148,16 @@ pub(crate) fn conv_direct(
     let panels = total.div_ceil(PANEL);
     assert!(total >= PANEL && out.len() >= d.n * d.cout * ohw, "conv_direct operand sizes");
     with_scratch(&PACKED, |packed| {
-        pack(wg, d.og, kdim, packed);
-        let packed = &packed[..];
-        let block = Block(out.as_mut_ptr());
-        let image = |b: usize, par: bool| {
-            with_scratch(&XPAD, |xp| {
-                if xp.len() < geo.len {
-                    xp.resize(geo.len, 0.0);
-                }
-                let xp = &mut xp[..geo.len];
-                let xb = &x[(b * d.cin + ci0) * hw..(b * d.cin + ci0 + d.cg) * hw];
-                geo.fill(xb, d, c, xp, par);
+        pack(w, d, packed);
+        let per_group = packed.len() / d.g;
+        each_image(out, d.n, d.cout * ohw, |b, out, xp, par| {
+            let block = Block(out.as_mut_ptr());
+            for (gi, packed) in packed.chunks(per_group).enumerate() {
+                let xp = scratch(xp, geo.len);
+                geo.fill(&x[(b * d.cin + gi * d.cg) * hw..][..d.cg * hw], d, c, xp, par);
                 let xp = &xp[..];
                 let run = |t: usize| {
+                    // The whole `Block` (Sync), not its raw pointer field, is what the closure captures.
                     let block = block;
                     // The last panel ends at `total`, overlapping the one before; it writes back
                     // only what that one did not.
@@ -175,11 +165,9 @@ pub(crate) fn conv_direct(
                         if (t + 1) * PANEL > total { (total - PANEL, t * PANEL) } else { (t * PANEL, t * PANEL) };
                     let mut tile = [0.0f32; ROWS * PANEL];
                     for (p, a) in packed.chunks(ROWS * kdim).enumerate() {
-                        let rows = ROWS.min(d.og - p * ROWS);
                         kernel(a, &xp[n0..], &geo.offsets, &mut tile);
-                        for r in 0..rows {
-                            let co = co0 + p * ROWS + r;
-                            let base = (b * d.cout + co) * ohw;
+                        for r in 0..ROWS.min(d.og - p * ROWS) {
+                            let co = gi * d.og + p * ROWS + r;
                             let src = &mut tile[r * PANEL..(r + 1) * PANEL];
                             // On the whole panel, in full vectors (the padded width's columns
                             // included), not stretch by stretch.
@@ -193,11 +181,11 @@ pub(crate) fn conv_direct(
                                 let end = (n0 + PANEL).min(oy * geo.wq + geo.wq);
                                 if ox < d.ow {
                                     let len = (oy * geo.wq + d.ow).min(end) - q;
-                                    // SAFETY: output channel co, row oy, columns ox..ox + len:
-                                    // this panel's positions alone (panels write disjoint
-                                    // positions, images disjoint planes).
+                                    // SAFETY: channel co, row oy, columns ox..ox + len of this
+                                    // image's output (checked above): this panel's positions
+                                    // alone, as panels write disjoint positions.
                                     let o = unsafe {
-                                        std::slice::from_raw_parts_mut(block.0.add(base + oy * d.ow + ox), len)
+                                        std::slice::from_raw_parts_mut(block.0.add(co * ohw + oy * d.ow + ox), len)
                                     };
                                     o.copy_from_slice(&src[q - n0..q - n0 + len]);
                                 }
@@ -211,13 +199,8 @@ pub(crate) fn conv_direct(
                 } else {
                     (0..panels).for_each(run);
                 }
-            })
-        };
-        if d.n == 1 {
-            image(0, par);
-        } else {
-            (0..d.n).into_par_iter().for_each(|b| image(b, false));
-        }
+            }
+        });
     });
 }
 
@@ -247,11 +230,7 @@ pub(crate) fn grad_input(dx: &mut [f32], dy: &[f32], w: &[f32], d: &ConvGeometry
             let src = &w[((gi * d.og + co) * d.cg + ci) * kk..][..kk];
             dst.iter_mut().zip(src.iter().rev()).for_each(|(o, &v)| *o = v);
         }
-        let kdim = d.og * kk;
-        for gi in 0..d.g {
-            let wg = &wt[gi * d.cg * kdim..(gi + 1) * d.cg * kdim];
-            conv_direct(dy, wg, &ct, &dt, [gi * d.og, gi * d.cg], dx, true, None);
-        }
+        conv_direct(dy, wt, &ct, &dt, dx, None);
     });
     true
 }
@@ -259,11 +238,6 @@ pub(crate) fn grad_input(dx: &mut [f32], dy: &[f32], w: &[f32], d: &ConvGeometry
 thread_local! {
     /// The calling thread's transposed and flipped weights of an input gradient.
     static FLIPPED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-thread_local! {
-    /// Per-thread padded input planes.
-    static XPAD: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `tile[r][j] = Σ_k a[k][r] · x[offsets[k] + j]` for [`ROWS`] rows and [`PANEL`] positions.
