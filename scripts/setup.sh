@@ -4,6 +4,7 @@
 #   - Mesa's software Vulkan (lavapipe) for the wgpu backend on machines without a GPU;
 #   - Open MPI (mpirun and the library the `mpi` feature links, with libclang for its bindings)
 #     for data-parallel training;
+#   - Fashion-MNIST (Debian's dataset-fashion-mnist, MIT) for the accuracy benchmark set (scripts/benchset.sh);
 #   - the onnxruntime shared library from the PyPI wheel (the version ort 2.0.0-rc.15 expects)
 #     unpacked into .ort/, used by `slimc verify` through ORT_DYLIB_PATH.
 set -euo pipefail
@@ -11,7 +12,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ORT_VERSION=1.31.1
 
 need_apt=()
-for pkg in mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri openmpi-bin libopenmpi-dev libclang-dev; do
+for pkg in mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri openmpi-bin libopenmpi-dev libclang-dev dataset-fashion-mnist; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
