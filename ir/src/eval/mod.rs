@@ -8,6 +8,7 @@
 
 pub mod assign;
 pub mod detect_loss;
+pub mod distill;
 pub mod nn;
 pub mod optim;
 
