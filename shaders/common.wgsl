@@ -1,7 +1,7 @@
 // Prepended to every shader file: the element an invocation owns on a grid that may have been
 // split into 2-D (a dispatch may not exceed 65,535 workgroups per dimension), the element count
-// of the flat kernels, the strided view of a tensor of rank at most 8, the logistic function and
-// a fixed-order workgroup sum.
+// of the flat kernels, the strided view of a tensor of rank at most 8, the logistic function,
+// log(1 + y) and a fixed-order workgroup sum.
 
 const WG: u32 = 256u;
 
@@ -52,6 +52,13 @@ fn view_offsets(v: View, i: u32) -> vec3<i32> {
 // The logistic function.
 fn sigmoid1(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));
+}
+
+// log(1 + y), accurate for small y.
+fn log1p_(y: f32) -> f32 {
+    let u = 1.0 + y;
+    if (u == 1.0) { return y; }
+    return log(u) * y / (u - 1.0);
 }
 
 var<workgroup> wg_sum: array<f32, 256>;

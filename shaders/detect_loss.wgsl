@@ -183,13 +183,6 @@ fn ciou_grad(c: Ciou, a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return g;
 }
 
-// log(1 + y), accurate for small y.
-fn log1p_(y: f32) -> f32 {
-    let u = 1.0 + y;
-    if (u == 1.0) { return y; }
-    return log(u) * y / (u - 1.0);
-}
-
 // Pass 1, per (image, anchor): the distributions' log-sum-exp and expectations, the box.
 @compute @workgroup_size(256)
 fn dl_decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -15,8 +15,8 @@ use slimc::backend::{gpu, run_once, Backend};
 use slimc_ir::eval::eval;
 use slimc_ir::step_scalars as ss;
 use slimc_ir::{
-    Anchors, Axis, BatchNorm, Binary, DetectLoss, Pool, Reshape, Root, Slice, Split, Transpose, Unary, UnaryGrad,
-    Upsample,
+    Anchors, Axis, BatchNorm, Binary, DetectLoss, Distill, Pool, Reshape, Root, Slice, Split, Transpose, Unary,
+    UnaryGrad, Upsample,
 };
 use slimc_ir::{Conv2d, Model, Op, OpKind, ReshapeDim, Tensor, Update, ALL_OP_KINDS};
 
@@ -224,6 +224,14 @@ fn cases() -> Vec<Case> {
     };
     add("detect_loss", loss(false), detect_operands(1800));
     add("detect_loss_grad", loss(true), detect_operands(1800));
+    // Distillation: a student's two level maps against a teacher's (different maps of the same
+    // kind: peaked distributions, some confident class logits).
+    let kd = Distill { gains: vec![0.5, 1.5], temperature: 2.0, reg_max: 16 };
+    let mut maps = detect_operands(1810);
+    maps.truncate(2);
+    maps.extend(detect_operands(1820).into_iter().take(2).map(|t| map(&t, |v| 3.0 * v)));
+    add("distill_loss", Op::DistillLoss(kd.clone()), maps.clone());
+    add("distill_loss_grad", Op::DistillLossGrad(kd), maps);
 
     // The optimizer: accumulation, the global norm, SGD and AdamW (clipped, decayed, with the
     // proximal step), the EMA.
@@ -262,7 +270,11 @@ fn suite(backend: &dyn Backend, reference: &dyn Fn(&Case) -> Vec<Tensor>, only: 
     let mut failures = vec![];
     for case in cases().into_iter().filter(|c| only.is_empty() || only.contains(&c.op.kind())) {
         let tol = match case.op.kind() {
-            k if k.name().ends_with("_grad") || matches!(k, OpKind::DetectLoss | OpKind::SumTo) => 1e-4,
+            k if k.name().ends_with("_grad")
+                || matches!(k, OpKind::DetectLoss | OpKind::DistillLoss | OpKind::SumTo) =>
+            {
+                1e-4
+            }
             _ => 1e-5,
         };
         let want = reference(&case);

@@ -5,7 +5,8 @@
 
 use crate::error::{invalid, Result};
 use crate::op::{
-    Anchors, Axis, BatchNorm, Binary, DetectLoss, Pool, Reshape, Slice, Split, Transpose, Unary, UnaryGrad, Upsample,
+    Anchors, Axis, BatchNorm, Binary, DetectLoss, Distill, Pool, Reshape, Slice, Split, Transpose, Unary, UnaryGrad,
+    Upsample,
 };
 use crate::op::{Op, ReshapeDim};
 use crate::tensor::{DType, Dim, TensorType};
@@ -422,6 +423,26 @@ pub fn infer_types(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
                 vec![TensorType::f32(&[3]), TensorType::f32(&[])]
             } else {
                 levels.iter().map(|t| (*t).clone()).collect()
+            }
+        }
+        Op::DistillLoss(Distill { reg_max, .. }) | Op::DistillLossGrad(Distill { reg_max, .. }) => {
+            if !inputs.len().is_multiple_of(2) {
+                return invalid(format!("{}: {} maps, not a student's and a teacher's alike", op.name(), inputs.len()));
+            }
+            let (student, teacher) = inputs.split_at(inputs.len() / 2);
+            for (s, t) in student.iter().zip(teacher) {
+                check_rank(s, 4, "distill_loss level")?;
+                if s != t || s.shape[..2] != x.shape[..2] {
+                    return invalid(format!("{}: student map {s} and teacher map {t} differ", op.name()));
+                }
+            }
+            if fixed(&x.shape[1], "distill_loss channels")? <= 4 * reg_max {
+                return invalid(format!("{}: level {x} has no class channels beyond 4x{reg_max}", op.name()));
+            }
+            if matches!(op, Op::DistillLoss(_)) {
+                vec![TensorType::f32(&[2]), TensorType::f32(&[])]
+            } else {
+                student.iter().map(|t| (*t).clone()).collect()
             }
         }
     })

@@ -29,8 +29,8 @@ pub use graph::{Graph, Node, NodeId, ParamKind, Value, ValueDef, ValueId, NEXT_S
 pub use infer::infer_types;
 pub use model::{write_atomic, Metadata, Model};
 pub use op::{
-    Anchors, Attr, Axis, BatchNorm, Binary, Conv2d, DetectLoss, Op, OpKind, Pool, Reshape, ReshapeDim, Root, Slice,
-    Split, Transpose, Unary, UnaryGrad, Update, Upsample, ALL_OP_KINDS,
+    Anchors, Attr, Axis, BatchNorm, Binary, Conv2d, DetectLoss, Distill, Op, OpKind, Pool, Reshape, ReshapeDim, Root,
+    Slice, Split, Transpose, Unary, UnaryGrad, Update, Upsample, ALL_OP_KINDS,
 };
 pub use tensor::{checked_numel, le_bytes, DType, Dim, Tensor, TensorData, TensorType};
 pub use text::{parse_graph, print_graph};

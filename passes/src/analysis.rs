@@ -61,6 +61,8 @@ pub struct PassContext {
     pub prune: PruneOptions,
     /// What the `optimizer` pass appends.
     pub optimizer: crate::OptimizerOptions,
+    /// The teacher the `distill` pass attaches, if training distils.
+    pub distill: Option<crate::Distillation>,
     /// Cached [`Analysis::ChannelGroups`].
     pub groups: Option<ChannelGroups>,
     /// Cached [`Analysis::Selection`].

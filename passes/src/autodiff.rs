@@ -28,13 +28,16 @@ pub fn next_name(buffer: &str) -> String {
 
 /// Turns an inference graph into one training step's program. If the graph has no
 /// `detect_loss`, Ultralytics' detection loss is attached to the Detect head's level maps (the
-/// inputs of its `anchors` node) with a new `targets` input; every `batch_norm` becomes
-/// `batch_norm_train`; then the backward program is built with one vector-Jacobian rule per op,
-/// seeded by `detect_loss_grad`. The outputs become: the loss components, the total, the
-/// gradient of every trainable parameter (`<param>.grad`, in parameter order) and the next BN
-/// running statistics (`<buffer>.next`). Invariant: the loss equals the inference graph's
-/// detection loss with batch statistics, and each gradient output is the derivative of the
-/// total with respect to its parameter.
+/// inputs of its `anchors` node) with a new `targets` input; every `batch_norm` of trained
+/// parameters becomes `batch_norm_train` (a frozen teacher's stays in inference mode); then the
+/// backward program is built with one vector-Jacobian rule per op, seeded by the gradient op of
+/// each loss in the graph: `detect_loss_grad`, and `distill_loss_grad` on the student's maps
+/// when the `distill` pass attached a teacher. The outputs become: the detection loss
+/// components, the total (the detection loss's, plus the distillation loss's), the distillation
+/// terms when there are any, the gradient of every trainable parameter (`<param>.grad`, in
+/// parameter order) and the next BN running statistics (`<buffer>.next`). Invariant: the loss
+/// equals the inference graph's losses with batch statistics, and each gradient output is the
+/// derivative of the total with respect to its parameter.
 pub struct Autodiff;
 
 impl Pass for Autodiff {
@@ -45,7 +48,9 @@ impl Pass for Autodiff {
         "attach the detection loss, switch BN to training mode and build the backward program"
     }
     fn run(&self, model: &mut Model, _: &mut PassContext) -> Result<bool, IrError> {
-        if model.graph.nodes.iter().any(|n| matches!(n.op, Op::BatchNormTrain(_) | Op::DetectLossGrad(_))) {
+        let training =
+            |n: &slimc_ir::Node| matches!(n.op, Op::BatchNormTrain(_) | Op::DetectLossGrad(_) | Op::DistillLossGrad(_));
+        if model.graph.nodes.iter().any(training) {
             return Err(IrError::Invalid("the graph is already a training program".into()));
         }
         let loss = attach_detect_loss(&mut model.graph)?;
@@ -56,16 +61,32 @@ impl Pass for Autodiff {
             unreachable!("attach_detect_loss")
         };
         let levels = &node.inputs[..strides.len()];
-        let names: Vec<String> = levels.iter().map(|&v| g.fresh_name(&grad_name(&g.value(v).name))).collect();
+        let grad_names = |g: &Graph, vs: &[ValueId]| -> Vec<String> {
+            vs.iter().map(|&v| g.fresh_name(&grad_name(&g.value(v).name))).collect()
+        };
+        let names = grad_names(g, levels);
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
         let dlevels =
             g.add_node(Op::DetectLossGrad(DetectLoss { strides, gains, reg_max }), &node.inputs, &refs, "loss")?;
-        let seeds: Vec<(ValueId, ValueId)> = levels.iter().copied().zip(dlevels).collect();
+        let mut seeds: Vec<(ValueId, ValueId)> = levels.iter().copied().zip(dlevels).collect();
+        let mut outputs = node.outputs.clone();
+        if let Some(k) = g.nodes.iter().position(|n| matches!(n.op, Op::DistillLoss(_))) {
+            let dn = g.nodes[k].clone();
+            let Op::DistillLoss(attrs) = dn.op else { unreachable!("matched") };
+            let student = &dn.inputs[..dn.inputs.len() / 2];
+            let names = grad_names(g, student);
+            let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+            let ds = g.add_node(Op::DistillLossGrad(attrs), &dn.inputs, &refs, &dn.scope)?;
+            seeds.extend(student.iter().copied().zip(ds));
+            // The total differentiated is the sum of the two losses' totals.
+            rename(g, outputs[1], &format!("{LOSS_TOTAL}.detect"));
+            outputs[1] = g.add1(Op::Binary(Binary::Add), &[outputs[1], dn.outputs[1]], LOSS_TOTAL, "loss")?;
+            outputs.push(dn.outputs[0]);
+        }
         let wrt: Vec<ValueId> =
             g.params.iter().copied().filter(|&p| g.value(p).def == ValueDef::Param(ParamKind::Weight)).collect();
         let grads = differentiate(model, &seeds, &wrt)?;
         let g = &mut model.graph;
-        let mut outputs = node.outputs.clone();
         for (&p, d) in wrt.iter().zip(grads) {
             let name = &g.value(p).name;
             let d = d.ok_or_else(|| IrError::Invalid(format!("parameter %{name} does not reach the loss")))?;
@@ -95,14 +116,18 @@ fn rename(g: &mut Graph, v: ValueId, want: &str) {
     g.values[v.0].name = want.to_string();
 }
 
-/// Finds the graph's `detect_loss`, or attaches one to the Detect head's level maps (adding the
-/// `targets` input); the graph outputs become the loss components and total. Returns the loss
-/// node.
-pub fn attach_detect_loss(g: &mut Graph) -> Result<slimc_ir::NodeId, IrError> {
-    if let Some(i) = g.nodes.iter().position(|n| matches!(n.op, Op::DetectLoss(_))) {
-        g.outputs = g.nodes[i].outputs.clone();
-        return Ok(slimc_ir::NodeId(i));
-    }
+/// A graph's Detect head as the losses read it.
+pub struct DetectHead {
+    /// The raw level maps `[N, 4·reg_max + nc, h, w]`: the inputs of its `anchors` node.
+    pub levels: Vec<ValueId>,
+    /// Each level's stride.
+    pub strides: Vec<f32>,
+    /// DFL bins per box side.
+    pub reg_max: usize,
+}
+
+/// The Detect head of `g`, found from its `anchors` node (the first, in graph order).
+pub fn detect_levels(g: &Graph) -> Result<DetectHead, IrError> {
     let anchors = g.nodes.iter().find(|n| matches!(n.op, Op::Anchors(_))).ok_or_else(|| {
         IrError::Invalid(
             "no Detect head found (no `anchors` node); training needs a model from a YAML or a .slim file, \
@@ -117,6 +142,18 @@ pub fn attach_detect_loss(g: &mut Graph) -> Result<slimc_ir::NodeId, IrError> {
     if ch <= 4 * reg_max {
         return Err(IrError::Invalid(format!("Detect level maps have {ch} channels, fewer than 4x{reg_max} + nc")));
     }
+    Ok(DetectHead { levels, strides, reg_max })
+}
+
+/// Finds the graph's `detect_loss`, or attaches one to the Detect head's level maps (adding the
+/// `targets` input); the graph outputs become the loss components and total. Returns the loss
+/// node.
+pub fn attach_detect_loss(g: &mut Graph) -> Result<slimc_ir::NodeId, IrError> {
+    if let Some(i) = g.nodes.iter().position(|n| matches!(n.op, Op::DetectLoss(_))) {
+        g.outputs = g.nodes[i].outputs.clone();
+        return Ok(slimc_ir::NodeId(i));
+    }
+    let DetectHead { levels, strides, reg_max } = detect_levels(g)?;
     let targets = g.add_input(
         TARGETS,
         TensorType { dtype: slimc_ir::DType::F32, shape: vec![Dim::Sym("M".into()), Dim::Fixed(6)] },
@@ -154,11 +191,16 @@ fn head_reg_max(g: &Graph, levels: &[ValueId]) -> Result<usize, IrError> {
     Err(IrError::Invalid("the Detect head's box/class split (4·reg_max box channels) was not found".into()))
 }
 
-/// Rewrites every `batch_norm` as `batch_norm_train`; returns (running buffer, next value) pairs.
+/// Rewrites every `batch_norm` whose scale is trained as `batch_norm_train` (one of frozen
+/// parameters — a distillation teacher's — keeps normalising with its running statistics);
+/// returns (running buffer, next value) pairs.
 fn train_mode_bn(g: &mut Graph) -> Result<Vec<(ValueId, ValueId)>, IrError> {
     let mut running = vec![];
     for i in 0..g.nodes.len() {
         let Op::BatchNorm(BatchNorm { eps, momentum }) = g.nodes[i].op else { continue };
+        if g.value(g.nodes[i].inputs[1]).def != ValueDef::Param(ParamKind::Weight) {
+            continue;
+        }
         let y = g.value(g.nodes[i].outputs[0]).name.clone();
         let names: Vec<String> =
             ["mean", "invstd", "running_mean.next", "running_var.next"].iter().map(|s| format!("{y}.{s}")).collect();
@@ -449,6 +491,7 @@ impl Builder<'_> {
             Op::UpsampleNearestGrad(_) | Op::SliceGrad(_) | Op::SumTo | Op::DetectLoss(_) | Op::DetectLossGrad(_) => {
                 return Err(no_rule(&n.op, s))
             }
+            Op::DistillLoss(_) | Op::DistillLossGrad(_) => return Err(no_rule(&n.op, s)),
             Op::Accumulate | Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => {
                 return Err(no_rule(&n.op, s))
             }

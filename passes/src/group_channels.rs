@@ -65,7 +65,7 @@ pub(crate) fn is_depthwise(g: &Graph, n: &slimc_ir::Node) -> bool {
 /// inputs and outputs freeze. A group marked prunable can be removed exactly once its BNs'
 /// gamma and beta are 0.
 pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
-    if g.nodes.iter().any(|n| matches!(n.op, Op::BatchNormTrain(_) | Op::DetectLoss(_))) {
+    if g.nodes.iter().any(|n| matches!(n.op, Op::BatchNormTrain(_) | Op::DetectLoss(_) | Op::DistillLoss(_))) {
         return Err(IrError::Invalid("channel analysis runs on inference graphs, not training programs".into()));
     }
     let mut base = vec![None; g.values.len()];
@@ -166,6 +166,7 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
                 freeze_all(n, &mut frozen_el)
             }
             Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => freeze_all(n, &mut frozen_el),
+            Op::DistillLoss(_) | Op::DistillLossGrad(_) => freeze_all(n, &mut frozen_el),
             // The collectives move whole training-state tensors between ranks.
             Op::AllReduce | Op::Broadcast(_) => freeze_all(n, &mut frozen_el),
         }

@@ -12,6 +12,7 @@
 mod analysis;
 mod autodiff;
 mod dce;
+mod distill;
 mod fold_bn;
 mod fold_constants;
 mod group_channels;
@@ -26,9 +27,11 @@ mod select_channels;
 
 pub use analysis::{Analysis, PassContext};
 pub use autodiff::{
-    attach_detect_loss, differentiate, grad_name, next_name, Autodiff, LOSS_GAINS, LOSS_ITEMS, LOSS_TOTAL, TARGETS,
+    attach_detect_loss, detect_levels, differentiate, grad_name, next_name, Autodiff, DetectHead, LOSS_GAINS,
+    LOSS_ITEMS, LOSS_TOTAL, TARGETS,
 };
 pub use dce::Dce;
+pub use distill::{Distill, Distillation, DISTILL_GAINS, DISTILL_ITEMS, DISTILL_TOTAL, TEACHER_PREFIX};
 pub use fold_bn::FoldBn;
 pub use fold_constants::FoldConstants;
 pub use group_channels::ChannelGroups;
@@ -95,6 +98,7 @@ pub fn all_passes() -> Vec<Box<dyn Pass>> {
         Box::new(FoldConstants),
         Box::new(Dce),
         Box::new(FoldBn),
+        Box::new(Distill),
         Box::new(Autodiff),
         Box::new(Optimizer),
         Box::new(RewriteWidths),

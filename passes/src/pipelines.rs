@@ -44,16 +44,17 @@ pub const PRUNE: Pipeline = Pipeline {
 /// outputs do not need removed.
 pub const TRAIN: Pipeline = Pipeline {
     name: "train",
-    summary: "training program: detection loss, backward program, dead-code removal",
-    passes: &["autodiff", "dce"],
+    summary:
+        "training program: detection loss (and a teacher's distillation loss), backward program, dead-code removal",
+    passes: &["distill", "autodiff", "dce"],
 };
 
 /// The whole training step: the training program, then the optimizer's update, accumulation,
 /// clipping, sparsity term and EMA (options from the run's context).
 pub const TRAIN_STEP: Pipeline = Pipeline {
     name: "train-step",
-    summary: "whole training step: detection loss, backward program, optimizer update and EMA, dead-code removal",
-    passes: &["autodiff", "optimizer", "dce"],
+    summary: "whole training step: detection loss (and a teacher's distillation loss), backward program, optimizer update and EMA, dead-code removal",
+    passes: &["distill", "autodiff", "optimizer", "dce"],
 };
 
 /// Every pipeline.

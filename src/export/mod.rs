@@ -289,6 +289,7 @@ impl Emitter<'_> {
             Op::UpsampleNearestGrad(_) | Op::SliceGrad(_) | Op::SumTo | Op::DetectLoss(_) | Op::DetectLossGrad(_) => {
                 return training_only(&n.op, &n.scope)
             }
+            Op::DistillLoss(_) | Op::DistillLossGrad(_) => return training_only(&n.op, &n.scope),
             Op::Accumulate | Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => {
                 return training_only(&n.op, &n.scope)
             }

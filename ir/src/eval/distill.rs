@@ -46,6 +46,9 @@ struct Geometry {
 }
 
 fn geometry(student: &[&Tensor], teacher: &[&Tensor], spec: &DistillSpec) -> Result<Geometry> {
+    if spec.gains.len() != 2 {
+        return invalid(format!("distill_loss: gains {:?} are not (class, box)", spec.gains));
+    }
     if student.is_empty() || student.len() != teacher.len() {
         return invalid(format!("distill_loss: {} student and {} teacher level maps", student.len(), teacher.len()));
     }

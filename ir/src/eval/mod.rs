@@ -16,7 +16,7 @@ use crate::error::{invalid, Result};
 use crate::infer::{infer_types, slice_range};
 use crate::op::Op;
 use crate::op::{
-    Anchors, Axis, BatchNorm, Binary, DetectLoss, Pool, Slice, Split, Transpose, Unary, UnaryGrad, Upsample,
+    Anchors, Axis, BatchNorm, Binary, DetectLoss, Distill, Pool, Slice, Split, Transpose, Unary, UnaryGrad, Upsample,
 };
 use crate::tensor::{Tensor, TensorData};
 
@@ -153,7 +153,7 @@ pub fn foldable(op: &Op) -> bool {
         Op::Conv2d(_) | Op::BatchNorm(_) | Op::MaxPool2d(_) | Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) => false,
         Op::BatchNormTrain(_) | Op::BatchNormGrad | Op::MaxPool2dGrad(_) | Op::DetectLoss(_) => false,
         Op::DetectLossGrad(_) | Op::Accumulate | Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) => false,
-        Op::EmaUpdate | Op::AllReduce | Op::Broadcast(_) => false,
+        Op::EmaUpdate | Op::AllReduce | Op::Broadcast(_) | Op::DistillLoss(_) | Op::DistillLossGrad(_) => false,
     }
 }
 
@@ -206,6 +206,17 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         Op::DetectLossGrad(DetectLoss { strides, gains, reg_max }) => {
             let spec = detect_loss::LossSpec { strides, gains, reg_max: *reg_max };
             detect_loss::detect_loss_grad(&inputs[..strides.len()], inputs[strides.len()], &spec)
+        }
+        Op::DistillLoss(Distill { gains, temperature, reg_max }) => {
+            let spec = distill::DistillSpec { gains, temperature: *temperature, reg_max: *reg_max };
+            let (student, teacher) = inputs.split_at(inputs.len() / 2);
+            let (items, total) = distill::distill_loss(student, teacher, &spec)?;
+            Ok(vec![f32_at(0, items.to_vec()), f32_at(1, vec![total])])
+        }
+        Op::DistillLossGrad(Distill { gains, temperature, reg_max }) => {
+            let spec = distill::DistillSpec { gains, temperature: *temperature, reg_max: *reg_max };
+            let (student, teacher) = inputs.split_at(inputs.len() / 2);
+            distill::distill_loss_grad(student, teacher, &spec)
         }
         Op::Unary(Unary::Sign) => one(map_data(
             x,

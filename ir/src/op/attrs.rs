@@ -367,6 +367,18 @@ attr_struct! {
     }
 }
 
+attr_struct! {
+    /// Knowledge distillation from a frozen teacher's Detect head (and its gradient).
+    Distill {
+        /// The class and box gains.
+        gains: Vec<f32>,
+        /// Softening temperature.
+        temperature: f32,
+        /// DFL bins per box side.
+        reg_max: usize,
+    }
+}
+
 /// An optimizer update ([`super::Op::SgdUpdate`], [`super::Op::AdamWUpdate`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Update {

@@ -11,8 +11,8 @@
 mod attrs;
 
 pub use attrs::{
-    Anchors, Attr, Axis, BatchNorm, Conv2d, DetectLoss, Pool, Reshape, ReshapeDim, Root, Slice, Split, Transpose,
-    Update, Upsample,
+    Anchors, Attr, Axis, BatchNorm, Conv2d, DetectLoss, Distill, Pool, Reshape, ReshapeDim, Root, Slice, Split,
+    Transpose, Update, Upsample,
 };
 
 use crate::error::Result;
@@ -204,6 +204,14 @@ op_set! {
         /// Gradient of [`Op::DetectLoss`]'s total with respect to every level map (seed 1).
         /// Inputs as `detect_loss`; one output per level map.
         DetectLossGrad(DetectLoss) = "detect_loss_grad",
+        /// Knowledge distillation from a frozen teacher (`slimc_ir::eval::distill`). Inputs: the
+        /// student's level maps `[N, 4·reg_max + nc, h, w]`, then the teacher's, shaped alike.
+        /// Outputs: the class and box terms `[2]` (after their gains) and the total (a scalar) =
+        /// their sum times the batch size.
+        DistillLoss(Distill) = "distill_loss",
+        /// Gradient of [`Op::DistillLoss`]'s total with respect to every student level map (seed
+        /// 1). Inputs as `distill_loss`; one output per student map.
+        DistillLossGrad(Distill) = "distill_loss_grad",
         /// Gradient accumulation to the nominal batch. Inputs: the accumulator, this
         /// micro-batch's gradient, the [`crate::step_scalars`]. Outputs: the sum (the gradient
         /// alone on an epoch's first micro-batch) and the accumulator's next value (the sum, or
@@ -253,9 +261,10 @@ impl Op {
         match self {
             Op::Split(s) => s.sizes.len(),
             Op::DetectLossGrad(d) => d.strides.len(),
+            Op::DistillLossGrad(_) => inputs / 2,
             Op::BatchNormTrain(_) => 5,
             Op::BatchNormGrad | Op::AdamWUpdate(_) => 3,
-            Op::Anchors(_) | Op::DetectLoss(_) | Op::Accumulate | Op::SgdUpdate(_) => 2,
+            Op::Anchors(_) | Op::DetectLoss(_) | Op::DistillLoss(_) | Op::Accumulate | Op::SgdUpdate(_) => 2,
             Op::Unary(_) | Op::UnaryGrad(_) | Op::Binary(_) | Op::Conv2d(_) | Op::BatchNorm(_) | Op::Concat(_) => 1,
             Op::Slice(_) | Op::MaxPool2d(_) | Op::UpsampleNearest(_) | Op::Reshape(_) | Op::Transpose(_) => 1,
             Op::MatMul | Op::Softmax(_) | Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) => 1,
@@ -275,7 +284,7 @@ impl Op {
             Op::Binary(_) | Op::UnaryGrad(_) | Op::MatMul | Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) => (2, 2),
             Op::SliceGrad(_) | Op::SumTo => (2, 2),
             Op::Concat(_) | Op::Anchors(_) | Op::GlobalNorm | Op::Broadcast(_) => (1, usize::MAX),
-            Op::AllReduce => (2, usize::MAX),
+            Op::AllReduce | Op::DistillLoss(_) | Op::DistillLossGrad(_) => (2, usize::MAX),
             Op::Reshape(_) => (1, 2),
             Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) | Op::Accumulate | Op::EmaUpdate => (3, 3),
             Op::BatchNorm(_) | Op::BatchNormTrain(_) | Op::BatchNormGrad | Op::SgdUpdate(_) => (5, 5),
@@ -333,6 +342,15 @@ impl Op {
                     return Err(format!(
                         "strides {strides:?} and gains {gains:?} must be positive and finite, reg_max at least 1"
                     ));
+                }
+            }
+            Op::DistillLoss(Distill { gains, temperature, reg_max })
+            | Op::DistillLossGrad(Distill { gains, temperature, reg_max }) => {
+                if gains.len() != 2 || gains.iter().any(|g| !(g.is_finite() && *g >= 0.0)) {
+                    return Err(format!("gains {gains:?} must be two finite numbers >= 0 (class, box)"));
+                }
+                if !(temperature.is_finite() && *temperature > 0.0) || *reg_max == 0 {
+                    return Err(format!("temperature {temperature} must be positive and finite, reg_max at least 1"));
                 }
             }
             Op::SgdUpdate(u) | Op::AdamWUpdate(u) => {

@@ -132,6 +132,7 @@ pub(super) fn compute(
             return reference()
         }
         Op::SumTo | Op::Anchors(_) | Op::DetectLoss(_) | Op::DetectLossGrad(_) | Op::GlobalNorm => return reference(),
+        Op::DistillLoss(_) | Op::DistillLossGrad(_) => return reference(),
         // The executable runs collectives through its communicator; here, a world of one.
         Op::AllReduce | Op::Broadcast(_) => return reference(),
     }

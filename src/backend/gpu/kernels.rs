@@ -14,6 +14,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("conv", include_str!("../../../shaders/conv.wgsl")),
     ("conv_packed", include_str!("../../../shaders/conv_packed.wgsl")),
     ("detect_loss", include_str!("../../../shaders/detect_loss.wgsl")),
+    ("distill", include_str!("../../../shaders/distill.wgsl")),
     ("elementwise", include_str!("../../../shaders/elementwise.wgsl")),
     ("layout", include_str!("../../../shaders/layout.wgsl")),
     ("matmul", include_str!("../../../shaders/matmul.wgsl")),
@@ -370,6 +371,23 @@ pub struct LossParams {
     pub level_stride: [f32; 4],
 }
 
+/// `Kd` of `distill.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct DistillParams {
+    pub batch: u32,
+    pub na: u32,
+    pub nc: u32,
+    pub reg_max: u32,
+    pub temperature: f32,
+    pub gain_cls: f32,
+    pub gain_box: f32,
+    pub grad: u32,
+    pub part: u32,
+    pub sums: u32,
+    pub pad: [u32; 2],
+}
+
 /// `Level` of `anchors.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -461,6 +479,7 @@ uniforms! {
     UpdateParams => "optimizer" "Update",
     SquaresParams => "optimizer" "Squares",
     LossParams => "detect_loss" "Loss",
+    DistillParams => "distill" "Kd",
     LevelParams => "anchors" "Level",
 }
 

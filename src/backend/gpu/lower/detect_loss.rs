@@ -1,7 +1,7 @@
 //! Lowering Ultralytics' detection loss and its gradient to the passes of `detect_loss.wgsl`.
 
 use super::{storage, Builder, Loc};
-use crate::backend::gpu::kernels::{self, contiguous, flat_grid, grid, uniform, Strided, View};
+use crate::backend::gpu::kernels::{self, flat_grid, grid, uniform};
 use anyhow::{anyhow, bail, Result};
 use bytemuck::Zeroable;
 use slimc_ir::DetectLoss;
@@ -48,26 +48,12 @@ impl Builder<'_> {
             bail!("the detect loss's working arrays for {rows} targets exceed the adapter's largest binding");
         }
         let work = storage(self.ctx, bytes(at), "detect-loss work");
-        let pred = storage(self.ctx, bytes(batch * na * no), "anchor-major predictions");
-        // Each level [N, no, h·w] into pred [N, A, no] at its first anchor.
         let mut first = 0;
-        let mut views = vec![];
-        for (k, (&v, s)) in levels.iter().zip(&shapes).enumerate() {
-            let hw = s[2] * s[3];
+        for (k, s) in shapes.iter().enumerate() {
             (p.level_first[k], p.level_w[k], p.level_stride[k]) = (first as u32, s[3] as u32, strides[k]);
-            let shape = [batch, no, hw];
-            let anchor_major = [(na * no) as isize, 1, no as isize];
-            views.push((v, shape, first * no, anchor_major));
-            first += hw;
+            first += s[2] * s[3];
         }
-        for (v, shape, offset, strides) in &views {
-            let view = View::copy(
-                shape,
-                &Strided { offset: 0, strides: &contiguous(shape) },
-                &Strided { offset: *offset as isize, strides },
-            )?;
-            self.copy(view, shape.iter().product(), *v, &pred)?;
-        }
+        let (pred, views) = self.gather_levels(levels, "anchor-major predictions")?;
         let dummies: Vec<wgpu::Buffer> = (0..3).map(|_| storage(self.ctx, 4, "unused")).collect();
         let t = self.buf(targets[0]).clone();
         let outs: Vec<wgpu::Buffer> = n.outputs.iter().map(|&o| self.buf(o).clone()).collect();
@@ -93,16 +79,7 @@ impl Builder<'_> {
         }
         if grad {
             self.step(("detect_loss", "dl_grad"), &loss, &bindings, anchors);
-            for ((_, shape, offset, strides), out) in views.iter().zip(&outs) {
-                let view = View::copy(
-                    shape,
-                    &Strided { offset: *offset as isize, strides },
-                    &Strided { offset: 0, strides: &contiguous(shape) },
-                )?;
-                let grid = flat_grid(shape.iter().product(), limit)?;
-                let src = gpred.clone();
-                self.step(("layout", "strided_copy"), &[uniform("V", &view)], &[("src", &src), ("dst", out)], grid);
-            }
+            self.scatter_levels(&gpred, &views, &outs)?;
         }
         self.scratch.extend([work, pred, gpred]);
         self.scratch.extend(dummies);

@@ -5,7 +5,9 @@
 
 mod conv;
 mod detect_loss;
+mod distill;
 mod layout;
+mod levels;
 mod norm;
 mod optim;
 mod packed;
@@ -389,6 +391,8 @@ impl Builder<'_> {
             Op::AdamWUpdate(u) => self.update(at, u, true),
             Op::DetectLoss(d) => self.detect_loss(i, d, false),
             Op::DetectLossGrad(d) => self.detect_loss(i, d, true),
+            Op::DistillLoss(d) => self.distill_loss(i, d, false),
+            Op::DistillLossGrad(d) => self.distill_loss(i, d, true),
             Op::AllReduce | Op::Broadcast(_) => self.collective(n),
         }
     }
