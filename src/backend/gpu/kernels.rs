@@ -218,6 +218,7 @@ entries! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
     use wgpu::naga;
 
     #[test]
@@ -231,18 +232,20 @@ mod tests {
 
     #[test]
     fn every_entry_is_a_compute_entry_point_of_its_file_and_every_entry_point_has_one() {
-        let mut named: Vec<(&str, &str)> = Entry::ALL.iter().map(|e| (e.file(), e.name())).collect();
-        named.sort_unstable();
-        let mut declared = vec![];
+        let named: BTreeSet<(&str, &str)> = Entry::ALL.iter().map(|e| (e.file(), e.name())).collect();
+        assert_eq!(named.len(), Entry::ALL.len(), "two kernels name the same entry point");
+        let mut declared = BTreeSet::new();
         for &(file, _) in SHADERS {
             let module = naga::front::wgsl::parse_str(&source(file)).unwrap_or_else(|e| panic!("{file}.wgsl: {e}"));
             for ep in &module.entry_points {
                 assert_eq!(ep.stage, naga::ShaderStage::Compute, "{file}.wgsl: {} is not a compute entry", ep.name);
-                declared.push((file, ep.name.as_str().to_owned()));
+                declared.insert((file, ep.name.clone()));
             }
         }
-        let mut declared: Vec<(&str, &str)> = declared.iter().map(|(f, n)| (*f, n.as_str())).collect();
-        declared.sort_unstable();
-        assert_eq!(named, declared, "kernels named in Rust (left) against the shaders' entry points (right)");
+        let declared: BTreeSet<(&str, &str)> = declared.iter().map(|(f, n)| (*f, n.as_str())).collect();
+        let missing: Vec<_> = named.difference(&declared).collect();
+        let unnamed: Vec<_> = declared.difference(&named).collect();
+        assert!(missing.is_empty(), "kernels with no entry point in their shader file: {missing:?}");
+        assert!(unnamed.is_empty(), "shader entry points no Entry names: {unnamed:?}");
     }
 }
