@@ -108,7 +108,9 @@ pub(super) fn restore(
     p: &mut Program,
     saved: &Model,
     rule: UpdateRule,
-    (raw, acc, opt): (&BTreeMap<String, Tensor>, &BTreeMap<String, Tensor>, BTreeMap<String, Vec<f32>>),
+    raw: &BTreeMap<String, Tensor>,
+    acc: &BTreeMap<String, Tensor>,
+    opt: BTreeMap<String, Vec<f32>>,
     file: &Path,
 ) -> Result<()> {
     for n in p.params.clone().iter().chain(&p.buffers.clone()) {

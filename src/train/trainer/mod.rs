@@ -210,7 +210,7 @@ impl Trainer {
             config.emulate_ranks = 1;
         }
         let mut t = Trainer::new(model, config, backend, world)?;
-        restore(&mut t.program, &saved, state.schedule.rule(), (&raw, &acc, opt), last)?;
+        restore(&mut t.program, &saved, state.schedule.rule(), &raw, &acc, opt, last)?;
         t.ema_updates = state.ema_updates;
         t.schedule = state.schedule;
         t.start_epoch = state.epoch + 1;
