@@ -12,8 +12,7 @@ use slimc::load::{check_finite, format_of, load_model, LoadOptions, ModelFormat}
 use slimc::train::config::{TrainConfig, MAX_IMGSZ};
 use slimc::val::validate::{validate, ValOptions};
 use slimc_ir::Model;
-use slimc_passes::SrMode;
-use slimc_passes::{Importance, Policy};
+use slimc_passes::{Importance, Policy, SrMode};
 use std::path::{Path, PathBuf};
 
 /// How a model argument is read or built.
