@@ -20,7 +20,7 @@ pub struct PruneReport {
     pub removed: Vec<(String, usize)>,
 }
 
-/// What a run of passes shares: the pruning options, the cached analyses and the report of
+/// What a run of passes shares: the passes' options, the cached analyses and the report of
 /// `rewrite-widths`. Analyses are read through [`PassContext::ensure`] and friends, which
 /// compute what is missing.
 #[derive(Clone, Debug, Default)]
