@@ -73,7 +73,7 @@ fn forward(c: &mut Criterion) {
         });
         let path = std::env::temp_dir().join(format!("slimc-bench-yolo11n-{size}.onnx"));
         std::fs::write(&path, export_onnx(&model, &ExportOptions::default()).unwrap().bytes).unwrap();
-        match slimc::verify::OrtSession::new(&path) {
+        match slimc::commands::verify::OrtSession::new(&path) {
             Ok(mut s) => {
                 group.bench_function(format!("onnxruntime/{size}"), |b| b.iter(|| s.run(&x).unwrap()));
                 // Not under `cargo test`, which runs each benchmark once to check that it runs.

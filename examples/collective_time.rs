@@ -11,7 +11,7 @@ use slimc_ir::{ParamKind, ValueDef};
 use std::time::Instant;
 
 fn main() -> Result<()> {
-    let world = slimc::dist::world()?;
+    let world = slimc::distributed::world()?;
     for name in std::env::args().skip(1) {
         let m = load_model(&name, &LoadOptions::default())?;
         let g = &m.graph;
@@ -39,6 +39,6 @@ fn main() -> Result<()> {
             );
         }
     }
-    slimc::dist::finish(true);
+    slimc::distributed::finish(true);
     Ok(())
 }

@@ -20,7 +20,7 @@ use step_parity::StepCase;
 
 /// Max relative error of `a` against `b` (as the tests measure it).
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    slimc::verify::compare(a, b).unwrap().1
+    slimc::commands::verify::compare(a, b).unwrap().1
 }
 
 /// `model` run on `dir/input.npy` against `dir/output-eval.npy`; returns the relative error.
@@ -55,7 +55,7 @@ fn main() {
     let path = std::env::temp_dir().join(format!("slimc-shared-fixtures-{}.onnx", std::process::id()));
     let opts = slimc::export::ExportOptions { imgsz: Some([320, 320]), ..Default::default() };
     std::fs::write(&path, slimc::export::export_onnx(&m, &opts).unwrap().bytes).unwrap();
-    let rows = slimc::verify::verify_onnx(&path, &x, &want, 1e-4);
+    let rows = slimc::commands::verify::verify_onnx(&path, &x, &want, 1e-4);
     let _ = std::fs::remove_file(&path);
     for r in rows.unwrap() {
         assert!(r.ok, "{r:?}");

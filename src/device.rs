@@ -3,7 +3,7 @@
 //! the backend interface, and this module picks one.
 
 use crate::backend::{cpu, gpu, Backend};
-use crate::dist::World;
+use crate::distributed::World;
 use anyhow::{bail, Result};
 
 /// Where graphs run.

@@ -1,4 +1,5 @@
-//! The `slimc` binary: a compiler driver for network slimming of YOLO11 (see [`cli`]).
+//! The `slimc` binary: a compiler driver for network slimming of Ultralytics YOLO detectors (YOLO11,
+//! YOLOv8 with its P2 and P6 variants, YOLOv5u, YOLO12; see [`cli`]).
 
 mod cli;
 
@@ -16,14 +17,14 @@ fn main() {
     let result = cli::main();
     if let Err(e) = &result {
         // A rank of several names itself: its message is the one that explains the job's end.
-        let rank = match slimc::dist::launched_size() {
+        let rank = match slimc::distributed::launched_size() {
             1 => String::new(),
-            _ => slimc::dist::world().map(|w| format!("rank {}: ", w.rank())).unwrap_or_default(),
+            _ => slimc::distributed::world().map(|w| format!("rank {}: ", w.rank())).unwrap_or_default(),
         };
         eprintln!("{rank}error: {}", format!("{e:#}").replace('\n', " "));
     }
     // MPI is finalised after success; a failed rank of several ends every rank.
-    slimc::dist::finish(result.is_ok());
+    slimc::distributed::finish(result.is_ok());
     if result.is_err() {
         std::process::exit(1);
     }

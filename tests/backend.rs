@@ -169,6 +169,6 @@ fn the_gpu_refuses_a_tensor_beyond_its_largest_binding() {
         common::single_op::single_op(&slimc_ir::Op::Unary(Unary::Silu), &[slimc_ir::TensorType::f32(&[n])]).unwrap();
     let x = slimc_ir::Tensor::full(&[n], 0.5);
     let err = run_once(&gpu, &m, &[x]).unwrap_err().to_string();
-    let limit = slimc::backend::memory::human(gpu.adapter().max_binding);
+    let limit = slimc::backend::budget::human(gpu.adapter().max_binding);
     assert!(err.contains("%a0") && err.contains("largest storage binding") && err.contains(&limit), "{err}");
 }

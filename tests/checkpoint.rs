@@ -45,7 +45,7 @@ fn reproduces(dir: &str, file: &str, reference: &str) -> Model {
     let path = dir.join(format!("{file}.onnx"));
     std::fs::write(&path, export_onnx(&model, &ExportOptions { imgsz: Some(hw), ..Default::default() }).unwrap().bytes)
         .unwrap();
-    let rows = slimc::verify::verify_onnx(&path, &x, &got, 1e-4).unwrap();
+    let rows = slimc::commands::verify::verify_onnx(&path, &x, &got, 1e-4).unwrap();
     assert!(rows.len() >= 2 && rows.iter().all(|r| r.ok), "{file}: {rows:?}");
     model
 }
@@ -257,53 +257,18 @@ fn widths_the_graph_cannot_carry_are_named() {
 /// fail with an error, never a panic.
 #[test]
 fn mutated_checkpoints_never_panic() {
-    use rand::{Rng, SeedableRng};
-    use std::io::{Read, Write};
+    use rand::SeedableRng;
     let src = fixture("checkpoints/yolo11p-trees/best.pt");
-    let mut zin = zip::ZipArchive::new(std::fs::File::open(&src).unwrap()).unwrap();
-    let mut entries = vec![];
-    for i in 0..zin.len() {
-        let mut f = zin.by_index(i).unwrap();
-        let mut b = vec![];
-        f.read_to_end(&mut b).unwrap();
-        entries.push((f.name().unwrap().to_string(), b));
-    }
+    let entries = common::archive::entries(&std::fs::read(&src).unwrap());
     let pkl = entries.iter().position(|(n, _)| n.ends_with("data.pkl")).unwrap();
     let dir = scratch("ckpt-mutate");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let (mut loaded, mut refused) = (0, 0);
     for case in 0..60 {
         let mut e = entries.clone();
-        let b = &mut e[pkl].1;
-        match case % 4 {
-            0 => {
-                for _ in 0..rng.random_range(1..4) {
-                    let i = rng.random_range(0..b.len());
-                    b[i] = rng.random();
-                }
-            }
-            1 => b.truncate(rng.random_range(0..b.len())),
-            2 => {
-                let i = rng.random_range(0..b.len());
-                let j = (i + rng.random_range(1..64)).min(b.len());
-                let chunk = b[i..j].to_vec();
-                b.splice(i..i, chunk);
-            }
-            _ => {
-                // A storage cut short or a tensor entry emptied.
-                let k = rng.random_range(0..e.len());
-                let len = e[k].1.len();
-                e[k].1.truncate(len / 3);
-            }
-        }
+        common::archive::damage(&mut e, pkl, case % 4, &mut rng);
         let path = dir.join(format!("m{case}.pt"));
-        let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
-        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-        for (n, bytes) in &e {
-            z.start_file(n.as_str(), opts).unwrap();
-            z.write_all(bytes).unwrap();
-        }
-        z.finish().unwrap();
+        std::fs::write(&path, common::archive::archive(&e)).unwrap();
         let p = path.display().to_string();
         let r = std::panic::catch_unwind(|| load_model(&p, &LoadOptions::default()).map(|m| m.check().is_ok()));
         match r {

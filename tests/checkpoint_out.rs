@@ -89,7 +89,7 @@ fn every_family_reads_back_bit_equal_pruned_or_not() {
         let m = load_model(yaml, &LoadOptions { nc: Some(2), imgsz: Some([128, 128]), ..Default::default() }).unwrap();
         round_trip(&m, PtOptions { fp32: true }, &dir.join(yaml.replace("yaml", "pt")), bit_equal);
         let opts = PruneOptions { ratio: 0.5, policy: Policy::Groups, even_splits: true, ..Default::default() };
-        let p = slimc::prune::prune(&m, opts, false).unwrap().model;
+        let p = slimc::commands::prune::prune(&m, opts, false).unwrap().model;
         assert!(p.tensors.values().map(|t| t.numel()).sum::<usize>() < m.tensors.values().map(|t| t.numel()).sum());
         round_trip(&p, PtOptions { fp32: true }, &dir.join(yaml.replace(".yaml", "-pruned.pt")), bit_equal);
     }
@@ -116,12 +116,13 @@ fn a_pruned_model_keeps_its_widths_only_with_even_halves() {
     let m = load(&ckpt("yolo11n-release/yolo11n.pt"));
     let opts = PruneOptions { ratio: 0.5, policy: Policy::Groups, ..Default::default() };
     // Uneven C3k2 halves have no stock Ultralytics form: a one-line error naming the layer.
-    let uneven = slimc::prune::prune(&m, opts.clone(), false).unwrap().model;
+    let uneven = slimc::commands::prune::prune(&m, opts.clone(), false).unwrap().model;
     let err = format!("{:#}", write_pt(&uneven, PtOptions::default()).unwrap_err());
     assert!(err.contains("model.") && err.contains("halves") && err.contains("--even-splits"), "{err}");
     assert!(!err.contains('\n'), "{err}");
     for policy in [Policy::Seed, Policy::Groups] {
-        let p = slimc::prune::prune(&m, PruneOptions { policy, even_splits: true, ..opts.clone() }, false).unwrap();
+        let p = slimc::commands::prune::prune(&m, PruneOptions { policy, even_splits: true, ..opts.clone() }, false)
+            .unwrap();
         let narrowed = p.model.tensors["model.2.cv1.conv.weight"].shape[0]
             < m.tensors["model.2.cv1.conv.weight"].shape[0]
             || p.model.tensors.values().map(|t| t.numel()).sum::<usize>() < m.tensors.values().map(|t| t.numel()).sum();

@@ -9,7 +9,7 @@ use slimc::backend::{cpu::Cpu, Backend, Executable};
 use slimc::load::{load_model, LoadOptions};
 use slimc::train::step::read_targets;
 use slimc_ir::{step_scalars as ss, Model, Op, Tensor};
-use slimc_passes::{grad_name, pipelines, Distillation, PassContext, DISTILL_ITEMS, TEACHER_PREFIX};
+use slimc_passes::{grad_name, sequences, Distillation, PassContext, DISTILL_ITEMS, TEACHER_PREFIX};
 
 fn yolo11p(seed: u64, weights: bool) -> Model {
     let opts =
@@ -27,12 +27,12 @@ fn batch() -> (Tensor, Tensor) {
     (slimc::io::read_npy(&dir.join("images.npy")).unwrap(), read_targets(&dir.join("report.json")).unwrap())
 }
 
-/// `pipeline` built on `student` with `teacher` distilled at weight 1, temperature 2.
-fn build(student: &Model, teacher: Option<&Model>, pipeline: pipelines::Pipeline, cx: PassContext) -> Model {
+/// `sequence` built on `student` with `teacher` distilled at weight 1, temperature 2.
+fn build(student: &Model, teacher: Option<&Model>, sequence: sequences::PassSequence, cx: PassContext) -> Model {
     let mut m = student.clone();
     let distill = teacher.map(|t| Distillation { teacher: t.clone(), weight: 1.0, temperature: 2.0 });
     let mut cx = PassContext { distill, ..cx };
-    pipeline.manager().run_with(&mut m, &mut cx).unwrap();
+    sequence.manager().run_with(&mut m, &mut cx).unwrap();
     m
 }
 
@@ -54,8 +54,8 @@ fn the_distillation_gradient_matches_finite_differences() {
     let (student, teacher) = student_and_teacher();
     let (images, targets) = batch();
     let inputs = [&images, &targets];
-    let with = build(&student, Some(&teacher), pipelines::TRAIN, PassContext::default());
-    let without = build(&student, None, pipelines::TRAIN, PassContext::default());
+    let with = build(&student, Some(&teacher), sequences::TRAIN, PassContext::default());
+    let without = build(&student, None, sequences::TRAIN, PassContext::default());
     let (mut exe, mut plain) = (Cpu.compile(&with).unwrap(), Cpu.compile(&without).unwrap());
     let (g_with, g_without) = (outputs(&mut exe, &inputs), outputs(&mut plain, &inputs));
     assert!(distill_total(&mut exe, &inputs) > 0.0);
@@ -96,7 +96,7 @@ fn the_distillation_gradient_matches_finite_differences() {
 fn the_teacher_stays_in_inference_mode_and_untouched_by_training_steps() {
     let (student, teacher) = student_and_teacher();
     let (images, targets) = batch();
-    let step = build(&student, Some(&teacher), pipelines::TRAIN_STEP, PassContext::default());
+    let step = build(&student, Some(&teacher), sequences::TRAIN_STEP, PassContext::default());
     let teacher_nodes: Vec<&slimc_ir::Node> =
         step.graph.nodes.iter().filter(|n| n.scope.starts_with(TEACHER_PREFIX)).collect();
     assert!(teacher_nodes.iter().any(|n| matches!(n.op, Op::BatchNorm(_))));
@@ -128,6 +128,6 @@ fn a_teacher_of_other_classes_is_refused() {
     let mut m = student.clone();
     let mut cx =
         PassContext { distill: Some(Distillation { teacher, weight: 1.0, temperature: 2.0 }), ..Default::default() };
-    let e = pipelines::TRAIN.manager().run_with(&mut m, &mut cx).unwrap_err().to_string();
+    let e = sequences::TRAIN.manager().run_with(&mut m, &mut cx).unwrap_err().to_string();
     assert!(e.contains("same classes"), "{e}");
 }

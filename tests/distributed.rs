@@ -7,7 +7,7 @@
 mod common;
 
 use common::{dataset, fixture, scratch};
-use slimc::train::trainer::{saved_state, SavedState};
+use slimc::train::resume::{saved_state, SavedState};
 use slimc_ir::{Model, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -5,8 +5,8 @@
 
 mod common;
 use slimc::backend::{cpu::Cpu, run_once};
+use slimc::commands::verify::verify_onnx;
 use slimc::export::{export_onnx, ExportOptions};
-use slimc::verify::verify_onnx;
 
 const TOL: f32 = 1e-4;
 
@@ -163,7 +163,7 @@ fn a_slice_with_a_huge_step_takes_one_row_like_onnxruntime() {
     for c in 0..3 {
         assert_eq!(&ys[c * 8..c * 8 + 8], &xs[c * 64 * 8..c * 64 * 8 + 8]);
     }
-    let ort = slimc::verify::run_ort(&path, &x).unwrap();
+    let ort = slimc::commands::verify::run_ort(&path, &x).unwrap();
     assert_eq!((&ort[0].shape, ort[0].f32s().unwrap()), (&y[0].shape, ys));
 }
 

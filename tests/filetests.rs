@@ -15,7 +15,7 @@
 //! Parameters without a `; tensor` line get deterministic values in [0.5, 1.5).
 
 use slimc_ir::{parse_graph, print_graph, DType, Model, Tensor, ValueDef};
-use slimc_passes::{OptimizerOptions, PassContext, PassManager, Policy, PruneOptions, Sparsity, UpdateRule};
+use slimc_passes::{OptimizerOptions, PassContext, PassManager, Policy, PruneOptions, Sparsity, SrMode, UpdateRule};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -57,11 +57,11 @@ fn parse_case(text: &str) -> Result<Case, String> {
             "round-to" => case.prune.round_to = num(value)? as usize,
             "policy" => case.prune.policy = if value == "seed" { Policy::Seed } else { Policy::Groups },
             "optimizer" if value == "sgd" => case.optimizer.rule = UpdateRule::Sgd,
-            "optimizer" if value == "adamw" => case.optimizer.rule = UpdateRule::AdamW { beta1: 0.9 },
+            "optimizer" if value == "adamw" => case.optimizer.rule = UpdateRule::AdamW,
             "world-size" => case.optimizer.world_size = num(value)? as usize,
             "sr" => {
-                let proximal = value == "proximal";
-                case.optimizer.sparsity = Some(Sparsity { gammas: None, proximal, keep: 0 });
+                let mode = if value == "proximal" { SrMode::Proximal } else { SrMode::Subgradient };
+                case.optimizer.sparsity = Some(Sparsity { gammas: None, mode, keep: 0 });
             }
             k if k.starts_with("tensor ") => {
                 let name = k["tensor ".len()..].trim().to_string();

@@ -1,6 +1,6 @@
 //! The fuzz harness: seeded, structure-aware mutations of every file slimc reads (ONNX, .slim,
-//! model YAML, dataset YAML and labels, .npy, safetensors, images), each fed to the binary
-//! under a 4 GiB address-space cap and a time limit. A case passes when slimc succeeds or fails
+//! Ultralytics .pt checkpoints, model YAML, dataset YAML and labels, .npy, safetensors, JPEG
+//! and PNG images), each fed to the binary under a 4 GiB address-space cap and a time limit. A case passes when slimc succeeds or fails
 //! cleanly (exit 1 or 2, no internal error); a panic (the panic hook's message), an abort, a
 //! signal or a timeout fails the harness with the case's seed and file.
 //!
@@ -358,6 +358,75 @@ fn safetensors(seed: &[u8], rng: &mut ChaCha8Rng) -> Vec<u8> {
     [len.to_le_bytes().to_vec(), head, data].concat()
 }
 
+/// Structure-aware damage of a `.pt` checkpoint: its pickle's bytes replaced, cut or repeated,
+/// or an entry cut short (the archive rebuilt around them), or the archive itself damaged.
+fn pt(seed: &[u8], rng: &mut ChaCha8Rng) -> Vec<u8> {
+    if rng.random_bool(0.2) {
+        return bytes(seed, rng);
+    }
+    let mut e = common::archive::entries(seed);
+    let pkl = e.iter().position(|(n, _)| n.ends_with("data.pkl")).expect("a checkpoint has a pickle");
+    for _ in 0..rng.random_range(1..3) {
+        let kind = rng.random_range(0..4);
+        common::archive::damage(&mut e, pkl, kind, rng);
+    }
+    common::archive::archive(&e)
+}
+
+/// CRC-32 (IEEE) as PNG chunks carry it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+/// Structure-aware damage of a PNG: a header field (width, height, bit depth, colour type,
+/// interlacing) set to an extreme, or the compressed data damaged or cut, each chunk's CRC made
+/// right again so the decoder reads on; else byte-level damage.
+fn png(seed: &[u8], rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let mut chunks: Vec<([u8; 4], Vec<u8>)> = vec![];
+    let mut at = 8;
+    while at + 12 <= seed.len() {
+        let len = u32::from_be_bytes(seed[at..at + 4].try_into().unwrap()) as usize;
+        let kind: [u8; 4] = seed[at + 4..at + 8].try_into().unwrap();
+        chunks.push((kind, seed[at + 8..(at + 8 + len).min(seed.len())].to_vec()));
+        at += 12 + len;
+    }
+    let Some(k) = chunks.iter().position(|c| &c.0 == b"IHDR").filter(|_| !rng.random_bool(0.2)) else {
+        return bytes(seed, rng);
+    };
+    let big: [u32; 6] = [0, 1, 65_535, 1 << 16, 1 << 24, u32::MAX];
+    match rng.random_range(0..4) {
+        0 => {
+            let field = rng.random_range(0..2) * 4;
+            let v = big[rng.random_range(0..big.len())];
+            chunks[k].1[field..field + 4].copy_from_slice(&v.to_be_bytes());
+        }
+        1 => {
+            let field = 8 + rng.random_range(0..5);
+            chunks[k].1[field] = [0u8, 1, 3, 7, 16, 255][rng.random_range(0..6)];
+        }
+        _ => {
+            if let Some(d) = chunks.iter_mut().find(|c| &c.0 == b"IDAT") {
+                d.1 = bytes(&d.1, rng);
+            }
+        }
+    }
+    let mut out = seed[..8].to_vec();
+    for (kind, data) in chunks {
+        out.extend((data.len() as u32).to_be_bytes());
+        let body = [kind.as_slice(), &data].concat();
+        out.extend(&body);
+        out.extend(crc32(&body).to_be_bytes());
+    }
+    out
+}
+
 /// Runs one case: slimc with `args` (`{}` → `file`), under a 4 GiB address-space cap.
 fn run_case(args: &[String], file: &Path) -> Result<bool, String> {
     let args: Vec<String> = args.iter().map(|a| a.replace("{}", &file.display().to_string())).collect();
@@ -409,6 +478,11 @@ fn readers(dir: &Path) -> Vec<Reader> {
     let label = std::fs::read(dir.join("data/labels/val/im0.txt")).expect("label");
     let image = std::fs::read(dir.join("data/images/val/im0.jpg")).expect("image");
     let slim_seed = common::yaml_model("yolo11n.yaml", Some(1), 64).to_bytes();
+    let mut png_seed = vec![];
+    image::load_from_memory(&image)
+        .expect("the dataset's image decodes")
+        .write_to(&mut std::io::Cursor::new(&mut png_seed), image::ImageFormat::Png)
+        .expect("PNG");
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let data_yaml = data.display().to_string();
     vec![
@@ -420,6 +494,13 @@ fn readers(dir: &Path) -> Vec<Reader> {
             args: s(&["info", "{}"]),
         },
         Reader { name: "slim", file: "m.slim", seed: slim_seed, mutate: slim, args: s(&["info", "{}"]) },
+        Reader {
+            name: "pt",
+            file: "m.pt",
+            seed: fx("checkpoints/yolo11p-trees/best.pt"),
+            mutate: pt,
+            args: s(&["info", "{}"]),
+        },
         Reader {
             name: "model yaml",
             file: "m.yaml",
@@ -447,6 +528,13 @@ fn readers(dir: &Path) -> Vec<Reader> {
             seed: image,
             mutate: bytes,
             args: s(&["val", "yolo11n.yaml", "--nc", "1", "--imgsz", "64", "--no-plots", "--data", &data_yaml]),
+        },
+        Reader {
+            name: "png",
+            file: "im.png",
+            seed: png_seed,
+            mutate: png,
+            args: s(&["predict", "yolo11n.yaml", "--nc", "1", "--imgsz", "64", "--no-save", "--source", "{}"]),
         },
         Reader {
             name: "npy",

@@ -384,7 +384,7 @@ fn every_convolution_lowering_matches_the_cpu_backend() {
 /// all-reduce gives `2x + 1`, a broadcast from rank 1 `x + 1`.
 struct PlusOne;
 
-impl slimc::dist::Communicator for PlusOne {
+impl slimc::distributed::Communicator for PlusOne {
     fn rank(&self) -> usize {
         0
     }

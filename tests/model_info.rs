@@ -1,7 +1,7 @@
 //! `slimc info` against Ultralytics' own numbers for every scale of every family (640).
 
 mod common;
-use slimc::info::model_info;
+use slimc::commands::info::model_info;
 
 #[test]
 fn parameters_layers_and_gflops_match_ultralytics() {

@@ -57,7 +57,7 @@ fn check_ratios(yaml: &str, seed: u64, ratios: &[f64]) {
                 export_onnx(&p, &ExportOptions { imgsz: Some([64, 64]), ..Default::default() }).unwrap().bytes,
             )
             .unwrap();
-            let rows = slimc::verify::verify_onnx(&path, &x, &got, 1e-4).unwrap();
+            let rows = slimc::commands::verify::verify_onnx(&path, &x, &got, 1e-4).unwrap();
             assert!(rows.iter().all(|r| r.ok), "{yaml} {policy:?} {ratio}: {rows:?}");
         }
     }

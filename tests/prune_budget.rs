@@ -4,8 +4,8 @@ mod common;
 
 use common::{fixture, image, scratch};
 use slimc::backend::{cpu::Cpu, run_once};
+use slimc::commands::prune::{prune, prune_to_budget, Budget, Metric};
 use slimc::load::{load_model, LoadOptions};
-use slimc::prune::{prune, prune_to_budget, Budget, Metric};
 use slimc_ir::Model;
 use slimc_passes::PruneOptions;
 use std::process::Command;
@@ -75,7 +75,7 @@ fn extreme_ratios_leave_every_value_its_floor() {
     let onnx =
         slimc::export::export_onnx(&p, &slimc::export::ExportOptions { imgsz: Some([64, 64]), ..Default::default() });
     std::fs::write(&path, onnx.unwrap().bytes).unwrap();
-    let rows = slimc::verify::verify_onnx(&path, &x, &y, 1e-4).unwrap();
+    let rows = slimc::commands::verify::verify_onnx(&path, &x, &y, 1e-4).unwrap();
     assert!(rows.iter().all(|r| r.ok), "{rows:?}");
 }
 
@@ -101,7 +101,7 @@ fn sweep_writes_table_csv_and_plot() {
     for r in &rows {
         let ratio: f64 = r[0].parse().unwrap();
         let want = if ratio == 0.0 {
-            slimc::info::model_info(&m, None).unwrap().parameters
+            slimc::commands::info::model_info(&m, None).unwrap().parameters
         } else {
             prune(&m, PruneOptions { ratio, ..Default::default() }, false).unwrap().summary.parameters.1
         };

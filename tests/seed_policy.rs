@@ -10,8 +10,9 @@ mod common;
 use onnx_protobuf::{Message, ModelProto};
 use slimc::export::{export_onnx, ExportOptions};
 use slimc::frontend::onnx::import_proto;
+use slimc_ir::ParamGroup;
 use slimc_ir::{Model, ParamKind, ValueDef};
-use slimc_passes::{param_groups, seed_unprunable, ParamGroup};
+use slimc_passes::{param_groups, seed_unprunable};
 use std::collections::{BTreeMap, BTreeSet};
 
 fn reference(scale: &str) -> BTreeSet<String> {

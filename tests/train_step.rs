@@ -10,7 +10,7 @@ use common::{fixture, rel_err};
 use slimc::backend::{cpu::Cpu, gpu::Gpu, Backend};
 use slimc::train::step::Program;
 use slimc_ir::{parse_graph, print_graph, step_scalars as s, Model, Tensor};
-use slimc_passes::{accumulator_name, ema_name, OptimizerOptions, Sparsity, UpdateRule};
+use slimc_passes::{accumulator_name, ema_name, OptimizerOptions, Sparsity, SrMode, UpdateRule};
 use std::collections::BTreeMap;
 
 /// The yolo11p step fixture (its weights are the forward fixture's).
@@ -65,9 +65,10 @@ fn whole_step(backend: &dyn Backend) {
     let m = model();
     let opts = OptimizerOptions {
         rule: UpdateRule::Sgd,
+        beta1: 0.9,
         weight_decay: 0.0,
         max_norm: 0.0,
-        sparsity: Some(Sparsity { gammas: None, proximal: false, keep: 0 }),
+        sparsity: Some(Sparsity { gammas: None, mode: SrMode::Subgradient, keep: 0 }),
         ema: true,
         world_size: 1,
     };

@@ -7,8 +7,8 @@ mod common;
 use slimc::backend::cpu::Cpu;
 use slimc::backend::Backend;
 use slimc::data::dataset::{load_dataset_spec, scan};
-use slimc::data::loader::Split;
-use slimc::dist::World;
+use slimc::data::loader::Loader;
+use slimc::distributed::World;
 use slimc::load::{load_model, LoadOptions};
 use slimc::val::nms::{non_max_suppression, NmsOptions};
 use slimc::val::validate::{validate, validate_reusing, ValOptions, ValProgram, ValResult};
@@ -16,11 +16,11 @@ use slimc_ir::Model;
 use std::path::PathBuf;
 
 /// The trees val split at 160 and the trained fixture model.
-fn trees_and_trained() -> (Split, Model) {
+fn trees_and_trained() -> (Loader, Model) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let spec = load_dataset_spec(&root.join("datasets/trees/trees.yaml")).unwrap();
     let (samples, _) = scan(&spec.val, spec.names.len(), "val").unwrap();
-    let split = Split::new(samples, 160, false).unwrap();
+    let split = Loader::new(samples, 160, false).unwrap();
     let best = common::fixture("trees-trained/yolo11p-trees.slim");
     (split, load_model(best.to_str().unwrap(), &LoadOptions::default()).unwrap())
 }

@@ -4,6 +4,7 @@
 //! concrete shapes the interpreters meet at run time (all dimensions fixed).
 
 use crate::error::{invalid, Result};
+use crate::layout::slice_range;
 use crate::op::{
     Anchors, Axis, BatchNorm, Binary, DetectLoss, Distill, Pool, Reshape, Slice, Split, Transpose, Unary, UnaryGrad,
     Upsample,
@@ -467,26 +468,6 @@ fn same_shape(a: &TensorType, b: &TensorType, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Resolves an ONNX-style slice on an axis of length `n`: returns (start, step, count).
-pub(crate) fn slice_range(n: usize, start: i64, end: i64, step: i64) -> Result<(i64, i64, usize)> {
-    if step == 0 {
-        return invalid("slice step is 0");
-    }
-    let n = n as i64;
-    let norm = |v: i64| if v < 0 { v.saturating_add(n) } else { v };
-    let (s, e) = (norm(start), norm(end));
-    // ceil(span / |step|) without forming span + |step| - 1, which overflows for steps near
-    // i64::MAX (ONNX exporters write such steps to mean "one element").
-    let count = |span: i64| if span > 0 { ((span as u64 - 1) / step.unsigned_abs() + 1) as i64 } else { 0 };
-    let len =
-        if step > 0 { count(e.clamp(0, n) - s.clamp(0, n)) } else { count(s.clamp(-1, n - 1) - e.clamp(-1, n - 1)) };
-    let s = if step > 0 { s.clamp(0, n) } else { s.clamp(-1, n - 1) };
-    // A slice of at most one element reads no second one: step 1 keeps strides from
-    // overflowing when |step| is far beyond the axis.
-    let step = if len <= 1 { 1 } else { step };
-    Ok((s, step, len as usize))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,29 +478,6 @@ mod tests {
             dtype: DType::F32,
             shape: dims.iter().map(|d| d.parse().map(Dim::Fixed).unwrap_or(Dim::Sym(d.to_string()))).collect(),
         }
-    }
-
-    #[test]
-    fn slices_follow_python_semantics() {
-        // Expected values are Python's: len(list(range(10))[start:end:step]) and its first item.
-        let cases = [
-            (2, 8, 1, 2, 6),
-            (-3, 100, 1, 7, 3),
-            (8, 2, -2, 8, 3),
-            (0, -1, 1, 0, 9),
-            (5, 5, 1, 5, 0),
-            (-1, -11, -1, 9, 10),
-        ];
-        for (s, e, st, first, len) in cases {
-            let (b, _, n) = slice_range(10, s, e, st).unwrap();
-            assert_eq!((n, if n > 0 { b } else { first }), (len, first), "[{s}:{e}:{st}]");
-        }
-        assert!(slice_range(10, 0, 5, 0).is_err());
-        // Steps at the ends of i64 take one element, as ceil((end - start) / step) says (ONNX
-        // Runtime gives 1 row for start 0, end 64, step 2^63 - 1).
-        assert_eq!(slice_range(64, 0, 64, i64::MAX).unwrap(), (0, 1, 1));
-        assert_eq!(slice_range(64, -1, i64::MIN, i64::MIN).unwrap(), (63, 1, 1));
-        assert_eq!(slice_range(64, i64::MIN, i64::MAX, 1).unwrap(), (0, 1, 64));
     }
 
     #[test]

@@ -15,13 +15,14 @@ mod error;
 pub mod eval;
 mod graph;
 mod infer;
+pub mod layout;
 pub mod memory;
 pub mod model;
 mod op;
 pub mod step_scalars;
 mod tensor;
 mod text;
-mod verify;
+mod verifier;
 
 pub use error::{IrError, Result};
 pub use graph::{infer_all, infer_node_types};
@@ -29,9 +30,9 @@ pub use graph::{Graph, Node, NodeId, ParamKind, Value, ValueDef, ValueId, NEXT_S
 pub use infer::infer_types;
 pub use model::{write_atomic, Metadata, Model};
 pub use op::{
-    Anchors, Attr, Axis, BatchNorm, Binary, Conv2d, DetectLoss, Distill, Op, OpKind, Pool, Reshape, ReshapeDim, Root,
-    Slice, Split, Transpose, Unary, UnaryGrad, Update, Upsample, ALL_OP_KINDS,
+    Anchors, Attr, Axis, BatchNorm, Binary, Collective, Conv2d, DetectLoss, Distill, Op, OpKind, ParamGroup, Pool,
+    Reshape, ReshapeDim, Root, Slice, Split, Transpose, Unary, UnaryGrad, Update, Upsample, ALL_OP_KINDS,
 };
 pub use tensor::{checked_numel, le_bytes, DType, Dim, Tensor, TensorData, TensorType};
 pub use text::{parse_graph, print_graph};
-pub use verify::verify;
+pub use verifier::verify;

@@ -1,6 +1,7 @@
 //! `autodiff`: reverse-mode differentiation of a detector into its training program.
 
-use crate::{Pass, PassContext};
+use crate::context::PassContext;
+use crate::pass::Pass;
 use slimc_ir::{Anchors, Axis, BatchNorm, Binary, DetectLoss, Reshape, Slice, Split, Transpose, Unary, UnaryGrad};
 use slimc_ir::{Dim, Graph, IrError, Model, Op, ParamKind, ReshapeDim, Tensor, TensorType, ValueDef, ValueId};
 use std::collections::HashMap;
@@ -482,9 +483,10 @@ impl Builder<'_> {
             Op::Anchors(_) => {}
             // Inference-mode batch norm is rewritten to its training form before this pass runs;
             // the sign, the gradients, the loss and the optimizer's ops are not differentiated.
-            Op::BatchNorm(_) | Op::Unary(Unary::Sign) | Op::UnaryGrad(_) | Op::Conv2dGradInput(_) => {
+            Op::BatchNorm(_) | Op::Unary(Unary::Sign) | Op::UnaryGrad(UnaryGrad::Silu | UnaryGrad::Sigmoid) => {
                 return Err(no_rule(&n.op, s))
             }
+            Op::Conv2dGradInput(_) => return Err(no_rule(&n.op, s)),
             Op::Conv2dGradWeight(_) | Op::BatchNormGrad | Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) => {
                 return Err(no_rule(&n.op, s))
             }

@@ -1,6 +1,7 @@
 //! `dce`: dead-code elimination.
 
-use crate::{Pass, PassContext};
+use crate::context::PassContext;
+use crate::pass::Pass;
 use slimc_ir::{IrError, Model};
 
 /// Removes nodes none of whose results reach a graph output, then drops parameters and tensors

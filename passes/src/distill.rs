@@ -2,7 +2,7 @@
 //! distillation loss attached to the student's graph, so that one compiled program runs both.
 
 use crate::autodiff::{attach_detect_loss, detect_levels};
-use crate::{Pass, PassContext};
+use crate::{Distillation, Pass, PassContext};
 use slimc_ir::{Distill as DistillAttrs, IrError, Model, Op, ParamKind, ValueId};
 use std::collections::HashMap;
 
@@ -15,18 +15,6 @@ pub const TEACHER_PREFIX: &str = "teacher.";
 /// The class and box gains at distillation weight 1: those of the detection loss's class and
 /// distribution terms, so the teacher's soft targets count as much as the labels.
 pub const DISTILL_GAINS: [f32; 2] = [0.5, 1.5];
-
-/// What the `distill` pass attaches: the teacher and the term's settings.
-#[derive(Clone, Debug)]
-pub struct Distillation {
-    /// The teacher: an inference model with the student's Detect head (classes, `reg_max`,
-    /// strides) and input.
-    pub teacher: Model,
-    /// Multiplies both gains ([`DISTILL_GAINS`]).
-    pub weight: f32,
-    /// Softening temperature.
-    pub temperature: f32,
-}
 
 /// Attaches the detection loss (as `autodiff` would) and, from the context's [`Distillation`],
 /// the teacher's forward up to its Detect level maps — its parameters `teacher.<name>`, frozen,

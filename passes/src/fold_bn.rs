@@ -1,6 +1,7 @@
 //! `fold-bn`: fold batch normalisation into the convolution before it.
 
-use crate::{Pass, PassContext};
+use crate::context::PassContext;
+use crate::pass::Pass;
 use slimc_ir::BatchNorm;
 use slimc_ir::{IrError, Model, Op, ParamKind, Tensor, TensorType, ValueDef};
 

@@ -1,6 +1,7 @@
 //! `fold-constants`: evaluate nodes whose results are known before run time.
 
-use crate::{Pass, PassContext};
+use crate::context::PassContext;
+use crate::pass::Pass;
 use slimc_ir::{
     eval::{eval, foldable},
     IrError, Model, Op, ParamKind, Tensor, ValueDef,

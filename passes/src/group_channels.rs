@@ -1,6 +1,6 @@
 //! `group-channels`: channel-coupling analysis (union-find over (value, channel)).
 
-use slimc_ir::{Axis, Binary, Split, Unary};
+use slimc_ir::{Axis, Binary, Split, Unary, UnaryGrad};
 use slimc_ir::{Graph, IrError, NodeId, Op, ValueId};
 
 /// Coupled channels of an inference graph, joined into groups.
@@ -116,7 +116,7 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
             | Op::UpsampleNearest(_) => {
                 couple(n.inputs[0], y, &mut uf);
             }
-            Op::Binary(_) => {
+            Op::Binary(Binary::Add | Binary::Sub | Binary::Mul | Binary::Div) => {
                 for &x in &n.inputs {
                     let scalar_like = g.ty(x).numel() == Some(1) || g.ty(x).rank() < 2;
                     if !couple(x, y, &mut uf) && !scalar_like {
@@ -159,9 +159,10 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
             Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) | Op::BatchNormTrain(_) | Op::BatchNormGrad => {
                 freeze_all(n, &mut frozen_el)
             }
-            Op::UnaryGrad(_) | Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) | Op::UpsampleNearestGrad(_) => {
+            Op::UnaryGrad(UnaryGrad::Silu | UnaryGrad::Sigmoid) | Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) => {
                 freeze_all(n, &mut frozen_el)
             }
+            Op::UpsampleNearestGrad(_) => freeze_all(n, &mut frozen_el),
             Op::SliceGrad(_) | Op::SumTo | Op::DetectLoss(_) | Op::DetectLossGrad(_) | Op::Accumulate => {
                 freeze_all(n, &mut frozen_el)
             }
@@ -241,8 +242,19 @@ pub fn analyze(g: &Graph) -> Result<ChannelGroups, IrError> {
                     })
                     .collect()
             }
-            // Every other op: nothing is known to be zero after it.
-            _ => vec![],
+            // Nothing is known to be zero after these: a dense or grouped conv (a new channel
+            // space), a concat or split along another axis or of untracked values, a sigmoid
+            // (0.5 at 0), a product or quotient (a zero channel times a nonzero scalar is not
+            // proven), and the ops whose channels the channel rule freezes.
+            Op::Conv2d(_) | Op::Concat(_) | Op::Split(_) | Op::Unary(Unary::Sigmoid | Unary::Sign) => vec![],
+            Op::Binary(Binary::Mul | Binary::Div) | Op::Slice(_) | Op::Reshape(_) | Op::Transpose(_) => vec![],
+            Op::MatMul | Op::Softmax(_) | Op::Anchors(_) | Op::AllReduce | Op::Broadcast(_) => vec![],
+            Op::UnaryGrad(UnaryGrad::Silu | UnaryGrad::Sigmoid) | Op::Conv2dGradInput(_) => vec![],
+            Op::Conv2dGradWeight(_) | Op::BatchNormTrain(_) | Op::BatchNormGrad | Op::SoftmaxGrad(_) => vec![],
+            Op::MaxPool2dGrad(_) | Op::UpsampleNearestGrad(_) | Op::SliceGrad(_) | Op::SumTo => vec![],
+            Op::DetectLoss(_) | Op::DetectLossGrad(_) | Op::Accumulate | Op::GlobalNorm => vec![],
+            Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => vec![],
+            Op::DistillLoss(_) | Op::DistillLossGrad(_) => vec![],
         };
         for (v, z) in set {
             if let Some(b) = base[v.0] {

@@ -1,10 +1,33 @@
 //! The pass manager: runs passes by name, computes the analyses they require, verifies the
 //! model after each pass, and prints, times or skips passes when asked.
 
-use crate::{all_passes, Analysis, Pass, PassContext, PassError, Result};
+use crate::analysis::Analysis;
+use crate::autodiff::Autodiff;
+use crate::context::PassContext;
+use crate::dce::Dce;
+use crate::distill::Distill;
+use crate::fold_bn::FoldBn;
+use crate::fold_constants::FoldConstants;
+use crate::optimizer::Optimizer;
+use crate::pass::{Pass, PassError, Result};
+use crate::rewrite_widths::RewriteWidths;
 use slimc_ir::{print_graph, Model};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+
+/// Every registered pass, in the order `--list-passes` shows them (analyses are listed by
+/// [`Analysis::ALL`]).
+pub fn all_passes() -> Vec<Box<dyn Pass>> {
+    vec![
+        Box::new(FoldConstants),
+        Box::new(Dce),
+        Box::new(FoldBn),
+        Box::new(Distill),
+        Box::new(Autodiff),
+        Box::new(Optimizer),
+        Box::new(RewriteWidths),
+    ]
+}
 
 /// What one step of a run did: a pass, an analysis named in the list, or an analysis a pass
 /// required that was not cached.
@@ -239,7 +262,7 @@ mod tests {
     }
 
     fn cx() -> PassContext {
-        let prune = crate::PruneOptions { ratio: 0.5, min_channels: 1, round_to: 1, ..Default::default() };
+        let prune = crate::options::PruneOptions { ratio: 0.5, min_channels: 1, round_to: 1, ..Default::default() };
         PassContext { prune, ..Default::default() }
     }
 

@@ -2,9 +2,12 @@
 //! forward, backward, accumulation, the sparsity term, clipping, the update and the EMA — is one
 //! IR program whose state lives with it.
 
-use crate::{next_name, Pass, PassContext};
+use crate::autodiff::next_name;
+use crate::context::PassContext;
+use crate::options::{SrMode, UpdateRule};
+use crate::pass::Pass;
 use slimc_ir::{step_scalars, Graph, IrError, Model, Op, ParamKind, Tensor, TensorType, Update, ValueDef, ValueId};
-use slimc_ir::{Binary, Slice, Unary};
+use slimc_ir::{Binary, ParamGroup, Slice, Unary};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Name of the training step's per-step scalars input (see [`slimc_ir::step_scalars`]).
@@ -28,36 +31,15 @@ pub fn ema_name(tensor: &str) -> String {
 pub fn state_names(param: &str, rule: UpdateRule) -> Vec<String> {
     let keys: &[&str] = match rule {
         UpdateRule::Sgd => &["momentum_buffer"],
-        UpdateRule::AdamW { .. } => &["exp_avg", "exp_avg_sq"],
+        UpdateRule::AdamW => &["exp_avg", "exp_avg_sq"],
     };
     keys.iter().map(|k| format!("{param}.{k}")).collect()
 }
 
-/// Ultralytics' three parameter groups (`build_optimizer`'s g[2], g[0], g[1]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ParamGroup {
-    /// Addends (conv biases, BN shifts): no decay, the bias warm-up.
-    Bias,
-    /// Everything else that multiplies: decay.
-    Weight,
-    /// BN scales: no decay.
-    Gamma,
-}
-
-impl ParamGroup {
-    /// The group's index, which selects its learning rate among the step scalars.
-    pub fn index(self) -> usize {
-        match self {
-            ParamGroup::Bias => 0,
-            ParamGroup::Weight => 1,
-            ParamGroup::Gamma => 2,
-        }
-    }
-}
-
 /// The group of every trainable parameter of `g`, by its role in the graph rather than its
-/// name: the bias of a conv and the shift of a BN are [`ParamGroup::Bias`], the scale of a BN
-/// is [`ParamGroup::Gamma`], every other weight [`ParamGroup::Weight`].
+/// name: the group the op reading it decides ([`Op::param_groups`]: the bias of a conv and the
+/// shift of a BN are [`ParamGroup::Bias`], the scale of a BN is [`ParamGroup::Gamma`]), else
+/// [`ParamGroup::Weight`].
 pub fn param_groups(g: &Graph) -> BTreeMap<String, ParamGroup> {
     let mut out = BTreeMap::new();
     for &p in &g.params {
@@ -66,13 +48,7 @@ pub fn param_groups(g: &Graph) -> BTreeMap<String, ParamGroup> {
         }
     }
     for n in &g.nodes {
-        let roles: &[(usize, ParamGroup)] = match n.op {
-            Op::Conv2d(_) => &[(2, ParamGroup::Bias)],
-            Op::BatchNorm(_) | Op::BatchNormTrain(_) => &[(1, ParamGroup::Gamma), (2, ParamGroup::Bias)],
-            // Every other op has no parameters of its own.
-            _ => &[],
-        };
-        for &(slot, group) in roles {
+        for &(slot, group) in n.op.param_groups() {
             if let Some(v) = n.inputs.get(slot) {
                 if let Some(e) = out.get_mut(&g.value(*v).name) {
                     *e = group;
@@ -83,14 +59,18 @@ pub fn param_groups(g: &Graph) -> BTreeMap<String, ParamGroup> {
     out
 }
 
-/// The names of the BN gammas (scale parameters of `batch_norm` or `batch_norm_train`) of `g`,
-/// in graph order.
+/// The names of the BN gammas of `g` (the operands an op puts in [`ParamGroup::Gamma`]: the
+/// scales of `batch_norm` and `batch_norm_train`), in graph order.
 pub fn bn_gammas(g: &Graph) -> Vec<String> {
-    g.nodes
-        .iter()
-        .filter(|n| matches!(n.op, Op::BatchNorm(_) | Op::BatchNormTrain(_)))
-        .map(|n| g.value(n.inputs[1]).name.clone())
-        .collect()
+    let mut out = vec![];
+    for n in &g.nodes {
+        for &(slot, group) in n.op.param_groups() {
+            if group == ParamGroup::Gamma {
+                out.push(g.value(n.inputs[slot]).name.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Declares a buffer parameter typed like `like`, holding `init`.
@@ -103,63 +83,6 @@ fn add_buffer(
 ) -> ValueId {
     tensors.insert(name.to_string(), init);
     g.add_param(name, g.ty(like).clone(), ParamKind::Buffer)
-}
-
-/// The update rule.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum UpdateRule {
-    /// SGD with Nesterov momentum (the momentum is a step scalar).
-    Sgd,
-    /// AdamW with this β1.
-    AdamW {
-        /// First-moment decay.
-        beta1: f32,
-    },
-}
-
-/// Network slimming's L1 term on BN gammas.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sparsity {
-    /// The gammas under the term; `None`: every BN gamma.
-    pub gammas: Option<Vec<String>>,
-    /// `false`: the subgradient `sr·sign(γ)` is added to γ's gradient before clipping (the
-    /// seed recipe); `true`: a proximal soft-threshold after the update.
-    pub proximal: bool,
-    /// Proximal mode: in each BN, this many largest gammas are left out of the step.
-    pub keep: usize,
-}
-
-/// What the `optimizer` pass appends.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OptimizerOptions {
-    /// SGD or AdamW.
-    pub rule: UpdateRule,
-    /// Weight decay of the weights' group (the others have none).
-    pub weight_decay: f32,
-    /// Global-norm clipping threshold; 0 turns clipping off.
-    pub max_norm: f32,
-    /// The L1 term, if any.
-    pub sparsity: Option<Sparsity>,
-    /// Whether to keep Ultralytics' EMA of the weights and BN buffers.
-    pub ema: bool,
-    /// Data-parallel ranks the program runs on: above 1, the accumulated gradients are summed
-    /// across them (one `all_reduce`) before the L1 term, the norm and the update.
-    pub world_size: usize,
-}
-
-impl Default for OptimizerOptions {
-    /// SGD, decay 5e-4, clipping at 10, no sparsity, with the EMA (Ultralytics' SGD defaults),
-    /// one rank.
-    fn default() -> Self {
-        OptimizerOptions {
-            rule: UpdateRule::Sgd,
-            weight_decay: 5e-4,
-            max_norm: 10.0,
-            sparsity: None,
-            ema: true,
-            world_size: 1,
-        }
-    }
 }
 
 /// Appends one optimizer step to a training program (`autodiff`'s output), with the options of
@@ -243,7 +166,7 @@ impl Pass for Optimizer {
             let inputs: Vec<ValueId> = sums.iter().copied().chain([scalars]).collect();
             sums = g.add_node(Op::AllReduce, &inputs, &refs, scope)?;
         }
-        if opts.sparsity.as_ref().is_some_and(|s| !s.proximal) {
+        if opts.sparsity.as_ref().is_some_and(|s| s.mode == SrMode::Subgradient) {
             let at = step_scalars::SR as i64;
             let slice = Op::Slice(Slice { axes: vec![0], starts: vec![at], ends: vec![at + 1], steps: vec![1] });
             let sr = g.add1(slice, &[scalars], "optimizer.sr", scope)?;
@@ -261,10 +184,11 @@ impl Pass for Optimizer {
         for (k, &(p, _)) in grads.iter().enumerate() {
             let name = g.value(p).name.clone();
             let group = groups.get(&name).copied().unwrap_or(ParamGroup::Weight);
-            let prox = opts.sparsity.as_ref().filter(|s| s.proximal && sparse.contains(&name)).map(|s| s.keep);
+            let prox =
+                opts.sparsity.as_ref().filter(|s| s.mode == SrMode::Proximal && sparse.contains(&name)).map(|s| s.keep);
             let (op, beta1) = match opts.rule {
                 UpdateRule::Sgd => (Op::SgdUpdate as fn(Update) -> Op, 0.0),
-                UpdateRule::AdamW { beta1 } => (Op::AdamWUpdate as fn(Update) -> Op, beta1),
+                UpdateRule::AdamW => (Op::AdamWUpdate as fn(Update) -> Op, opts.beta1),
             };
             let weight_decay = if group == ParamGroup::Weight { opts.weight_decay } else { 0.0 };
             let u = Update { group: group.index(), weight_decay, max_norm: opts.max_norm, prox, beta1 };

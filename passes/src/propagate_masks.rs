@@ -1,7 +1,7 @@
 //! `propagate-masks`: the kept channels of every group become a mask on every value.
 
 use crate::group_channels::ChannelGroups;
-use crate::pruning::Selection;
+use crate::select_channels::Selection;
 use slimc_ir::ValueId;
 use std::collections::BTreeMap;
 

@@ -1,10 +1,10 @@
 //! `rewrite-widths`: slice every weight and width attribute to the kept channels.
 
-use crate::analysis::{Analysis, PassContext};
+use crate::analysis::Analysis;
+use crate::context::{PassContext, PruneReport};
 use crate::group_channels::is_depthwise;
-use crate::pruning::PruneReport;
+use crate::pass::Pass;
 use crate::seed_policy::bn_name;
-use crate::Pass;
 use rayon::prelude::*;
 use slimc_ir::Split;
 use slimc_ir::{IrError, Model, Op, Tensor, TensorType, ValueId};
@@ -144,8 +144,19 @@ impl Pass for RewriteWidths {
                         new_ops.push((i, Op::Split(Split { axis: 1, sizes })));
                     }
                 }
-                // Every other op keeps its attributes: its widths come from its operands.
-                _ => {}
+                // A split along another axis keeps its sizes.
+                Op::Split(_) => {}
+                // No attribute carries a channel count: the widths come from the operands (a
+                // slice, reshape or transpose over channels freezes them in group-channels).
+                Op::Unary(_) | Op::Binary(_) | Op::Concat(_) | Op::Slice(_) | Op::MaxPool2d(_) => {}
+                Op::UpsampleNearest(_) | Op::Reshape(_) | Op::Transpose(_) | Op::MatMul | Op::Softmax(_) => {}
+                Op::Anchors(_) | Op::SumTo | Op::AllReduce | Op::Broadcast(_) => {}
+                // Training programs are not pruned (group-channels refuses them).
+                Op::UnaryGrad(_) | Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) | Op::BatchNormTrain(_) => {}
+                Op::BatchNormGrad | Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) | Op::UpsampleNearestGrad(_) => {}
+                Op::SliceGrad(_) | Op::DetectLoss(_) | Op::DetectLossGrad(_) | Op::Accumulate | Op::GlobalNorm => {}
+                Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate | Op::DistillLoss(_) | Op::DistillLossGrad(_) => {
+                }
             }
         }
         for (i, op) in new_ops {

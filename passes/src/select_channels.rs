@@ -2,10 +2,23 @@
 //! |gamma|.
 
 use crate::group_channels::ChannelGroups;
-use crate::pruning::{Importance, Policy, PruneOptions, Selection};
+use crate::options::{Importance, Policy, PruneOptions};
 use crate::seed_policy::{bn_name, seed_unprunable};
 use slimc_ir::{IrError, Model, NodeId, Op, Split};
 use std::collections::BTreeMap;
+
+/// The `select-channels` analysis: which channel groups go.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Per group: removed.
+    pub pruned: Vec<bool>,
+    /// The |gamma| threshold at or below which candidates were removed.
+    pub threshold: f32,
+    /// Layers whose kept count the floor or rounding raised, one line each.
+    pub clamped: Vec<String>,
+    /// Channel groups the policy made candidates (the ratio is a share of these).
+    pub candidates: usize,
+}
 
 /// Chooses the groups to remove: the candidates (prunable groups; under `--policy seed` only
 /// those whose BNs the seed recipe prunes) are ranked by importance and the lowest `ratio` of

@@ -3,8 +3,8 @@
 //! fusions, the memory plan for a set of input shapes, and the op profile. Each backend keeps
 //! only its storage and its dispatch.
 
+use super::budget::check_fits;
 use super::fusion::{fusions, Fused};
-use super::memory::check_fits;
 use super::OpProfile;
 use anyhow::{anyhow, Result};
 use slimc_ir::memory::{plan_fused, Fusions, Plan};

@@ -2,14 +2,14 @@
 //! parameters, runs it on named inputs, and reads and writes named tensors. `cpu` is the
 //! reference every other backend is tested against.
 
+pub mod budget;
 pub mod collective;
 pub mod compiled;
 pub mod cpu;
 pub mod fusion;
 pub mod gpu;
-pub mod memory;
 
-use crate::dist::{Communicator, Solo};
+use crate::distributed::{Communicator, Solo};
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::{Graph, Model, Tensor, TensorType};
 use std::collections::BTreeMap;

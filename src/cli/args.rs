@@ -2,18 +2,17 @@
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
+use slimc::commands::prune::{Budget, Metric};
 use slimc::data::augment::Hyp;
 use slimc::data::dataset::{load_dataset_spec, scan, DatasetSpec};
-use slimc::data::loader::Split;
+use slimc::data::loader::Loader;
 use slimc::device::Device;
-use slimc::dist::World;
+use slimc::distributed::World;
 use slimc::load::{check_finite, format_of, load_model, LoadOptions, ModelFormat};
-use slimc::prune::{Budget, Metric};
-use slimc::train::optim::SrMode;
-use slimc::train::trainer::{TrainConfig, MAX_IMGSZ};
+use slimc::train::config::{TrainConfig, MAX_IMGSZ};
 use slimc::val::validate::{validate, ValOptions};
 use slimc_ir::Model;
-use slimc_passes::{Importance, Policy};
+use slimc_passes::{Importance, Policy, SrMode};
 use std::path::{Path, PathBuf};
 
 /// How a model argument is read or built.
@@ -163,14 +162,14 @@ pub fn train_imgsz(side: usize) -> usize {
 }
 
 /// A dataset's val split at `imgsz`, its warnings printed; with the spec.
-pub fn val_split(data: &Path, imgsz: usize) -> Result<(DatasetSpec, Split)> {
+pub fn val_split(data: &Path, imgsz: usize) -> Result<(DatasetSpec, Loader)> {
     let spec = load_dataset_spec(data)?;
     let (samples, rep) = scan(&spec.val, spec.names.len(), "val")?;
     for w in &rep.warnings {
         eprintln!("WARNING {w}");
     }
     eprintln!("{}", rep.summary("val"));
-    let split = Split::new(samples, imgsz, false)?;
+    let split = Loader::new(samples, imgsz, false)?;
     Ok((spec, split))
 }
 
@@ -245,31 +244,15 @@ impl From<DeviceArg> for Device {
     }
 }
 
-/// `--sr-mode` on the command line: how the L1 term on BN gammas acts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SrModeArg {
-    /// The seed recipe's subgradient: sr·sign(γ) added to γ's gradient before the update.
-    Subgradient,
-    /// A proximal step after the update (soft-thresholding), so gammas reach exact zeros.
-    Proximal,
-}
-
-impl From<SrModeArg> for SrMode {
-    fn from(m: SrModeArg) -> SrMode {
-        match m {
-            SrModeArg::Subgradient => SrMode::Subgradient,
-            SrModeArg::Proximal => SrMode::Proximal,
-        }
-    }
-}
-
-impl From<SrMode> for SrModeArg {
-    fn from(m: SrMode) -> SrModeArg {
-        match m {
-            SrMode::Subgradient => SrModeArg::Subgradient,
-            SrMode::Proximal => SrModeArg::Proximal,
-        }
-    }
+/// `--sr-mode`: how the L1 term on BN gammas acts, one value per [`SrMode`] with its help.
+pub fn sr_mode_values() -> impl clap::builder::TypedValueParser<Value = SrMode> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let help = |m: SrMode| match m {
+        SrMode::Subgradient => "The seed recipe's subgradient: sr·sign(γ) added to γ's gradient before the update",
+        SrMode::Proximal => "A proximal step after the update (soft-thresholding), so gammas reach exact zeros",
+    };
+    PossibleValuesParser::new(SrMode::ALL.map(|m| PossibleValue::new(m.name()).help(help(m))))
+        .map(|s| SrMode::ALL.into_iter().find(|m| m.name() == s).expect("one of the possible values"))
 }
 
 /// `slimc train`'s training options, with Ultralytics' names and defaults ([`TrainConfig`]'s).
@@ -332,8 +315,8 @@ pub struct TrainOptions {
     pub sr_decay: bool,
     /// How the L1 term acts: subgradient (the seed recipe: sr·sign(γ) added to the gradient) or
     /// proximal (soft-thresholding γ after each update, so gammas reach exact zeros).
-    #[arg(long, value_enum, default_value_t = SrModeArg::from(TrainConfig::default().sr_mode))]
-    pub sr_mode: SrModeArg,
+    #[arg(long, value_parser = sr_mode_values(), default_value = TrainConfig::default().sr_mode.name())]
+    pub sr_mode: SrMode,
     /// Proximal mode: in each BN, leave this many largest gammas out of the L1 step, so no layer
     /// is zeroed whole (a wholly zero layer cannot be revived by fine-tuning).
     #[arg(long, default_value_t = TrainConfig::default().sr_keep)]
@@ -401,7 +384,7 @@ impl From<TrainOptions> for TrainConfig {
             sr: a.sr,
             sr_scope: a.sr_scope,
             sr_decay: a.sr_decay,
-            sr_mode: a.sr_mode.into(),
+            sr_mode: a.sr_mode,
             sr_keep: a.sr_keep,
             clip: a.clip,
             no_plots: a.no_plots,

@@ -4,7 +4,7 @@
 mod args;
 mod model;
 mod predict;
-mod prune;
+mod slimming;
 mod train;
 
 use anyhow::Result;
@@ -61,7 +61,7 @@ enum Cmd {
     /// sparse training), plus a per-layer grid (<output stem>_layers.png).
     ///
     /// Example: slimc bn-hist runs/detect/train/weights/last.slim runs/detect/sparse/weights/last.slim -o gamma.png
-    BnHist(prune::BnHistArgs),
+    BnHist(slimming::BnHistArgs),
     /// Prune channels by BN |gamma| (the prune pipeline: group-channels, select-channels,
     /// propagate-masks, rewrite-widths) and print what changed per layer.
     ///
@@ -69,7 +69,7 @@ enum Cmd {
     ///
     /// Budget:  slimc prune sparse.slim --target-gflops 60% -o pruned.slim   (also --target-params, --target-latency)
     /// Sweep:   slimc prune sparse.slim --sweep 0.1:0.9:0.1 --data trees.yaml  (table, sweep.csv, sweep.png)
-    Prune(prune::PruneArgs),
+    Prune(slimming::PruneArgs),
     /// Train a detector as Ultralytics does (on --device cpu, gpu or auto): validation every
     /// epoch, results.csv, results.png, weights/last.slim and weights/best.slim.
     ///
@@ -84,7 +84,7 @@ enum Cmd {
     /// An option given twice takes its last value (so `./run main --epochs 60` overrides the
     /// main job's default).
     #[command(args_override_self = true)]
-    Pipeline(prune::PipelineArgs),
+    Pipeline(slimming::PipelineArgs),
     /// Validate a model on a dataset's val split and print Ultralytics' table.
     ///
     /// Example: slimc val runs/detect/train/weights/best.slim --data trees.yaml --save-json preds.json
@@ -114,7 +114,7 @@ pub fn run(cli: Cli) -> Result<()> {
         if !(gb.is_finite() && gb > 0.0) {
             anyhow::bail!("--max-memory {gb}: expected a positive number of GB");
         }
-        slimc::backend::memory::set_limit((gb * (1u64 << 30) as f64) as u64);
+        slimc::backend::budget::set_limit((gb * (1u64 << 30) as f64) as u64);
     }
     match cli.cmd {
         Cmd::Import(a) => model::import(a),
@@ -124,10 +124,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Opt(a) => model::opt(a),
         Cmd::Export(a) => model::export(a),
         Cmd::Step(a) => train::step(a),
-        Cmd::BnHist(a) => prune::bn_hist(a),
-        Cmd::Prune(a) => prune::prune(a),
+        Cmd::BnHist(a) => slimming::bn_hist(a),
+        Cmd::Prune(a) => slimming::prune(a),
         Cmd::Train(a) => train::train(a),
-        Cmd::Pipeline(a) => prune::pipeline(a),
+        Cmd::Pipeline(a) => slimming::pipeline(a),
         Cmd::Val(a) => train::val(a),
         Cmd::Predict(a) => predict::predict(a),
         Cmd::Verify(a) => model::verify(a),

@@ -1,15 +1,16 @@
 //! Subcommands that read, transform and emit one model: import, info, dump, run, opt, export,
 //! verify.
 
-use super::args::{parse_imgsz, refuse_overwrite, save, DeviceArg, ModelArgs, SrModeArg};
+use super::args::{parse_imgsz, refuse_overwrite, save, sr_mode_values, DeviceArg, ModelArgs};
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use slimc::backend::run_once;
+use slimc::commands::{info, verify};
 use slimc::device::Device;
 use slimc::load::{load_model, LoadOptions};
-use slimc::{export, info, io, verify};
+use slimc::{export, io};
 use slimc_ir::{print_graph, Tensor};
-use slimc_passes::{all_passes, pipelines, Analysis, PassContext, PassManager, Sparsity, UpdateRule};
+use slimc_passes::{all_passes, sequences, Analysis, PassContext, PassManager, Sparsity, SrMode, UpdateRule};
 use std::path::PathBuf;
 
 /// `slimc import`.
@@ -268,8 +269,8 @@ pub struct OptArgs {
     optimizer: String,
     /// The `optimizer` pass's L1 term on every BN gamma: subgradient or proximal (none if not
     /// given).
-    #[arg(long, value_enum)]
-    sr_mode: Option<SrModeArg>,
+    #[arg(long, value_parser = sr_mode_values())]
+    sr_mode: Option<SrMode>,
     /// The `optimizer` pass's data-parallel ranks: above 1, one `all_reduce` sums the
     /// accumulated gradients across them before the L1 term, the norm and the update.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -291,7 +292,7 @@ pub fn opt(a: OptArgs) -> Result<()> {
             println!("  {:16} {}", an.name(), an.summary());
         }
         println!("pipelines (what slimc's commands run):");
-        for p in pipelines::ALL {
+        for p in sequences::ALL {
             println!("  {:16} {}  [{}]", p.name, p.summary, p.passes.join(","));
         }
         return Ok(());
@@ -308,9 +309,9 @@ pub fn opt(a: OptArgs) -> Result<()> {
     let mut model = a.m.load()?;
     let mut cx = PassContext::default();
     if a.optimizer == "adamw" {
-        cx.optimizer.rule = UpdateRule::AdamW { beta1: 0.9 };
+        cx.optimizer.rule = UpdateRule::AdamW;
     }
-    cx.optimizer.sparsity = a.sr_mode.map(|m| Sparsity { gammas: None, proximal: m == SrModeArg::Proximal, keep: 0 });
+    cx.optimizer.sparsity = a.sr_mode.map(|mode| Sparsity { gammas: None, mode, keep: 0 });
     cx.optimizer.world_size = a.world_size as usize;
     let reports = pm.run_with(&mut model, &mut cx)?;
     if !a.time_passes {

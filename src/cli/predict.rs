@@ -4,10 +4,10 @@ use super::args::{refuse_overwrite, run_dir, DeviceArg, ModelArgs};
 use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use slimc::commands::predict::{find_sources, ImageResult, PredictOptions, Predictor};
 use slimc::device::Device;
 use slimc::load::{load_model, LoadOptions};
 use slimc::plot::annotate::{save_image, side_by_side};
-use slimc::predict::{find_sources, ImageResult, PredictOptions, Predictor};
 use slimc::val::validate::Prediction;
 use std::path::{Path, PathBuf};
 

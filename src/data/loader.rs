@@ -10,8 +10,9 @@ use rayon::prelude::*;
 use slimc_ir::Tensor;
 use std::sync::Arc;
 
-/// A split's samples with an optional RAM cache of the decoded, resized images.
-pub struct Split {
+/// The loader of one split of a dataset: its samples, with an optional RAM cache of the decoded,
+/// resized images, batched for training or validation.
+pub struct Loader {
     /// The usable images and their labels.
     pub samples: Vec<Sample>,
     /// Long side of the loaded images.
@@ -31,10 +32,10 @@ pub struct Batch {
     pub indices: Vec<usize>,
 }
 
-impl Split {
+impl Loader {
     /// Wraps samples; with `cache`, decodes and resizes every image once now.
-    pub fn new(samples: Vec<Sample>, imgsz: usize, cache: bool) -> Result<Split> {
-        let mut s = Split { samples, imgsz, cache: None };
+    pub fn new(samples: Vec<Sample>, imgsz: usize, cache: bool) -> Result<Loader> {
+        let mut s = Loader { samples, imgsz, cache: None };
         if cache {
             s.cache = Some((0..s.samples.len()).into_par_iter().map(|i| s.read(i)).collect::<Result<_>>()?);
         }
@@ -89,7 +90,7 @@ impl Split {
     /// on a background thread that keeps `ahead` batches ready.
     ///
     /// Data-parallel, the epoch's order is sharded among `ranks` ranks as PyTorch's
-    /// `DistributedSampler` does ([`crate::dist::shard`]), each rank batching its share by
+    /// `DistributedSampler` does ([`crate::distributed::shard`]), each rank batching its share by
     /// `batch` with augmentation seeded per rank; this process feeds the ranks `hosted` (its own
     /// under MPI; all of them when one process reproduces a run of several): their `k`-th
     /// batches one after the other, then the `k+1`-th. With one rank this is the plain order.
@@ -118,10 +119,10 @@ impl Split {
                     if ranks > 1 {
                         own.set_stream(r as u64 + 1);
                     }
-                    (crate::dist::shard::shard(&order, r, ranks), own)
+                    (crate::distributed::shard::shard(&order, r, ranks), own)
                 })
                 .collect();
-            let per_rank = crate::dist::shard::batches_per_rank(me.samples.len(), ranks, batch);
+            let per_rank = crate::distributed::shard::batches_per_rank(me.samples.len(), ranks, batch);
             for k in 0..per_rank {
                 for (share, rng) in &mut feeds {
                     let chunk = &share[k * batch..((k + 1) * batch).min(share.len())];

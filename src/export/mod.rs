@@ -1,4 +1,4 @@
-//! IR to ONNX, laid out as Ultralytics exports YOLO11: input `images` (N, 3, H, W), output
+//! IR to ONNX, laid out as Ultralytics exports its detectors: input `images` (N, 3, H, W), output
 //! `output0` (N, 4+nc, anchors) with cx, cy, w, h in input pixels then class scores.
 //!
 //! The graph is first specialised to the export size; BN is folded unless kept; with a static
@@ -13,9 +13,9 @@ use onnx_protobuf::{
     attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, Message, ModelProto,
     NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
-use slimc_ir::{Anchors, Axis, BatchNorm, Pool, Reshape, Slice, Split, Transpose, Unary, Upsample};
+use slimc_ir::{Anchors, Axis, BatchNorm, Pool, Reshape, Slice, Split, Transpose, Unary, UnaryGrad, Upsample};
 use slimc_ir::{DType, Dim, Model, Op, ReshapeDim, Tensor, TensorData, TensorType, ValueId};
-use slimc_passes::pipelines;
+use slimc_passes::sequences;
 use std::collections::HashMap;
 
 /// Export settings.
@@ -280,9 +280,10 @@ impl Emitter<'_> {
             Op::Anchors(Anchors { strides, offset }) => {
                 self.emit_anchors(n.inputs.clone(), strides.clone(), *offset, &outs, &base)?
             }
-            Op::Unary(Unary::Sign) | Op::UnaryGrad(_) | Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) => {
+            Op::Unary(Unary::Sign) | Op::UnaryGrad(UnaryGrad::Silu | UnaryGrad::Sigmoid) => {
                 return training_only(&n.op, &n.scope)
             }
+            Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) => return training_only(&n.op, &n.scope),
             Op::BatchNormTrain(_) | Op::BatchNormGrad | Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) => {
                 return training_only(&n.op, &n.scope)
             }
@@ -392,7 +393,7 @@ fn prepare(model: &Model, opts: &ExportOptions) -> Result<Model> {
     if opts.dynamic {
         disabled.push("fold-constants".to_string());
     }
-    pipelines::EXPORT.manager().disable(&disabled)?.run(&mut m)?;
+    sequences::EXPORT.manager().disable(&disabled)?.run(&mut m)?;
     m.check()?;
     Ok(m)
 }

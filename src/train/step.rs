@@ -4,11 +4,11 @@
 //! sparsity term and the EMA in the program, its state held by the executable).
 
 use crate::backend::{cpu::Cpu, Backend, Executable};
-use crate::dist::{Communicator, Solo, World};
+use crate::distributed::{Communicator, Solo, World};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use slimc_ir::{Graph, Model, Op, ParamKind, Root, Tensor, ValueDef, ValueId};
-use slimc_passes::{grad_name, pipelines, OptimizerOptions, PassContext, GRAD_NORM, LOSS_ITEMS, LOSS_TOTAL};
+use slimc_passes::{grad_name, sequences, OptimizerOptions, PassContext, GRAD_NORM, LOSS_ITEMS, LOSS_TOTAL};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -60,12 +60,12 @@ fn trained_and_buffers(model: &Model) -> (Vec<String>, Vec<String>) {
 }
 
 impl Program {
-    /// Builds `pipeline` on an inference model (YAML-built or a `.slim` file) with `cx` and
+    /// Runs the pass sequence `pipeline` on an inference model (YAML-built or a `.slim` file) with `cx` and
     /// compiles the result on `backend`.
     fn build(
         model: &Model,
         backend: &dyn Backend,
-        pipeline: pipelines::Pipeline,
+        pipeline: sequences::PassSequence,
         cx: &mut PassContext,
         comm: Arc<dyn Communicator>,
     ) -> Result<Program> {
@@ -79,7 +79,7 @@ impl Program {
 
     /// The gradient program: one forward and backward pass per run ([`Program::gradients`]).
     pub fn new(model: &Model, backend: &dyn Backend) -> Result<Program> {
-        Program::build(model, backend, pipelines::TRAIN, &mut PassContext::default(), Arc::new(Solo))
+        Program::build(model, backend, sequences::TRAIN, &mut PassContext::default(), Arc::new(Solo))
     }
 
     /// The whole training step with the optimizer `opts` describes ([`Program::train_step`]).
@@ -96,7 +96,7 @@ impl Program {
         comm: Arc<dyn Communicator>,
     ) -> Result<Program> {
         let mut cx = PassContext { optimizer: opts, ..Default::default() };
-        Program::build(model, backend, pipelines::TRAIN_STEP, &mut cx, comm)
+        Program::build(model, backend, sequences::TRAIN_STEP, &mut cx, comm)
     }
 
     /// Replaces every tensor the program holds (weights, BN statistics, accumulators, optimizer

@@ -6,8 +6,8 @@ use super::metrics::{ap_per_class, box_iou, match_predictions, DetMetrics};
 use super::nms::{non_max_suppression, Detection, NmsOptions};
 use crate::backend::{Backend, Executable};
 use crate::data::image::batch_image;
-use crate::data::loader::Split;
-use crate::dist::World;
+use crate::data::loader::Loader;
+use crate::distributed::World;
 use anyhow::{anyhow, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -88,7 +88,7 @@ pub struct KeptImage {
 }
 
 /// The image `k` of `b`, kept with its labels and `dets`.
-fn keep(b: &crate::data::loader::Batch, split: &Split, k: usize, dets: &[Detection]) -> Result<KeptImage> {
+fn keep(b: &crate::data::loader::Batch, split: &Loader, k: usize, dets: &[Detection]) -> Result<KeptImage> {
     let path = &split.samples[b.indices[k]].path;
     let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     let labels = b.objects[k].iter().map(|o| (o.cls, o.xyxy)).collect();
@@ -141,7 +141,7 @@ struct Share {
 pub fn validate(
     backend: &dyn Backend,
     model: &Model,
-    split: &Split,
+    split: &Loader,
     nc: usize,
     opts: &ValOptions,
 ) -> Result<ValResult> {
@@ -156,7 +156,7 @@ pub fn validate(
 pub fn validate_ranks(
     backend: &dyn Backend,
     model: &Model,
-    split: &Split,
+    split: &Loader,
     nc: usize,
     opts: &ValOptions,
     world: &World,
@@ -240,7 +240,7 @@ impl Programs {
 pub fn validate_reusing(
     backend: &dyn Backend,
     model: &Model,
-    split: &Split,
+    split: &Loader,
     nc: usize,
     opts: &ValOptions,
     world: &World,

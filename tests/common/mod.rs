@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod archive;
 pub mod single_op;
 pub mod step_parity;
 
@@ -90,7 +91,7 @@ pub fn image(n: usize, h: usize, w: usize, seed: u64) -> Tensor {
 
 /// Max |a - b| over max |b| (shapes must agree).
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    slimc::verify::compare(a, b).unwrap().1
+    slimc::commands::verify::compare(a, b).unwrap().1
 }
 
 /// Runs slimc and returns its stderr, asserting failure with exactly one line and no panic.

@@ -120,7 +120,7 @@ fn prepare(levels: &[&Tensor], targets: &Tensor, spec: &LossSpec) -> Result<Prep
                 let p = points[a];
                 boxes.push([p[0] - dist[0], p[1] - dist[1], p[0] + dist[2], p[1] + dist[3]]);
             }
-            let scores: Vec<f32> = logits.iter().map(|&v| super::sigmoid(v)).collect();
+            let scores: Vec<f32> = logits.iter().map(|&v| super::nn::sigmoid(v)).collect();
             let px: Vec<Box4> = boxes.iter().zip(&strides).map(|(b, &s)| b.map(|v| v * s)).collect();
             let pts: Vec<[f32; 2]> = points.iter().zip(&strides).map(|(p, &s)| [p[0] * s, p[1] * s]).collect();
             let assigned = assign(&scores, nc, &px, &pts, &gts[b]);
@@ -238,7 +238,7 @@ pub fn detect_loss_grad(levels: &[&Tensor], targets: &Tensor, spec: &LossSpec) -
                 let cls = p.gts[b].get(asg.gt[a]).map(|g| g.cls);
                 for c in 0..p.nc {
                     let t = if asg.fg[a] && cls == Some(c) { asg.score[a] } else { 0.0 };
-                    dl[a * p.nc + c] = (super::sigmoid(p.logits[b][a * p.nc + c]) - t) * gcls;
+                    dl[a * p.nc + c] = (super::nn::sigmoid(p.logits[b][a * p.nc + c]) - t) * gcls;
                 }
                 if !asg.fg[a] {
                     continue;

@@ -3,8 +3,9 @@
 //! [`eval`] computes any op on concrete tensors. Constant folding evaluates nodes through it,
 //! the CPU backend uses it for every op it has no faster kernel for, and every backend's fast
 //! kernels are tested against it. Convolution, batch normalisation and max pooling (and their
-//! training forms) are plain loops in [`nn`]; the detection loss and its gradient, with the
-//! task-aligned assigner, are in [`detect_loss`] and [`assign`]; the optimizer's ops in [`optim`].
+//! training forms) are plain loops in [`nn`], with the logistic function; the detection loss and
+//! its gradient, with the task-aligned assigner, are in [`detect_loss`] and [`assign`]; the
+//! optimizer's ops in [`optim`]. Strides, strided copies and views are [`crate::layout`]'s.
 
 pub mod assign;
 pub mod detect_loss;
@@ -13,92 +14,13 @@ pub mod nn;
 pub mod optim;
 
 use crate::error::{invalid, Result};
-use crate::infer::{infer_types, slice_range};
+use crate::infer::infer_types;
+use crate::layout::{batch_offsets, broadcast_strides, slice_view, strided_copy, strides_of, transpose_strides};
 use crate::op::Op;
 use crate::op::{
     Anchors, Axis, BatchNorm, Binary, DetectLoss, Distill, Pool, Slice, Split, Transpose, Unary, UnaryGrad, Upsample,
 };
 use crate::tensor::{Tensor, TensorData};
-
-/// `buf` with `n` elements of unspecified value, reusing its allocation: for code that writes
-/// every element.
-pub fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if n > buf.capacity() {
-        // A new allocation: the old elements need not be copied into it.
-        buf.clear();
-        buf.reserve_exact(n);
-    }
-    buf.resize(n, 0.0);
-    buf.truncate(n);
-    buf
-}
-
-/// Row-major strides of `shape`.
-pub fn strides_of(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
-}
-
-/// Copies elements of `src` read at `offset + Σ idx[i]·strides[i]` for every index of `out_shape`.
-pub fn strided_copy<T: Copy>(src: &[T], offset: isize, out_shape: &[usize], strides: &[isize]) -> Vec<T> {
-    let n: usize = out_shape.iter().product();
-    let mut out = Vec::with_capacity(n);
-    if n == 0 {
-        return out;
-    }
-    let r = out_shape.len();
-    let mut idx = vec![0usize; r];
-    let mut pos = offset;
-    for _ in 0..n {
-        out.push(src[pos as usize]);
-        for d in (0..r).rev() {
-            idx[d] += 1;
-            pos += strides[d];
-            if idx[d] < out_shape[d] {
-                break;
-            }
-            pos -= strides[d] * out_shape[d] as isize;
-            idx[d] = 0;
-        }
-    }
-    out
-}
-
-/// Where a slice of a tensor of `shape` starts and the strides that read it: the slice is
-/// `strided_copy(x, offset, out_shape, strides)`.
-pub fn slice_view(
-    shape: &[usize],
-    axes: &[usize],
-    starts: &[i64],
-    ends: &[i64],
-    steps: &[i64],
-) -> Result<(isize, Vec<isize>)> {
-    let st = strides_of(shape);
-    let mut strides: Vec<isize> = st.iter().map(|&s| s as isize).collect();
-    let mut off = 0isize;
-    for i in 0..axes.len() {
-        let (s, step, _) = slice_range(shape[axes[i]], starts[i], ends[i], steps[i])?;
-        off += s as isize * st[axes[i]] as isize;
-        strides[axes[i]] *= step as isize;
-    }
-    Ok((off, strides))
-}
-
-/// The strides that read a tensor of `shape` in the axis order `perm` (a transpose).
-pub fn transpose_strides(shape: &[usize], perm: &[usize]) -> Vec<isize> {
-    let st = strides_of(shape);
-    perm.iter().map(|&p| st[p] as isize).collect()
-}
-
-/// Strides that read a tensor of `shape` broadcast to `out` (0 on broadcast axes).
-pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<isize> {
-    let st = strides_of(shape);
-    let lead = out.len() - shape.len();
-    (0..out.len()).map(|i| if i < lead || shape[i - lead] == 1 { 0 } else { st[i - lead] as isize }).collect()
-}
 
 fn map_data(t: &Tensor, f32f: impl Fn(&[f32]) -> Vec<f32>, i64f: impl Fn(&[i64]) -> Vec<i64>) -> TensorData {
     match &t.data {
@@ -136,18 +58,17 @@ pub fn binary_i64(op: Binary) -> fn(i64, i64) -> Option<i64> {
     }
 }
 
-/// The logistic function.
-pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// Whether constant folding should evaluate `op`: the cheap, shape-like and elementwise ops (an
-/// allow-list, so a new op is not folded until someone decides it may be). Not the
-/// arithmetic-heavy ops (convolution, pooling, batch norm, the training ops), whose plain
-/// references are slow and whose operands are never all constant in a model.
+/// allow-list decided per op and per family member, so a new op or member is not folded until
+/// someone decides it may be). Not the arithmetic-heavy ops (convolution, pooling, batch norm,
+/// the training ops), whose plain references are slow and whose operands are never all
+/// constant in a model.
 pub fn foldable(op: &Op) -> bool {
     match op {
-        Op::Unary(_) | Op::UnaryGrad(_) | Op::Binary(_) | Op::Concat(_) | Op::Split(_) | Op::Slice(_) => true,
+        Op::Unary(Unary::Silu | Unary::Sigmoid | Unary::Sign) => true,
+        Op::UnaryGrad(UnaryGrad::Silu | UnaryGrad::Sigmoid) => true,
+        Op::Binary(Binary::Add | Binary::Sub | Binary::Mul | Binary::Div) => true,
+        Op::Concat(_) | Op::Split(_) | Op::Slice(_) => true,
         Op::UpsampleNearest(_) | Op::Reshape(_) | Op::Transpose(_) | Op::MatMul | Op::Softmax(_) => true,
         Op::Anchors(_) | Op::SoftmaxGrad(_) | Op::UpsampleNearestGrad(_) | Op::SliceGrad(_) | Op::SumTo => true,
         Op::Conv2d(_) | Op::BatchNorm(_) | Op::MaxPool2d(_) | Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) => false,
@@ -258,7 +179,7 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         Op::Broadcast(_) => Ok(inputs.iter().map(|&t| t.clone()).collect()),
         Op::UnaryGrad(UnaryGrad::Silu) => {
             let g = inputs[1].f32s()?.iter().zip(x.f32s()?).map(|(&v, &dy)| {
-                let s = sigmoid(v);
+                let s = nn::sigmoid(v);
                 dy * s * (1.0 + v * (1.0 - s))
             });
             one(TensorData::F32(g.collect()))
@@ -319,8 +240,8 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
             }
             one(TensorData::F32(v))
         }
-        Op::Unary(Unary::Silu) => one(TensorData::F32(x.f32s()?.iter().map(|&v| v * sigmoid(v)).collect())),
-        Op::Unary(Unary::Sigmoid) => one(TensorData::F32(x.f32s()?.iter().map(|&v| sigmoid(v)).collect())),
+        Op::Unary(Unary::Silu) => one(TensorData::F32(x.f32s()?.iter().map(|&v| v * nn::sigmoid(v)).collect())),
+        Op::Unary(Unary::Sigmoid) => one(TensorData::F32(x.f32s()?.iter().map(|&v| nn::sigmoid(v)).collect())),
         Op::Binary(op) => {
             let y = inputs[1];
             let out = shape(0);
@@ -476,15 +397,6 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
             ])
         }
     }
-}
-
-/// Element offsets of each matrix of a batched operand of `shape` broadcast over `batch` axes.
-pub fn batch_offsets(shape: &[usize], batch: &[usize], mat: usize) -> Vec<usize> {
-    let lead = &shape[..shape.len() - 2];
-    let count: usize = batch.iter().product();
-    let idx: Vec<usize> = (0..lead.iter().product::<usize>().max(1)).map(|i| i * mat).collect();
-    let strides = broadcast_strides(lead, batch);
-    strided_copy(&idx, 0, batch, &strides).into_iter().take(count).collect::<Vec<_>>()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Plain reference definitions of convolution, batch normalisation and max pooling and of their
 //! training forms and gradients: direct loops over the NCHW definition with f64 accumulation,
-//! written for clarity, not speed. Backends' fast kernels are tested against these.
+//! written for clarity, not speed, and the logistic function the activations and the detection
+//! loss use. Backends' fast kernels are tested against these.
 
 use crate::op::Conv2d;
 
@@ -308,4 +309,9 @@ pub fn max_pool2d_grad(dy: &[f32], x: &[f32], xs: &[usize], k: [usize; 2], s: [u
         }
     }
     dx
+}
+
+/// The logistic function.
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
 }

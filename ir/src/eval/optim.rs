@@ -3,7 +3,7 @@
 //! slimming's proximal L1 step, and Ultralytics' model EMA. Arithmetic is in f64 on f32 storage;
 //! elementwise loops run in parallel chunks (each element's result does not depend on the split).
 
-use super::sized;
+use crate::layout::sized;
 use crate::{op::Update, step_scalars as s};
 use rayon::prelude::*;
 
@@ -53,8 +53,17 @@ pub fn idle_results<'a>(
         Op::SgdUpdate(_) => (3, &[0, 4]),
         Op::AdamWUpdate(_) => (3, &[0, 4, 5]),
         Op::EmaUpdate => (2, &[0]),
-        // Every other op computes its results.
-        _ => return None,
+        // Every other op computes its results (the accumulator changes whether or not the
+        // optimizer steps).
+        Op::Accumulate | Op::GlobalNorm | Op::AllReduce | Op::Broadcast(_) => return None,
+        Op::Unary(_) | Op::UnaryGrad(_) | Op::Binary(_) | Op::Conv2d(_) | Op::BatchNorm(_) | Op::Concat(_) => {
+            return None
+        }
+        Op::Split(_) | Op::Slice(_) | Op::MaxPool2d(_) | Op::UpsampleNearest(_) | Op::Reshape(_) => return None,
+        Op::Transpose(_) | Op::MatMul | Op::Softmax(_) | Op::Anchors(_) | Op::DetectLoss(_) | Op::SumTo => return None,
+        Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) | Op::BatchNormTrain(_) | Op::BatchNormGrad => return None,
+        Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) | Op::UpsampleNearestGrad(_) | Op::SliceGrad(_) => return None,
+        Op::DetectLossGrad(_) | Op::DistillLoss(_) | Op::DistillLossGrad(_) => return None,
     };
     let step = inputs(scalars)?.f32s().ok()?.get(s::STEP)?;
     (*step == 0.0).then_some(results)

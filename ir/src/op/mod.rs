@@ -243,6 +243,42 @@ op_set! {
     }
 }
 
+/// Ultralytics' three parameter groups (`build_optimizer`'s g[2], g[0], g[1]); an update op's
+/// [`Update::group`] is the group's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamGroup {
+    /// Addends (conv biases, BN shifts): no decay, the bias warm-up.
+    Bias,
+    /// Everything else that multiplies: decay.
+    Weight,
+    /// BN scales: no decay; network slimming's L1 term acts on them.
+    Gamma,
+}
+
+impl ParamGroup {
+    /// The group's index, which selects its learning rate among the step scalars.
+    pub fn index(self) -> usize {
+        match self {
+            ParamGroup::Bias => 0,
+            ParamGroup::Weight => 1,
+            ParamGroup::Gamma => 2,
+        }
+    }
+}
+
+/// What a collective op exchanges between the ranks ([`Op::collective`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Collective {
+    /// [`Op::AllReduce`]: every operand but the last (the step scalars) summed over the ranks,
+    /// on a step that updates.
+    AllReduce,
+    /// [`Op::Broadcast`]: every operand replaced by rank `root`'s.
+    Broadcast {
+        /// The rank whose operands everyone gets.
+        root: usize,
+    },
+}
+
 impl OpKind {
     /// Looks a kind up by its text name.
     pub fn from_name(s: &str) -> Option<OpKind> {
@@ -272,6 +308,44 @@ impl Op {
             Op::SumTo | Op::GlobalNorm | Op::EmaUpdate => 1,
             Op::AllReduce => inputs.saturating_sub(1),
             Op::Broadcast(_) => inputs,
+        }
+    }
+
+    /// The parameter operands whose group the op decides, as (input slot, group): a
+    /// convolution's bias and a batch norm's shift are [`ParamGroup::Bias`], a batch norm's
+    /// scale is [`ParamGroup::Gamma`]. A trained parameter no op claims is a
+    /// [`ParamGroup::Weight`]; a gradient op's operands are its forward op's business.
+    pub fn param_groups(&self) -> &'static [(usize, ParamGroup)] {
+        match self {
+            Op::Conv2d(_) => &[(2, ParamGroup::Bias)],
+            Op::BatchNorm(_) | Op::BatchNormTrain(_) => &[(1, ParamGroup::Gamma), (2, ParamGroup::Bias)],
+            // No parameter operand of a role of its own.
+            Op::Unary(_) | Op::UnaryGrad(_) | Op::Binary(_) | Op::Concat(_) | Op::Split(_) | Op::Slice(_) => &[],
+            Op::MaxPool2d(_) | Op::UpsampleNearest(_) | Op::Reshape(_) | Op::Transpose(_) | Op::MatMul => &[],
+            Op::Softmax(_) | Op::Anchors(_) | Op::DetectLoss(_) | Op::SumTo | Op::AllReduce | Op::Broadcast(_) => &[],
+            // Gradients and the optimizer's ops.
+            Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) | Op::BatchNormGrad | Op::SoftmaxGrad(_) => &[],
+            Op::MaxPool2dGrad(_) | Op::UpsampleNearestGrad(_) | Op::SliceGrad(_) | Op::DetectLossGrad(_) => &[],
+            Op::Accumulate | Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => &[],
+            // The distillation loss reads level maps; the teacher's parameters are its convs'.
+            Op::DistillLoss(_) | Op::DistillLossGrad(_) => &[],
+        }
+    }
+
+    /// The collective the op is, if it is one: it exchanges its operands between the ranks of
+    /// a data-parallel world, so a backend runs it through its communicator (on the host)
+    /// rather than as a kernel. Its reference semantics is the world of one rank.
+    pub fn collective(&self) -> Option<Collective> {
+        match self {
+            Op::AllReduce => Some(Collective::AllReduce),
+            Op::Broadcast(Root { root }) => Some(Collective::Broadcast { root: *root }),
+            Op::Unary(_) | Op::UnaryGrad(_) | Op::Binary(_) | Op::Conv2d(_) | Op::BatchNorm(_) | Op::Concat(_) => None,
+            Op::Split(_) | Op::Slice(_) | Op::MaxPool2d(_) | Op::UpsampleNearest(_) | Op::Reshape(_) => None,
+            Op::Transpose(_) | Op::MatMul | Op::Softmax(_) | Op::Anchors(_) | Op::DetectLoss(_) | Op::SumTo => None,
+            Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) | Op::BatchNormTrain(_) | Op::BatchNormGrad => None,
+            Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) | Op::UpsampleNearestGrad(_) | Op::SliceGrad(_) => None,
+            Op::DetectLossGrad(_) | Op::Accumulate | Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) => None,
+            Op::EmaUpdate | Op::DistillLoss(_) | Op::DistillLossGrad(_) => None,
         }
     }
 

@@ -46,7 +46,7 @@ pub(crate) fn zeroed(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
     buf
 }
 
-pub(crate) use slimc_ir::eval::sized;
+pub(crate) use slimc_ir::layout::sized;
 
 /// The first `n` elements of a scratch buffer, of unspecified value. The buffer keeps its
 /// length between uses, so a smaller use does not shrink it and make the next larger one

@@ -79,8 +79,8 @@ pub fn matmul(out: &mut Vec<f32>, a: &[f32], sa: &[usize], b: &[f32], sb: &[usiz
     let r = out_shape.len();
     let (m, n, k) = (out_shape[r - 2], out_shape[r - 1], sa[sa.len() - 1]);
     let batch = &out_shape[..r - 2];
-    let oa = slimc_ir::eval::batch_offsets(sa, batch, m * k);
-    let ob = slimc_ir::eval::batch_offsets(sb, batch, k * n);
+    let oa = slimc_ir::layout::batch_offsets(sa, batch, m * k);
+    let ob = slimc_ir::layout::batch_offsets(sb, batch, k * n);
     let out = sized(out, out_shape.iter().product());
     if m * n == 0 {
         return;

@@ -75,7 +75,7 @@ pub fn split(outs: &mut [Vec<f32>], x: &[f32], widths: &[usize]) {
 }
 
 /// `out[idx] = src[offset + Σ idx[i]·strides[i]]` for every index of `shape` (a transpose or a
-/// slice, as `slimc_ir::eval::strided_copy`), by runs of whole rows of the last axis in parallel.
+/// slice, as `slimc_ir::layout::strided_copy`), by runs of whole rows of the last axis in parallel.
 pub fn gather(out: &mut Vec<f32>, src: &[f32], offset: isize, shape: &[usize], strides: &[isize]) {
     let n: usize = shape.iter().product();
     let out = sized(out, n);

@@ -8,6 +8,7 @@
 
 mod buffers;
 mod conv;
+mod conv_grad;
 mod direct;
 mod epilogue;
 mod gemm;
@@ -23,11 +24,11 @@ mod tests;
 
 use super::compiled::{Compiled, Planned};
 use super::{collective, Backend, ByShape, Executable};
-use crate::dist::{Communicator, Solo};
+use crate::distributed::{Communicator, Solo};
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::eval::optim;
 use slimc_ir::memory::Plan;
-use slimc_ir::BatchNorm;
+use slimc_ir::{BatchNorm, Collective};
 use slimc_ir::{DType, Model, Op, Tensor, TensorData, TensorType, ValueId};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -115,11 +116,12 @@ fn release(dead: &[usize], env: &mut [Option<Cow<Tensor>>], pool: &mut [Slot], p
 /// micro-batch that does not step), the others are copied.
 fn collective_node(
     n: &slimc_ir::Node,
+    c: Collective,
     dead: &[usize],
     env: &mut [Option<Cow<Tensor>>],
     comm: &dyn Communicator,
 ) -> Result<Vec<Tensor>> {
-    let k = collective::carried(&n.op, n.inputs.len());
+    let k = collective::carried(c, n.inputs.len());
     let scalars = match n.inputs.get(k) {
         Some(v) => Some(env[v.0].as_deref().expect("topological order").f32s()?.to_vec()),
         None => None,
@@ -137,7 +139,7 @@ fn collective_node(
         };
         carried.push(t);
     }
-    collective::run(&n.op, carried, scalars.as_deref(), comm)
+    collective::run(c, carried, scalars.as_deref(), comm)
 }
 
 /// An arena slot's buffer, and the allocation (address, capacity) and length it had when a value
@@ -252,9 +254,9 @@ impl CpuExecutable {
                 release(&plan.frees[i], &mut env, pool, plan);
                 continue;
             }
-            if collective::is_collective(&n.op) {
+            if let Some(c) = n.op.collective() {
                 let started = profile.as_ref().map(|_| std::time::Instant::now());
-                let outs = collective_node(n, &plan.frees[i], &mut env, &**comm)
+                let outs = collective_node(n, c, &plan.frees[i], &mut env, &**comm)
                     .map_err(|e| anyhow!("node {i} ({} @{}): {e}", n.op.name(), n.scope))?;
                 if let (Some(p), Some(t)) = (profile.as_mut(), started) {
                     p.add(n.op.name(), t.elapsed(), first);

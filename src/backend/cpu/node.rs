@@ -2,9 +2,10 @@
 //! the arena's buffers, or, by name, the IR's reference semantics ([`slimc_ir::eval`]) where
 //! that is the kernel (small, rare or integer-valued work).
 
-use super::{conv, epilogue, layout, norm, pointwise, pool};
+use super::{conv, conv_grad, epilogue, layout, norm, pointwise, pool};
 use anyhow::Result;
-use slimc_ir::eval::{broadcast_strides, eval, optim, slice_view, transpose_strides};
+use slimc_ir::eval::{eval, optim};
+use slimc_ir::layout::{broadcast_strides, slice_view, transpose_strides};
 use slimc_ir::{Axis, BatchNorm, Pool, Slice, Split, Transpose, Unary, UnaryGrad, Upsample};
 use slimc_ir::{DType, Op, Tensor, TensorData};
 
@@ -81,11 +82,11 @@ pub(super) fn compute(
         }
         Op::Conv2dGradInput(c) => {
             let (w, xs) = (args[1], &args[2].shape);
-            conv::conv2d_grad_input(&mut bufs[0], x.f32s()?, w.f32s()?, &w.shape, xs, c);
+            conv_grad::conv2d_grad_input(&mut bufs[0], x.f32s()?, w.f32s()?, &w.shape, xs, c);
         }
         Op::Conv2dGradWeight(c) => {
             let (xv, ws) = (args[1], &args[2].shape);
-            conv::conv2d_grad_weight(&mut bufs[0], scratch, x.f32s()?, xv.f32s()?, &xv.shape, ws, c);
+            conv_grad::conv2d_grad_weight(&mut bufs[0], scratch, x.f32s()?, xv.f32s()?, &xv.shape, ws, c);
         }
         Op::BatchNormTrain(BatchNorm { eps, momentum }) => {
             let p = |i: usize| args[i].f32s();

@@ -139,7 +139,7 @@ fn arith_row(o: &mut [f32], a: &[f32], sa: isize, b: &[f32], sb: isize, f: impl 
 
 /// `a ∘ b` with NumPy broadcasting to `shape` into `out`, by runs of whole rows of the last
 /// axis in parallel; `sa`, `sb` are the operands' broadcast strides
-/// (`slimc_ir::eval::broadcast_strides`).
+/// (`slimc_ir::layout::broadcast_strides`).
 pub fn arith(out: &mut Vec<f32>, op: Binary, a: &[f32], sa: &[isize], b: &[f32], sb: &[isize], shape: &[usize]) {
     let n: usize = shape.iter().product();
     let out = sized(out, n);

@@ -1,6 +1,7 @@
 //! Adapters and the device: which GPUs wgpu sees, which one slimc picks, and the device slimc
 //! opens on it once per process (its limits are the adapter's own).
 
+use super::kernels::Entry;
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -174,7 +175,7 @@ pub struct Context {
     pub adapter: AdapterSummary,
     /// The device's limits (the adapter's own).
     pub limits: wgpu::Limits,
-    pipelines: Mutex<HashMap<(&'static str, u32), Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<(Entry, u32), Arc<wgpu::ComputePipeline>>>,
 }
 
 impl Context {
@@ -212,14 +213,14 @@ impl Context {
         Ok(Context { device, queue, adapter: summary(&adapter), limits, pipelines: Mutex::new(HashMap::new()) })
     }
 
-    /// The compute pipeline of `entry` in shader file `file` (one of [`super::kernels::SHADERS`])
-    /// with its `MODE` override constant set to `mode` when the file declares one, built on first
-    /// use.
-    pub fn pipeline(&self, file: &'static str, entry: &'static str, mode: u32) -> Arc<wgpu::ComputePipeline> {
+    /// The compute pipeline of kernel `entry` with its file's `MODE` override constant set to
+    /// `mode` when the file declares one, built on first use.
+    pub fn pipeline(&self, entry: Entry, mode: u32) -> Arc<wgpu::ComputePipeline> {
         let mut cache = self.pipelines.lock().expect("pipeline cache");
         if let Some(p) = cache.get(&(entry, mode)) {
             return p.clone();
         }
+        let file = entry.file();
         let source = super::kernels::source(file);
         let constants = [("MODE", mode as f64)];
         let constants: &[(&str, f64)] = if source.contains("override MODE") { &constants } else { &[] };
@@ -228,10 +229,10 @@ impl Context {
             source: wgpu::ShaderSource::Wgsl(source.into()),
         });
         let p = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
+            label: Some(entry.name()),
             layout: None,
             module: &module,
-            entry_point: Some(entry),
+            entry_point: Some(entry.name()),
             compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
             cache: None,
         }));

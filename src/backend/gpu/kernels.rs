@@ -1,10 +1,8 @@
-//! The WGSL kernels (`shaders/`, one op family per file, each with `common.wgsl` in front) and
-//! the uniform blocks they read, laid out as WGSL lays them out.
+//! The WGSL kernels: the shader files (`shaders/`, one op family per file, each with
+//! `common.wgsl` in front), their entry points as [`Entry`] values, the binding numbers of their
+//! variables, and the grids that dispatch them.
 
-use anyhow::{anyhow, bail, Result};
-use bytemuck::{Pod, Zeroable};
-use slimc_ir::eval::nn::ConvGeometry;
-use slimc_ir::Conv2d;
+use anyhow::{bail, Result};
 
 /// The shader files by name.
 pub const SHADERS: &[(&str, &str)] = &[
@@ -34,373 +32,6 @@ pub fn source(file: &str) -> String {
 /// Invocations per workgroup of the flat (one element per invocation) kernels.
 pub const WG: u64 = 256;
 
-/// Most dimensions a [`View`] holds.
-pub const MAX_RANK: usize = 8;
-
-/// `View` of `common.wgsl`: a strided view over up to 8 dimensions, for operands a, b and the
-/// output.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct View {
-    numel: u32,
-    rank: u32,
-    a_offset: i32,
-    b_offset: i32,
-    out_offset: i32,
-    /// What the kernel does with the elements (the arithmetic op).
-    pub code: u32,
-    pad: [u32; 2],
-    shape: [u32; MAX_RANK],
-    a_strides: [i32; MAX_RANK],
-    b_strides: [i32; MAX_RANK],
-    out_strides: [i32; MAX_RANK],
-}
-
-/// An operand's place in a [`View`]: its first element and its stride per view dimension.
-pub struct Strided<'a> {
-    /// Offset of the view's first element.
-    pub offset: isize,
-    /// Element strides, one per view dimension.
-    pub strides: &'a [isize],
-}
-
-/// Row-major strides of a contiguous tensor of `shape`.
-pub fn contiguous(shape: &[usize]) -> Vec<isize> {
-    slimc_ir::eval::strides_of(shape).into_iter().map(|s| s as isize).collect()
-}
-
-fn small(v: isize, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| anyhow::anyhow!("{what} {v} exceeds the GPU kernels' 32-bit indexing"))
-}
-
-impl View {
-    /// The view of `shape` with operands `a`, `b` (absent: unused) and `out`.
-    pub fn new(shape: &[usize], a: &Strided, b: Option<&Strided>, out: &Strided) -> Result<View> {
-        if shape.len() > MAX_RANK {
-            bail!("a view of rank {} (the GPU kernels take at most {MAX_RANK})", shape.len());
-        }
-        let numel: usize = shape.iter().product();
-        let mut v = View::zeroed();
-        v.numel = u32::try_from(numel).map_err(|_| anyhow::anyhow!("{numel} elements exceed 32-bit indexing"))?;
-        v.rank = shape.len() as u32;
-        v.a_offset = small(a.offset, "offset")?;
-        v.out_offset = small(out.offset, "offset")?;
-        for (d, &n) in shape.iter().enumerate() {
-            v.shape[d] = n as u32;
-            v.a_strides[d] = small(a.strides[d], "stride")?;
-            v.out_strides[d] = small(out.strides[d], "stride")?;
-        }
-        if let Some(b) = b {
-            v.b_offset = small(b.offset, "offset")?;
-            for d in 0..shape.len() {
-                v.b_strides[d] = small(b.strides[d], "stride")?;
-            }
-        }
-        Ok(v)
-    }
-
-    /// A copy of the view of `shape` from `src` into `dst`.
-    pub fn copy(shape: &[usize], src: &Strided, dst: &Strided) -> Result<View> {
-        View::new(shape, src, None, dst)
-    }
-}
-
-/// `v` as a kernel's 32-bit size, or an error saying it is too large.
-pub fn size32(v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| anyhow!("size {v} exceeds the kernels' 32-bit indexing"))
-}
-
-/// A convolution's sizes as the kernels read them: batch, input channels, height, width, output
-/// channels, input and output channels per group, kernel height and width, output height and
-/// width, strides, leading paddings, dilations.
-pub fn conv_sizes(geo: &ConvGeometry, c: &Conv2d) -> Result<[u32; 17]> {
-    let v = [
-        geo.n,
-        geo.cin,
-        geo.h,
-        geo.w,
-        geo.cout,
-        geo.cg,
-        geo.og,
-        geo.kh,
-        geo.kw,
-        geo.oh,
-        geo.ow,
-        c.stride[0],
-        c.stride[1],
-        c.pad[0],
-        c.pad[1],
-        c.dilation[0],
-        c.dilation[1],
-    ];
-    let mut out = [0; 17];
-    for (o, v) in out.iter_mut().zip(v) {
-        *o = size32(v)?;
-    }
-    Ok(out)
-}
-
-/// `Conv` of `conv.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct ConvParams {
-    pub n: u32,
-    pub cin: u32,
-    pub h: u32,
-    pub w: u32,
-    pub cout: u32,
-    pub cg: u32,
-    pub kh: u32,
-    pub kw: u32,
-    pub oh: u32,
-    pub ow: u32,
-    pub og: u32,
-    pub m_tiles: u32,
-    pub sh: u32,
-    pub sw: u32,
-    pub ph: u32,
-    pub pw: u32,
-    pub dh: u32,
-    pub dw: u32,
-    pub act: u32,
-    pub pad0: u32,
-    pub gm: u32,
-    pub gn: u32,
-    pub gk: u32,
-    pub chunk: u32,
-}
-
-/// `Packed` of `conv_packed.wgsl`: the convolution, then what one packing, GEMM or col2im
-/// dispatch does (see the shader).
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct PackedParams {
-    pub n: u32,
-    pub cin: u32,
-    pub h: u32,
-    pub w: u32,
-    pub cout: u32,
-    pub cg: u32,
-    pub og: u32,
-    pub kh: u32,
-    pub kw: u32,
-    pub oh: u32,
-    pub ow: u32,
-    pub sh: u32,
-    pub sw: u32,
-    pub ph: u32,
-    pub pw: u32,
-    pub dh: u32,
-    pub dw: u32,
-    pub act: u32,
-    pub group: u32,
-    pub n0: u32,
-    pub cols: u32,
-    pub rows: u32,
-    pub valid_cols: u32,
-    pub rows_p: u32,
-    pub cols_p: u32,
-    pub transposed: u32,
-    pub source: u32,
-    pub off: u32,
-    pub rs: u32,
-    pub cs: u32,
-    pub gm: u32,
-    pub gn: u32,
-    pub gk: u32,
-    pub accumulate: u32,
-    pub pad: [u32; 2],
-}
-
-/// `Fold` of `conv.wgsl`: where a convolution's epilogue coefficients come from.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct FoldParams {
-    pub cout: u32,
-    pub has_bias: u32,
-    pub has_bn: u32,
-    pub eps: f32,
-}
-
-/// `Pool` of `pooling.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct PoolParams {
-    pub n_planes: u32,
-    pub h: u32,
-    pub w: u32,
-    pub oh: u32,
-    pub ow: u32,
-    pub kh: u32,
-    pub kw: u32,
-    pub sh: u32,
-    pub sw: u32,
-    pub ph: u32,
-    pub pw: u32,
-    pub pad0: u32,
-}
-
-/// `Norm` of `batch_norm.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct NormParams {
-    pub numel: u32,
-    pub channels: u32,
-    pub plane: u32,
-    pub eps: f32,
-}
-
-/// `Mm` of `matmul.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct MatMulParams {
-    pub m: u32,
-    pub n: u32,
-    pub k: u32,
-    pub batches: u32,
-}
-
-/// `Lines` of `softmax.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct LineParams {
-    pub outer: u32,
-    pub n: u32,
-    pub inner: u32,
-    pub pad0: u32,
-}
-
-/// `Count` of `activation.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct CountParams {
-    pub n: u32,
-    pub pad: [u32; 3],
-}
-
-/// `Chunks` of `conv.wgsl`: the weight gradient's partial sums.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct ChunkParams {
-    pub numel: u32,
-    pub chunks: u32,
-    pub pad: [u32; 2],
-}
-
-/// `Train` of `batch_norm.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct TrainParams {
-    pub n: u32,
-    pub channels: u32,
-    pub plane: u32,
-    pub eps: f32,
-    pub momentum: f32,
-    pub unbias: f32,
-    pub pad: [u32; 2],
-}
-
-/// `Fill` of `layout.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct FillParams {
-    pub n: u32,
-    pub value: f32,
-    pub pad: [u32; 2],
-}
-
-/// `Blocks` of `layout.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct BlockParams {
-    pub n_planes: u32,
-    pub h: u32,
-    pub w: u32,
-    pub sy: u32,
-    pub sx: u32,
-    pub pad: [u32; 3],
-}
-
-/// `Update` of `optimizer.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct UpdateParams {
-    pub n: u32,
-    pub group: u32,
-    pub weight_decay: f32,
-    pub max_norm: f32,
-    pub prox: u32,
-    pub keep: u32,
-    pub beta1: f32,
-    pub pad0: u32,
-}
-
-/// `Squares` of `optimizer.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct SquaresParams {
-    pub n: u32,
-    pub first: u32,
-    pub total: u32,
-    pub pad0: u32,
-}
-
-/// `Loss` of `detect_loss.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct LossParams {
-    pub batch: u32,
-    pub na: u32,
-    pub nc: u32,
-    pub reg_max: u32,
-    pub rows: u32,
-    pub levels: u32,
-    pub dec: u32,
-    pub ov: u32,
-    pub al: u32,
-    pub pos: u32,
-    pub asg: u32,
-    pub row_max: u32,
-    pub part: u32,
-    pub sums: u32,
-    pub img_w: f32,
-    pub img_h: f32,
-    pub gains: [f32; 4],
-    pub level_first: [u32; 4],
-    pub level_w: [u32; 4],
-    pub level_stride: [f32; 4],
-}
-
-/// `Kd` of `distill.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct DistillParams {
-    pub batch: u32,
-    pub na: u32,
-    pub nc: u32,
-    pub reg_max: u32,
-    pub temperature: f32,
-    pub gain_cls: f32,
-    pub gain_box: f32,
-    pub grad: u32,
-    pub part: u32,
-    pub sums: u32,
-    pub pad: [u32; 2],
-}
-
-/// `Level` of `anchors.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct LevelParams {
-    pub h: u32,
-    pub w: u32,
-    pub first: u32,
-    pub total: u32,
-    pub offset: f32,
-    pub stride: f32,
-    pub pad: [u32; 2],
-}
-
 /// Lays `groups` workgroups out on a grid whose dimensions hold at most `limit` each: x, and y
 /// when x would exceed it (the kernels index `y · x_count + x`).
 pub fn grid(groups: u64, limit: u32) -> Result<[u32; 3]> {
@@ -418,16 +49,6 @@ pub fn grid(groups: u64, limit: u32) -> Result<[u32; 3]> {
 /// The grid of a flat kernel over `n` elements.
 pub fn flat_grid(n: usize, limit: u32) -> Result<[u32; 3]> {
     grid((n as u64).div_ceil(WG), limit)
-}
-
-/// A uniform block that mirrors a WGSL struct: only these bind as uniforms ([`uniform`]). Each
-/// is checked at compile time to be whole 16-byte rows (WGSL's uniform layout) and by the unit
-/// tests to have its WGSL struct's size.
-pub trait Uniform: Pod {}
-
-/// `u` bound as the shader's uniform variable `name`.
-pub fn uniform<'a, U: Uniform>(name: &'a str, u: &'a U) -> (&'a str, &'a [u8]) {
-    (name, bytemuck::bytes_of(u))
 }
 
 /// The binding number of variable `name` in shader file `file` (group 0), read from the shader
@@ -450,42 +71,164 @@ pub fn binding(file: &str, name: &str) -> Option<u32> {
     table.get(&(file, name.to_string())).copied()
 }
 
-macro_rules! uniforms {
-    ($($rust:ident => $file:literal $wgsl:literal),* $(,)?) => {
-        $(
-            impl Uniform for $rust {}
-            const _: () = assert!(std::mem::size_of::<$rust>() % 16 == 0, "a uniform block is whole 16-byte rows");
-        )*
-        /// Every uniform block: (Rust size, shader file, WGSL struct).
-        #[cfg(test)]
-        const UNIFORMS: &[(usize, &str, &str)] = &[$((std::mem::size_of::<$rust>(), $file, $wgsl)),*];
+macro_rules! entries {
+    ($( $file:literal { $( $(#[doc = $doc:literal])* $variant:ident = $name:literal, )* } )*) => {
+        /// A kernel: an entry point of one shader file. Lowerings name kernels by these values,
+        /// never by strings; the unit tests check that each is a compute entry point of its file
+        /// and that every entry point of every file has one.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Entry {
+            $( $( $(#[doc = $doc])* $variant, )* )*
+        }
+
+        impl Entry {
+            /// Every kernel, file by file.
+            #[cfg(test)]
+            const ALL: &'static [Entry] = &[$( $( Entry::$variant, )* )*];
+
+            /// The shader file (a name of [`SHADERS`]).
+            pub fn file(self) -> &'static str {
+                match self {
+                    $( $( Entry::$variant => $file, )* )*
+                }
+            }
+
+            /// The entry point's name in its file.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( $( Entry::$variant => $name, )* )*
+                }
+            }
+        }
     };
 }
 
-uniforms! {
-    View => "common" "View",
-    ConvParams => "conv" "Conv",
-    PackedParams => "conv_packed" "Packed",
-    FoldParams => "conv" "Fold",
-    ChunkParams => "conv" "Chunks",
-    PoolParams => "pooling" "Pool",
-    NormParams => "batch_norm" "Norm",
-    TrainParams => "batch_norm" "Train",
-    MatMulParams => "matmul" "Mm",
-    LineParams => "softmax" "Lines",
-    CountParams => "common" "Count",
-    FillParams => "layout" "Fill",
-    BlockParams => "layout" "Blocks",
-    UpdateParams => "optimizer" "Update",
-    SquaresParams => "optimizer" "Squares",
-    LossParams => "detect_loss" "Loss",
-    DistillParams => "distill" "Kd",
-    LevelParams => "anchors" "Level",
+entries! {
+    "activation" {
+        /// SiLU.
+        Silu = "silu",
+        /// The logistic function.
+        Sigmoid = "sigmoid",
+        /// SiLU's gradient.
+        SiluGrad = "silu_grad",
+        /// The sigmoid's gradient.
+        SigmoidGrad = "sigmoid_grad",
+        /// The sign (0 at 0).
+        Sign = "sign_",
+    }
+    "anchors" {
+        /// One level's anchor points and strides.
+        Anchors = "anchors",
+    }
+    "batch_norm" {
+        /// Inference-mode batch norm.
+        BatchNorm = "batch_norm",
+        /// Training mode: the per-channel batch statistics and the next running ones.
+        BnStats = "bn_stats",
+        /// Training mode: normalisation with the batch statistics.
+        BnTrainApply = "bn_train_apply",
+        /// The gradient's per-channel sums.
+        BnGradStats = "bn_grad_stats",
+        /// The input gradient from those sums.
+        BnGradApply = "bn_grad_apply",
+    }
+    "conv" {
+        /// The implicit GEMM tiled in workgroup memory.
+        ConvTiled = "conv_tiled",
+        /// One output per invocation: depthwise convolutions, whose GEMMs have a single row.
+        ConvDirect = "conv_direct",
+        /// The weight gradient's partial sums added in order.
+        ConvReduce = "conv_reduce",
+        /// The epilogue's per-channel (scale, shift) from the bias and a folded batch norm.
+        ConvCoefficients = "conv_coefficients",
+    }
+    "conv_packed" {
+        /// Windows of the input packed into a matrix (im2col).
+        PackedIm2col = "packed_im2col",
+        /// A weight (or its transpose) or the output gradient's channels in the padded layout.
+        PackedMatrix = "packed_matrix",
+        /// The register-blocked GEMM on vec4 loads.
+        PackedGemm = "packed_gemm",
+        /// The input gradient gathered from the column gradient (col2im, no atomics).
+        PackedCol2im = "packed_col2im",
+    }
+    "detect_loss" {
+        /// Pass 1, per anchor: the distributions' expectations and the decoded box.
+        DlDecode = "dl_decode",
+        /// Pass 2, per (box, anchor): overlap and the alignment metric.
+        DlMetrics = "dl_metrics",
+        /// Pass 3, per box: its best anchors by the metric.
+        DlTopk = "dl_topk",
+        /// Pass 4, per anchor: an anchor claimed by several boxes goes to the one it overlaps most.
+        DlResolve = "dl_resolve",
+        /// Pass 5, per box: the best metric and overlap among its positive anchors.
+        DlRowMax = "dl_row_max",
+        /// Pass 6, per anchor: the assigned score and the anchor's share of each loss.
+        DlScore = "dl_score",
+        /// Pass 7: the sums over every anchor, in a fixed order.
+        DlSum = "dl_sum",
+        /// The gradient with respect to the level maps.
+        DlGrad = "dl_grad",
+    }
+    "distill" {
+        /// Pass 1, per anchor: the teacher's confidence, the class and box terms (and their
+        /// derivatives, for the gradient).
+        KdAnchor = "kd_anchor",
+        /// Pass 2: the sums over every anchor, in a fixed order.
+        KdSum = "kd_sum",
+        /// Pass 3, per element: the derivatives scaled into the gradient.
+        KdScale = "kd_scale",
+    }
+    "elementwise" {
+        /// Broadcast arithmetic ([`super::uniforms::View`]'s `code` picks the op).
+        Binary = "binary",
+        /// The sum over broadcast axes.
+        SumTo = "sum_to",
+    }
+    "layout" {
+        /// A strided copy (slices, transposes, concat and split parts, upsampling).
+        StridedCopy = "strided_copy",
+        /// A constant fill (before a strided copy that writes only some elements).
+        Fill = "fill",
+        /// Nearest upsampling's gradient: each block summed.
+        UpsampleNearestGrad = "upsample_nearest_grad",
+    }
+    "matmul" {
+        /// Batched matrix product.
+        MatMul = "matmul",
+    }
+    "optimizer" {
+        /// SGD with Nesterov momentum.
+        SgdUpdate = "sgd_update",
+        /// AdamW.
+        AdamWUpdate = "adamw_update",
+        /// The model EMA.
+        EmaUpdate = "ema_update",
+        /// Gradient accumulation.
+        Accumulate = "accumulate",
+        /// Partial sums of squares of the global norm.
+        SumSquares = "sum_squares",
+        /// The global norm from those partial sums.
+        NormOfPartials = "norm_of_partials",
+    }
+    "pooling" {
+        /// Max pooling.
+        MaxPool2d = "max_pool2d",
+        /// Max pooling's gradient.
+        MaxPool2dGrad = "max_pool2d_grad",
+    }
+    "softmax" {
+        /// Softmax along one axis.
+        Softmax = "softmax",
+        /// Softmax's gradient.
+        SoftmaxGrad = "softmax_grad",
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
     use wgpu::naga;
 
     #[test]
@@ -498,28 +241,21 @@ mod tests {
     }
 
     #[test]
-    fn every_uniform_block_has_its_wgsl_structs_size() {
-        for &(size, file, name) in UNIFORMS {
-            let src = if file == "common" { source("activation") } else { source(file) };
-            let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{file}.wgsl: {e}"));
-            let span = module.types.iter().find_map(|(_, t)| match (&t.name, &t.inner) {
-                (Some(n), naga::TypeInner::Struct { span, .. }) if n == name => Some(*span as usize),
-                _ => None,
-            });
-            assert_eq!(span, Some(size), "{file}.wgsl struct {name}: WGSL size {span:?}, Rust size {size}");
-        }
-        // Every shader's uniform structs are covered.
-        for (file, _) in SHADERS {
-            let module = naga::front::wgsl::parse_str(&source(file)).unwrap();
-            for (_, var) in module.global_variables.iter() {
-                if var.space == naga::AddressSpace::Uniform {
-                    let name = module.types[var.ty].name.clone().unwrap_or_default();
-                    assert!(
-                        UNIFORMS.iter().any(|u| u.2 == name),
-                        "{file}.wgsl: uniform struct {name} has no Rust block"
-                    );
-                }
+    fn every_entry_is_a_compute_entry_point_of_its_file_and_every_entry_point_has_one() {
+        let named: BTreeSet<(&str, &str)> = Entry::ALL.iter().map(|e| (e.file(), e.name())).collect();
+        assert_eq!(named.len(), Entry::ALL.len(), "two kernels name the same entry point");
+        let mut declared = BTreeSet::new();
+        for &(file, _) in SHADERS {
+            let module = naga::front::wgsl::parse_str(&source(file)).unwrap_or_else(|e| panic!("{file}.wgsl: {e}"));
+            for ep in &module.entry_points {
+                assert_eq!(ep.stage, naga::ShaderStage::Compute, "{file}.wgsl: {} is not a compute entry", ep.name);
+                declared.insert((file, ep.name.clone()));
             }
         }
+        let declared: BTreeSet<(&str, &str)> = declared.iter().map(|(f, n)| (*f, n.as_str())).collect();
+        let missing: Vec<_> = named.difference(&declared).collect();
+        let unnamed: Vec<_> = declared.difference(&named).collect();
+        assert!(missing.is_empty(), "kernels with no entry point in their shader file: {missing:?}");
+        assert!(unnamed.is_empty(), "shader entry points no Entry names: {unnamed:?}");
     }
 }

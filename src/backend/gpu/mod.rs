@@ -10,6 +10,7 @@
 mod device;
 mod kernels;
 mod lower;
+mod uniforms;
 
 pub use device::{adapters, hardware_present, show_driver_messages, use_adapter, AdapterSummary, Context};
 pub use lower::ConvLowering;
@@ -17,7 +18,7 @@ pub use lower::ConvLowering;
 use super::compiled::{Compiled, Planned};
 use super::{check_inputs, Backend, ByShape, Executable};
 use crate::backend::collective;
-use crate::dist::{Communicator, Solo};
+use crate::distributed::{Communicator, Solo};
 use anyhow::{anyhow, bail, Result};
 use lower::{Graphs, HostStep, Loc, Program};
 use slimc_ir::{DType, Model, Tensor};
@@ -162,7 +163,7 @@ impl GpuExecutable {
     ) -> Result<wgpu::CommandEncoder> {
         let scalars = h.scalars.map(|k| inputs[k].f32s()).transpose()?;
         let pairs = h.operands.iter().zip(&h.results);
-        if !collective::communicates(&h.op, scalars, &*self.comm) {
+        if !collective::communicates(h.collective, scalars, &*self.comm) {
             for (&(from, bytes), &to) in pairs {
                 if from != to && bytes > 0 {
                     enc.copy_buffer_to_buffer(self.buffer(program, from), 0, self.buffer(program, to), 0, bytes);
@@ -179,7 +180,7 @@ impl GpuExecutable {
         }
         self.ctx.queue.submit([enc.finish()]);
         let mut bucket = self.download(&h.staging, total)?;
-        collective::exchange(&h.op, &mut bucket, &*self.comm)?;
+        collective::exchange(h.collective, &mut bucket, &*self.comm)?;
         let mut at = 0;
         for (&(_, bytes), &to) in pairs {
             let n = bytes as usize / 4;

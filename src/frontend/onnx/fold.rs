@@ -5,7 +5,8 @@ use super::proto::*;
 use super::{Importer, Slot};
 use anyhow::{anyhow, bail, Result};
 use onnx_protobuf::NodeProto;
-use slimc_ir::eval::{eval, foldable, strided_copy};
+use slimc_ir::eval::{eval, foldable};
+use slimc_ir::layout::strided_copy;
 use slimc_ir::{Tensor, TensorData};
 
 impl Importer {
@@ -139,7 +140,7 @@ impl Importer {
                 if slimc_ir::checked_numel(&out).is_none_or(|n| n > MAX_FOLDED) {
                     bail!("Expand to {out:?} is too large (over {MAX_FOLDED} elements)");
                 }
-                let st = slimc_ir::eval::broadcast_strides(&t.shape, &out);
+                let st = slimc_ir::layout::broadcast_strides(&t.shape, &out);
                 let data = match &t.data {
                     TensorData::F32(v) => TensorData::F32(strided_copy(v, 0, &out, &st)),
                     TensorData::I64(v) => TensorData::I64(strided_copy(v, 0, &out, &st)),

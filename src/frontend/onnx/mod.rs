@@ -19,7 +19,7 @@ pub use proto::tensor_from_proto;
 use proto::*;
 use slimc_ir::Unary;
 use slimc_ir::{DType, Dim, Graph, Metadata, Model, Op, ParamKind, Tensor, TensorType, ValueId};
-use slimc_passes::pipelines;
+use slimc_passes::sequences;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -275,7 +275,7 @@ pub fn import_proto(proto: &ModelProto, file: &str, imgsz: Option<[usize; 2]>) -
     let input_shape = im.g.inputs.first().and_then(|&v| im.g.ty(v).fixed_shape()).unwrap_or_default();
     let meta = metadata(proto, &im.g, &input_shape);
     let mut model = Model { graph: im.g, tensors: im.tensors, meta, training_state: vec![] };
-    pipelines::IMPORT.manager().run(&mut model).map_err(|e| anyhow!("{file}: {e}"))?;
+    sequences::IMPORT.manager().run(&mut model).map_err(|e| anyhow!("{file}: {e}"))?;
     model.check().map_err(|e| anyhow!("{file}: imported graph does not verify: {e}"))?;
     Ok(model)
 }

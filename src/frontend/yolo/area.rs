@@ -7,7 +7,7 @@
 //! them out), the area axis moved next to the batch, and the products taken over the last two
 //! axes, so the graph keeps working at any image size whose positions divide by `area`.
 
-use super::{A2C2fArgs, Lowering};
+use super::lowering::Lowering;
 use anyhow::{bail, Result};
 use slimc_ir::{Binary, Reshape, Transpose};
 use slimc_ir::{Op, ParamKind, ReshapeDim, ValueId};
@@ -17,6 +17,23 @@ const HEAD_CHANNELS: usize = 32;
 
 /// The standard deviation of `ABlock`'s truncated-normal conv init (`trunc_normal_(std=0.02)`).
 const ABLOCK_INIT_STD: f32 = 0.02;
+
+/// `A2C2f`'s arguments after the layer's channels: `A2C2f(c1, c2, n, a2, area, residual,
+/// mlp_ratio, e, g=1, shortcut)`.
+pub struct A2C2fArgs {
+    /// Area attention blocks (true) or C3k blocks (false).
+    pub a2: bool,
+    /// Parts the sequence is split into (1: global attention).
+    pub area: usize,
+    /// The learnt residual scale `gamma` around the block (scales l and x).
+    pub residual: bool,
+    /// Hidden width of each `ABlock`'s MLP relative to its input.
+    pub mlp_ratio: f64,
+    /// Hidden channels relative to `c2`.
+    pub e: f64,
+    /// Residual adds in the C3k blocks (when `a2` is false).
+    pub shortcut: bool,
+}
 
 impl Lowering<'_> {
     /// Ultralytics `A2C2f`: `cv1`, `n` blocks (two `ABlock`s each, or a `C3k`) chained,

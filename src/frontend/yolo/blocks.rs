@@ -1,7 +1,7 @@
 //! The backbone and neck blocks: Bottleneck, C3 and C3k, C2f and C3k2, C2, SPPF, and C2PSA with
 //! its attention (YOLO12's A2C2f is in [`super::area`]).
 
-use super::Lowering;
+use super::lowering::Lowering;
 use anyhow::{bail, Result};
 use slimc_ir::{Axis, Binary, Pool, Reshape, Split, Transpose};
 use slimc_ir::{Op, ReshapeDim, ValueId};

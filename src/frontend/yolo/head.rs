@@ -1,6 +1,6 @@
 //! The Detect head: box and class branches, DFL and box decoding.
 
-use super::{Lowering, REG_MAX};
+use super::lowering::{Lowering, REG_MAX};
 use anyhow::Result;
 use slimc_ir::{Anchors, Axis, Binary, Reshape, Slice, Split, Transpose, Unary};
 use slimc_ir::{Conv2d, Op, ParamKind, ReshapeDim, ValueId};

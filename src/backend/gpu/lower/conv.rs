@@ -4,7 +4,8 @@
 use super::packed;
 use super::storage;
 use super::{At, Builder};
-use crate::backend::gpu::kernels::{self, flat_grid, grid, uniform};
+use crate::backend::gpu::kernels::{flat_grid, grid, Entry};
+use crate::backend::gpu::uniforms::{self, uniform};
 use anyhow::bail;
 use anyhow::Result;
 use slimc_ir::eval::nn::ConvGeometry;
@@ -37,9 +38,9 @@ impl Builder<'_> {
         let chunks = k.div_ceil(2048).clamp(1, (4 << 20) / numel.max(1)).clamp(1, 256);
         let partial = storage(self.ctx, (chunks * numel) as u64 * 4, "weight-gradient partial sums");
         self.conv_gemm(2, &geo, c, false, [&xv, &dy, &dummy, &partial], chunks)?;
-        let p = kernels::ChunkParams { numel: numel as u32, chunks: chunks as u32, pad: [0; 2] };
+        let p = uniforms::ChunkParams { numel: numel as u32, chunks: chunks as u32, pad: [0; 2] };
         self.step(
-            ("conv", "conv_reduce"),
+            Entry::ConvReduce,
             &[uniform("R", &p)],
             &[("partial", &partial), ("summed", &out)],
             flat_grid(numel, limit)?,
@@ -57,7 +58,7 @@ impl Builder<'_> {
         let geo = ConvGeometry::new(&self.shape(n.inputs[0]), &self.shape(n.inputs[1]), c);
         let coef = storage(self.ctx, geo.cout as u64 * 8, "epilogue");
         let bn = fused.and_then(|f| f.bn).map(|j| &graph.nodes[j]);
-        let fold = kernels::FoldParams {
+        let fold = uniforms::FoldParams {
             cout: geo.cout as u32,
             has_bias: (n.inputs.len() > 2) as u32,
             has_bn: bn.is_some() as u32,
@@ -77,7 +78,7 @@ impl Builder<'_> {
         bindings.extend(["gamma", "beta", "mean", "var_"].into_iter().zip(stats.iter()));
         bindings.push(("coef_out", &coef));
         let limit = self.limit();
-        self.step(("conv", "conv_coefficients"), &[uniform("F", &fold)], &bindings, flat_grid(geo.cout, limit)?);
+        self.step(Entry::ConvCoefficients, &[uniform("F", &fold)], &bindings, flat_grid(geo.cout, limit)?);
         let out = fused.map_or(n.outputs[0], |f| f.out);
         let (x, w, y) = (self.buf(n.inputs[0]).clone(), self.buf(n.inputs[1]).clone(), self.buf(out).clone());
         let silu = fused.is_some_and(|f| f.silu);
@@ -106,9 +107,9 @@ impl Builder<'_> {
             1 => (geo.cg, geo.n * geo.h * geo.w, geo.og * taps),
             _ => (geo.og, geo.cg * taps, geo.n * geo.oh * geo.ow),
         };
-        let u = kernels::size32;
-        let [n, cin, h, w, cout, cg, og, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw] = kernels::conv_sizes(geo, c)?;
-        let p = kernels::ConvParams {
+        let u = uniforms::size32;
+        let [n, cin, h, w, cout, cg, og, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw] = uniforms::conv_sizes(geo, c)?;
+        let p = uniforms::ConvParams {
             n,
             cin,
             h,
@@ -137,7 +138,7 @@ impl Builder<'_> {
         let chunks = gk.div_ceil(p.chunk.max(1) as usize).max(1);
         let limit = self.limit();
         let (entry, g) = if gm == 1 {
-            ("conv_direct", flat_grid(chunks * geo.g * gn, limit)?)
+            (Entry::ConvDirect, flat_grid(chunks * geo.g * gn, limit)?)
         } else {
             let tiles = (gn as u64).div_ceil(64);
             let gy = geo.g as u64 * p.m_tiles as u64;
@@ -151,11 +152,11 @@ impl Builder<'_> {
                     [gx, gy as u32, gz]
                 }
             };
-            ("conv_tiled", g)
+            (Entry::ConvTiled, g)
         };
         let bindings = [("src", src), ("aux", aux), ("coef", coef), ("dst", dst)];
         self.mode = mode;
-        self.step(("conv", entry), &[uniform("P", &p)], &bindings, g);
+        self.step(entry, &[uniform("P", &p)], &bindings, g);
         self.mode = 0;
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! Lowering Ultralytics' detection loss and its gradient to the passes of `detect_loss.wgsl`.
 
 use super::{storage, Builder, Loc};
-use crate::backend::gpu::kernels::{self, flat_grid, grid, uniform};
+use crate::backend::gpu::kernels::{flat_grid, grid, Entry};
+use crate::backend::gpu::uniforms::{self, uniform};
 use anyhow::{anyhow, bail, Result};
 use bytemuck::Zeroable;
 use slimc_ir::DetectLoss;
@@ -27,7 +28,7 @@ impl Builder<'_> {
                 self.targets.push((k, batch, nc));
             }
         }
-        let mut p = kernels::LossParams::zeroed();
+        let mut p = uniforms::LossParams::zeroed();
         let mut at = 0usize;
         let mut region = |len: usize| -> Result<u32> {
             let start = at;
@@ -67,18 +68,18 @@ impl Builder<'_> {
         let (anchors, boxes) = (flat_grid(batch * na, limit)?, flat_grid(rows * na, limit)?);
         let per_box = grid((rows as u64).div_ceil(64), limit)?;
         for (entry, g) in [
-            ("dl_decode", anchors),
-            ("dl_metrics", boxes),
-            ("dl_topk", per_box),
-            ("dl_resolve", anchors),
-            ("dl_row_max", per_box),
-            ("dl_score", anchors),
-            ("dl_sum", [1, 1, 1]),
+            (Entry::DlDecode, anchors),
+            (Entry::DlMetrics, boxes),
+            (Entry::DlTopk, per_box),
+            (Entry::DlResolve, anchors),
+            (Entry::DlRowMax, per_box),
+            (Entry::DlScore, anchors),
+            (Entry::DlSum, [1, 1, 1]),
         ] {
-            self.step(("detect_loss", entry), &loss, &bindings, g);
+            self.step(entry, &loss, &bindings, g);
         }
         if grad {
-            self.step(("detect_loss", "dl_grad"), &loss, &bindings, anchors);
+            self.step(Entry::DlGrad, &loss, &bindings, anchors);
             self.scatter_levels(&gpred, &views, &outs)?;
         }
         self.scratch.extend([work, pred, gpred]);

@@ -1,7 +1,8 @@
 //! Lowering knowledge distillation and its gradient to the passes of `distill.wgsl`.
 
 use super::{storage, Builder};
-use crate::backend::gpu::kernels::{flat_grid, uniform, DistillParams};
+use crate::backend::gpu::kernels::{flat_grid, Entry};
+use crate::backend::gpu::uniforms::{uniform, DistillParams};
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::Distill;
 
@@ -51,10 +52,10 @@ impl Builder<'_> {
             [("ps", &ps), ("pt", &pt), ("work", &work), ("items", items), ("total", total), ("gpred", &gpred)];
         let k = [uniform("K", &p)];
         let anchors = flat_grid(batch * na, self.limit())?;
-        self.step(("distill", "kd_anchor"), &k, &bindings, anchors);
-        self.step(("distill", "kd_sum"), &k, &bindings, [1, 1, 1]);
+        self.step(Entry::KdAnchor, &k, &bindings, anchors);
+        self.step(Entry::KdSum, &k, &bindings, [1, 1, 1]);
         if grad {
-            self.step(("distill", "kd_scale"), &k, &bindings, flat_grid(batch * na * no, self.limit())?);
+            self.step(Entry::KdScale, &k, &bindings, flat_grid(batch * na * no, self.limit())?);
             self.scatter_levels(&gpred, &views, &outs)?;
         }
         self.scratch.extend([work, ps, pt, gpred]);

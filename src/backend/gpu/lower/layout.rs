@@ -2,9 +2,10 @@
 //! gradients and the anchor grid — strided copies of `layout.wgsl`.
 
 use super::{At, Builder};
-use crate::backend::gpu::kernels::{self, contiguous, flat_grid, uniform, Strided, View};
+use crate::backend::gpu::kernels::{flat_grid, Entry};
+use crate::backend::gpu::uniforms::{self, contiguous, uniform, Strided, View};
 use anyhow::Result;
-use slimc_ir::eval::{slice_view, transpose_strides};
+use slimc_ir::layout::{slice_view, transpose_strides};
 use slimc_ir::{Anchors, Slice};
 
 impl Builder<'_> {
@@ -104,7 +105,7 @@ impl Builder<'_> {
         let mut first = 0;
         for (&level, &s) in n.inputs.iter().zip(strides) {
             let ls = self.shape(level);
-            let p = kernels::LevelParams {
+            let p = uniforms::LevelParams {
                 h: ls[2] as u32,
                 w: ls[3] as u32,
                 first: first as u32,
@@ -114,7 +115,7 @@ impl Builder<'_> {
                 pad: [0; 2],
             };
             self.step(
-                ("anchors", "anchors"),
+                Entry::Anchors,
                 &[uniform("L", &p)],
                 &[("points", &out), ("strides", &st)],
                 flat_grid(ls[2] * ls[3], limit)?,
@@ -128,7 +129,7 @@ impl Builder<'_> {
     pub(super) fn upsample_grad(&mut self, at: &At, scale: &[usize; 2]) -> Result<()> {
         let (x, y, out, limit) = (at.x, at.y, at.out.clone(), at.limit);
         let os = self.shape(y);
-        let p = kernels::BlockParams {
+        let p = uniforms::BlockParams {
             n_planes: (os[0] * os[1]) as u32,
             h: os[2] as u32,
             w: os[3] as u32,
@@ -139,7 +140,7 @@ impl Builder<'_> {
         let dy = self.buf(x).clone();
         let numel = os.iter().product();
         let grid = flat_grid(numel, limit)?;
-        self.step(("layout", "upsample_nearest_grad"), &[uniform("B", &p)], &[("bdy", &dy), ("bdx", &out)], grid);
+        self.step(Entry::UpsampleNearestGrad, &[uniform("B", &p)], &[("bdy", &dy), ("bdx", &out)], grid);
         Ok(())
     }
 
@@ -148,8 +149,8 @@ impl Builder<'_> {
         let (n, x, xs, out, limit) = (at.n, at.x, at.xs.clone(), at.out.clone(), at.limit);
         let full = self.shape(n.inputs[1]);
         let numel: usize = full.iter().product();
-        let f = kernels::FillParams { n: numel as u32, value: 0.0, pad: [0; 2] };
-        self.step(("layout", "fill"), &[uniform("F", &f)], &[("filled", &out)], flat_grid(numel, limit)?);
+        let f = uniforms::FillParams { n: numel as u32, value: 0.0, pad: [0; 2] };
+        self.step(Entry::Fill, &[uniform("F", &f)], &[("filled", &out)], flat_grid(numel, limit)?);
         let (offset, strides) = slice_view(&full, axes, starts, ends, steps)?;
         let view =
             View::copy(&xs, &Strided { offset: 0, strides: &contiguous(&xs) }, &Strided { offset, strides: &strides })?;

@@ -2,7 +2,8 @@
 //! `[N, anchors, no]` (levels in order), as the losses read them, and gradients scattered back.
 
 use super::{storage, Builder};
-use crate::backend::gpu::kernels::{contiguous, flat_grid, uniform, Strided, View};
+use crate::backend::gpu::kernels::{flat_grid, Entry};
+use crate::backend::gpu::uniforms::{contiguous, uniform, Strided, View};
 use anyhow::Result;
 use slimc_ir::ValueId;
 
@@ -53,7 +54,7 @@ impl Builder<'_> {
                 &Strided { offset: 0, strides: &contiguous(&v.shape) },
             )?;
             let grid = flat_grid(v.shape.iter().product(), self.limit())?;
-            self.step(("layout", "strided_copy"), &[uniform("V", &copy)], &[("src", src), ("dst", out)], grid);
+            self.step(Entry::StridedCopy, &[uniform("V", &copy)], &[("src", src), ("dst", out)], grid);
         }
         Ok(())
     }

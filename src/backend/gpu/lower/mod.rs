@@ -15,11 +15,12 @@ mod pointwise;
 mod pool;
 
 use super::device::{AdapterSummary, Context};
-use super::kernels::{self, flat_grid, uniform, View};
+use super::kernels::{self, flat_grid, Entry};
+use super::uniforms::{uniform, View};
 use crate::backend::fusion::Fused;
 use anyhow::{anyhow, bail, Result};
 use slimc_ir::memory::{value_bytes, Plan};
-use slimc_ir::{DType, Graph, Op, TensorType, ValueDef, ValueId};
+use slimc_ir::{Collective, DType, Graph, Op, TensorType, ValueDef, ValueId};
 use slimc_ir::{Unary, UnaryGrad};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -103,8 +104,8 @@ pub struct Step {
 pub struct HostStep {
     /// It runs after this many dispatches.
     pub at: usize,
-    /// The op.
-    pub op: Op,
+    /// The collective.
+    pub collective: Collective,
     /// The graph input holding the all-reduce's step scalars (read on the host to know whether
     /// it communicates).
     pub scalars: Option<usize>,
@@ -168,9 +169,9 @@ pub fn check_binding(ctx: &Context, name: &str, ty: &TensorType) -> Result<()> {
         bail!(
             "tensor %{name} ({ty}) needs {}, more than {}'s largest storage binding ({}); use a smaller batch or \
              image size, or --device cpu",
-            crate::backend::memory::human(bytes),
+            crate::backend::budget::human(bytes),
             ctx.adapter.name,
-            crate::backend::memory::human(limit)
+            crate::backend::budget::human(limit)
         );
     }
     if ty.dtype != DType::F32 {
@@ -285,24 +286,19 @@ impl Builder<'_> {
         self.types[v.0].fixed_shape().expect("inputs are concrete")
     }
 
-    /// Adds a dispatch of `entry` in `file` over `grid` with `uniform` at binding 0 (when given)
-    /// and the buffers at their bindings.
-    fn step(
-        &mut self,
-        (file, entry): (&'static str, &'static str),
-        uniforms: &[(&str, &[u8])],
-        buffers: &[(&str, &wgpu::Buffer)],
-        grid: [u32; 3],
-    ) {
+    /// Adds a dispatch of kernel `entry` over `grid` with the uniforms and the buffers at the
+    /// bindings their names have in its file.
+    fn step(&mut self, entry: Entry, uniforms: &[(&str, &[u8])], buffers: &[(&str, &wgpu::Buffer)], grid: [u32; 3]) {
         if grid.contains(&0) {
             return;
         }
-        let pipeline = self.ctx.pipeline(file, entry, self.mode);
+        let pipeline = self.ctx.pipeline(entry, self.mode);
+        let (file, label) = (entry.file(), entry.name());
         let made: Vec<(&str, wgpu::Buffer)> = uniforms
             .iter()
             .map(|&(name, bytes)| {
                 let u = self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(entry),
+                    label: Some(label),
                     contents: bytes,
                     usage: wgpu::BufferUsages::UNIFORM,
                 });
@@ -321,11 +317,11 @@ impl Builder<'_> {
             })
             .collect();
         let bind = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(entry),
+            label: Some(label),
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        let label = format!("{} ({entry})", self.op);
+        let label = format!("{} ({label})", self.op);
         self.steps.push(Step { pipeline, bind, grid, label });
     }
 
@@ -337,7 +333,7 @@ impl Builder<'_> {
     fn copy(&mut self, view: View, numel: usize, src: ValueId, dst: &wgpu::Buffer) -> Result<()> {
         let grid = flat_grid(numel, self.limit())?;
         let src = self.buf(src).clone();
-        self.step(("layout", "strided_copy"), &[uniform("V", &view)], &[("src", &src), ("dst", dst)], grid);
+        self.step(Entry::StridedCopy, &[uniform("V", &view)], &[("src", &src), ("dst", dst)], grid);
         Ok(())
     }
 
@@ -356,16 +352,16 @@ impl Builder<'_> {
             Op::Unary(u) => self.activation(
                 at,
                 match u {
-                    Unary::Silu => "silu",
-                    Unary::Sigmoid => "sigmoid",
-                    Unary::Sign => "sign_",
+                    Unary::Silu => Entry::Silu,
+                    Unary::Sigmoid => Entry::Sigmoid,
+                    Unary::Sign => Entry::Sign,
                 },
             ),
             Op::UnaryGrad(g) => self.activation(
                 at,
                 match g {
-                    UnaryGrad::Silu => "silu_grad",
-                    UnaryGrad::Sigmoid => "sigmoid_grad",
+                    UnaryGrad::Silu => Entry::SiluGrad,
+                    UnaryGrad::Sigmoid => Entry::SigmoidGrad,
                 },
             ),
             Op::Binary(b) => self.binary(at, *b),
@@ -397,15 +393,16 @@ impl Builder<'_> {
         }
     }
 
-    /// A collective: a host step between the dispatches before and after it.
+    /// A collective ([`Op::collective`]): a host step between the dispatches before and after it.
     fn collective(&mut self, n: &slimc_ir::Node) -> Result<()> {
-        let carried = crate::backend::collective::carried(&n.op, n.inputs.len());
-        let scalars = match n.op {
-            Op::AllReduce => match self.loc(n.inputs[carried]) {
+        let c = n.op.collective().ok_or_else(|| anyhow!("{} is not a collective", n.op.name()))?;
+        let carried = crate::backend::collective::carried(c, n.inputs.len());
+        let scalars = match c {
+            Collective::AllReduce => match self.loc(n.inputs[carried]) {
                 Loc::Input(k) => Some(k),
                 _ => bail!("the GPU backend reads the all-reduce's step scalars from a graph input"),
             },
-            _ => None,
+            Collective::Broadcast { .. } => None,
         };
         let bytes = |v: ValueId| value_bytes(&self.types[v.0]).expect("checked");
         let operands: Vec<(Loc, u64)> = n.inputs[..carried].iter().map(|&v| (self.loc(v), bytes(v))).collect();
@@ -416,7 +413,7 @@ impl Builder<'_> {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.hosts.push(HostStep { at: self.steps.len(), op: n.op.clone(), scalars, operands, results, staging });
+        self.hosts.push(HostStep { at: self.steps.len(), collective: c, scalars, operands, results, staging });
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! Lowering batch normalisation: inference, training statistics and the gradient.
 
 use super::{At, Builder};
-use crate::backend::gpu::kernels::{self, flat_grid, uniform};
+use crate::backend::gpu::kernels::{flat_grid, Entry};
+use crate::backend::gpu::uniforms::{self, uniform};
 use anyhow::Result;
 use slimc_ir::eval::nn::unbiased_factor;
 use slimc_ir::BatchNorm;
@@ -11,7 +12,7 @@ impl Builder<'_> {
     pub(super) fn batch_norm(&mut self, at: &At, BatchNorm { eps, .. }: &BatchNorm) -> Result<()> {
         let (n, xs, out, limit) = (at.n, at.xs.clone(), at.out.clone(), at.limit);
         let numel: usize = xs.iter().product();
-        let p = kernels::NormParams {
+        let p = uniforms::NormParams {
             numel: numel as u32,
             channels: xs[1] as u32,
             plane: xs[2..].iter().product::<usize>() as u32,
@@ -20,7 +21,7 @@ impl Builder<'_> {
         let bufs: Vec<wgpu::Buffer> = n.inputs.iter().map(|&v| self.buf(v).clone()).collect();
         let bindings: Vec<(&str, &wgpu::Buffer)> =
             ["x", "gamma", "beta", "mean", "var_"].into_iter().zip(bufs.iter()).chain([("y", &out)]).collect();
-        self.step(("batch_norm", "batch_norm"), &[uniform("P", &p)], &bindings, flat_grid(numel, limit)?);
+        self.step(Entry::BatchNorm, &[uniform("P", &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 
@@ -40,7 +41,7 @@ impl Builder<'_> {
             ("next_mean", &b[8]),
             ("next_var", &b[9]),
         ];
-        self.step(("batch_norm", "bn_stats"), &[uniform("T", &p)], &stats, [xs[1] as u32, 1, 1]);
+        self.step(Entry::BnStats, &[uniform("T", &p)], &stats, [xs[1] as u32, 1, 1]);
         let apply = [
             ("ax", &b[0]),
             ("a_gamma", &b[1]),
@@ -50,7 +51,7 @@ impl Builder<'_> {
             ("ay", &b[5]),
         ];
         let numel = xs.iter().product();
-        self.step(("batch_norm", "bn_train_apply"), &[uniform("A", &p)], &apply, flat_grid(numel, limit)?);
+        self.step(Entry::BnTrainApply, &[uniform("A", &p)], &apply, flat_grid(numel, limit)?);
         Ok(())
     }
 
@@ -69,7 +70,7 @@ impl Builder<'_> {
             ("dgamma", &b[6]),
             ("dbeta", &b[7]),
         ];
-        self.step(("batch_norm", "bn_grad_stats"), &[uniform("G", &p)], &sums, [xs[1] as u32, 1, 1]);
+        self.step(Entry::BnGradStats, &[uniform("G", &p)], &sums, [xs[1] as u32, 1, 1]);
         let apply = [
             ("ddy", &b[0]),
             ("dx_in", &b[1]),
@@ -81,14 +82,14 @@ impl Builder<'_> {
             ("ddx", &b[5]),
         ];
         let numel = xs.iter().product();
-        self.step(("batch_norm", "bn_grad_apply"), &[uniform("D", &p)], &apply, flat_grid(numel, limit)?);
+        self.step(Entry::BnGradApply, &[uniform("D", &p)], &apply, flat_grid(numel, limit)?);
         Ok(())
     }
 
     /// The uniform of the training-mode kernels for an input of shape `xs` over `count` values
     /// per channel.
-    pub(super) fn train_params(&self, xs: &[usize], eps: f32, momentum: f32, count: usize) -> kernels::TrainParams {
-        kernels::TrainParams {
+    pub(super) fn train_params(&self, xs: &[usize], eps: f32, momentum: f32, count: usize) -> uniforms::TrainParams {
+        uniforms::TrainParams {
             n: xs[0] as u32,
             channels: xs[1] as u32,
             plane: xs[2..].iter().product::<usize>() as u32,

@@ -3,7 +3,8 @@
 
 use super::storage;
 use super::{At, Builder};
-use crate::backend::gpu::kernels::{self, flat_grid, grid, uniform};
+use crate::backend::gpu::kernels::{flat_grid, grid, Entry};
+use crate::backend::gpu::uniforms::{self, uniform};
 use anyhow::Result;
 use slimc_ir::Update;
 
@@ -12,16 +13,16 @@ impl Builder<'_> {
     pub(super) fn accumulate_or_ema(&mut self, at: &At, accumulate: bool) -> Result<()> {
         let (n, xs, limit) = (at.n, at.xs.clone(), at.limit);
         let numel: usize = xs.iter().product();
-        let p = kernels::CountParams { n: numel as u32, pad: [0; 3] };
+        let p = uniforms::CountParams { n: numel as u32, pad: [0; 3] };
         let b: Vec<wgpu::Buffer> = n.inputs.iter().chain(&n.outputs).map(|&v| self.buf(v).clone()).collect();
         let mut bindings = vec![("e_scalars", &b[2]), ("e_a", &b[0]), ("e_b", &b[1]), ("e_out", &b[3])];
         let entry = if accumulate {
             bindings.push(("e_out2", &b[4]));
-            "accumulate"
+            Entry::Accumulate
         } else {
-            "ema_update"
+            Entry::EmaUpdate
         };
-        self.step(("optimizer", entry), &[uniform("C", &p)], &bindings, flat_grid(numel, limit)?);
+        self.step(entry, &[uniform("C", &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 
@@ -34,20 +35,15 @@ impl Builder<'_> {
         let partial = storage(self.ctx, total as u64 * 4, "squared-norm partial sums");
         let mut first = 0;
         for ((&v, &size), &count) in n.inputs.iter().zip(&sizes).zip(&blocks) {
-            let q = kernels::SquaresParams { n: size as u32, first: first as u32, total: total as u32, pad0: 0 };
+            let q = uniforms::SquaresParams { n: size as u32, first: first as u32, total: total as u32, pad0: 0 };
             let t = self.buf(v).clone();
             let grid = grid(count as u64, limit)?;
-            self.step(
-                ("optimizer", "sum_squares"),
-                &[uniform("Q", &q)],
-                &[("q_in", &t), ("q_partial", &partial)],
-                grid,
-            );
+            self.step(Entry::SumSquares, &[uniform("Q", &q)], &[("q_in", &t), ("q_partial", &partial)], grid);
             first += count;
         }
-        let q = kernels::SquaresParams { n: 0, first: 0, total: total as u32, pad0: 0 };
+        let q = uniforms::SquaresParams { n: 0, first: 0, total: total as u32, pad0: 0 };
         let bindings = [("q_partial_in", &partial), ("q_norm", &out)];
-        self.step(("optimizer", "norm_of_partials"), &[uniform("Q", &q)], &bindings, [1, 1, 1]);
+        self.step(Entry::NormOfPartials, &[uniform("Q", &q)], &bindings, [1, 1, 1]);
         self.scratch.push(partial);
         Ok(())
     }
@@ -56,7 +52,7 @@ impl Builder<'_> {
     pub(super) fn update(&mut self, at: &At, u: &Update, adamw: bool) -> Result<()> {
         let (n, xs, limit) = (at.n, at.xs.clone(), at.limit);
         let numel: usize = xs.iter().product();
-        let p = kernels::UpdateParams {
+        let p = uniforms::UpdateParams {
             n: numel as u32,
             group: u.group as u32,
             weight_decay: u.weight_decay,
@@ -71,12 +67,12 @@ impl Builder<'_> {
         let mut bindings = vec![("scalars", &b[3]), ("p", &b[0]), ("g", &b[1]), ("norm", &b[2]), ("s1", &b[4])];
         let entry = if adamw {
             bindings.extend([("s2", &b[5]), ("p_next", &b[6]), ("s1_next", &b[7]), ("s2_next", &b[8])]);
-            "adamw_update"
+            Entry::AdamWUpdate
         } else {
             bindings.extend([("p_next", &b[5]), ("s1_next", &b[6])]);
-            "sgd_update"
+            Entry::SgdUpdate
         };
-        self.step(("optimizer", entry), &[uniform("U", &p)], &bindings, flat_grid(numel, limit)?);
+        self.step(entry, &[uniform("U", &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 }

@@ -6,7 +6,8 @@
 
 use super::{storage, Builder, ConvLowering, Workspace};
 use crate::backend::gpu::device::Context;
-use crate::backend::gpu::kernels::{conv_sizes, flat_grid, uniform, PackedParams};
+use crate::backend::gpu::kernels::{flat_grid, Entry};
+use crate::backend::gpu::uniforms::{conv_sizes, uniform, PackedParams};
 use anyhow::Result;
 use bytemuck::Zeroable;
 use slimc_ir::eval::nn::ConvGeometry;
@@ -187,7 +188,7 @@ impl Builder<'_> {
             };
             if let Some((rows, valid_cols, rows_p, cols_p, rs, cs)) = weight_rows {
                 let wp = PackedParams { rows, valid_cols, rows_p, cols_p, off: u(group) * og * k, rs, cs, ..gb };
-                self.pack("packed_matrix", &wp, aux, &work.weight)?;
+                self.pack(Entry::PackedMatrix, &wp, aux, &work.weight)?;
             }
             for (chunk, (n0, cols)) in p.chunks(geo).enumerate() {
                 let cols_p = u(cols.next_multiple_of(4));
@@ -198,28 +199,28 @@ impl Builder<'_> {
                     PackedParams { rows: og, valid_cols: u(cols), rows_p: ogp, source: 1, off: u(group) * og, ..cb };
                 match pass {
                     Pass::Forward { .. } => {
-                        self.pack("packed_im2col", &windows, src, &work.cols)?;
+                        self.pack(Entry::PackedIm2col, &windows, src, &work.cols)?;
                         let mm = PackedParams { rows: og, gm: ogp, gn: cols_p, gk: kp, ..cb };
                         self.gemm(0, &mm, [&work.weight, &work.cols, coef, dst]);
                     }
                     Pass::GradInput => {
-                        self.pack("packed_matrix", &channels, dy, &work.dy)?;
+                        self.pack(Entry::PackedMatrix, &channels, dy, &work.dy)?;
                         let mm = PackedParams { gm: kp, gn: cols_p, gk: ogp, ..cb };
                         let dummy = self.dummy.clone();
                         self.gemm(1, &mm, [&work.weight, &work.dy, &dummy, &work.cols]);
                         let back = PackedParams { gn: cols_p, ..cb };
                         let grid = flat_grid(cols / (geo.oh * geo.ow) * geo.cg * geo.h * geo.w, limit)?;
                         self.step(
-                            ("conv_packed", "packed_col2im"),
+                            Entry::PackedCol2im,
                             &[uniform("P", &back)],
                             &[("colgrad", &work.cols), ("dx", dst)],
                             grid,
                         );
                     }
                     Pass::GradWeight => {
-                        self.pack("packed_matrix", &channels, dy, &work.dy)?;
+                        self.pack(Entry::PackedMatrix, &channels, dy, &work.dy)?;
                         let rows = PackedParams { transposed: 1, ..windows };
-                        self.pack("packed_im2col", &rows, src, &work.cols)?;
+                        self.pack(Entry::PackedIm2col, &rows, src, &work.cols)?;
                         let mm = PackedParams {
                             rows: og,
                             valid_cols: k,
@@ -239,9 +240,9 @@ impl Builder<'_> {
     }
 
     /// A packing dispatch `entry` from `src` into the padded `rows_p × cols_p` matrix `dst`.
-    fn pack(&mut self, entry: &'static str, p: &PackedParams, src: &wgpu::Buffer, dst: &wgpu::Buffer) -> Result<()> {
+    fn pack(&mut self, entry: Entry, p: &PackedParams, src: &wgpu::Buffer, dst: &wgpu::Buffer) -> Result<()> {
         let grid = flat_grid(p.rows_p as usize * p.cols_p as usize, self.limit())?;
-        self.step(("conv_packed", entry), &[uniform("P", p)], &[("src", src), ("packed", dst)], grid);
+        self.step(entry, &[uniform("P", p)], &[("src", src), ("packed", dst)], grid);
         Ok(())
     }
 
@@ -250,12 +251,7 @@ impl Builder<'_> {
         // 16×16 invocations of 4×4 results: 64 columns by 64 rows per workgroup.
         let grid = [p.gn.div_ceil(64), p.gm.div_ceil(64), 1];
         self.mode = mode;
-        self.step(
-            ("conv_packed", "packed_gemm"),
-            &[uniform("P", p)],
-            &[("a", a), ("b", b), ("coef", coef), ("out", out)],
-            grid,
-        );
+        self.step(Entry::PackedGemm, &[uniform("P", p)], &[("a", a), ("b", b), ("coef", coef), ("out", out)], grid);
         self.mode = 0;
     }
 }

@@ -1,25 +1,26 @@
 //! Lowering the elementwise ops, softmax, the sum over broadcast axes and batched matmul.
 
 use super::{At, Builder};
-use crate::backend::gpu::kernels::{self, contiguous, flat_grid, uniform, Strided, View};
+use crate::backend::gpu::kernels::{flat_grid, Entry};
+use crate::backend::gpu::uniforms::{self, contiguous, uniform, Strided, View};
 use anyhow::Result;
-use slimc_ir::eval::broadcast_strides;
+use slimc_ir::layout::broadcast_strides;
 use slimc_ir::Binary;
 
 impl Builder<'_> {
     /// An activation or its gradient: the kernel `entry` of `activation.wgsl` on the node's
     /// one or two inputs.
-    pub(super) fn activation(&mut self, at: &At, entry: &'static str) -> Result<()> {
+    pub(super) fn activation(&mut self, at: &At, entry: Entry) -> Result<()> {
         let (n, x, out, limit) = (at.n, at.x, at.out.clone(), at.limit);
         let numel: usize = at.xs.iter().product();
-        let p = kernels::CountParams { n: numel as u32, pad: [0; 3] };
+        let p = uniforms::CountParams { n: numel as u32, pad: [0; 3] };
         let a = self.buf(x).clone();
         let mut bindings = vec![("a", &a), ("out", &out)];
         let b = n.inputs.get(1).map(|&v| self.buf(v).clone());
         if let Some(b) = &b {
             bindings.push(("b", b));
         }
-        self.step(("activation", entry), &[uniform("C", &p)], &bindings, flat_grid(numel, limit)?);
+        self.step(entry, &[uniform("C", &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 
@@ -44,7 +45,7 @@ impl Builder<'_> {
         let (a, b) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone());
         let numel = os.iter().product();
         self.step(
-            ("elementwise", "binary"),
+            Entry::Binary,
             &[uniform("V", &view)],
             &[("a", &a), ("b", &b), ("out", &out)],
             flat_grid(numel, limit)?,
@@ -72,10 +73,10 @@ impl Builder<'_> {
             &Strided { offset: 0, strides: &so },
         )?;
         let batches: usize = batch.iter().product();
-        let p = kernels::MatMulParams { m: m as u32, n: nn as u32, k: k as u32, batches: batches as u32 };
+        let p = uniforms::MatMulParams { m: m as u32, n: nn as u32, k: k as u32, batches: batches as u32 };
         let (a, b) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone());
         self.step(
-            ("matmul", "matmul"),
+            Entry::MatMul,
             &[uniform("V", &view), uniform("M", &p)],
             &[("a", &a), ("b", &b), ("out", &out)],
             flat_grid(batches * m * nn, limit)?,
@@ -89,7 +90,7 @@ impl Builder<'_> {
         let p = lines(&xs, *axis);
         let a = self.buf(x).clone();
         let count = (p.outer * p.inner) as usize;
-        self.step(("softmax", "softmax"), &[uniform("L", &p)], &[("x", &a), ("y", &out)], flat_grid(count, limit)?);
+        self.step(Entry::Softmax, &[uniform("L", &p)], &[("x", &a), ("y", &out)], flat_grid(count, limit)?);
         Ok(())
     }
 
@@ -101,7 +102,7 @@ impl Builder<'_> {
         let dy = self.buf(x).clone();
         let count = (p.outer * p.inner) as usize;
         let bindings = [("gdy", &dy), ("gy", &y), ("gdx", &out)];
-        self.step(("softmax", "softmax_grad"), &[uniform("LG", &p)], &bindings, flat_grid(count, limit)?);
+        self.step(Entry::SoftmaxGrad, &[uniform("LG", &p)], &bindings, flat_grid(count, limit)?);
         Ok(())
     }
 
@@ -123,7 +124,7 @@ impl Builder<'_> {
         let a = self.buf(x).clone();
         let numel = os.iter().product();
         self.step(
-            ("elementwise", "sum_to"),
+            Entry::SumTo,
             &[uniform("KEPT", &kv), uniform("REDUCED", &rv)],
             &[("sx", &a), ("sy", &out)],
             flat_grid(numel, limit)?,
@@ -133,8 +134,8 @@ impl Builder<'_> {
 }
 
 /// A softmax's lines along `axis` of a tensor of `shape`.
-fn lines(shape: &[usize], axis: usize) -> kernels::LineParams {
-    kernels::LineParams {
+fn lines(shape: &[usize], axis: usize) -> uniforms::LineParams {
+    uniforms::LineParams {
         outer: shape[..axis].iter().product::<usize>() as u32,
         n: shape[axis] as u32,
         inner: shape[axis + 1..].iter().product::<usize>() as u32,

@@ -1,7 +1,8 @@
 //! Lowering max pooling and its gradient.
 
 use super::{At, Builder};
-use crate::backend::gpu::kernels::{self, flat_grid, uniform};
+use crate::backend::gpu::kernels::{flat_grid, Entry};
+use crate::backend::gpu::uniforms::{self, uniform};
 use anyhow::Result;
 use slimc_ir::eval::nn::window_out;
 use slimc_ir::Pool;
@@ -13,7 +14,7 @@ impl Builder<'_> {
         let p = pool_params(&xs, *kernel, *stride, *pad);
         let a = self.buf(x).clone();
         let numel = (p.n_planes * p.oh * p.ow) as usize;
-        self.step(("pooling", "max_pool2d"), &[uniform("P", &p)], &[("x", &a), ("y", &out)], flat_grid(numel, limit)?);
+        self.step(Entry::MaxPool2d, &[uniform("P", &p)], &[("x", &a), ("y", &out)], flat_grid(numel, limit)?);
         Ok(())
     }
 
@@ -25,14 +26,14 @@ impl Builder<'_> {
         let (dy, xv) = (self.buf(x).clone(), self.buf(n.inputs[1]).clone());
         let numel = xs.iter().product();
         let bindings = [("gdy", &dy), ("gx", &xv), ("gdx", &out)];
-        self.step(("pooling", "max_pool2d_grad"), &[uniform("PG", &p)], &bindings, flat_grid(numel, limit)?);
+        self.step(Entry::MaxPool2dGrad, &[uniform("PG", &p)], &bindings, flat_grid(numel, limit)?);
         Ok(())
     }
 }
 
 /// A max pool's geometry on an input of shape `xs`.
-fn pool_params(xs: &[usize], kernel: [usize; 2], stride: [usize; 2], pad: [usize; 4]) -> kernels::PoolParams {
-    kernels::PoolParams {
+fn pool_params(xs: &[usize], kernel: [usize; 2], stride: [usize; 2], pad: [usize; 4]) -> uniforms::PoolParams {
+    uniforms::PoolParams {
         n_planes: (xs[0] * xs[1]) as u32,
         h: xs[2] as u32,
         w: xs[3] as u32,

@@ -1,19 +1,19 @@
 //! Subcommands of slimming: bn-hist, prune, pipeline.
 
 use super::args::{
-    load_for_training, refuse_overwrite, root_run_dir, run_dir, save, train_imgsz, val_scorer, BudgetArgs, DeviceArg,
-    ImportanceArg, ModelArgs, PolicyArg, SrModeArg,
+    load_for_training, refuse_overwrite, root_run_dir, run_dir, save, sr_mode_values, train_imgsz, val_scorer,
+    BudgetArgs, DeviceArg, ImportanceArg, ModelArgs, PolicyArg,
 };
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
+use slimc::commands::pipeline::{run_pipeline, PipelineConfig};
+use slimc::commands::prune;
 use slimc::data::dataset::load_dataset_spec;
 use slimc::device::Device;
 use slimc::load::{check_finite, load_model, LoadOptions};
-use slimc::pipeline::{run_pipeline, PipelineConfig};
-use slimc::prune;
-use slimc::train::trainer::TrainConfig;
+use slimc::train::config::TrainConfig;
 use slimc_ir::Model;
-use slimc_passes::PruneOptions;
+use slimc_passes::{PruneOptions, SrMode};
 use std::path::PathBuf;
 
 /// `slimc bn-hist`.
@@ -49,7 +49,7 @@ pub fn bn_hist(a: BnHistArgs) -> Result<()> {
         }
         models.push((m.clone(), model));
     }
-    let (stats, grid) = slimc::bn_hist::bn_hist(&models, &a.scope, &a.output)?;
+    let (stats, grid) = slimc::commands::bn_hist::bn_hist(&models, &a.scope, &a.output)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(());
@@ -222,8 +222,8 @@ pub struct PipelineArgs {
     #[arg(long, default_value = "all")]
     sr_scope: String,
     /// How the L1 term acts: subgradient (the seed recipe) or proximal (exact zeros).
-    #[arg(long, value_enum, default_value_t = SrModeArg::Subgradient)]
-    sr_mode: SrModeArg,
+    #[arg(long, value_parser = sr_mode_values(), default_value = SrMode::Subgradient.name())]
+    sr_mode: SrMode,
     /// Proximal mode: gammas per BN left out of the L1 step (no layer is zeroed whole).
     #[arg(long, default_value_t = 0)]
     sr_keep: usize,
@@ -268,7 +268,7 @@ pub struct PipelineArgs {
 
 /// Runs the whole slimming pipeline and prints its summary.
 pub fn pipeline(a: PipelineArgs) -> Result<()> {
-    let world = slimc::dist::world()?;
+    let world = slimc::distributed::world()?;
     let spec = load_dataset_spec(&a.data)?;
     let imgsz = train_imgsz(a.imgsz);
     let opts = LoadOptions { seed: a.seed, ..Default::default() };
@@ -283,7 +283,7 @@ pub fn pipeline(a: PipelineArgs) -> Result<()> {
         seed: a.seed,
         sr: a.sr,
         sr_scope: a.sr_scope,
-        sr_mode: a.sr_mode.into(),
+        sr_mode: a.sr_mode,
         sr_keep: a.sr_keep,
         clip: a.clip,
         optimizer: a.optimizer,

@@ -1,14 +1,14 @@
-//! `slimc prune`: the pruning passes run as one pipeline, with the per-layer report users read;
+//! `slimc prune`: the prune pass sequence run on a model, with the per-layer report users read;
 //! pruning to a budget (parameters, GFLOPs or onnxruntime latency) by bisection over the ratio;
 //! and a sweep over ratios with a table, CSV and plot.
 
+use crate::commands::info::model_info;
+use crate::commands::verify::ort_latencies;
 use crate::export::{export_onnx, ExportOptions};
-use crate::info::model_info;
-use crate::verify::ort_latencies;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use slimc_ir::Model;
-use slimc_passes::{pipelines, PassContext, PruneOptions};
+use slimc_passes::{sequences, PassContext, PruneOptions};
 use std::path::Path;
 
 /// What pruning changed.
@@ -43,7 +43,7 @@ pub fn prune(model: &Model, opts: PruneOptions, print_ir: bool) -> Result<Pruned
     let before = model_info(model, None)?;
     let mut cx = PassContext { prune: opts.clone(), ..Default::default() };
     let mut m = model.clone();
-    pipelines::PRUNE.manager().print_ir_after_all(print_ir).run_with(&mut m, &mut cx)?;
+    sequences::PRUNE.manager().print_ir_after_all(print_ir).run_with(&mut m, &mut cx)?;
     let report = cx.report.ok_or_else(|| anyhow!("rewrite-widths left no report"))?;
     let sel = report.selection;
     let after = model_info(&m, None)?;

@@ -76,8 +76,16 @@ pub fn model_info(model: &Model, imgsz: Option<[usize; 2]>) -> Result<ModelInfo>
             }
             Op::UpsampleNearest(_) => layers += 1,
             Op::Concat(_) if g.value(n.outputs[0]).name == n.scope => layers += 1,
-            // Every other op is part of a layer counted above.
-            _ => {}
+            // Part of a layer counted above, and no FLOPs in Ultralytics' count (thop counts
+            // modules, not the tensor functions attention and the head use).
+            Op::Concat(_) | Op::Unary(_) | Op::Binary(_) | Op::Split(_) | Op::Slice(_) | Op::Reshape(_) => {}
+            Op::Transpose(_) | Op::MatMul | Op::Softmax(_) | Op::Anchors(_) | Op::AllReduce | Op::Broadcast(_) => {}
+            // Training ops: not in a model being described.
+            Op::UnaryGrad(_) | Op::Conv2dGradInput(_) | Op::Conv2dGradWeight(_) | Op::BatchNormTrain(_) => {}
+            Op::BatchNormGrad | Op::SoftmaxGrad(_) | Op::MaxPool2dGrad(_) | Op::UpsampleNearestGrad(_) => {}
+            Op::SliceGrad(_) | Op::SumTo | Op::DetectLoss(_) | Op::DetectLossGrad(_) | Op::Accumulate => {}
+            Op::GlobalNorm | Op::SgdUpdate(_) | Op::AdamWUpdate(_) | Op::EmaUpdate => {}
+            Op::DistillLoss(_) | Op::DistillLossGrad(_) => {}
         }
     }
     if ops.contains_key("silu") {
@@ -137,7 +145,7 @@ pub fn memory_info(model: &Model, batch: usize, imgsz: [usize; 2]) -> Result<Mem
     let bytes_of = |kinds: &[ParamKind]| -> u64 { param_types(g, kinds).map(|t| value_bytes(t).unwrap_or(0)).sum() };
     let inference = planned(g)?;
     let mut train = model.clone();
-    slimc_passes::pipelines::TRAIN_STEP.manager().run(&mut train).map_err(|e| anyhow!("training program: {e}"))?;
+    slimc_passes::sequences::TRAIN_STEP.manager().run(&mut train).map_err(|e| anyhow!("training program: {e}"))?;
     let training = planned(&train.graph)?;
     let trainable = bytes_of(&[ParamKind::Weight]);
     Ok(MemoryInfo {

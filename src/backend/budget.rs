@@ -1,4 +1,4 @@
-//! The memory a run may use: `--max-memory`, or by default what the machine has available.
+//! The memory budget of a run: `--max-memory`, or by default what the machine has available.
 //! A graph whose planned peak exceeds it is refused before anything is allocated.
 
 use anyhow::{bail, Result};

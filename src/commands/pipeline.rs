@@ -2,20 +2,21 @@
 //! verify, every artefact in one run folder with summary.md and summary.json.
 
 use crate::backend::run_once;
-use crate::bn_hist::bn_hist;
+use crate::commands::bn_hist::bn_hist;
+use crate::commands::info::model_info;
+use crate::commands::prune::{prune, prune_to_budget, Budget};
+use crate::commands::verify::{ort_latencies, verify_onnx};
 use crate::data::dataset::{load_dataset_spec, scan};
-use crate::data::loader::Split;
+use crate::data::loader::Loader;
 use crate::device::Device;
-use crate::dist::World;
+use crate::distributed::World;
 use crate::export::pt::{save_pt, PtOptions};
 use crate::export::{export_onnx, ExportOptions};
-use crate::info::model_info;
 use crate::plot::annotate::{mosaic, save_image, side_by_side};
 use crate::plot::curves::{plot_lines, pr_mean, Line};
-use crate::prune::{prune, prune_to_budget, Budget};
-use crate::train::trainer::{TrainConfig, Trainer};
+use crate::train::config::TrainConfig;
+use crate::train::trainer::Trainer;
 use crate::val::validate::{validate, ValOptions, ValResult};
-use crate::verify::{ort_latencies, verify_onnx};
 use anyhow::{Context, Result};
 use plotters::style::{RGBColor, BLUE};
 use serde::Serialize;
@@ -125,7 +126,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig, world: &World) -> Result
     let spec = load_dataset_spec(cfg.train.data.as_deref().ok_or_else(|| anyhow::anyhow!("no dataset"))?)?;
     let nc = spec.names.len();
     let (samples, _) = scan(&spec.val, nc, "val")?;
-    let val = Split::new(samples, imgsz, true)?;
+    let val = Loader::new(samples, imgsz, true)?;
     let (mut rows, mut exports) = (vec![], vec![]);
     let mut row = |stage: &str, path: &Path, m: &Model| -> Result<ValResult> {
         let info = model_info(m, Some([imgsz, imgsz]))?;
@@ -133,7 +134,7 @@ pub fn run_pipeline(model: Model, cfg: &PipelineConfig, world: &World) -> Result
         let onnx = path.with_extension("onnx");
         let exported = export_onnx(m, &ExportOptions { imgsz: Some([imgsz, imgsz]), ..Default::default() })?;
         slimc_ir::write_atomic(&onnx, &exported.bytes)?;
-        let g = crate::bn_hist::gammas(m, "all")?;
+        let g = crate::commands::bn_hist::gammas(m, "all")?;
         let all: Vec<f32> = g.into_iter().flat_map(|l| l.1).collect();
         rows.push(StageRow {
             stage: stage.to_string(),

@@ -3,24 +3,16 @@
 //! program. The updates themselves are IR ops the `optimizer` pass appends
 //! (`slimc_ir::eval::optim` defines them).
 
+use super::config::TrainConfig;
 use serde::{Deserialize, Serialize};
 use slimc_ir::{step_scalars as s, Tensor};
 use slimc_passes::UpdateRule;
-
-/// The update rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Rule {
-    /// SGD with Nesterov momentum (dampening 0), L2 weight decay.
-    Sgd,
-    /// AdamW (eps 1e-8), decoupled weight decay.
-    AdamW,
-}
 
 /// The resolved optimizer choice.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Choice {
     /// Update rule.
-    pub rule: Rule,
+    pub rule: UpdateRule,
     /// Initial learning rate of every group.
     pub lr: f64,
     /// SGD momentum, or AdamW's beta1.
@@ -43,15 +35,15 @@ pub fn choose(
     match name.to_ascii_lowercase().as_str() {
         "auto" => {
             let c = if iterations > 10000 {
-                Choice { rule: Rule::Sgd, lr: 0.01, momentum: 0.9, warmup_bias_lr: 0.0 }
+                Choice { rule: UpdateRule::Sgd, lr: 0.01, momentum: 0.9, warmup_bias_lr: 0.0 }
             } else {
                 let lr = (0.002 * 5.0 / (4.0 + nc as f64) * 1e6).round() / 1e6;
-                Choice { rule: Rule::AdamW, lr, momentum: 0.9, warmup_bias_lr: 0.0 }
+                Choice { rule: UpdateRule::AdamW, lr, momentum: 0.9, warmup_bias_lr: 0.0 }
             };
             Ok(c)
         }
-        "sgd" => Ok(Choice { rule: Rule::Sgd, lr: lr0, momentum, warmup_bias_lr }),
-        "adamw" => Ok(Choice { rule: Rule::AdamW, lr: lr0, momentum, warmup_bias_lr }),
+        "sgd" => Ok(Choice { rule: UpdateRule::Sgd, lr: lr0, momentum, warmup_bias_lr }),
+        "adamw" => Ok(Choice { rule: UpdateRule::AdamW, lr: lr0, momentum, warmup_bias_lr }),
         other => Err(format!("unknown optimizer `{other}` (auto, SGD, AdamW)")),
     }
 }
@@ -87,22 +79,10 @@ pub fn interp(x: f64, x0: f64, x1: f64, y0: f64, y1: f64) -> f64 {
     }
 }
 
-/// How network slimming's L1 term `sr·|γ|` on BN gammas enters training.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SrMode {
-    /// The seed recipe's subgradient: `sr·sign(γ)` added to γ's gradient before the update.
-    #[default]
-    Subgradient,
-    /// A proximal step after the update: γ ← sign(γ)·max(|γ| − η·sr, 0), with η the step size the
-    /// optimizer applied to γ. Gammas the loss does not hold reach exact zeros.
-    Proximal,
-}
-
 /// The optimizer's schedule: the rule, the current learning rate of each group and momentum,
 /// and the steps taken (the per-parameter state lives in the training program).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Optimizer {
+pub struct Schedule {
     /// The rule and its constants.
     pub choice: Choice,
     /// Current learning rate of groups 0, 1, 2.
@@ -115,18 +95,45 @@ pub struct Optimizer {
     pub steps: u64,
 }
 
-impl Optimizer {
-    /// A fresh optimizer.
-    pub fn new(choice: Choice, decay: f64) -> Optimizer {
-        Optimizer { choice, lr: [choice.lr; 3], momentum: choice.momentum, decay, steps: 0 }
+impl Schedule {
+    /// A fresh schedule.
+    pub fn new(choice: Choice, decay: f64) -> Schedule {
+        Schedule { choice, lr: [choice.lr; 3], momentum: choice.momentum, decay, steps: 0 }
     }
 
-    /// The rule as the `optimizer` pass spells it (AdamW's β1 is the choice's momentum).
+    /// The update rule.
     pub fn rule(&self) -> UpdateRule {
-        match self.choice.rule {
-            Rule::Sgd => UpdateRule::Sgd,
-            Rule::AdamW => UpdateRule::AdamW { beta1: self.choice.momentum as f32 },
+        self.choice.rule
+    }
+
+    /// AdamW's β1 as the `optimizer` pass takes it: the choice's momentum.
+    pub fn beta1(&self) -> f32 {
+        self.choice.momentum as f32
+    }
+
+    /// The start of epoch `epoch`: every group's learning rate set to the decayed base rate,
+    /// which it returns (warm-up ramps toward it).
+    pub fn start_epoch(&mut self, epoch: usize, cfg: &TrainConfig) -> f64 {
+        let base = self.choice.lr * lr_factor(epoch, cfg.epochs, cfg.lrf, cfg.cos_lr);
+        self.lr = [base; 3];
+        base
+    }
+
+    /// Warm-up at iteration `ni` of `nw`: the learning rates ramp from their start (the bias
+    /// group's from `warmup_bias_lr`, the others' from 0) to `base`, SGD's momentum from
+    /// `warmup_momentum`; returns the micro-batches per optimizer step, ramped from 1 to the
+    /// nominal batch's.
+    pub fn warm_up(&mut self, ni: i64, nw: i64, base: f64, cfg: &TrainConfig) -> usize {
+        let x = ni as f64;
+        let accumulate = (interp(x, 0.0, nw as f64, 1.0, cfg.nbs as f64 / cfg.batch as f64).round() as usize).max(1);
+        for g in 0..3 {
+            let start = if g == 0 { self.choice.warmup_bias_lr } else { 0.0 };
+            self.lr[g] = interp(x, 0.0, nw as f64, start, base);
         }
+        if self.choice.rule == UpdateRule::Sgd {
+            self.momentum = interp(x, 0.0, nw as f64, cfg.warmup_momentum, cfg.momentum);
+        }
+        accumulate
     }
 
     /// The step scalars ([`slimc_ir::step_scalars`]) of one micro-batch: the current learning
@@ -164,9 +171,9 @@ mod tests {
     #[test]
     fn auto_rule_and_schedule_follow_ultralytics() {
         let c = choose("auto", 0.01, 0.937, 0.1, 120, 1).unwrap();
-        assert_eq!((c.rule, c.lr, c.warmup_bias_lr), (Rule::AdamW, 0.002, 0.0));
+        assert_eq!((c.rule, c.lr, c.warmup_bias_lr), (UpdateRule::AdamW, 0.002, 0.0));
         assert_eq!(choose("auto", 0.01, 0.937, 0.1, 120, 80).unwrap().lr, 0.000119);
-        assert_eq!(choose("auto", 0.01, 0.937, 0.1, 184_900, 80).unwrap().rule, Rule::Sgd);
+        assert_eq!(choose("auto", 0.01, 0.937, 0.1, 184_900, 80).unwrap().rule, UpdateRule::Sgd);
         assert!((lr_factor(0, 60, 0.01, false) - 1.0).abs() < 1e-12);
         assert!((lr_factor(30, 60, 0.01, false) - 0.505).abs() < 1e-12);
         assert!((lr_factor(60, 60, 0.01, true) - 0.01).abs() < 1e-12);
